@@ -1,0 +1,182 @@
+"""Catalog facts about the configured partitioned tables, read in one query.
+
+Partitions are recognised by their bounds (parsed from `pg_get_expr` of the
+partition bound), never by their names. Our sessions run with TimeZone=UTC,
+so timestamptz bounds come back with an explicit `+00` offset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
+
+from include.pgmaint.config import TableConfig
+
+SUPPORTED_KEY_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+OUR_CHECK_PREFIX = "pgmaint_"
+BOUND_CHECK = "pgmaint_bound"
+
+
+class CatalogError(Exception):
+    """A configured table cannot be maintained as configured."""
+
+
+@dataclass(frozen=True, order=True)
+class Range:
+    """A half-open range [lower, upper) of instants; None means MINVALUE / MAXVALUE."""
+
+    lower: datetime | None
+    upper: datetime | None
+
+    def overlaps(self, other: "Range") -> bool:
+        lo_ok = other.upper is None or self.lower is None or self.lower < other.upper
+        hi_ok = self.upper is None or other.lower is None or other.lower < self.upper
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        fmt = lambda d, inf: inf if d is None else d.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")  # noqa: E731
+        return f"[{fmt(self.lower, 'MINVALUE')}, {fmt(self.upper, 'MAXVALUE')})"
+
+
+@dataclass(frozen=True)
+class Partition:
+    schema: str
+    name: str
+    range: Range | None  # None for the DEFAULT partition
+    detach_pending: bool = False
+    estimated_rows: int = 0
+    our_checks: tuple[str, ...] = ()
+
+    @property
+    def qualified(self) -> tuple[str, str]:
+        return (self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    config_name: str
+    schema: str
+    table: str
+    key_column: str
+    key_type: str
+    partitions: tuple[Partition, ...]  # attached, non-default, sorted by lower bound
+    default: Partition | None
+    leftovers: tuple[str, ...] = ()  # standalone tables in the schema carrying our bound CHECK
+
+    @property
+    def qualified(self) -> tuple[str, str]:
+        return (self.schema, self.table)
+
+
+_CATALOG_SQL = r"""
+WITH cfg AS (
+    SELECT n.name, n.ord, to_regclass(n.name) AS relid
+    FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, ord)
+)
+SELECT
+    cfg.name,
+    p.oid IS NOT NULL AS found,
+    p.relkind::text AS relkind,
+    ns.nspname AS schema,
+    p.relname AS table,
+    pt.partstrat::text AS strategy,
+    pt.partnatts AS key_count,
+    (SELECT a.attname FROM pg_attribute a
+      WHERE a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND pt.partattrs[0] <> 0) AS key_column,
+    (SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+      WHERE a.attrelid = p.oid AND a.attnum = pt.partattrs[0] AND pt.partattrs[0] <> 0) AS key_type,
+    (SELECT coalesce(json_agg(json_build_object(
+                'schema', cn.nspname,
+                'name', c.relname,
+                'bound', pg_get_expr(c.relpartbound, c.oid),
+                'is_default', c.oid = pt.partdefid,
+                'detach_pending', i.inhdetachpending,
+                'estimated_rows', greatest(c.reltuples, coalesce(s.n_live_tup, 0), 0),
+                'our_checks', (SELECT coalesce(json_agg(k.conname ORDER BY k.conname), '[]')
+                               FROM pg_constraint k
+                               WHERE k.conrelid = c.oid AND k.contype = 'c'
+                                 AND k.conname LIKE 'pgmaint\_%%')
+            ) ORDER BY c.relname), '[]')
+       FROM pg_inherits i
+       JOIN pg_class c ON c.oid = i.inhrelid
+       JOIN pg_namespace cn ON cn.oid = c.relnamespace
+       LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+      WHERE i.inhparent = p.oid) AS partitions,
+    (SELECT coalesce(json_agg(c.relname ORDER BY c.relname), '[]')
+       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+      WHERE k.conname = 'pgmaint_bound' AND c.relnamespace = p.relnamespace
+        AND c.relkind = 'r' AND NOT c.relispartition) AS leftovers
+FROM cfg
+LEFT JOIN pg_class p ON p.oid = cfg.relid
+LEFT JOIN pg_namespace ns ON ns.oid = p.relnamespace
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = p.oid
+ORDER BY cfg.ord
+"""
+
+_BOUND = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")
+
+
+def parse_bound_value(text: str, key_type: str, tz: str) -> datetime | None:
+    """One side of a range bound as an aware datetime; None for MINVALUE/MAXVALUE."""
+    text = text.strip()
+    if text in ("MINVALUE", "MAXVALUE"):
+        return None
+    if not (text.startswith("'") and text.endswith("'")):
+        raise CatalogError(f"unsupported partition bound value {text}")
+    literal = text[1:-1]
+    try:
+        if key_type == "date":
+            day = date.fromisoformat(literal)
+            return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz)).astimezone(timezone.utc)
+        value = datetime.fromisoformat(literal)
+    except ValueError:
+        raise CatalogError(f"unsupported partition bound value {text} (infinity or BC dates are not managed)") from None
+    if value.tzinfo is None:  # timestamp without time zone: wall-clock time in the configured zone
+        value = value.replace(tzinfo=ZoneInfo(tz))
+    return value.astimezone(timezone.utc)
+
+
+def parse_bound(expr: str, key_type: str, tz: str) -> Range:
+    match = _BOUND.match(expr)
+    if not match:
+        raise CatalogError(f"not a single-column range bound: {expr}")
+    return Range(parse_bound_value(match.group(1), key_type, tz), parse_bound_value(match.group(2), key_type, tz))
+
+
+def read_catalog(conn, tables: list[TableConfig], tz: str) -> dict[str, TableFacts | CatalogError]:
+    """Facts for every configured table in one round trip; errors are per table."""
+    rows = conn.execute(_CATALOG_SQL, {"names": [t.name for t in tables]}).fetchall()
+    by_name = {t.name: t for t in tables}
+    return {row[0]: _facts(by_name[row[0]], row, tz) for row in rows}
+
+
+def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
+    name, found, relkind, schema, table, strategy, key_count, key_column, key_type, parts, leftovers = row
+    if not found:
+        return CatalogError(f"{name}: table does not exist (or is not visible to this role)")
+    if relkind != "p":
+        return CatalogError(f"{name}: table exists but is not partitioned (relkind {relkind!r})")
+    if strategy != "r":
+        return CatalogError(f"{name}: table is partitioned by {'list' if strategy == 'l' else 'hash'}, not by range")
+    if key_count != 1 or key_column is None:
+        return CatalogError(f"{name}: partition key must be one plain column; it has {key_count} column(s) or an expression")
+    if key_column != cfg.partition_key:
+        return CatalogError(f"{name}: table is range-partitioned on {key_column!r}, not on the configured key {cfg.partition_key!r}")
+    if key_type not in SUPPORTED_KEY_TYPES:
+        return CatalogError(f"{name}: partition key {key_column!r} has type {key_type}; supported: {', '.join(SUPPORTED_KEY_TYPES)}")
+    if key_type == "date" and cfg.interval.unit == "hour":
+        return CatalogError(f"{name}: hourly partitions need a timestamp key; {key_column!r} is a date")
+    partitions, default = [], None
+    try:
+        for p in parts:
+            if p["is_default"]:
+                default = Partition(p["schema"], p["name"], None, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"]))
+                continue
+            rng = parse_bound(p["bound"], key_type, tz)
+            partitions.append(Partition(p["schema"], p["name"], rng, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"])))
+    except CatalogError as exc:
+        return CatalogError(f"{name}: {exc}")
+    partitions.sort(key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc)))
+    return TableFacts(name, schema, table, key_column, key_type, tuple(partitions), default, tuple(leftovers))

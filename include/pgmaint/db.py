@@ -1,0 +1,65 @@
+"""Connections to the target database, always with timeouts in force.
+
+Every session pgmaint opens starts with a lock_timeout, statement_timeout and
+idle-in-transaction timeout (libpq `options`), so even catalog reads and
+journal writes can never queue unboundedly or hold locks if a worker dies
+mid-transaction. TimeZone is UTC so partition bounds read back unambiguously.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from include.pgmaint.config import LockBudget
+
+APPLICATION_NAME = "pgmaint"
+
+
+def session_options(budget: LockBudget) -> str:
+    return (
+        f"-c lock_timeout={budget.max_lock_timeout_ms} "
+        f"-c statement_timeout={budget.statement_timeout_ms} "
+        "-c idle_in_transaction_session_timeout=30000 "
+        "-c TimeZone=UTC"
+    )
+
+
+def connect(conninfo: str, budget: LockBudget = LockBudget(), application_name: str = APPLICATION_NAME) -> psycopg.Connection:
+    conn = psycopg.connect(
+        make_conninfo(conninfo, application_name=application_name, options=session_options(budget)),
+        autocommit=True,
+        connect_timeout=10,
+    )
+    lock_timeout, statement_timeout = conn.execute(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+    ).fetchone()
+    if lock_timeout == "0" or statement_timeout == "0":  # e.g. a pooler that drops startup options
+        conn.close()
+        raise RuntimeError(
+            f"the server did not apply pgmaint's session timeouts (lock_timeout={lock_timeout}, "
+            f"statement_timeout={statement_timeout}); if a connection pooler strips startup options, "
+            "set them on pgmaint's database role instead (ALTER ROLE ... SET lock_timeout = '200ms')"
+        )
+    return conn
+
+
+def conninfo_from_airflow(conn_id: str) -> str:
+    """libpq conninfo for an Airflow connection (imported lazily: the engine runs without Airflow)."""
+    from airflow.sdk import Connection
+
+    c = Connection.get(conn_id)
+    params: dict[str, Any] = {
+        "host": c.host or None,
+        "port": c.port or None,
+        "user": c.login or None,
+        "password": c.password or None,
+        "dbname": c.schema or None,
+    }
+    extra = c.extra_dejson or {}
+    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs"):
+        if key in extra:
+            params[key] = extra[key]
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})

@@ -1,0 +1,111 @@
+"""Guards that keep a run from becoming the cause of an outage.
+
+- `runner_lock`: one pgmaint runner per table, enforced in the database with a
+  session-level advisory lock (it survives our commits, unlike an xact lock,
+  cf. pg_partman #819) that is released in `finally` and by the server when
+  the connection dies.
+- `preflight`: before touching a table, refuse (and say why) when the server
+  is short of connections, when an old transaction holds locks on the table
+  family, or when sessions are already waiting for locks on it. Queueing
+  behind such a session is exactly how the incident's outage began.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from include.pgmaint.config import Preflight
+
+_LOCK_NAMESPACE = "pgmaint"
+
+
+def _lock_args(table: str) -> list[str]:
+    return [_LOCK_NAMESPACE, table]
+
+
+class TableBusy(Exception):
+    """Another pgmaint runner holds this table's lock."""
+
+
+@contextlib.contextmanager
+def runner_lock(conn, table_qualified: str):
+    """Hold the per-table runner lock for the duration of the block, or raise `TableBusy`."""
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", _lock_args(table_qualified)).fetchone()[0]
+    if not got:
+        holder = conn.execute(
+            """SELECT a.pid, a.application_name, left(a.query, 200), a.backend_start
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.granted
+                 AND l.classid::int = hashtext(%s) AND l.objid::int = hashtext(%s) AND l.objsubid = 2""",
+            _lock_args(table_qualified),
+        ).fetchone()
+        who = f"pid {holder[0]} ({holder[1]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})" if holder else "another session"
+        raise TableBusy(f"{table_qualified}: another pgmaint run holds this table's runner lock: {who}")
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", _lock_args(table_qualified))
+
+
+@dataclass
+class PreflightResult:
+    ok: bool
+    connections_used: int
+    connections_usable: int
+    problems: list[str] = field(default_factory=list)
+    sessions: list[dict] = field(default_factory=list)  # the sessions behind the problems
+
+
+_PREFLIGHT_SQL = """
+WITH fam AS (
+    SELECT %(parent)s::regclass::oid AS oid
+    UNION ALL
+    SELECT inhrelid FROM pg_inherits WHERE inhparent = %(parent)s::regclass
+),
+holders AS (
+    SELECT DISTINCT ON (a.pid, l.granted) a.pid, l.granted, l.mode, l.relation::regclass::text AS relation,
+           a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS xact_seconds,
+           left(a.query, 300) AS query
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation' AND l.relation IN (SELECT oid FROM fam) AND a.pid <> pg_backend_pid()
+    ORDER BY a.pid, l.granted, a.xact_start
+)
+SELECT
+    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
+    (current_setting('max_connections')::int
+       - current_setting('superuser_reserved_connections')::int
+       - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0))::int,
+    (SELECT coalesce(json_agg(h), '[]') FROM holders h WHERE h.granted AND h.xact_seconds > %(long_seconds)s),
+    (SELECT coalesce(json_agg(h), '[]') FROM holders h WHERE NOT h.granted)
+"""
+
+
+def preflight(conn, table_qualified: str, limits: Preflight) -> PreflightResult:
+    used, usable, long_tx, waiting = conn.execute(
+        _PREFLIGHT_SQL, {"parent": table_qualified, "long_seconds": limits.long_transaction_seconds}
+    ).fetchone()
+    result = PreflightResult(True, used, usable)
+    if usable > 0 and used / usable > limits.max_connection_usage:
+        result.problems.append(
+            f"connection headroom: {used} of {usable} usable connections in use "
+            f"(over {limits.max_connection_usage:.0%}); not adding DDL to a crowded server"
+        )
+    for h in long_tx:
+        result.problems.append(
+            f"long transaction: pid {h['pid']} has held {h['mode']} on {h['relation']} for {h['xact_seconds']:.0f}s "
+            f"({h['state']}): {h['query']!r}; our DDL would queue behind it"
+        )
+    if len(waiting) > limits.allow_waiting_sessions:
+        for h in waiting:
+            result.problems.append(f"waiting session: pid {h['pid']} is waiting for {h['mode']} on {h['relation']}: {h['query']!r}")
+    result.sessions = long_tx + waiting
+    result.ok = not result.problems
+    return result
+
+
+def quoted(schema: str, table: str) -> str:
+    return sql.Identifier(schema, table).as_string(None)

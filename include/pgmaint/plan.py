@@ -1,0 +1,146 @@
+"""Pure planning: catalog facts + a time -> what maintenance should do.
+
+Set arithmetic over ranges: missing = desired - current, expired = current
+whose upper bound is at or before now - retention. Nothing here touches a
+database, so every rule is unit-tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from include.pgmaint.catalog import Partition, Range, TableFacts
+from include.pgmaint.config import TableConfig
+
+MAX_IDENTIFIER_BYTES = 63
+
+
+@dataclass(frozen=True)
+class CreatePartition:
+    name: str
+    range: Range
+    reuse_leftover: bool = False  # a standalone table of ours from an interrupted run
+
+
+@dataclass(frozen=True)
+class RetirePartition:
+    name: str
+    range: Range
+    concurrently: bool  # DETACH ... CONCURRENTLY is impossible while a DEFAULT exists
+    drop: bool  # False when the table keeps detached partitions
+
+
+@dataclass(frozen=True)
+class FinalizeDetach:
+    name: str
+    drop: bool
+
+
+@dataclass(frozen=True)
+class NeedsMigration:
+    name: str
+    range: Range
+
+
+@dataclass(frozen=True)
+class MaintenancePlan:
+    table: str
+    now: datetime
+    creates: tuple[CreatePartition, ...] = ()
+    retires: tuple[RetirePartition, ...] = ()
+    finalizes: tuple[FinalizeDetach, ...] = ()
+    stale_checks: tuple[str, ...] = ()  # our exclusion CHECKs left on the DEFAULT by a crash
+    needs_migration: tuple[NeedsMigration, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.creates or self.retires or self.finalizes or self.stale_checks)
+
+
+def partition_name(cfg: TableConfig, start: datetime, tz: str) -> str:
+    suffix = cfg.interval.suffix(start, tz)
+    base = cfg.table.encode()[: MAX_IDENTIFIER_BYTES - len(suffix)].decode(errors="ignore")
+    return base + suffix
+
+
+def desired_ranges(cfg: TableConfig, now: datetime, tz: str) -> list[tuple[str, Range]]:
+    """The interval containing `now` and `premake` intervals after it."""
+    out = []
+    start = cfg.interval.floor(now, tz)
+    for _ in range(cfg.premake + 1):
+        end = cfg.interval.next(start, tz)
+        out.append((partition_name(cfg, start, tz), Range(_utc(start), _utc(end))))
+        start = end
+    return out
+
+
+def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> list[tuple[str, Range]]:
+    """Desired ranges no attached partition has; the ones whose DEFAULT rows must be probed."""
+    current = {p.range for p in facts.partitions}
+    return [(name, rng) for name, rng in desired_ranges(cfg, now, tz) if rng not in current]
+
+
+def retention_cutoff(cfg: TableConfig, now: datetime, tz: str) -> datetime | None:
+    return _utc(cfg.retention.before(now, tz)) if cfg.retention else None
+
+
+def plan_maintenance(
+    cfg: TableConfig,
+    facts: TableFacts,
+    now: datetime,
+    tz: str,
+    default_occupied: frozenset[Range] = frozenset(),
+) -> MaintenancePlan:
+    """Everything one maintenance run should do for one table.
+
+    `default_occupied` holds the missing ranges for which the DEFAULT partition
+    has rows (probed by the caller); those are reported, never created, because
+    ATTACH would fail and the rows must be migrated first.
+    """
+    notes: list[str] = []
+    creates: list[CreatePartition] = []
+    migrations: list[NeedsMigration] = []
+    existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
+    for name, rng in missing_ranges(cfg, facts, now, tz):
+        clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
+        if clash is not None:
+            notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
+        elif rng in default_occupied:
+            migrations.append(NeedsMigration(name, rng))
+        elif name in existing_names:
+            notes.append(f"{rng}: the name {name} is already used by another partition; not created")
+        else:
+            creates.append(CreatePartition(name, rng, reuse_leftover=name in facts.leftovers))
+
+    keep = cfg.retention_keep_table
+    cutoff = retention_cutoff(cfg, now, tz)
+    retires = [
+        RetirePartition(p.name, p.range, concurrently=facts.default is None, drop=not keep)
+        for p in facts.partitions
+        if not p.detach_pending and _expired(p, cutoff)
+    ]
+    finalizes = [FinalizeDetach(p.name, drop=not keep and _expired(p, cutoff)) for p in facts.partitions if p.detach_pending]
+    stale = tuple(c for c in (facts.default.our_checks if facts.default else ()) if c.startswith("pgmaint_excl"))
+    if facts.default and facts.default.estimated_rows > 0:
+        notes.append(f"DEFAULT partition {facts.default.name} holds about {facts.default.estimated_rows} row(s)")
+    return MaintenancePlan(
+        table=cfg.name,
+        now=now,
+        creates=tuple(creates),
+        retires=tuple(retires),
+        finalizes=tuple(finalizes),
+        stale_checks=stale,
+        needs_migration=tuple(migrations),
+        notes=tuple(notes),
+    )
+
+
+def _expired(partition: Partition, cutoff: datetime | None) -> bool:
+    # Safety rule 8: only a partition whose upper bound is at or before the cutoff.
+    return cutoff is not None and partition.range.upper is not None and partition.range.upper <= cutoff
+
+
+def _utc(moment: datetime) -> datetime:
+    return datetime.fromtimestamp(moment.timestamp(), tz=timezone.utc)

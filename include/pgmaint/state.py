@@ -1,0 +1,100 @@
+"""pgmaint's own state in `state_schema`: migrations and the run/step journal.
+
+The journal, not Airflow's task state, is the source of truth: the watchdog
+reads it to tell when maintenance last succeeded for a table, and responders
+can query it with plain SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from include.pgmaint.execute import Step
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, text) for every `NNN_name.sql` under include/sql, in order."""
+    out = []
+    for path in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
+        out.append((int(path.name[:3]), path.name, path.read_text()))
+    return out
+
+
+def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
+    """Create or upgrade the state schema; safe to call from many workers at once. Returns the version."""
+    ident = sql.Identifier(schema).as_string(None)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with conn.transaction():
+            got = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('pgmaint'), hashtext(%s))", ["state:" + schema]).fetchone()[0]
+            if got:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                conn.execute(sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_version (version integer PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema)))
+                current = conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))).fetchone()[0]
+                for version, name, text in migrations():
+                    if version > current:
+                        conn.execute(sql.SQL(text.replace("{schema}", ident)))
+                        conn.execute(sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(sql.Identifier(schema)), [version, name])
+                        current = version
+                return current
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another session kept the state-schema migration lock for {wait_seconds:.0f}s")
+        time.sleep(0.2)
+
+
+def _json(value: Any) -> str:
+    def default(o):
+        if is_dataclass(o):
+            return asdict(o)
+        if isinstance(o, datetime):
+            return o.isoformat()
+        return str(o)
+
+    return json.dumps(value, default=default)
+
+
+class Journal:
+    """Writes runs and steps. Each write is its own short autocommit statement."""
+
+    def __init__(self, conn, schema: str):
+        self.conn, self.schema = conn, sql.Identifier(schema)
+
+    def start_run(self, job: str, table: str, *, dag_id: str | None = None, dag_run_id: str | None = None,
+                  task_id: str | None = None) -> int:
+        return self.conn.execute(
+            sql.SQL("INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id) VALUES (%s, %s, %s, %s, %s) RETURNING run_id").format(self.schema),
+            [job, table, dag_id, dag_run_id, task_id],
+        ).fetchone()[0]
+
+    def record_step(self, run_id: int, step: Step, started_at: datetime, outcome: str, attempts: int,
+                    error: str | None = None, blockers: list | None = None) -> None:
+        rendered = step.render(self.conn)
+        self.conn.execute(
+            sql.SQL("INSERT INTO {}.steps (run_id, action, target, statements, locks, started_at, outcome, attempts, error, blockers) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)").format(self.schema),
+            [run_id, step.action, step.target, [s for s, _ in rendered], [lk for _, lk in rendered], started_at, outcome,
+             attempts, error, _json(blockers or [])],
+        )
+
+    def finish_run(self, run_id: int, outcome: str, summary: dict, error: str | None = None) -> None:
+        self.conn.execute(
+            sql.SQL("UPDATE {}.runs SET finished_at = clock_timestamp(), outcome = %s, summary = %s::jsonb, error = %s WHERE run_id = %s").format(self.schema),
+            [outcome, _json(summary), error, run_id],
+        )
+
+    def last_success(self, table: str, job: str = "maintenance") -> datetime | None:
+        return self.conn.execute(
+            sql.SQL("SELECT max(finished_at) FROM {}.runs WHERE table_name = %s AND job = %s AND outcome = 'success'").format(self.schema),
+            [table, job],
+        ).fetchone()[0]
