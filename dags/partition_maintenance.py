@@ -1,0 +1,83 @@
+"""
+### partition_maintenance
+
+Keeps every configured partitioned table healthy, every 15 minutes by default:
+
+1. **select_tables**: the tables to maintain (the `tables` param, or all configured ones).
+2. **maintain** (one mapped task per table, named after the table, in the
+   `pgmaint_target` pool): take the table's runner lock, read the catalog,
+   then
+   - **premake**: create the partition for the current interval and `premake`
+     intervals ahead, as `CREATE TABLE … (LIKE parent INCLUDING ALL)` + `ATTACH`,
+     so the parent only takes SHARE UPDATE EXCLUSIVE and nothing is scanned
+     under an exclusive lock;
+   - **retire**: detach partitions whose upper bound is at or before
+     now − `retention`, then drop them (unless `retention_keep_table`).
+   A range for which the DEFAULT partition already holds rows is **not**
+   created: it is reported as needing migration (`default_partition_migration`).
+3. **summarize**: created / retired / skipped per table, to the log and XCom.
+   The run fails if any table failed.
+
+**What stops it.** Every statement waits at most 200 ms for a lock, retried
+with backoff for 60 s, then the table fails naming the sessions that blocked
+it. Before any DDL a table is *skipped* (not queued) when the server is short
+of connections, an old transaction holds locks on the table, or sessions are
+already waiting on it. One table's failure does not stop the others.
+
+**Params.** `dry_run` prints every statement and the lock it takes and
+executes nothing. `tables` limits the run to some configured tables.
+
+Runbook: `docs/runbook.md`. Journal: `SELECT * FROM pgmaint.runs ORDER BY run_id DESC`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.pgmaint.config import load_config
+
+CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
+
+
+@dag(
+    dag_id="partition_maintenance",
+    schedule=CONFIG.maintenance_schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["pgmaint", "partitions"],
+    default_args={"retries": 0},
+    params={
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Print every statement and the lock it would take; execute nothing."),
+        "tables": Param([], type="array", title="Tables",
+                        items={"type": "string", "enum": CONFIG.table_names}, uniqueItems=True,
+                        description="Configured tables to maintain; empty means all of them."),
+    },
+)
+def partition_maintenance():
+    @task
+    def select_tables(params=None) -> list[str]:
+        return list(params["tables"]) or CONFIG.table_names
+
+    @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
+    def maintain(table: str, params=None, dag_run=None, ti=None) -> dict:
+        from include.pgmaint.airflow_tasks import maintain_one
+
+        get_current_context()["table_name"] = table
+        return maintain_one(CONFIG, table, dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+
+    @task(trigger_rule="all_done")
+    def summarize(tables: list[str], ti=None) -> dict:
+        from include.pgmaint.airflow_tasks import summarize_results
+
+        return summarize_results(tables, ti)
+
+    tables = select_tables()
+    results = maintain.expand(table=tables)
+    results >> summarize(tables)
+
+
+partition_maintenance()
