@@ -19,7 +19,7 @@ from psycopg import sql
 from include.pgmaint import ddl
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.execute import Executor, Step, StepFailed
+from include.pgmaint.execute import Executor, LockBudgetExhausted, Step, StepFailed
 from include.pgmaint.guards import TableBusy, preflight, quoted, runner_lock
 from include.pgmaint.plan import MaintenancePlan, missing_ranges, plan_maintenance
 from include.pgmaint.state import Journal, ensure_state_schema
@@ -149,14 +149,19 @@ def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: Ma
         result.skipped_reason = "preflight: " + "; ".join(check.problems)
         return
     executor = Executor(conn, config.lock_budget, on_event=lambda m: log.warning("%s: %s", cfg.name, m))
+    blocked: list[str] = []  # after one lock-budget failure, stop adding DDL to this table for this run
 
-    def run(step: Step) -> bool:
+    def run(step: Step, *, even_if_blocked: bool = False) -> bool:
+        if blocked and not even_if_blocked:
+            return False
         began = datetime.now(timezone.utc)
         try:
             outcome = executor.run(step)
         except StepFailed as exc:
             journal.record_step(result.run_id, step, began, "failed", exc.attempts, str(exc), exc.blockers)
             result.errors.append(str(exc))
+            if isinstance(exc, LockBudgetExhausted):
+                blocked.append(step.target)
             return False
         journal.record_step(result.run_id, step, began, "success", outcome.attempts, None, outcome.blockers)
         return True
@@ -170,20 +175,28 @@ def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: Ma
                 result.dropped.append(f.name)
 
     prepare, attach, cleanup = ddl.create_steps(facts, plan.creates, tz)
+    excluded = False
     try:
-        if all(run(step) for step in prepare):
+        for step in prepare:
+            if not run(step):
+                break
+            excluded = excluded or step.action == "exclude_from_default"
+        else:
             for step in attach:
                 if run(step):
                     result.created.append(step.target)
     finally:
-        if cleanup is not None:  # the exclusion CHECK rejects inserts into the new ranges: never leave it behind
-            run(cleanup)
+        if cleanup is not None and excluded:
+            # The exclusion CHECK rejects inserts into the new ranges: never leave it behind.
+            run(cleanup, even_if_blocked=True)
 
     for r in plan.retires:
-        if run(ddl.detach_step(facts, r)) or _finalize_if_pending(conn, facts, r.name, run):
+        if run(ddl.detach_step(facts, r)) or (not blocked and _finalize_if_pending(conn, facts, r.name, run)):
             result.detached.append(r.name)
             if r.drop and run(ddl.drop_step(facts, r.name)):
                 result.dropped.append(r.name)
+    if blocked:
+        result.notes.append(f"stopped adding DDL after {blocked[0]} stayed locked past the budget; the rest waits for the next run")
 
 
 def _finalize_if_pending(conn, facts: TableFacts, name: str, run) -> bool:
