@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from zoneinfo import ZoneInfo
 
 from include.pgmaint.config import TableConfig
 
 SUPPORTED_KEY_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+# Keys holding wall-clock values of the configured zone: their bounds are kept on that wall
+# clock, represented as UTC datetimes (see plan.timeline).
+WALL_CLOCK_KEY_TYPES = ("timestamp without time zone", "date")
 OUR_CHECK_PREFIX = "pgmaint_"
 BOUND_CHECK = "pgmaint_bound"
 
@@ -129,12 +131,12 @@ def parse_bound_value(text: str, key_type: str, tz: str) -> datetime | None:
     try:
         if key_type == "date":
             day = date.fromisoformat(literal)
-            return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz)).astimezone(timezone.utc)
+            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)  # wall clock, see WALL_CLOCK_KEY_TYPES
         value = datetime.fromisoformat(literal)
     except ValueError:
         raise CatalogError(f"unsupported partition bound value {text} (infinity or BC dates are not managed)") from None
-    if value.tzinfo is None:  # timestamp without time zone: wall-clock time in the configured zone
-        value = value.replace(tzinfo=ZoneInfo(tz))
+    if value.tzinfo is None:  # timestamp without time zone: kept on its wall clock
+        return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
 
 

@@ -50,7 +50,7 @@ def _unquote(part: str) -> str:
 
 def parse_qualified_name(text: str) -> tuple[str, str]:
     """`schema.table` -> (schema, table) as stored in the catalog."""
-    match = _QUALIFIED.match(text) if isinstance(text, str) else None
+    match = _QUALIFIED.fullmatch(text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"{text!r} is not a schema-qualified table name like 'public.events'")
     schema, table = _unquote(match.group(1)), _unquote(match.group(2))
@@ -61,7 +61,7 @@ def parse_qualified_name(text: str) -> tuple[str, str]:
 
 
 def parse_identifier(text: str) -> str:
-    if not isinstance(text, str) or not _SINGLE.match(text):
+    if not isinstance(text, str) or not _SINGLE.fullmatch(text):
         raise ValueError(f"{text!r} is not a column or schema identifier")
     name = _unquote(text)
     if len(name.encode()) > 63:
@@ -230,17 +230,25 @@ def _path(error: jsonschema.ValidationError) -> str:
     return out or "(top level)"
 
 
-def _schema_problems(raw: Any) -> list[str]:
+def _schema_problems(raw: Any) -> tuple[list[str], set[tuple]]:
+    """Problems, and the (section, index) items they are in (those items skip the semantic checks)."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    problems = []
+    problems, bad_items = [], set()
     for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+        path = list(error.absolute_path)
+        if not path:
+            bad_items.add(("*",))  # the document itself
+        elif len(path) >= 2 and isinstance(path[1], int):
+            bad_items.add((path[0], path[1]))  # one table or service
+        else:
+            bad_items.add((path[0],))  # a whole section
         if error.validator == "additionalProperties":
             known = ", ".join(sorted(error.schema.get("properties", {})))
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             problems.append(f"{_path(error)}: unknown key(s) {', '.join(map(repr, extra))} (known: {known})")
         else:
             problems.append(f"{_path(error)}: {error.message}")
-    return problems
+    return problems, bad_items
 
 
 # --- parsing -----------------------------------------------------------------
@@ -250,9 +258,9 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     """Validate a parsed YAML document and build the `Config`."""
     if raw is None:
         raise ConfigError(["(top level): the file is empty"], source)
-    problems = _schema_problems(raw)
-    if problems:
-        raise ConfigError(problems, source)
+    problems, bad_items = _schema_problems(raw)
+    if not isinstance(raw, dict) or bad_items & {("*",), ("tables",), ("services",)}:
+        raise ConfigError(problems, source)  # the document's shape is wrong: nothing more to check
 
     tz = raw.get("timezone", "UTC")
     try:
@@ -265,6 +273,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     except ValueError as exc:
         problems.append(f"state_schema: {exc}")
 
+    if any(section == "services" for section, *_ in bad_items):
+        raise ConfigError(problems, source)  # tables refer to services: check those first
     services, service_problems = _parse_services(raw.get("services", []))
     problems += service_problems
     service_names = {s.name for s in services}
@@ -273,6 +283,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     seen: dict[tuple[str, str], str] = {}
     for i, item in enumerate(raw["tables"]):
         where = f"tables[{i}]"
+        if ("tables", i) in bad_items:
+            continue
         try:
             table = _parse_table(item, where, service_names)
         except ConfigError as exc:
@@ -319,7 +331,9 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
     except ValueError as exc:
         problems.append(f"{where}.interval: {exc}")
     premake = item["premake"]
-    if premake < 1:
+    if isinstance(premake, float):  # JSON Schema's "integer" accepts 2.0
+        problems.append(f"{where}.premake: must be a whole number (got {premake})")
+    elif premake < 1:
         problems.append(f"{where}.premake: must be at least 1 (got {premake})")
     elif premake > 1000:
         problems.append(f"{where}.premake: {premake} partitions ahead is more than the supported 1000")

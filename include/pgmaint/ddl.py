@@ -19,7 +19,6 @@ research/online_partitioning.md section 1):
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
 
 from psycopg import sql
 
@@ -33,12 +32,12 @@ BOUND_CHECK = "pgmaint_bound"
 
 def bound_text(moment: datetime, key_type: str, tz: str) -> str:
     """A bound value written in the key's own type, so PostgreSQL stores exactly this instant."""
+    wall = moment.astimezone(timezone.utc)  # date / timestamp ranges are kept on their wall clock as UTC (plan.timeline)
     if key_type == "timestamp with time zone":
-        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
-    local = moment.astimezone(ZoneInfo(tz))  # date / timestamp keys hold wall-clock values of the configured zone
+        return wall.strftime("%Y-%m-%d %H:%M:%S+00")
     if key_type == "date":
-        return local.strftime("%Y-%m-%d")
-    return local.strftime("%Y-%m-%d %H:%M:%S")
+        return wall.strftime("%Y-%m-%d")
+    return wall.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def bound_literal(moment: datetime, key_type: str, tz: str) -> sql.Literal:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pendulum
 
@@ -91,10 +92,11 @@ class PartitionInterval:
 
     def suffix(self, start: datetime, tz: str) -> str:
         """pg_partman 5 naming: `_pYYYYMMDD`, hourly `_pYYYYMMDD_HH24MISS`."""
-        local = pendulum.instance(start).in_timezone(tz)
+        local = start.astimezone(ZoneInfo(tz))
         if self.unit == "hour":
-            return "_p" + local.format("YYYYMMDD_HHmmss")
-        return "_p" + local.format("YYYYMMDD")
+            # The hour repeated when clocks fall back (fold=1) gets its own name.
+            return "_p" + local.strftime("%Y%m%d_%H%M%S") + ("_2" if local.fold else "")
+        return "_p" + local.strftime("%Y%m%d")
 
     def __str__(self) -> str:
         return f"1 {self.unit}"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
-from include.pgmaint.catalog import Partition, Range, TableFacts
+from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Partition, Range, TableFacts
 from include.pgmaint.config import TableConfig
 
 MAX_IDENTIFIER_BYTES = 63
@@ -59,6 +60,19 @@ class MaintenancePlan:
         return not (self.creates or self.retires or self.finalizes or self.stale_checks)
 
 
+def timeline(facts: TableFacts, now: datetime, tz: str) -> tuple[datetime, str]:
+    """The clock a table's ranges live on.
+
+    A timestamptz key holds instants: plan on the real clock, aligned in `tz`.
+    A `timestamp` or `date` key holds wall-clock values of `tz`: plan on that
+    wall clock itself (represented as UTC), so a day is always 00:00 to 00:00
+    and an hourly range never collapses when clocks fall back.
+    """
+    if facts.key_type in WALL_CLOCK_KEY_TYPES:
+        return now.astimezone(ZoneInfo(tz)).replace(tzinfo=timezone.utc), "UTC"
+    return now, tz
+
+
 def partition_name(cfg: TableConfig, start: datetime, tz: str) -> str:
     suffix = cfg.interval.suffix(start, tz)
     base = cfg.table.encode()[: MAX_IDENTIFIER_BYTES - len(suffix)].decode(errors="ignore")
@@ -78,6 +92,7 @@ def desired_ranges(cfg: TableConfig, now: datetime, tz: str) -> list[tuple[str, 
 
 def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> list[tuple[str, Range]]:
     """Desired ranges no attached partition has; the ones whose DEFAULT rows must be probed."""
+    now, tz = timeline(facts, now, tz)
     current = {p.range for p in facts.partitions}
     return [(name, rng) for name, rng in desired_ranges(cfg, now, tz) if rng not in current]
 
@@ -101,6 +116,7 @@ def plan_maintenance(
     """
     notes: list[str] = []
     creates: list[CreatePartition] = []
+    planned_names: set[str] = set()
     migrations: list[NeedsMigration] = []
     existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
     for name, rng in missing_ranges(cfg, facts, now, tz):
@@ -109,13 +125,14 @@ def plan_maintenance(
             notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
         elif rng in default_occupied:
             migrations.append(NeedsMigration(name, rng))
-        elif name in existing_names:
+        elif name in existing_names or name in planned_names:
             notes.append(f"{rng}: the name {name} is already used by another partition; not created")
         else:
+            planned_names.add(name)
             creates.append(CreatePartition(name, rng, reuse_leftover=name in facts.leftovers))
 
     keep = cfg.retention_keep_table
-    cutoff = retention_cutoff(cfg, now, tz)
+    cutoff = retention_cutoff(cfg, *timeline(facts, now, tz))
     retires = [
         RetirePartition(p.name, p.range, concurrently=facts.default is None, drop=not keep)
         for p in facts.partitions

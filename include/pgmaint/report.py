@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.plan import desired_ranges, retention_cutoff
+from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def table_health(cfg: TableConfig, facts: TableFacts | CatalogError, now: dateti
     if isinstance(facts, CatalogError):
         return TableHealth(cfg.name, 0, "-", "-", 0, 0, None, str(facts))
     existing = {p.range for p in facts.partitions}
+    now, tz = timeline(facts, now, tz)
     runway = 0
     for _, rng in desired_ranges(cfg, now, tz):
         if rng not in existing:
