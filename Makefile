@@ -1,0 +1,41 @@
+# pgmaint developer entry points. `make` alone lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements.stamp
+
+.PHONY: help venv test demo bench-maintenance devdb devdb-stop clean
+
+help: ## list the targets
+	@echo "pgmaint make targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv (Python 3.11) and install the pinned requirements.txt
+
+# Re-installs only when requirements.txt changes.
+$(STAMP): requirements.txt
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+test: venv ## run the tests (embedded PostgreSQL unless PGMAINT_TEST_DSN is set; extra args: PYTEST_ARGS=...)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: venv ## run the demo (scripts/demo)
+	scripts/demo
+
+bench-maintenance: venv ## run the maintenance benchmark (scripts/bench_maintenance.py)
+	$(PY) scripts/bench_maintenance.py
+
+devdb: venv ## start the embedded dev PostgreSQL (.pgmaint/pgdata) and print its conninfo
+	$(PY) scripts/devdb.py start
+
+devdb-stop: ## stop the embedded dev PostgreSQL
+	@if [ -x $(PY) ]; then $(PY) scripts/devdb.py stop; fi
+
+clean: devdb-stop ## stop the dev DB; remove .airflow/, .pgmaint/, test homes and caches (keeps .venv)
+	rm -rf .airflow .pgmaint .pytest-airflow .pytest_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
