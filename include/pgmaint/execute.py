@@ -43,6 +43,7 @@ class Step:
     statements: tuple[Statement, ...]
     lock_targets: tuple[str, ...] = ()  # qualified names whose lock holders we report when blocked
     transactional: bool = True  # DETACH ... CONCURRENTLY cannot run inside a transaction block
+    strong_lock: bool = False  # holds ACCESS EXCLUSIVE on a busy table: run under the circuit breaker
 
     def render(self, conn=None) -> list[tuple[str, str]]:
         return [(st.sql.as_string(conn), st.lock) for st in self.statements]
@@ -115,12 +116,12 @@ class Executor:
     """Runs `Step`s under a `LockBudget`. Needs an autocommit connection."""
 
     def __init__(self, conn: psycopg.Connection, budget: LockBudget, *, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None, on_event: Callable[[str], None] | None = None):
+                 rng: random.Random | None = None, on_event: Callable[[str], None] | None = None, breaker=None):
         if budget.lock_timeout_ms <= 0 or budget.max_lock_timeout_ms <= 0 or budget.statement_timeout_ms <= 0:
             raise UnguardedStatement("refusing to execute without positive lock_timeout and statement_timeout")
         if not conn.autocommit:
             raise ValueError("Executor needs an autocommit connection: it opens one short transaction per step")
-        self.conn, self.budget, self.sleep = conn, budget, sleep
+        self.conn, self.budget, self.sleep, self.breaker = conn, budget, sleep, breaker
         self.rng = rng or random.Random()
         self.on_event = on_event or (lambda message: log.info("%s", message))
 
@@ -131,10 +132,22 @@ class Executor:
         while True:
             attempt += 1
             lock_ms = min(budget.max_lock_timeout_ms, budget.lock_timeout_ms * 2 ** (attempt - 1))
+            tripped = None
             try:
-                self._attempt(step, lock_ms)
+                if step.strong_lock and self.breaker is not None:
+                    with self.breaker.watch(self.conn.info.backend_pid):
+                        try:
+                            self._attempt(step, lock_ms)
+                        finally:
+                            tripped = self.breaker.tripped
+                else:
+                    self._attempt(step, lock_ms)
                 return StepResult(step, attempt, time.monotonic() - started, blockers)
-            except errors.LockNotAvailable:
+            except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
+                if isinstance(exc, errors.QueryCanceled) and not tripped:
+                    raise StepFailed(step, f"{step.action} {step.target}: cancelled by statement_timeout: {exc}", attempt) from exc
+                if tripped:
+                    self.on_event(f"{step.action} {step.target}: circuit breaker cancelled us: {tripped}")
                 blockers = find_blockers(self.conn, step.lock_targets) or blockers
                 delay = self.rng.uniform(0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (attempt - 1)))
                 elapsed = time.monotonic() - started
@@ -156,8 +169,6 @@ class Executor:
                 self.sleep(delay)
             except GuardFailed as exc:
                 raise StepFailed(step, f"{step.action} {step.target}: {exc}", attempt) from exc
-            except errors.QueryCanceled as exc:
-                raise StepFailed(step, f"{step.action} {step.target}: cancelled by statement_timeout: {exc}", attempt) from exc
             except psycopg.Error as exc:
                 raise StepFailed(step, f"{step.action} {step.target}: {type(exc).__name__}: {exc}".strip(), attempt) from exc
 

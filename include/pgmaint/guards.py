@@ -109,3 +109,59 @@ def preflight(conn, table_qualified: str, limits: Preflight) -> PreflightResult:
 
 def quoted(schema: str, table: str) -> str:
     return sql.Identifier(schema, table).as_string(None)
+
+
+class CircuitBreaker:
+    """Watches, from a second connection, for sessions queueing behind one of ours.
+
+    While our session waits for or holds a strong lock, every later query on the
+    table queues behind it. Past `max_waiters` queued sessions, or one queued for
+    longer than `max_wait_ms`, the breaker cancels our statement (pg_cancel_backend);
+    the executor sees the cancellation as a lock failure and backs off and retries.
+    """
+
+    _SQL = """
+        SELECT count(*), coalesce(max(extract(epoch FROM clock_timestamp() - l.waitstart)) * 1000, 0)
+        FROM pg_locks l
+        WHERE NOT l.granted AND %s = ANY(pg_blocking_pids(l.pid))
+    """
+
+    def __init__(self, conninfo: str, *, max_waiters: int = 5, max_wait_ms: float = 100.0, poll_seconds: float = 0.02):
+        self.conninfo, self.max_waiters, self.max_wait_ms, self.poll = conninfo, max_waiters, max_wait_ms, poll_seconds
+        self.tripped: str | None = None
+        self.peak_waiters = 0
+        self.peak_wait_ms = 0.0
+        self._stop = None
+        self._thread = None
+
+    @contextlib.contextmanager
+    def watch(self, pid: int):
+        import threading
+
+        import psycopg
+
+        self.tripped, self._stop = None, threading.Event()
+        watcher = psycopg.connect(self.conninfo, autocommit=True, application_name="pgmaint-breaker")
+        watcher.execute("SET statement_timeout = '1s'")
+
+        def loop():
+            while not self._stop.wait(self.poll):
+                try:
+                    waiters, wait_ms = watcher.execute(self._SQL, [pid]).fetchone()
+                except Exception:  # the breaker must never break the run it guards
+                    continue
+                self.peak_waiters = max(self.peak_waiters, waiters)
+                self.peak_wait_ms = max(self.peak_wait_ms, float(wait_ms))
+                if waiters > self.max_waiters or wait_ms > self.max_wait_ms:
+                    self.tripped = f"{waiters} session(s) queued behind pid {pid}, longest {float(wait_ms):.0f} ms"
+                    watcher.execute("SELECT pg_cancel_backend(%s)", [pid])
+                    return
+
+        self._thread = threading.Thread(target=loop, name="pgmaint-breaker", daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+            watcher.close()
