@@ -67,3 +67,45 @@ def summarize_results(tables: list[str], ti) -> dict:
     if summary["failed"]:
         raise AirflowFailException(f"maintenance failed for {len(summary['failed'])} table(s): {', '.join(summary['failed'])}")
     return summary
+
+
+def resolve_migration_table(config: Config, params: dict, triggering_asset_events=None) -> str:
+    """The table to migrate: the `table` param, else the latest watchdog asset event's."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    table = params.get("table")
+    if not table and triggering_asset_events:
+        for events in triggering_asset_events.values():
+            for event in events:
+                table = (event.extra or {}).get("table") or table
+    if not table:
+        raise AirflowFailException("no table chosen: set the `table` param (or trigger through the watchdog's asset event)")
+    if table not in config.table_names:
+        raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(config.table_names)})")
+    return table
+
+
+def migrate_one(config: Config, table: str, params: dict, *, dag_run=None, ti=None) -> dict:
+    """Run (or resume) the migration of one table's DEFAULT partition; fail the task if it failed."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.maintenance import RunContext
+    from include.pgmaint.migrate import migrate_table
+
+    conninfo = conninfo_from_airflow(config.connection_id)
+    context = RunContext(dag_id=getattr(dag_run, "dag_id", None), dag_run_id=getattr(dag_run, "run_id", None),
+                         task_id=getattr(ti, "task_id", None))
+    with connect(conninfo, config.lock_budget) as conn:
+        result = migrate_table(conn, conninfo, config, config.table(table), dry_run=params["dry_run"],
+                               batch_rows=params["batch_rows"], max_minutes=params["max_minutes"],
+                               move_out_of_window=params["move_out_of_window"], context=context)
+    summary = result.as_dict()
+    if result.outcome == "failed":
+        raise AirflowFailException(f"{table}: migration failed: " + " | ".join(result.errors))
+    if result.outcome == "skipped":
+        raise AirflowSkipException(f"{table}: skipped: {result.skipped_reason}")
+    if result.outcome == "incomplete":
+        log.warning("%s: stopped at max_minutes with %d rows still in the drain table (not visible through the parent "
+                    "until moved); trigger the DAG again to resume", table, result.rows_remaining)
+    return summary

@@ -210,11 +210,27 @@ SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {
                 "type": "object",
+                "additionalProperties": False,
                 "required": ["name", "kind"],
                 "properties": {
                     "name": _NAME,
                     "kind": {"enum": list(SERVICE_KINDS)},
                     "depends_on": {"type": "array", "items": {"type": "string"}},
+                    # kind-specific (which kind takes which: SERVICE_FIELDS; docs/services.md)
+                    "lease_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+                    "flag": _NAME,
+                    "parents": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                    "jobs": {"type": "array", "minItems": 1, "items": _NAME},
+                    "dag_id": _NAME,
+                    "connection_id": _NAME,
+                    "pause_url": _NAME,
+                    "resume_url": _NAME,
+                    "status_url": _NAME,
+                    "method": {"enum": ["POST", "PUT", "PATCH", "GET", "DELETE"]},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "body": {"type": ["object", "array", "string", "null"]},
+                    "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+                    "retries": {"type": "integer", "minimum": 0, "maximum": 10},
                 },
             },
         },
@@ -367,6 +383,54 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
     )
 
 
+# Kind-specific service fields and their defaults (None = required, no default).
+# Every kind also takes `lease_minutes` (default 120). See docs/services.md.
+SERVICE_FIELDS: dict[str, dict[str, Any]] = {
+    "flag": {"flag": "<name>"},
+    "pg_partman": {"parents": "<tables whose writers include the service>"},
+    "pg_cron": {"jobs": None, "connection_id": "<connection_id>"},
+    "airflow_dag": {"dag_id": None, "connection_id": "airflow_api", "timeout_seconds": 10, "retries": 3},
+    "http": {"pause_url": None, "resume_url": None, "status_url": "<none>", "method": "POST", "headers": {},
+             "body": "<none>", "timeout_seconds": 5, "retries": 3},
+}
+DEFAULT_LEASE_MINUTES = 120
+
+
+def _service_options(where: str, item: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The kind-specific options of one service, with defaults filled in, and their problems."""
+    kind, problems = item["kind"], []
+    fields = SERVICE_FIELDS[kind]
+    given = {k: v for k, v in item.items() if k not in ("name", "kind", "depends_on")}
+    options: dict[str, Any] = {"lease_minutes": given.pop("lease_minutes", DEFAULT_LEASE_MINUTES)}
+    for key in sorted(given):
+        if key not in fields:
+            problems.append(f"{where}.{key}: not a field of kind {kind} (its fields: {', '.join([*fields, 'lease_minutes'])})")
+    for key, default in fields.items():
+        if key in given:
+            options[key] = given[key]
+        elif default is None:
+            problems.append(f"{where}.{key}: required for kind {kind}")
+        elif not (isinstance(default, str) and default.startswith("<")):
+            options[key] = default
+    if kind == "flag":
+        options.setdefault("flag", item["name"])
+    if "parents" in options:
+        parents = []
+        for j, parent in enumerate(options["parents"]):
+            try:
+                parents.append(".".join(parse_qualified_name(parent)))
+            except ValueError as exc:
+                problems.append(f"{where}.parents[{j}]: {exc}")
+        options["parents"] = parents
+    for key in ("pause_url", "resume_url", "status_url"):
+        url = options.get(key)
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(f"{where}.{key}: {url!r} is not an http:// or https:// URL")
+    if isinstance(options.get("retries"), float) or isinstance(options.get("lease_minutes"), float):
+        problems.append(f"{where}: retries and lease_minutes must be whole numbers")
+    return options, problems
+
+
 def _parse_services(items: list[dict[str, Any]]) -> tuple[list[ServiceConfig], list[str]]:
     problems = []
     services = []
@@ -375,7 +439,8 @@ def _parse_services(items: list[dict[str, Any]]) -> tuple[list[ServiceConfig], l
         if item["name"] in names:
             problems.append(f"services[{i}].name: duplicate service {item['name']!r}")
         names.add(item["name"])
-        options = {k: v for k, v in item.items() if k not in ("name", "kind", "depends_on")}
+        options, option_problems = _service_options(f"services[{i}]", item)
+        problems += option_problems
         services.append(ServiceConfig(item["name"], item["kind"], tuple(item.get("depends_on", [])), options))
     for i, service in enumerate(services):
         for dep in service.depends_on:

@@ -105,8 +105,8 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
         result.outcome = "failed"
     result.seconds = round(time.monotonic() - started, 3)
     if journal:
-        journal.finish_run(result.run_id, result.outcome, result.as_dict(),
-                           "\n".join(result.errors) or result.skipped_reason)
+        journal.finish_run_safely(result.run_id, result.outcome, result.as_dict(),
+                                  "\n".join(result.errors) or result.skipped_reason)
     _log_result(result)
     return result
 

@@ -27,6 +27,8 @@ the new DEFAULT for intervals still without one), never lost.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -88,6 +90,12 @@ class MigrationResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def failpoint(name: str) -> None:
+    """Fault injection for the crash-safety tests: `PGMAINT_FAILPOINT=<name>` kills this process here, like kill -9."""
+    if os.environ.get("PGMAINT_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- survey & plan -------------------------------------------------------------------------------
@@ -311,6 +319,10 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
                 self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
                 moved_total, n = self.conn.execute(self.batch_sql, {
                     "lo": f"({lo_page},0)", "hi": f"({next_page},0)", "lo_page": lo_page, "mid": self.migration_id}).fetchone()
+                if moved_total > 0:
+                    failpoint("inside_batch")  # the batch ran but did not commit
+            if moved_total > 0:
+                failpoint("after_batch")
             took = time.monotonic() - t0
             moved_here += n
             next_page = lo_page
@@ -386,7 +398,7 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     result.rows_per_second = round(result.rows_moved / result.seconds, 1) if result.seconds else 0.0
     if journal:
         outcome = {"incomplete": "success", "dry_run": "success"}.get(result.outcome, result.outcome)
-        journal.finish_run(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
+        journal.finish_run_safely(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
     progress(f"{cfg.name}: migration {result.outcome}: {result.rows_moved:,} rows moved into {len(result.partitions)} "
              f"partition(s) in {result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s)"
              + (f"; {result.rows_remaining:,} rows remain for the next run" if result.rows_remaining else "")
@@ -452,6 +464,7 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
         breaker = CircuitBreaker(conninfo)
         executor = Executor(conn, config.lock_budget, breaker=breaker, on_event=lambda msg: log.warning("%s: %s", cfg.name, msg))
         for step in m.prepare_steps() + [m.swap_step()]:
+            failpoint(f"before_{step.action}")
             began = datetime.now(timezone.utc)
             try:
                 outcome = executor.run(step)
@@ -459,6 +472,7 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
                 journal.record_step(run_id, step, began, "failed", exc.attempts, str(exc), exc.blockers)
                 raise
             journal.record_step(run_id, step, began, "success", outcome.attempts, None, outcome.blockers)
+        failpoint("after_swap")
         progress(f"{cfg.name}: swapped the DEFAULT: {len(plan.move)} partition(s) attached, "
                  f"{plan.rows_to_move:,} rows to move back (peak sessions queued behind the swap: {breaker.peak_waiters})")
         active = _active_migration(conn, config, cfg)

@@ -8,6 +8,7 @@ can query it with plain SQL.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from psycopg import sql
 
 from include.pgmaint.execute import Step
 
+log = logging.getLogger("pgmaint.state")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
@@ -92,6 +94,14 @@ class Journal:
             sql.SQL("UPDATE {}.runs SET finished_at = clock_timestamp(), outcome = %s, summary = %s::jsonb, error = %s WHERE run_id = %s").format(self.schema),
             [outcome, _json(summary), error, run_id],
         )
+
+    def finish_run_safely(self, run_id: int, outcome: str, summary: dict, error: str | None = None) -> None:
+        """`finish_run`, unless the connection is gone: then say so (the run row stays 'running';
+        the watchdog's cadence check sees no success) instead of hiding the run's own error."""
+        try:
+            self.finish_run(run_id, outcome, summary, error)
+        except Exception as exc:
+            log.error("journal: could not record the end of run %s (%s): %s", run_id, outcome, exc)
 
     def last_success(self, table: str, job: str = "maintenance") -> datetime | None:
         return self.conn.execute(

@@ -1,0 +1,110 @@
+"""
+### default_partition_migration
+
+Moves the rows that piled up in a table's DEFAULT partition into proper
+partitions, online. Triggered by hand from the form below, or by the watchdog
+(asset `pgmaint_default_rows`) for tables with `auto_migrate: true`.
+
+1. **resolve_table**: the `table` param, or the table named by the watchdog's asset event.
+2. **open_window** (setup): records which services write to the table, in pause order.
+3. **pause_writers**: pauses them, dependents first, each with a lease that expires
+   (`pause_services`; nothing is paused on a dry run).
+4. **migrate**, under the table's runner lock:
+   - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many;
+   - create an empty partition per interval inside the window, and an empty new DEFAULT;
+   - **swap** in one catalog-only transaction (the parent is locked for milliseconds,
+     under a 200 ms lock timeout and a circuit breaker that backs off if sessions queue);
+   - **drain** the old DEFAULT back through the parent in atomic, journalled batches
+     (newest rows first), logging rows moved, remaining, rate and ETA every 10 s;
+   - **verify** per interval that row counts and checksums are conserved, then drop
+     the emptied old DEFAULT. Stops cleanly at `max_minutes`; the next run resumes.
+5. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order.
+
+**What readers see while rows move:** a row not yet drained is briefly invisible
+through the parent (it sits in the old DEFAULT, detached); rows already moved
+and all new writes are visible. Nothing is lost or duplicated, even if the
+worker is killed: the next run resumes from the journal.
+
+**Params.** `table`, `dry_run` (survey and print the statements, move nothing),
+`batch_rows`, `max_minutes`, `pause_services`, `move_out_of_window` (also move rows
+older than retention or beyond the premake horizon; otherwise they stay in the
+DEFAULT and are reported).
+
+Runbook: `docs/runbook.md`. Progress: `SELECT * FROM pgmaint.migrations ORDER BY migration_id DESC`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, setup, task, teardown
+
+from include.pgmaint.assets import DEFAULT_ROWS
+from include.pgmaint.config import load_config
+
+CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
+
+
+@dag(
+    dag_id="default_partition_migration",
+    schedule=[DEFAULT_ROWS] if any(t.auto_migrate for t in CONFIG.tables) else None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["pgmaint", "partitions", "migration"],
+    default_args={"retries": 0},
+    params={
+        "table": Param(None, type=["null", "string"], enum=[None, *CONFIG.table_names], title="Table",
+                       description="The configured table whose DEFAULT partition to migrate "
+                                   "(empty when triggered by the watchdog's asset event)."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Survey the DEFAULT and print every statement with its lock; move nothing, pause nothing."),
+        "batch_rows": Param(50_000, type="integer", minimum=100, maximum=1_000_000, title="Rows per batch",
+                            description="Upper bound on rows moved per transaction (batches also adapt to stay under ~1 s)."),
+        "max_minutes": Param(60, type="number", minimum=1, maximum=1440, title="Time box (minutes)",
+                             description="Stop cleanly after this long; the next run resumes where this one stopped."),
+        "pause_services": Param(True, type="boolean", title="Pause writers",
+                                description="Pause the table's `writers` services for the run and resume them after."),
+        "move_out_of_window": Param(False, type="boolean", title="Move rows outside the window",
+                                    description="Also move rows older than retention or beyond the premake horizon."),
+    },
+)
+def default_partition_migration():
+    @task
+    def resolve_table(params=None, triggering_asset_events=None) -> str:
+        from include.pgmaint.airflow_tasks import resolve_migration_table
+
+        return resolve_migration_table(CONFIG, params, triggering_asset_events)
+
+    @setup
+    @task
+    def open_window(table: str, dag_run=None) -> dict:
+        from include.pgmaint.airflow_services import open_window as record_intent
+
+        return record_intent(CONFIG, table, dag_run)
+
+    @task
+    def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
+        from include.pgmaint.airflow_services import pause_writers as pause
+
+        return pause(CONFIG, table, params["pause_services"] and not params["dry_run"], dag_run)
+
+    @task(pool=CONFIG.pool)
+    def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
+        from include.pgmaint.airflow_tasks import migrate_one
+
+        return migrate_one(CONFIG, table, params, dag_run=dag_run, ti=ti)
+
+    @teardown
+    @task
+    def resume_writers(table: str, dag_run=None) -> list[str]:
+        from include.pgmaint.airflow_services import resume_writers as resume
+
+        return resume(CONFIG, table, dag_run)
+
+    table = resolve_table()
+    window = open_window(table)
+    window >> pause_writers(table) >> migrate(table) >> resume_writers(table).as_teardown(setups=window)
+
+
+default_partition_migration()
