@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from psycopg import sql
@@ -39,6 +39,7 @@ class TableResult:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     statements: list[dict] = field(default_factory=list)  # dry run: what would run, with its lock
+    retires_planned: list[str] = field(default_factory=list)  # expired partitions, whichever phases run
     run_id: int | None = None
     seconds: float = 0.0
 
@@ -68,9 +69,20 @@ def probe_default(conn, facts: TableFacts, ranges: list[Range], tz: str) -> froz
     return frozenset(r for i, r in enumerate(ranges, start=1) if i in hits)
 
 
+PHASES = ("premake", "retire")
+
+
 def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = None, *, now: datetime | None = None,
-                    dry_run: bool = False, context: RunContext = RunContext()) -> list[TableResult]:
-    """Maintain `tables` (default: all configured). Reads the catalog for all of them in one query."""
+                    dry_run: bool = False, context: RunContext = RunContext(),
+                    phases: tuple[str, ...] = PHASES) -> list[TableResult]:
+    """Maintain `tables` (default: all configured). Reads the catalog for all of them in one query.
+
+    `phases` lets the DAG put a data-quality gate between premaking (and repairing leftovers)
+    and retiring expired partitions, the destructive part.
+    """
+    unknown = set(phases) - set(PHASES)
+    if unknown or not phases:
+        raise ValueError(f"phases must be a non-empty subset of {PHASES}, got {phases}")
     tables = list(tables or config.tables)
     now = now or datetime.now(timezone.utc)
     journal = None
@@ -78,11 +90,11 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
         ensure_state_schema(conn, config.state_schema)
         journal = Journal(conn, config.state_schema)
     facts = read_catalog(conn, tables, config.timezone)
-    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context) for cfg in tables]
+    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases) for cfg in tables]
 
 
 def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,
-                    dry_run: bool, journal: Journal | None, context: RunContext) -> TableResult:
+                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...]) -> TableResult:
     started = time.monotonic()
     result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success")
     if journal:
@@ -90,10 +102,10 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
                                           dag_run_id=context.dag_run_id, task_id=context.task_id)
     try:
         if dry_run:
-            _plan_into(conn, config, cfg, facts, now, result, dry_run=True)
+            _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
-                plan, facts = _plan_into(conn, config, cfg, facts, now, result, dry_run=False)
+                plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=False)
                 if plan is not None and not plan.is_noop:
                     _execute(conn, config, cfg, facts, plan, result, journal)
     except TableBusy as exc:
@@ -111,19 +123,21 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     return result
 
 
-def _plan_into(conn, config, cfg, facts, now, result, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
+def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
     tz = config.timezone
     if isinstance(facts, CatalogError):
         result.errors.append(str(facts))
         return None, None
-    plan = _plan(conn, cfg, facts, now, tz)
+    plan = _plan(conn, cfg, facts, now, tz, phases)
     if not dry_run and not plan.is_noop:
         # The catalog was read before we held the runner lock: re-read this table now that we do.
         facts = read_catalog(conn, [cfg], tz)[cfg.name]
         if isinstance(facts, CatalogError):
             result.errors.append(str(facts))
             return None, None
-        plan = _plan(conn, cfg, facts, now, tz)
+        plan = _plan(conn, cfg, facts, now, tz, phases)
+    result.retires_planned = [r.name for r in plan.retires] + [f.name for f in plan.finalizes]
+    plan = _only(plan, phases)
     result.needs_migration = [{"partition": m.name, "range": str(m.range)} for m in plan.needs_migration]
     result.notes = list(plan.notes)
     for m in plan.needs_migration:
@@ -135,9 +149,18 @@ def _plan_into(conn, config, cfg, facts, now, result, *, dry_run) -> tuple[Maint
     return plan, facts
 
 
-def _plan(conn, cfg, facts, now, tz) -> MaintenancePlan:
-    candidates = [rng for _, rng in missing_ranges(cfg, facts, now, tz)]
+def _plan(conn, cfg, facts, now, tz, phases) -> MaintenancePlan:
+    candidates = [rng for _, rng in missing_ranges(cfg, facts, now, tz)] if "premake" in phases else []
     return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz))
+
+
+def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
+    """The part of the plan the requested phases carry out."""
+    if "premake" not in phases:
+        plan = replace(plan, creates=(), stale_checks=(), needs_migration=())
+    if "retire" not in phases:
+        plan = replace(plan, retires=(), finalizes=())
+    return plan
 
 
 def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MaintenancePlan,

@@ -283,3 +283,18 @@ def test_date_and_timestamp_keys_in_a_non_utc_zone(conn, scratch_schema, key_typ
     assert bounds["ev_p20261126"].startswith(f"FOR VALUES FROM ({lo})")
     [again] = run_maintenance(conn, cfg, now=NOW)
     assert again.created == [] and again.outcome == "success"
+
+
+def test_phases_split_premake_from_retire(conn, scratch_schema):
+    """The DAG gates the destructive phase: premake alone never retires; retire alone never creates."""
+    make_table(conn, scratch_schema, "ev", days=range(-33, 0))
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+
+    [premade] = run_maintenance(conn, cfg, now=NOW, phases=("premake",))
+    assert premade.created and premade.detached == [] and premade.retires_planned == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    assert "ev_old_67" in partitions(conn, scratch_schema, "ev")
+
+    [retired] = run_maintenance(conn, cfg, now=NOW, phases=("retire",))
+    assert retired.created == [] and retired.dropped == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    with pytest.raises(ValueError):
+        run_maintenance(conn, cfg, now=NOW, phases=("vacuum",))
