@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
-from psycopg import sql
+from psycopg import errors, sql
 
 from include.pgmaint import ddl
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
@@ -315,12 +316,7 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
                 return moved_here, False
             lo_page = max(0, next_page - pages)
             t0 = time.monotonic()
-            with self.conn.transaction():
-                self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
-                moved_total, n = self.conn.execute(self.batch_sql, {
-                    "lo": f"({lo_page},0)", "hi": f"({next_page},0)", "lo_page": lo_page, "mid": self.migration_id}).fetchone()
-                if moved_total > 0:
-                    failpoint("inside_batch")  # the batch ran but did not commit
+            moved_total, n = self._batch(lo_page, next_page)
             if moved_total > 0:
                 failpoint("after_batch")
             took = time.monotonic() - t0
@@ -348,6 +344,26 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
             more, finished = self.run(batch_rows=batch_rows, deadline=deadline, progress=progress)
             return moved_here + more, finished
         return moved_here, True
+
+    def _batch(self, lo_page: int, hi_page: int, tries: int = 5) -> tuple[int, int]:
+        """One atomic batch. A lock timeout (someone's DDL on the parent) is retried with backoff, then raised."""
+        budget = self.config.lock_budget
+        for attempt in range(1, tries + 1):
+            try:
+                with self.conn.transaction():
+                    self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{budget.scan_timeout_ms}ms"])
+                    moved_total, n = self.conn.execute(self.batch_sql, {
+                        "lo": f"({lo_page},0)", "hi": f"({hi_page},0)", "lo_page": lo_page, "mid": self.migration_id}).fetchone()
+                    if moved_total > 0:
+                        failpoint("inside_batch")  # the batch ran but did not commit
+                return moved_total, n
+            except errors.LockNotAvailable:
+                if attempt == tries:
+                    raise
+                delay = random.uniform(0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** attempt))
+                log.warning("%s: batch waited more than the lock timeout (try %d); retrying in %.2fs", self.cfg.name, attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def verify(self) -> dict:
         """Per interval: rows and checksum moved must equal what the drain table held."""

@@ -175,7 +175,7 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
 
-    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=200, max_minutes=0.5 / 60)
+    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
 
     assert first.outcome == "incomplete" and first.rows_remaining > 0
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
