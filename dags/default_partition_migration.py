@@ -16,9 +16,14 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      under a 200 ms lock timeout and a circuit breaker that backs off if sessions queue);
    - **drain** the old DEFAULT back through the parent in atomic, journalled batches
      (newest rows first), logging rows moved, remaining, rate and ETA every 10 s;
-   - **verify** per interval that row counts and checksums are conserved, then drop
-     the emptied old DEFAULT. Stops cleanly at `max_minutes`; the next run resumes.
-5. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order.
+   - **verify** per interval that row counts and checksums are conserved.
+   Stops cleanly at `max_minutes`; the next run resumes.
+5. **gate_before_cleanup**: a Great Expectations gate (rows and checksums conserved per
+   interval, still in place; no row left in the DEFAULT for a migrated interval) must pass
+   before **finish** drops the emptied old DEFAULT; **gate_after_cleanup** checks again.
+6. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order
+   (retried twice; a resume that still fails fails the run, and the watchdog retries it when the
+   lease expires). **fail_run_if_work_failed** marks the run failed when pausing or moving failed.
 
 **What readers see while rows move:** a row not yet drained is briefly invisible
 through the parent (it sits in the old DEFAULT, detached); rows already moved
@@ -35,11 +40,14 @@ Runbook: `docs/runbook.md`. Progress: `SELECT * FROM pgmaint.migrations ORDER BY
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
-from airflow.sdk import Param, dag, setup, task, teardown
+from airflow.sdk import Param, dag, setup, task
 
 from include.pgmaint.assets import DEFAULT_ROWS
 from include.pgmaint.config import load_config
+from include.pgmaint.escalation import on_task_failure
 
 CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
 
@@ -52,7 +60,7 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
     max_active_runs=1,
     doc_md=__doc__,
     tags=["pgmaint", "partitions", "migration"],
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": on_task_failure},
     params={
         "table": Param(None, type=["null", "string"], enum=[None, *CONFIG.table_names], title="Table",
                        description="The configured table whose DEFAULT partition to migrate "
@@ -87,7 +95,9 @@ def default_partition_migration():
     def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import pause_writers as pause
 
-        return pause(CONFIG, table, params["pause_services"] and not params["dry_run"], dag_run)
+        # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
+        return pause(CONFIG, table, params["pause_services"] and not params["dry_run"], dag_run,
+                     min_lease_minutes=int(params["max_minutes"]) + 30)
 
     @task(pool=CONFIG.pool)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
@@ -95,16 +105,48 @@ def default_partition_migration():
 
         return migrate_one(CONFIG, table, params, dag_run=dag_run, ti=ti)
 
-    @teardown
+    @task(retries=1, retry_delay=timedelta(seconds=30))
+    def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
+        from include.pgmaint.airflow_tasks import migration_gate
+
+        return migration_gate(CONFIG, table, "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+
     @task
+    def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
+        from include.pgmaint.airflow_tasks import finish_one
+
+        return finish_one(CONFIG, table, migrated, dry_run=params["dry_run"])
+
+    @task(retries=1, retry_delay=timedelta(seconds=30))
+    def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
+        from include.pgmaint.airflow_tasks import migration_gate
+
+        return migration_gate(CONFIG, table, "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+
+    @task(retries=2, retry_delay=timedelta(seconds=10))
     def resume_writers(table: str, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import resume_writers as resume
 
         return resume(CONFIG, table, dag_run)
 
+    @task(trigger_rule="one_failed")
+    def fail_run_if_work_failed() -> None:
+        # The resume teardown below counts for the run's state (so a failed resume fails the
+        # run); this watcher makes a failed pause or move fail it too, even when resume succeeds.
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("pausing writers or migrating rows failed (see those tasks); writers were resumed")
+
     table = resolve_table()
     window = open_window(table)
-    window >> pause_writers(table) >> migrate(table) >> resume_writers(table).as_teardown(setups=window)
+    paused = pause_writers(table)
+    moved = migrate(table)
+    finished = finish(table, moved, gate_before_cleanup(table, moved))
+    checked = gate_after_cleanup(table, moved, finished)
+    resume = resume_writers(table).as_teardown(setups=window, on_failure_fail_dagrun=True)
+    window >> paused >> moved
+    checked >> resume
+    [paused, moved, finished, checked] >> fail_run_if_work_failed()
 
 
 default_partition_migration()

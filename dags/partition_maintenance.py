@@ -4,19 +4,21 @@
 Keeps every configured partitioned table healthy, every 15 minutes by default:
 
 1. **select_tables**: the tables to maintain (the `tables` param, or all configured ones).
-2. **maintain** (one mapped task per table, named after the table, in the
-   `pgmaint_target` pool): take the table's runner lock, read the catalog,
-   then
+2. **table** (one mapped group per table, named after the table; DDL tasks in the
+   `pgmaint_target` pool), each step under the table's runner lock:
    - **premake**: create the partition for the current interval and `premake`
      intervals ahead, as `CREATE TABLE … (LIKE parent INCLUDING ALL)` + `ATTACH`,
      so the parent only takes SHARE UPDATE EXCLUSIVE and nothing is scanned
-     under an exclusive lock;
+     under an exclusive lock. A range for which the DEFAULT partition already
+     holds rows is **not** created: it is reported as needing migration
+     (`default_partition_migration`).
+   - **gate_before_retire**: when partitions are due to retire, a Great
+     Expectations gate (runway, no gaps or overlaps, no NULL keys) must pass.
    - **retire**: detach partitions whose upper bound is at or before
      now − `retention`, then drop them (unless `retention_keep_table`).
-   A range for which the DEFAULT partition already holds rows is **not**
-   created: it is reported as needing migration (`default_partition_migration`).
-3. **summarize**: created / retired / skipped per table, to the log and XCom.
-   The run fails if any table failed.
+   - **gate_after_retire**: runway, retention and contiguity hold afterwards.
+3. **summarize**: created / retired / skipped / failed per table, to the log and
+   XCom. The run fails if any table failed.
 
 **What stops it.** Every statement waits at most 200 ms for a lock, retried
 with backoff for 60 s, then the table fails naming the sessions that blocked
@@ -33,9 +35,10 @@ Runbook: `docs/runbook.md`. Journal: `SELECT * FROM pgmaint.runs ORDER BY run_id
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task, task_group
 
 from include.pgmaint.config import load_config
+from include.pgmaint.escalation import on_task_failure
 
 CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
 
@@ -48,7 +51,7 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
     max_active_runs=1,
     doc_md=__doc__,
     tags=["pgmaint", "partitions"],
-    default_args={"retries": 0},
+    default_args={"retries": 0, "on_failure_callback": on_task_failure},
     params={
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Print every statement and the lock it would take; execute nothing."),
@@ -62,22 +65,50 @@ def partition_maintenance():
     def select_tables(params=None) -> list[str]:
         return list(params["tables"]) or CONFIG.table_names
 
-    @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
-    def maintain(table: str, params=None, dag_run=None, ti=None) -> dict:
-        from include.pgmaint.airflow_tasks import maintain_one
+    @task_group(group_id="table")
+    def maintain_table(table: str):
+        """One table's chain; a failed gate stops the destructive step for that table only."""
 
-        get_current_context()["table_name"] = table
-        return maintain_one(CONFIG, table, dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+        @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
+        def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import maintain_one
+
+            get_current_context()["table_name"] = table
+            return maintain_one(CONFIG, table, "premake", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+
+        @task(map_index_template="{{ table_name }}")
+        def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import retention_gate
+
+            get_current_context()["table_name"] = table
+            return retention_gate(CONFIG, table, "before_retire", premade, dry_run=params["dry_run"], ti=ti)
+
+        @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
+        def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import maintain_one
+
+            get_current_context()["table_name"] = table
+            return maintain_one(CONFIG, table, "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+
+        @task(map_index_template="{{ table_name }}")
+        def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import retention_gate
+
+            get_current_context()["table_name"] = table
+            return retention_gate(CONFIG, table, "after_retire", retired, dry_run=params["dry_run"], ti=ti)
+
+        premade = premake(table)
+        retired = retire(table, gate_before_retire(table, premade))
+        return gate_after_retire(table, retired)
 
     @task(trigger_rule="all_done")
-    def summarize(tables: list[str], ti=None) -> dict:
+    def summarize(tables: list[str], ti=None, dag_run=None) -> dict:
         from include.pgmaint.airflow_tasks import summarize_results
 
-        return summarize_results(tables, ti)
+        return summarize_results(tables, ti, dag_run)
 
     tables = select_tables()
-    results = maintain.expand(table=tables)
-    results >> summarize(tables)
+    maintain_table.expand(table=tables) >> summarize(tables)
 
 
 partition_maintenance()

@@ -234,7 +234,52 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "escalation": {"type": "object"},
+        # Watchdog thresholds and the notify/page policy (include/pgmaint/escalation.py,
+        # parse_escalation; defaults there and in README). Durations: '24 hours', '30 minutes', '90 seconds'.
+        "escalation": {
+            "type": "object",
+            "additionalProperties": False,
+            "$defs": {
+                "duration": {"type": "string",
+                             "pattern": r"^\s*[0-9]+\s*(seconds?|minutes?|hours?|days?|weeks?)\s*$"},
+                "targets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["kind"],
+                        "properties": {
+                            "kind": {"enum": ["slack", "pagerduty", "email", "log"]},
+                            "connection_id": _NAME,
+                            "to": {"oneOf": [_NAME, {"type": "array", "minItems": 1, "items": _NAME}]},
+                            "from_email": _NAME,
+                        },
+                        "allOf": [
+                            {"if": {"required": ["kind"], "properties": {"kind": {"enum": ["slack", "pagerduty"]}}},
+                             "then": {"required": ["connection_id"]}},
+                            {"if": {"required": ["kind"], "properties": {"kind": {"const": "email"}}},
+                             "then": {"required": ["to"]}},
+                        ],
+                    },
+                },
+            },
+            "properties": {
+                "notify": {"$ref": "#/properties/escalation/$defs/targets"},
+                "page": {"$ref": "#/properties/escalation/$defs/targets"},
+                "page_after": {"$ref": "#/properties/escalation/$defs/duration"},
+                "renotify_every": {"$ref": "#/properties/escalation/$defs/duration"},
+                "failure_resolve_after": {"$ref": "#/properties/escalation/$defs/duration"},
+                "runbook_url": _NAME,
+                "runway_warning_intervals": {"type": "integer", "minimum": 1},
+                "connections_warning_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "connections_critical_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "lock_wait_seconds": _POS_NUM,
+                "long_transaction_seconds": _POS_NUM,
+                "cadence_multiple": {"type": "number", "minimum": 1},
+                "canary_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 60000},
+                "default_exact_count_limit": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+            },
+        },
     },
 }
 

@@ -76,7 +76,7 @@ class MigrationPlan:
 @dataclass
 class MigrationResult:
     table: str
-    outcome: str = "success"  # success | failed | skipped | dry_run | incomplete (stopped at max_minutes)
+    outcome: str = "success"  # success | failed | skipped | dry_run | incomplete (stopped at max_minutes) | drained (not finished)
     migration_id: int | None = None
     partitions: list[str] = field(default_factory=list)
     rows_moved: int = 0
@@ -383,8 +383,12 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
 def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now: datetime | None = None,
                   dry_run: bool = False, batch_rows: int = 50_000, max_minutes: float = 60.0,
                   move_out_of_window: bool = False, context: RunContext = RunContext(),
-                  progress: Callable[[str], None] | None = None) -> MigrationResult:
-    """Migrate one table's DEFAULT partition; resumes an interrupted migration first."""
+                  progress: Callable[[str], None] | None = None, finish: bool = True) -> MigrationResult:
+    """Migrate one table's DEFAULT partition; resumes an interrupted migration first.
+
+    `finish=False` stops after draining and verifying (outcome "drained"), leaving the empty old
+    DEFAULT for `finish_migration` to drop once a data-quality gate has passed.
+    """
     progress = progress or (lambda message: log.info("%s", message))
     now = now or datetime.now(timezone.utc)
     started = time.monotonic()
@@ -402,7 +406,7 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
                 _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of_window, result, journal,
-                         run_id, progress)
+                         run_id, progress, finish)
     except TableBusy as exc:
         result.outcome, result.skipped_reason = "skipped", str(exc)
     except Exception as exc:
@@ -413,7 +417,7 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     result.seconds = round(time.monotonic() - started, 3)
     result.rows_per_second = round(result.rows_moved / result.seconds, 1) if result.seconds else 0.0
     if journal:
-        outcome = {"incomplete": "success", "dry_run": "success"}.get(result.outcome, result.outcome)
+        outcome = {"incomplete": "success", "dry_run": "success", "drained": "success"}.get(result.outcome, result.outcome)
         journal.finish_run_safely(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
     progress(f"{cfg.name}: migration {result.outcome}: {result.rows_moved:,} rows moved into {len(result.partitions)} "
              f"partition(s) in {result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s)"
@@ -461,7 +465,7 @@ def _active_migration(conn, config: Config, cfg: TableConfig) -> tuple[int, str]
 
 
 def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of_window, result: MigrationResult,
-             journal: Journal, run_id: int, progress) -> None:
+             journal: Journal, run_id: int, progress, finish: bool) -> None:
     facts = _facts(conn, config, cfg)
     active = _active_migration(conn, config, cfg)
     if active is None:
@@ -518,9 +522,38 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
         conn.execute(sql.SQL("UPDATE {}.migrations SET phase = 'failed', summary = %s::jsonb WHERE migration_id = %s").format(state),
                      [_json(verified), migration_id])
         raise RuntimeError(f"{cfg.name}: rows not conserved, drain table {drain_table} kept: " + "; ".join(verified["mismatches"]))
+    progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s): counts and checksums conserved")
+    if finish:
+        _drop_drain(conn, config, drain, verified)
+        progress(f"{cfg.name}: dropped the emptied old DEFAULT {drain_table}")
+    else:
+        result.outcome = "drained"  # the caller gates, then calls finish_migration
+
+
+def _drop_drain(conn, config: Config, drain: "Drain", verified: dict) -> None:
+    state = sql.Identifier(config.state_schema)
     with conn.transaction():
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(drain.drain)).fetchone()[0]:
+            raise RuntimeError(f"{drain.drain_table} is not empty; not dropping it")
         conn.execute(sql.SQL("DROP TABLE {}").format(drain.drain))  # standalone since the swap: no lock on the parent
         conn.execute(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = %s::jsonb "
-                             "WHERE migration_id = %s").format(state), [_json(verified), migration_id])
-    progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s): counts and checksums "
-             f"conserved; dropped {drain_table}")
+                             "WHERE migration_id = %s").format(state), [_json(verified), drain.migration_id])
+
+
+def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
+    """After the gate: verify once more and drop the emptied old DEFAULT. Idempotent."""
+    with runner_lock(conn, quoted(cfg.schema, cfg.table)):
+        active = _active_migration(conn, config, cfg)
+        if active is None:
+            return {"table": cfg.name, "finished": None}
+        facts = _facts(conn, config, cfg)
+        drain = Drain(conn, config, cfg, facts, active[0], _derived_name(facts.default.name, "_pgmaint_drain"))
+        if drain.conn.execute(sql.SQL("SELECT next_page FROM {}.migrations WHERE migration_id = %s").format(
+                drain.state), [active[0]]).fetchone()[0] != 0:
+            raise RuntimeError(f"{cfg.name}: migration {active[0]} has not finished draining; run the migration again")
+        verified = drain.verify()
+        if verified["mismatches"]:
+            raise RuntimeError(f"{cfg.name}: rows not conserved: " + "; ".join(verified["mismatches"]))
+        _drop_drain(conn, config, drain, verified)
+        log.info("%s: dropped the emptied old DEFAULT %s (migration %s)", cfg.name, drain.drain_table, active[0])
+        return {"table": cfg.name, "finished": active[0], "verified": verified}

@@ -22,7 +22,8 @@ def test_structure_reads_like_the_runbook():
     assert dag.max_active_runs == 1
     assert set(dag.params.keys()) == {"table", "dry_run", "batch_rows", "max_minutes", "pause_services", "move_out_of_window"}
     assert dag.get_task("open_window").is_setup and dag.get_task("resume_writers").is_teardown
-    order = ["resolve_table", "open_window", "pause_writers", "migrate", "resume_writers"]
+    order = ["resolve_table", "open_window", "pause_writers", "migrate", "gate_before_cleanup", "finish",
+             "gate_after_cleanup", "resume_writers"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
 
@@ -41,3 +42,68 @@ def test_bad_params_are_rejected_before_anything_runs(airflow_db, conf):
 
     with pytest.raises(ParamValidationError):
         _dag().test(run_conf=conf)
+
+
+def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
+    import yaml
+    from psycopg import sql
+
+    from include.pgmaint.db import connect
+    from tests.integration.test_migration import fingerprint, seed
+
+    with connect(pg_dsn) as conn:
+        seed(conn, scratch_schema, 5_000)
+        before = fingerprint(conn, scratch_schema)
+    path = tmp_path / "pgmaint.yaml"
+    path.write_text(yaml.safe_dump({"state_schema": scratch_schema, "tables": [
+        {"name": f"{scratch_schema}.ev", "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days"}]}))
+    monkeypatch.setenv("PGMAINT_CONFIG", str(path))
+
+    run = _dag().test(run_conf={"table": f"{scratch_schema}.ev", "batch_rows": 1000})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert states["migrate"] == "success" and states["fail_run_if_work_failed"] == "skipped"
+    with connect(pg_dsn) as conn:
+        assert fingerprint(conn, scratch_schema) == before
+        phase = conn.execute(sql.SQL("SELECT phase, rows_moved FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
+    assert phase == [("done", 5_002)]  # every row of the old DEFAULT went back through the parent; 2 landed in the new DEFAULT
+
+
+def test_a_failed_gate_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
+    """Rows deleted behind the migration's back: the gate fails, the old DEFAULT is not dropped,
+    the writer paused for the run is resumed, and the run is failed."""
+    import yaml
+    from psycopg import sql
+
+    from include.pgmaint.config import parse_config
+    from include.pgmaint.db import connect
+    from include.pgmaint.migrate import migrate_table
+    from tests.integration.helpers import table_exists
+    from tests.integration.test_migration import seed
+
+    raw = {"state_schema": scratch_schema,
+           "services": [{"name": "request_logging", "kind": "flag"}],
+           "tables": [{"name": f"{scratch_schema}.ev", "partition_key": "ts", "interval": "1 day", "premake": 2,
+                       "retention": "30 days", "writers": ["request_logging"]}]}
+    with connect(pg_dsn) as conn:
+        seed(conn, scratch_schema, 3_000)
+        config = parse_config(raw)
+        drained = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
+        assert drained.outcome == "drained"
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(
+            sql.Identifier(scratch_schema, drained.partitions[0]), sql.Identifier(scratch_schema, drained.partitions[0])))
+    path = tmp_path / "pgmaint.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PGMAINT_CONFIG", str(path))
+
+    run = _dag().test(run_conf={"table": f"{scratch_schema}.ev"})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states["migrate"] == "success" and states["gate_before_cleanup"] == "failed"
+    assert states["finish"] == "upstream_failed" and states["resume_writers"] == "success"
+    with connect(pg_dsn) as conn:
+        assert table_exists(conn, scratch_schema, "ev_default_pgmaint_drain")  # the destructive step did not run
+        flags = conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(scratch_schema))).fetchall()
+    assert flags == [("request_logging", True)]  # paused for the run, resumed after the failure

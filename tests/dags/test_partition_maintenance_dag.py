@@ -34,8 +34,10 @@ def test_every_dag_file_imports_without_errors():
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert set(dag.params.keys()) == {"dry_run", "tables"}
     assert dag.doc_md and "What stops it" in dag.doc_md
-    maintain = dag.get_task("maintain")
-    assert maintain.pool == "pgmaint_target"
+    assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
+    chain = ["table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
 
 
 def test_dag_file_parses_without_database_or_heavy_imports():
@@ -108,7 +110,7 @@ def _states(dag_run) -> dict[str, str]:
 
 def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "a", days=range(-40, -1), anchor=TODAY)
+        make_table(conn, scratch_schema, "a", days=range(-40, 0), anchor=TODAY)
         make_table(conn, scratch_schema, "b", days=range(-3, 0), default=False, anchor=TODAY)
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
@@ -122,11 +124,12 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     run = _dagbag().dags["partition_maintenance"].test()
 
     assert run.state == "success", _states(run)
-    assert _states(run) == {"select_tables": "success", "maintain[0]": "success", "maintain[1]": "success",
-                            "summarize": "success"}
+    states = _states(run)
+    assert states.pop("select_tables") == "success" and states.pop("summarize") == "success"
+    assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
     with connect(pg_dsn) as conn:
         a, b = partitions(conn, scratch_schema, "a"), partitions(conn, scratch_schema, "b")
-        journal = conn.execute(sql.SQL("SELECT table_name, outcome, dag_id FROM {}.runs ORDER BY table_name").format(
+        journal = conn.execute(sql.SQL("SELECT DISTINCT table_name, outcome, dag_id FROM {}.runs ORDER BY table_name").format(
             sql.Identifier(scratch_schema))).fetchall()
     assert len([n for n in a if n.startswith("a_p")]) == 3 and "a_old_69" not in a  # runway made, expired gone
     assert len([n for n in b if n.startswith("b_p")]) == 3
@@ -143,8 +146,10 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
     run = dag.test()
 
     assert run.state == "failed"
-    assert _states(run) == {"select_tables": "success", "maintain[0]": "failed", "maintain[1]": "success",
-                            "summarize": "failed"}
+    states = _states(run)
+    assert states["table.premake[0]"] == "failed" and states["table.premake[1]"] == "success"
+    assert states["table.retire[0]"] == "upstream_failed" and states["table.retire[1]"] == "success"
+    assert states["summarize"] == "failed"
     with connect(pg_dsn) as conn:
         assert len([n for n in partitions(conn, scratch_schema, "good") if n.startswith("good_p")]) == 3  # despite the other failure
 

@@ -1,0 +1,153 @@
+"""Data-quality gates: prove a stage did no harm before the next one runs.
+
+    result = run_gate(conninfo, config, config.table("public.request_log"), "after_migration",
+                      ["conserved", "default_clean", "contiguity"], migration_id=7, ranges="migrated")
+
+`run_gate` reads the facts it needs (catalog, migration journal) with psycopg, builds the
+checks as plain SQL with `suites` (pure functions), and evaluates them with Great
+Expectations (`runner`, which imports GX lazily: importing this package never imports
+GX, so DAG files that import it parse fast). It never raises for database trouble:
+failed expectations land in `failures`, expectations that could not be evaluated (SQL or
+connection errors) in `errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from include.pgmaint.catalog import CatalogError, Range
+from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.quality.suites import CHECKS, CheckSpec, GateSuite, build_suite
+
+log = logging.getLogger("pgmaint.quality")
+EXPECTATION_TYPE = "unexpected_rows_expectation"
+MIGRATED = "migrated"  # `ranges="migrated"`: the ranges of the partitions migration `migration_id` attached
+
+
+@dataclass
+class GateResult:
+    gate: str  # e.g. "before_retire", "after_migration"
+    table: str
+    success: bool  # every expectation evaluated and passed
+    failures: list[str] = field(default_factory=list)  # "<description>: expected <...>, observed <...>"
+    errors: list[str] = field(default_factory=list)  # could not be evaluated (SQL/connection): retryable
+    summary: dict = field(default_factory=dict)  # small, JSON-safe; never unexpected rows
+    docs_path: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def failure_line(description: str, expected: str, observed: str) -> str:
+    return f"{description}: expected {expected}, observed {observed}"
+
+
+def _observed(problems: list[str], count: int | None) -> str:
+    count = len(problems) if count is None else count
+    shown = problems[:10]
+    text = f"{count} problem(s): " + "; ".join(shown)
+    if count > len(shown):
+        text += f"; ... and {count - len(shown)} more"
+    return text
+
+
+def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, checks: list[str], *,
+             now: datetime | None = None, migration_id: int | None = None,
+             ranges: list[tuple[datetime, datetime]] | list[Range] | str | None = None,
+             data_docs_dir: str | None = None) -> GateResult:
+    """Evaluate `checks` (names from `suites.CHECKS`) for one table; see the module docstring.
+
+    `ranges` (for `default_clean`): (lower, upper) pairs on the table's timeline (datetimes
+    or ISO strings, naive = UTC), or "migrated" for the partitions migration `migration_id`
+    attached; None checks that the DEFAULT is empty.
+    """
+    from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts
+
+    started = time.monotonic()
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown or not checks:
+        raise ValueError(f"unknown or no checks {unknown or checks}; known: {', '.join(CHECKS)}")
+    if ("conserved" in checks or ranges == MIGRATED) and migration_id is None:
+        raise ValueError("the conserved check and ranges='migrated' need a migration_id")
+    if isinstance(ranges, str) and ranges != MIGRATED:
+        raise ValueError(f"ranges must be a list of (lower, upper) pairs, None, or {MIGRATED!r}")
+    now = now or datetime.now(timezone.utc)
+    result = GateResult(gate, table_cfg.name, success=False)
+
+    try:
+        facts, migration, migration_problem = read_facts(conninfo, config, table_cfg, migration_id)
+    except Exception as exc:
+        result.errors.append(f"{table_cfg.name}: could not read the catalog: {type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        return _finish(result, None, started, checks)
+    if isinstance(facts, CatalogError):
+        result.failures.append(failure_line(f"{table_cfg.name}: the table is range-partitioned as configured",
+                                            f"a table range-partitioned on {table_cfg.partition_key}", str(facts)))
+        return _finish(result, None, started, checks)
+
+    if ranges == MIGRATED:
+        ranges = migrated_ranges(facts, migration) if migration else []
+    elif ranges is not None:
+        ranges = as_ranges(ranges)
+    suite = build_suite(config, table_cfg, facts, list(checks), now=now, ranges=ranges, migration=migration,
+                        migration_problem=migration_problem)
+    for problem in suite.problems:
+        result.failures.append(failure_line(f"{table_cfg.name}: migration {migration_id} can be verified",
+                                            "a finished or draining migration of this table in the journal", problem))
+
+    from include.pgmaint.quality.runner import run_suite
+
+    timeout = 30_000
+    if "conserved" in checks:  # reads the rows the migration moved, like the migration's own verification
+        timeout = max(timeout, config.lock_budget.scan_timeout_ms)
+    outcome = run_suite(conninfo, suite, gate, statement_timeout_ms=timeout, data_docs_dir=data_docs_dir)
+    for spec in suite.checks:
+        got = outcome.checks.get(spec.key)
+        if got is None:
+            result.errors.append(f"{spec.description}: not evaluated: {outcome.error or 'no result from GX'}")
+        elif got.error:
+            result.errors.append(f"{spec.description}: not evaluated: {got.error}")
+        elif not got.success:
+            result.failures.append(failure_line(spec.description, spec.expected, _observed(got.problems, got.observed)))
+    result.docs_path = outcome.docs_path
+    if result.docs_path:
+        log.info("%s: Data Docs for gate %s: %s", table_cfg.name, gate, result.docs_path)
+    return _finish(result, suite, started, checks, outcome)
+
+
+def _finish(result: GateResult, suite: GateSuite | None, started: float, checks: list[str], outcome=None) -> GateResult:
+    result.success = not result.failures and not result.errors
+    result.seconds = round(time.monotonic() - started, 3)
+    expectations = []
+    for spec in (suite.checks if suite else ()):
+        got = outcome.checks.get(spec.key) if outcome else None
+        expectations.append({
+            "check": spec.check,
+            "key": spec.key,
+            "type": EXPECTATION_TYPE,
+            "description": spec.description,
+            "success": bool(got and got.success and not got.error),
+            "observed_value": got.observed if got and not got.error else None,
+            "error": bool(got is None or got.error),
+        })
+    result.summary = {
+        "gate": result.gate,
+        "table": result.table,
+        "success": result.success,
+        "checks": list(checks),
+        "evaluated": sum(1 for e in expectations if not e["error"]),
+        "failed": len(result.failures),
+        "errors": len(result.errors),
+        "expectations": expectations,
+        "skipped": [{"check": s.check, "reason": s.reason} for s in (suite.skipped if suite else ())],
+        "docs_path": result.docs_path,
+        "seconds": result.seconds,
+    }
+    return result
+
+
+__all__ = ["CHECKS", "CheckSpec", "GateResult", "MIGRATED", "run_gate"]
