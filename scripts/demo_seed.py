@@ -7,7 +7,7 @@ events), 30-day retention, where partition maintenance stopped a few days ago:
   last days' requests piled up in the DEFAULT partition, and partitions older
   than 30 days are still attached.
 - public.event_deltas: one day of runway left, expired partitions attached,
-  and a handful of late rows for an old day in the DEFAULT partition.
+  and a day's partition dropped by hand, whose late events landed in the DEFAULT.
 
 Usage: python scripts/demo_seed.py CONNINFO   (drops and recreates both tables)
 """
@@ -77,12 +77,13 @@ def seed(conninfo: str, now: datetime | None = None) -> None:
             SELECT ts, (ARRAY['person','class','enrollment'])[mod(g, 3) + 1], jsonb_build_object('seq', g)
             FROM generate_series(%s::timestamptz, %s::timestamptz, interval '2 minutes') WITH ORDINALITY AS s(ts, g)""",
             [today - timedelta(days=34), now])
-        # Late rows for a day whose partition was already retired by hand: they landed in the DEFAULT.
-        conn.execute("DROP TABLE public.{}".format(f"event_deltas_p{today - timedelta(days=34):%Y%m%d}"))
+        # A partition dropped by hand during an earlier clean-up: that day's late events landed in the DEFAULT.
+        lost_day = today - timedelta(days=5)
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", f"event_deltas_p{lost_day:%Y%m%d}")))
         conn.execute("""
             INSERT INTO public.event_deltas (occurred_at, entity, change)
             SELECT %s::timestamptz + g * interval '10 minutes', 'person', jsonb_build_object('late', g)
-            FROM generate_series(1, 12) g""", [today - timedelta(days=34)])
+            FROM generate_series(1, 120) g""", [lost_day])
     with connect(conninfo) as conn:
         conn.execute("ANALYZE public.inbound_requests, public.event_deltas")
 

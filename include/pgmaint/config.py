@@ -357,6 +357,13 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         seen[key] = table.name
         tables.append(table)
 
+    if "escalation" not in {section for section, *_ in bad_items}:
+        from include.pgmaint.escalation import parse_escalation  # imports this module: import lazily
+
+        try:
+            parse_escalation(raw.get("escalation"), source)  # what the schema cannot express
+        except ConfigError as exc:
+            problems += exc.problems
     schedules = raw.get("schedules", {})
     if problems:
         raise ConfigError(problems, source)
