@@ -7,6 +7,7 @@ so timestamptz bounds come back with an explicit `+00` offset.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -95,7 +96,9 @@ SELECT
                 'bound', pg_get_expr(c.relpartbound, c.oid),
                 'is_default', c.oid = pt.partdefid,
                 'detach_pending', i.inhdetachpending,
-                'estimated_rows', greatest(c.reltuples, coalesce(s.n_live_tup, 0), 0),
+                -- pg_stat_get_live_tuples(oid), not a join with the pg_stat_all_tables view, which
+                -- is rebuilt over every relation for each parent (180 s at 1,000 x 60 partitions).
+                'estimated_rows', greatest(c.reltuples, pg_stat_get_live_tuples(c.oid), 0),
                 'our_checks', (SELECT coalesce(json_agg(k.conname ORDER BY k.conname), '[]')
                                FROM pg_constraint k
                                WHERE k.conrelid = c.oid AND k.contype = 'c'
@@ -104,7 +107,6 @@ SELECT
        FROM pg_inherits i
        JOIN pg_class c ON c.oid = i.inhrelid
        JOIN pg_namespace cn ON cn.oid = c.relnamespace
-       LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
       WHERE i.inhparent = p.oid) AS partitions,
     (SELECT coalesce(json_agg(c.relname ORDER BY c.relname), '[]')
        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
@@ -140,6 +142,7 @@ def parse_bound_value(text: str, key_type: str, tz: str) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+@functools.lru_cache(maxsize=65536)  # the same bound texts repeat across tables and runs
 def parse_bound(expr: str, key_type: str, tz: str) -> Range:
     match = _BOUND.match(expr)
     if not match:

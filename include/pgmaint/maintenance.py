@@ -103,6 +103,8 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     try:
         if dry_run:
             _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
+        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases):
+            pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
                 plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=False)
@@ -150,8 +152,16 @@ def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tup
 
 
 def _plan(conn, cfg, facts, now, tz, phases) -> MaintenancePlan:
-    candidates = [rng for _, rng in missing_ranges(cfg, facts, now, tz)] if "premake" in phases else []
-    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz))
+    missing = missing_ranges(cfg, facts, now, tz)
+    candidates = [rng for _, rng in missing] if "premake" in phases else []
+    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing)
+
+
+def _nothing_to_do(conn, cfg, facts, now, tz, phases) -> bool:
+    if isinstance(facts, CatalogError):
+        return False
+    plan = _plan(conn, cfg, facts, now, tz, phases)
+    return _only(plan, phases).is_noop and not plan.needs_migration and not plan.notes
 
 
 def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:

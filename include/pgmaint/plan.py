@@ -7,6 +7,7 @@ database, so every rule is unit-tested with plain values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -81,13 +82,18 @@ def partition_name(cfg: TableConfig, start: datetime, tz: str) -> str:
 
 def desired_ranges(cfg: TableConfig, now: datetime, tz: str) -> list[tuple[str, Range]]:
     """The interval containing `now` and `premake` intervals after it."""
+    return [(partition_name(cfg, rng.lower, tz), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)]
+
+
+@functools.lru_cache(maxsize=1024)  # one run plans many tables with the same interval, premake, time and zone
+def _desired_bounds(interval, premake: int, now: datetime, tz: str) -> tuple[Range, ...]:
     out = []
-    start = cfg.interval.floor(now, tz)
-    for _ in range(cfg.premake + 1):
-        end = cfg.interval.next(start, tz)
-        out.append((partition_name(cfg, start, tz), Range(_utc(start), _utc(end))))
+    start = interval.floor(now, tz)
+    for _ in range(premake + 1):
+        end = interval.next(start, tz)
+        out.append(Range(_utc(start), _utc(end)))
         start = end
-    return out
+    return tuple(out)
 
 
 def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> list[tuple[str, Range]]:
@@ -107,19 +113,21 @@ def plan_maintenance(
     now: datetime,
     tz: str,
     default_occupied: frozenset[Range] = frozenset(),
+    missing: list[tuple[str, Range]] | None = None,
 ) -> MaintenancePlan:
     """Everything one maintenance run should do for one table.
 
     `default_occupied` holds the missing ranges for which the DEFAULT partition
     has rows (probed by the caller); those are reported, never created, because
-    ATTACH would fail and the rows must be migrated first.
+    ATTACH would fail and the rows must be migrated first. `missing` is
+    `missing_ranges(...)` when the caller already computed it.
     """
     notes: list[str] = []
     creates: list[CreatePartition] = []
     planned_names: set[str] = set()
     migrations: list[NeedsMigration] = []
     existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
-    for name, rng in missing_ranges(cfg, facts, now, tz):
+    for name, rng in missing if missing is not None else missing_ranges(cfg, facts, now, tz):
         clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
         if clash is not None:
             notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
