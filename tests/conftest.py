@@ -84,6 +84,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 import devdb  # noqa: E402  (scripts/devdb.py)
+from tests.support import announce  # noqa: E402
 
 MIN_SERVER_VERSION = 140000
 
@@ -104,16 +105,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _announce(config, message: str) -> None:
-    """One line on the terminal, even from inside a (captured) fixture."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capman is None:
-        print(message, file=sys.stderr)
-        return
-    with capman.global_and_fixture_disabled():
-        if reporter._tw.width_of_current_line:  # after progress dots
-            reporter._tw.line()
-        reporter.write_line(message)
+    announce(config, message)
 
 
 def _redact(conninfo: str) -> str:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,18 +34,7 @@ from psycopg import sql
 from include.pgmaint.config import parse_config
 from include.pgmaint.db import connect
 from tests import pg15
-
-
-def _say(config, message: str) -> None:
-    """Print one line on the terminal, even while output is captured."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capman is None:
-        print(message, file=sys.stderr)
-        return
-    with capman.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line(message)
+from tests.support import announce, loopback_http
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +43,11 @@ def pg15_server(request):
         server = pg15.start()
     except pg15.Unavailable as exc:
         reason = f"PostgreSQL 15 with pg_partman/pg_cron unavailable: {exc}"
-        _say(request.config, f"pgmaint service tests: SKIPPING pg_partman/pg_cron tests: {reason}")
+        announce(request.config, f"pgmaint service tests: SKIPPING pg_partman/pg_cron tests: {reason}")
         pytest.skip(reason)
     missing = [name for name, ok in (("pg_partman (apt-get install postgresql-15-partman)", server.has_partman),
                                      ("pg_cron (apt-get install postgresql-15-cron)", server.has_cron)) if not ok]
-    _say(request.config, f"pgmaint service tests: PostgreSQL 15 at {server.conninfo()}"
+    announce(request.config, f"pgmaint service tests: PostgreSQL 15 at {server.conninfo()}"
          + (f"; not installed, those tests skip: {', '.join(missing)}" if missing else "; pg_partman and pg_cron installed"))
     try:
         yield server
@@ -168,16 +157,8 @@ def http_service():
         def log_message(self, *args):  # quiet
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    recorder.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with loopback_http(Handler) as recorder.base_url:
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- a real Airflow API server ---------------------------------------------------------

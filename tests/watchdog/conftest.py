@@ -16,9 +16,11 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+
+from tests.support import loopback_http
 
 from tests.watchdog.helpers import FakeClock
 
@@ -75,15 +77,8 @@ def _handler(recorder: Recorder):
 @pytest.fixture
 def webhooks():
     recorder = Recorder(url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_http(_handler(recorder)) as recorder.url:
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass

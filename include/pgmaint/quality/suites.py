@@ -362,7 +362,7 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
     """
     from include.pgmaint.migrate import bucket_expression  # reused, never re-implemented
 
-    mid, wall = migration.migration_id, _wall(facts)
+    mid = migration.migration_id
     if migration.drain_table:
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
         remaining = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
