@@ -37,13 +37,13 @@ def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) ->
     if not exists:
         return None, f"there is no migration journal ({config.state_schema}.migrations does not exist)"
     row = conn.execute(sql.SQL(
-        "SELECT m.table_name, m.phase, m.partitions, m.total_pages, "
+        "SELECT m.table_name, m.phase, m.partitions, m.total_pages, m.checksum, "
         "(SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c, pg_namespace n "
         " WHERE c.oid = to_regclass(m.drain_table) AND n.oid = c.relnamespace) "
         "FROM {}.migrations m WHERE m.migration_id = %s").format(state), [migration_id]).fetchone()
     if row is None:
         return None, f"migration {migration_id} is not in {config.state_schema}.migrations"
-    table_name, phase, partitions, total_pages, drain = row
+    table_name, phase, partitions, total_pages, checksum, drain = row
     if table_name != cfg.name:
         return None, f"migration {migration_id} migrated {table_name}, not {cfg.name}"
     if total_pages is None:
@@ -60,6 +60,7 @@ def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) ->
         buckets=tuple(b for b, _ in buckets),
         moved_buckets=tuple(b for b, moved in buckets if moved),
         drain_table=drain,
+        checksum=checksum,
     ), None
 
 

@@ -82,6 +82,7 @@ class MigrationFacts:
     buckets: tuple[str, ...]  # every bucket in its figures ('before' and 'moved')
     moved_buckets: tuple[str, ...]  # buckets with 'moved' figures
     drain_table: str | None  # quoted, qualified name if the drain table still exists
+    checksum: str = "text"  # how the migration computed row checksums (migrate.checksum_expression)
 
 
 @dataclass(frozen=True)
@@ -357,16 +358,17 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
        (writers resumed) only add to the count, so they never fail it; a row deleted *and* one
        inserted in the same interval is the one change it cannot tell apart.
 
-    Checksums are `sum(hashtextextended(row::text, 0))`, exactly as migrate.py journals them
+    Checksums are `sum(migrate.checksum_expression(<the migration's method>))`, exactly as migrate.py journals them
     (the drain table and the parent have the same row type: the drain table was the DEFAULT).
     """
-    from include.pgmaint.migrate import bucket_expression  # reused, never re-implemented
+    from include.pgmaint.migrate import bucket_expression, checksum_expression  # reused, never re-implemented
 
     mid = migration.migration_id
     if migration.drain_table:
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
         remaining = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
-                     f"sum(hashtextextended(m::text, 0)) AS checksum FROM {migration.drain_table} AS m GROUP BY 1")
+                     f"sum({checksum_expression(migration.checksum, 'm').as_string(None)}) AS checksum "
+                     f"FROM {migration.drain_table} AS m GROUP BY 1")
         left = f"the rows still in the drain table {migration.drain_table}"
     else:
         remaining = "SELECT NULL::text AS bucket, 0::bigint AS rows, 0::numeric AS checksum WHERE false"
@@ -391,7 +393,7 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
         "FROM s WHERE before_rows <> moved_rows + left_rows OR before_sum <> moved_sum + left_sum ORDER BY bucket"
     )
     key, parent = ident(facts.key_column), f"{ident(facts.schema)}.{ident(facts.table)}"
-    digest = "count(*) AS rows, coalesce(sum(hashtextextended(t::text, 0)), 0) AS checksum"
+    digest = f"count(*) AS rows, coalesce(sum({checksum_expression(migration.checksum, 't').as_string(None)}), 0) AS checksum"
     branches = []
     ranged = [b for b in migration.moved_buckets if b != "NULL"]
     if ranged:
