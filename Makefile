@@ -30,6 +30,10 @@ demo: venv ## run the demo (scripts/demo)
 bench-maintenance: venv ## run the maintenance benchmark (scripts/bench_maintenance.py)
 	$(PY) scripts/bench_maintenance.py
 
+.PHONY: bench-migration
+bench-migration: venv ## migration benchmark vs pg_partman 4.7 on a throwaway PG15 (extra args: BENCH_ARGS="--quick")
+	$(PY) scripts/bench_migration.py $(BENCH_ARGS)
+
 devdb: venv ## start the embedded dev PostgreSQL (.pgmaint/pgdata) and print its conninfo
 	$(PY) scripts/devdb.py start
 

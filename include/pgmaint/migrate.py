@@ -237,6 +237,10 @@ class DefaultPartitionMigration:
                       f"ACCESS EXCLUSIVE on {self.next_name} (empty, not attached; catalog only)"),
             Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(self.parent, self._q(self.default_name)),
                       f"ACCESS EXCLUSIVE on the new, empty {self.default_name} (its check reads zero rows)"),
+            # Draining leaves dead rows behind; an autovacuum on this doomed table would only compete
+            # with the move and hold up its final DROP.
+            Statement(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(self._q(self.drain_name)),
+                      f"none beyond the above ({self.drain_name})"),
             Statement(sql.SQL("COMMENT ON TABLE {} IS {}").format(self._q(self.drain_name), sql.Literal(
                 f"pgmaint: rows of {self.cfg.name}'s old DEFAULT partition being moved back; see {self.config.state_schema}.migrations")),
                       f"none beyond the above ({self.drain_name})"),
@@ -558,13 +562,22 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
 
 
 def _drop_drain(conn, config: Config, drain: "Drain", verified: dict) -> None:
+    """Drop the emptied old DEFAULT (standalone since the swap: no lock on the parent), through the
+    executor's lock budget and retries: a running autovacuum only yields after deadlock_timeout."""
     state = sql.Identifier(config.state_schema)
-    with conn.transaction():
-        if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(drain.drain)).fetchone()[0]:
-            raise RuntimeError(f"{drain.drain_table} is not empty; not dropping it")
-        conn.execute(sql.SQL("DROP TABLE {}").format(drain.drain))  # standalone since the swap: no lock on the parent
-        conn.execute(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = %s::jsonb "
-                             "WHERE migration_id = %s").format(state), [_json(verified), drain.migration_id])
+    step = Step("drop_drain", drain.drain_table, (
+        Statement(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(drain.drain),
+                  f"ACCESS SHARE on {drain.drain_table} (must be empty)", expect_no_rows=True),
+        Statement(sql.SQL("DROP TABLE {}").format(drain.drain), f"ACCESS EXCLUSIVE on {drain.drain_table} only"),
+        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = {}::jsonb "
+                          "WHERE migration_id = {}").format(state, sql.Literal(_json(verified)), sql.Literal(drain.migration_id)),
+                  "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
+    ), lock_targets=(drain.drain_table,))
+    try:
+        Executor(conn, config.lock_budget, on_event=lambda msg: log.warning("%s", msg)).run(step)
+    except StepFailed as exc:
+        raise RuntimeError(f"{exc} (every row was moved and verified; only the empty {drain.drain_table} "
+                           "is left: the next run drops it)") from exc
 
 
 def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
