@@ -35,7 +35,6 @@ import html
 import json
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -470,17 +469,11 @@ class PgStore:
     @contextlib.contextmanager
     def locked(self, wait_seconds: float = 15.0):
         """One evaluation at a time (watchdog and failure callbacks may overlap): a session advisory lock."""
-        args = ["escalation:" + self.schema]
-        deadline = time.monotonic() + wait_seconds
-        while not self.conn.execute("SELECT pg_try_advisory_lock(hashtext('pgmaint'), hashtext(%s))", args).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"another pgmaint evaluation kept the escalation lock for {wait_seconds:.0f}s")
-            time.sleep(0.1)
-        try:
+        from include.pgmaint.guards import waiting_lock
+
+        with waiting_lock(self.conn, "escalation:" + self.schema, wait_seconds=wait_seconds, on_timeout=lambda: TimeoutError(
+                f"another pgmaint evaluation kept the escalation lock for {wait_seconds:.0f}s")):
             yield
-        finally:
-            if not self.conn.closed and not self.conn.broken:
-                self.conn.execute("SELECT pg_advisory_unlock(hashtext('pgmaint'), hashtext(%s))", args)
 
 
 # --- rendering ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -20,6 +22,7 @@ from psycopg import sql
 from include.pgmaint.config import Preflight
 
 _LOCK_NAMESPACE = "pgmaint"
+log = logging.getLogger("pgmaint.guards")
 
 
 def _lock_args(table: str) -> list[str]:
@@ -49,6 +52,25 @@ def runner_lock(conn, table_qualified: str):
     finally:
         if not conn.closed and not conn.broken:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", _lock_args(table_qualified))
+
+
+@contextlib.contextmanager
+def waiting_lock(conn, key: str, *, wait_seconds: float, on_timeout):
+    """Hold pgmaint's session advisory lock `key`, polling for up to `wait_seconds` (never queueing
+    in the server), then raise `on_timeout()`. Released in `finally`, and by the server if the
+    connection dies."""
+    deadline = time.monotonic() + wait_seconds
+    while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", _lock_args(key)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise on_timeout()
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", _lock_args(key))
+        except Exception:  # the connection is gone: so is the lock
+            log.warning("could not release advisory lock %r (connection lost?)", key)
 
 
 @dataclass

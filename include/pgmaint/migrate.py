@@ -43,12 +43,12 @@ from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, Statement, Step, StepFailed
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, runner_lock
 from include.pgmaint.maintenance import RunContext
-from include.pgmaint.plan import CreatePartition, desired_ranges, partition_name, retention_cutoff, timeline
-from include.pgmaint.state import Journal, ensure_state_schema
+from include.pgmaint.plan import (CreatePartition, desired_ranges, fit_identifier, partition_name, retention_cutoff,
+                                  timeline, to_utc)
+from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
 log = logging.getLogger("pgmaint.migrate")
 PROGRESS_EVERY_SECONDS = 10.0
-MAX_NAME = 63
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
         if start is None:
             leave.append(RangeRows(None, rows, reason="partition key is NULL: only the DEFAULT can hold these rows"))
             continue
-        rng = Range(start, _utc(cfg.interval.next(start, tz_t)))
+        rng = Range(start, to_utc(cfg.interval.next(start, tz_t)))
         clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
         name = partition_name(cfg, start, tz_t)
         if clash is not None:
@@ -177,14 +177,6 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
     return MigrationPlan(cfg.name, tuple(move), tuple(leave))
 
 
-def _utc(moment: datetime) -> datetime:
-    return datetime.fromtimestamp(moment.timestamp(), tz=timezone.utc)
-
-
-def _derived_name(base: str, suffix: str) -> str:
-    return base.encode()[: MAX_NAME - len(suffix)].decode(errors="ignore") + suffix
-
-
 # --- the steps -----------------------------------------------------------------------------------
 
 
@@ -196,8 +188,8 @@ class DefaultPartitionMigration:
         self.tz = timeline(facts, datetime.now(timezone.utc), config.timezone)[1]
         self.parent = sql.Identifier(facts.schema, facts.table)
         self.default_name = facts.default.name
-        self.next_name = _derived_name(facts.default.name, "_pgmaint_next")
-        self.drain_name = _derived_name(facts.default.name, "_pgmaint_drain")
+        self.next_name = fit_identifier(facts.default.name, "_pgmaint_next")
+        self.drain_name = fit_identifier(facts.default.name, "_pgmaint_drain")
         self.state = sql.Identifier(config.state_schema)
 
     def _q(self, name: str) -> sql.Identifier:
@@ -247,17 +239,11 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("INSERT INTO {}.migrations (table_name, drain_table, partitions, checksum) "
                               "VALUES ({}, {}, {}::jsonb, {})").format(
                 self.state, sql.Literal(self.cfg.name), sql.Literal(self._text(self.drain_name)),
-                sql.Literal(_json([r.partition for r in self.plan.move])), sql.Literal(self.checksum)),
+                sql.Literal(to_json([r.partition for r in self.plan.move])), sql.Literal(self.checksum)),
                 "ROW EXCLUSIVE on the journal (same transaction: the swap and its record commit together)"),
         ]
         targets = tuple(self._text(n) for n in (f.table, self.default_name))
         return Step("swap_default", self.default_name, tuple(statements), lock_targets=targets, strong_lock=True)
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 # --- draining ------------------------------------------------------------------------------------
@@ -309,6 +295,10 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
 """).format(drain=self.drain, parent=sql.Identifier(facts.schema, facts.table), cols=cols, overriding=overriding,
             m_cols=m_cols, bucket=self.bucket, state=self.state, checksum=self.checksum)
 
+    def _pages(self) -> int:
+        return self.conn.execute(sql.SQL("SELECT (pg_relation_size({}) / current_setting('block_size')::int)::bigint")
+                                 .format(sql.Literal(self.drain_table))).fetchone()[0]
+
     def record_before(self) -> tuple[int, int]:
         """Figures of the drain table before any row moves, and its size in pages (idempotent)."""
         done = self.conn.execute(sql.SQL("SELECT total_pages, (SELECT coalesce(sum(rows), 0) FROM {s}.migration_figures "
@@ -324,8 +314,7 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
                 "SELECT %(m)s, 'before', coalesce({b}::text, 'NULL'), count(*), sum({ck}) "
                 "FROM {d} AS m GROUP BY 3").format(s=self.state, b=bucket, d=self.drain, ck=self.checksum),
                 {"m": self.migration_id})
-            pages = self.conn.execute(sql.SQL("SELECT (pg_relation_size({}) / current_setting('block_size')::int)::bigint")
-                                      .format(sql.Literal(self.drain_table)), []).fetchone()[0]
+            pages = self._pages()
             total = self.conn.execute(sql.SQL("UPDATE {s}.migrations SET total_pages = %(p)s, next_page = %(p)s "
                                               "WHERE migration_id = %(m)s RETURNING (SELECT coalesce(sum(rows), 0) FROM {s}.migration_figures "
                                               "WHERE migration_id = %(m)s AND kind = 'before')").format(s=self.state),
@@ -367,8 +356,7 @@ RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
                          f"{rate:,.0f} rows/s, ETA {eta:,.0f}s")
                 last_report = now
         # Rows written into the drain table by name after the swap would sit below no page mark: sweep once more.
-        leftover = self.conn.execute(sql.SQL("SELECT (pg_relation_size({}) / current_setting('block_size')::int)::bigint")
-                                     .format(sql.Literal(self.drain_table))).fetchone()[0]
+        leftover = self._pages()
         if self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(self.drain)).fetchone()[0]:
             self.conn.execute(sql.SQL("UPDATE {}.migrations SET next_page = %s WHERE migration_id = %s").format(self.state),
                               [leftover, self.migration_id])
@@ -529,7 +517,7 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
         active = _active_migration(conn, config, cfg)
         facts = _facts(conn, config, cfg)
     migration_id, drain_table = active
-    drain_name = _derived_name(facts.default.name, "_pgmaint_drain")
+    drain_name = fit_identifier(facts.default.name, "_pgmaint_drain")
     if quoted(facts.schema, drain_name) != drain_table:
         raise RuntimeError(f"{cfg.name}: the journal's drain table {drain_table} is not {quoted(facts.schema, drain_name)}; "
                            "was the DEFAULT partition renamed during the migration? Resolve by hand (docs/runbook.md)")
@@ -551,7 +539,7 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
     result.verified = verified
     if verified["mismatches"]:
         conn.execute(sql.SQL("UPDATE {}.migrations SET phase = 'failed', summary = %s::jsonb WHERE migration_id = %s").format(state),
-                     [_json(verified), migration_id])
+                     [to_json(verified), migration_id])
         raise RuntimeError(f"{cfg.name}: rows not conserved, drain table {drain_table} kept: " + "; ".join(verified["mismatches"]))
     progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s): counts and checksums conserved")
     if finish:
@@ -570,7 +558,7 @@ def _drop_drain(conn, config: Config, drain: "Drain", verified: dict) -> None:
                   f"ACCESS SHARE on {drain.drain_table} (must be empty)", expect_no_rows=True),
         Statement(sql.SQL("DROP TABLE {}").format(drain.drain), f"ACCESS EXCLUSIVE on {drain.drain_table} only"),
         Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = {}::jsonb "
-                          "WHERE migration_id = {}").format(state, sql.Literal(_json(verified)), sql.Literal(drain.migration_id)),
+                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(drain.migration_id)),
                   "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
     ), lock_targets=(drain.drain_table,))
     try:
@@ -587,7 +575,7 @@ def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
         if active is None:
             return {"table": cfg.name, "finished": None}
         facts = _facts(conn, config, cfg)
-        drain = Drain(conn, config, cfg, facts, active[0], _derived_name(facts.default.name, "_pgmaint_drain"))
+        drain = Drain(conn, config, cfg, facts, active[0], fit_identifier(facts.default.name, "_pgmaint_drain"))
         if drain.conn.execute(sql.SQL("SELECT next_page FROM {}.migrations WHERE migration_id = %s").format(
                 drain.state), [active[0]]).fetchone()[0] != 0:
             raise RuntimeError(f"{cfg.name}: migration {active[0]} has not finished draining; run the migration again")

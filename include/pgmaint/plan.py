@@ -74,10 +74,13 @@ def timeline(facts: TableFacts, now: datetime, tz: str) -> tuple[datetime, str]:
     return now, tz
 
 
+def fit_identifier(base: str, suffix: str) -> str:
+    """`base` + `suffix`, `base` shortened so the name stays within PostgreSQL's 63 bytes (as pg_partman does)."""
+    return base.encode()[: MAX_IDENTIFIER_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+
+
 def partition_name(cfg: TableConfig, start: datetime, tz: str) -> str:
-    suffix = cfg.interval.suffix(start, tz)
-    base = cfg.table.encode()[: MAX_IDENTIFIER_BYTES - len(suffix)].decode(errors="ignore")
-    return base + suffix
+    return fit_identifier(cfg.table, cfg.interval.suffix(start, tz))
 
 
 def desired_ranges(cfg: TableConfig, now: datetime, tz: str) -> list[tuple[str, Range]]:
@@ -91,7 +94,7 @@ def _desired_bounds(interval, premake: int, now: datetime, tz: str) -> tuple[Ran
     start = interval.floor(now, tz)
     for _ in range(premake + 1):
         end = interval.next(start, tz)
-        out.append(Range(_utc(start), _utc(end)))
+        out.append(Range(to_utc(start), to_utc(end)))
         start = end
     return tuple(out)
 
@@ -104,7 +107,7 @@ def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) 
 
 
 def retention_cutoff(cfg: TableConfig, now: datetime, tz: str) -> datetime | None:
-    return _utc(cfg.retention.before(now, tz)) if cfg.retention else None
+    return to_utc(cfg.retention.before(now, tz)) if cfg.retention else None
 
 
 def plan_maintenance(
@@ -167,5 +170,5 @@ def _expired(partition: Partition, cutoff: datetime | None) -> bool:
     return cutoff is not None and partition.range.upper is not None and partition.range.upper <= cutoff
 
 
-def _utc(moment: datetime) -> datetime:
+def to_utc(moment: datetime) -> datetime:
     return datetime.fromtimestamp(moment.timestamp(), tz=timezone.utc)

@@ -55,7 +55,7 @@ def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
         time.sleep(0.2)
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
     def default(o):
         if is_dataclass(o):
             return asdict(o)
@@ -86,13 +86,13 @@ class Journal:
             sql.SQL("INSERT INTO {}.steps (run_id, action, target, statements, locks, started_at, outcome, attempts, error, blockers) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)").format(self.schema),
             [run_id, step.action, step.target, [s for s, _ in rendered], [lk for _, lk in rendered], started_at, outcome,
-             attempts, error, _json(blockers or [])],
+             attempts, error, to_json(blockers or [])],
         )
 
     def finish_run(self, run_id: int, outcome: str, summary: dict, error: str | None = None) -> None:
         self.conn.execute(
             sql.SQL("UPDATE {}.runs SET finished_at = clock_timestamp(), outcome = %s, summary = %s::jsonb, error = %s WHERE run_id = %s").format(self.schema),
-            [outcome, _json(summary), error, run_id],
+            [outcome, to_json(summary), error, run_id],
         )
 
     def finish_run_safely(self, run_id: int, outcome: str, summary: dict, error: str | None = None) -> None:

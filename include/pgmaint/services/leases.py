@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from include.pgmaint.config import DEFAULT_LEASE_MINUTES, Config, ServiceConfig
+from include.pgmaint.guards import waiting_lock
 from include.pgmaint.services.base import Actor, Adapter, ServiceError
 from include.pgmaint.services.ordering import pause_order
 
@@ -186,19 +186,9 @@ def _owner(lease: dict) -> str:
 @contextlib.contextmanager
 def service_lock(conn, config: Config, name: str, wait_seconds: float = LOCK_WAIT_SECONDS):
     """Serialise pgmaint's changes of one service across sessions."""
-    key = f"{config.state_schema}:service:{name}"
-    deadline = time.monotonic() + wait_seconds
-    while not conn.execute("SELECT pg_try_advisory_lock(hashtext('pgmaint'), hashtext(%s))", [key]).fetchone()[0]:
-        if time.monotonic() > deadline:
-            raise ServiceError(f"service {name!r}: another pgmaint session kept it locked for {wait_seconds:.0f}s")
-        time.sleep(0.1)
-    try:
+    with waiting_lock(conn, f"{config.state_schema}:service:{name}", wait_seconds=wait_seconds, on_timeout=lambda: ServiceError(
+            f"service {name!r}: another pgmaint session kept it locked for {wait_seconds:.0f}s")):
         yield
-    finally:
-        try:
-            conn.execute("SELECT pg_advisory_unlock(hashtext('pgmaint'), hashtext(%s))", [key])
-        except Exception:  # the connection is gone: so is the lock
-            log.warning("could not release the advisory lock of service %r (connection lost?)", name)
 
 
 def _ensure_schema(conn, config: Config) -> None:
