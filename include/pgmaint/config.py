@@ -106,6 +106,7 @@ class TableConfig:
     writers: tuple[str, ...]
     retention_keep_table: bool = False
     auto_migrate: bool = False
+    maintained_by: str = "pgmaint"  # "pg_partman": partman premakes and retires, pgmaint only migrates and watches
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ SCHEMA: dict[str, Any] = {
                     "writers": {"type": "array", "items": {"type": "string"}},
                     "retention_keep_table": {"type": "boolean"},
                     "auto_migrate": {"type": "boolean"},
+                    "maintained_by": {"enum": ["pgmaint", "pg_partman"]},
                 },
             },
         },
@@ -356,6 +358,10 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             problems.append(f"{where}.name: duplicate table {table.name!r} (already configured as {seen[key]!r})")
         seen[key] = table.name
         tables.append(table)
+        if table.maintained_by == "pg_partman" and not any(
+                s.kind == "pg_partman" and s.name in table.writers for s in services):
+            problems.append(f"{where}.maintained_by: pg_partman needs a writer of kind pg_partman (so that a "
+                            "migration pauses pg_partman's maintenance of the table while it moves rows)")
 
     if "escalation" not in {section for section, *_ in bad_items}:
         from include.pgmaint.escalation import parse_escalation  # imports this module: import lazily
@@ -432,6 +438,7 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
         writers=writers,
         retention_keep_table=item.get("retention_keep_table", False),
         auto_migrate=item.get("auto_migrate", False),
+        maintained_by=item.get("maintained_by", "pgmaint"),
     )
 
 

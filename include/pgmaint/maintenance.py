@@ -21,6 +21,7 @@ from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalo
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, LockBudgetExhausted, Step, StepFailed
 from include.pgmaint.guards import TableBusy, preflight, quoted, runner_lock
+from include.pgmaint.partman import maintenance_skips
 from include.pgmaint.plan import MaintenancePlan, missing_ranges, plan_maintenance
 from include.pgmaint.state import Journal, ensure_state_schema
 
@@ -90,19 +91,26 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
         ensure_state_schema(conn, config.state_schema)
         journal = Journal(conn, config.state_schema)
     facts = read_catalog(conn, tables, config.timezone)
-    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases) for cfg in tables]
+    skips = maintenance_skips(conn, tables)  # never work on a table pg_partman maintains (dual_manager, or the split)
+    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, skips.get(cfg.name))
+            for cfg in tables]
 
 
 def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,
-                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...]) -> TableResult:
+                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...],
+                    skip: str | None = None) -> TableResult:
     started = time.monotonic()
     result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success")
     if journal:
         result.run_id = journal.start_run("maintenance", cfg.name, dag_id=context.dag_id,
                                           dag_run_id=context.dag_run_id, task_id=context.task_id)
     try:
+        if skip and not dry_run:
+            raise TableBusy(skip)
         if dry_run:
             _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
+            if skip:
+                result.notes.append(f"a real run would skip this table: {skip}")
         elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases):
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:

@@ -15,6 +15,7 @@ Per table (keys `<kind>:<schema.table>`):
   expired_attached  partitions past retention still attached
   cadence           no successful partition_maintenance for cadence_multiple x its schedule interval
   long_transactions sessions whose transaction has held locks on the table family for too long
+  dual_manager      pg_partman's automatic maintenance is on for a table pgmaint maintains (include.pgmaint.partman)
 Per database:
   canary            the uptime check that touches the database: critical when it fails
   connections       percent of usable max_connections in use
@@ -39,7 +40,7 @@ from include.pgmaint.escalation import Condition, EscalationSettings, describe_s
 
 log = logging.getLogger("pgmaint.watchdog")
 
-TABLE_KINDS = ("catalog", "runway", "default_rows", "expired_attached", "cadence", "long_transactions")
+TABLE_KINDS = ("catalog", "runway", "default_rows", "expired_attached", "cadence", "long_transactions", "dual_manager")
 DATABASE_KINDS = ("canary", "connections", "lock_waits")
 MAINTENANCE_DAG = "partition_maintenance"
 
@@ -118,6 +119,7 @@ def cadence_threshold(config: Config, settings: EscalationSettings, now: datetim
 def check_tables(conn, config: Config, settings: EscalationSettings, now: datetime | None = None) -> CheckResult:
     """Runway, DEFAULT rows, expired partitions, cadence and long transactions for every configured table."""
     from include.pgmaint.catalog import CatalogError, read_catalog
+    from include.pgmaint.partman import dual_manager_conditions
     from include.pgmaint.report import table_health
     from include.pgmaint.state import Journal
 
@@ -127,7 +129,7 @@ def check_tables(conn, config: Config, settings: EscalationSettings, now: dateti
     grace = threshold or timedelta(0)
     facts = read_catalog(conn, list(config.tables), tz)
     journal = Journal(conn, config.state_schema)
-    out = CheckResult()
+    out = CheckResult(conditions=dual_manager_conditions(conn, list(config.tables)))
     for cfg in config.tables:
         f = facts[cfg.name]
         out.scope += table_keys(cfg.name)
@@ -153,7 +155,7 @@ def check_tables(conn, config: Config, settings: EscalationSettings, now: dateti
                 f"(oldest: {late.oldest}); partition_maintenance retires them, so it is not running or not succeeding",
                 {"table": cfg.name, "count": late.expired_attached, "oldest": late.oldest,
                  "retention": str(cfg.retention)}))
-        if threshold is not None:
+        if threshold is not None and cfg.maintained_by == "pgmaint":  # the split: pg_partman keeps the cadence
             out.conditions += _cadence(conn, config, cfg, journal, threshold, now)
         out.conditions += _long_transactions(conn, cfg, settings)
     return out
