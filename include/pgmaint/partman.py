@@ -350,11 +350,10 @@ def translate(row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset
                "not add them. Move them to the parent where PostgreSQL allows it (a unique index there must include "
                "the partition key), drop them from the template if they are not needed, or keep the table with "
                "pg_partman (import --keep-partman: maintained_by: pg_partman)")
-    if row.date_trunc_interval:
-        parts = parse_pg_interval(row.date_trunc_interval)
-        if parts != interval_parts and pgmaint_duration(parts) != "1 week":
-            refuse(f"date_trunc_interval {row.date_trunc_interval!r}: partitions aligned differently from the interval cannot be expressed")
-
+    natural = {"1 hour": "hour", "1 day": "day", "1 week": "week", "1 month": "month"}.get(pgmaint_interval(interval_parts))
+    if row.date_trunc_interval and row.date_trunc_interval.strip().lower() != natural:
+        refuse(f"date_trunc_interval {row.date_trunc_interval!r}: partitions aligned to another precision than "
+               f"the interval's ({natural or 'none'}) cannot be expressed")
     retention = None
     if row.retention:
         retention = pgmaint_duration(parse_pg_interval(row.retention))
