@@ -49,12 +49,6 @@ SERVICE_NAME = "pg_partman"
 HANDOVER_JOB, HANDBACK_JOB = "partman_handover", "partman_handback"
 _SIMPLE_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
-# run_maintenance() holds this advisory lock while it runs (4.x: xact lock, 5.x: the procedure's session lock).
-_RUNNING_SQL = """
-SELECT count(*) > 0 FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = hashtext('pg_partman run_maintenance')::bigint
-"""
 
 
 # --- intervals as PostgreSQL prints them ----------------------------------------------
@@ -184,10 +178,17 @@ class PartConfig:
         return self.partition_type in ({"native"} if self.generation == "4.x" else {"range"})
 
 
+def _running_sql() -> str:
+    """Is a run_maintenance() pass running (pg_partman's advisory lock held)? The services adapter's query."""
+    from include.pgmaint.services.pg_partman import _RUNNING
+
+    return _RUNNING
+
+
 def partman_schema(conn) -> str | None:
-    row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-                       "WHERE e.extname = 'pg_partman'").fetchone()
-    return row[0] if row else None
+    from include.pgmaint.services.base import extension_schema
+
+    return extension_schema(conn, "pg_partman")
 
 
 def read_part_config(conn, parents: list[str] | None = None) -> tuple[str, str, list[PartConfig], set[str]]:
@@ -727,10 +728,10 @@ def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_s
     by_name = {t.name: t for t in config.tables}
     after = automatic_maintenance(conn, [by_name[r.table] for r in results])
     deadline = time.monotonic() + wait_seconds
-    running = conn.execute(_RUNNING_SQL).fetchone()[0]
+    running = conn.execute(_running_sql()).fetchone()[0]
     while running and time.monotonic() < deadline:  # a pass already under way read its list before our switch
         time.sleep(0.5)
-        running = conn.execute(_RUNNING_SQL).fetchone()[0]
+        running = conn.execute(_running_sql()).fetchone()[0]
     jobs = _cron_jobs(conn)
     for r in results:
         t = by_name[r.table]
@@ -826,7 +827,7 @@ def status(conn, config: Config) -> list[str]:
     ensure_state_schema(conn, config.state_schema)
     on = automatic_maintenance(conn, list(config.tables))
     last = last_handovers(conn, config)
-    running = partman_schema(conn) is not None and conn.execute(_RUNNING_SQL).fetchone()[0]
+    running = partman_schema(conn) is not None and conn.execute(_running_sql()).fetchone()[0]
     lines = []
     for t in config.tables:
         partman = on.get(t.name)
