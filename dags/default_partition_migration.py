@@ -124,10 +124,10 @@ def default_partition_migration():
         return migration_gate(CONFIG, table, "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task(retries=2, retry_delay=timedelta(seconds=10))
-    def resume_writers(table: str, dag_run=None) -> list[str]:
+    def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import resume_writers as resume
 
-        return resume(CONFIG, table, dag_run)
+        return resume(CONFIG, table, dag_run, dry_run=params["dry_run"])
 
     @task(trigger_rule="one_failed")
     def fail_run_if_work_failed() -> None:
