@@ -150,9 +150,10 @@ def _table_family(conn, role: str, cfg: TableConfig, ddl_jobs: tuple[str, ...], 
             why = {"parent": "ATTACH and DETACH PARTITION alter the parent",
                    "default": "the DEFAULT is fenced with a CHECK constraint, or swapped out by the migration",
                    "partition": "detached and dropped when it expires (ALTER TABLE parent OWNER does not cascade to partitions)"}[kind]
-            out.append(Missing(f"ownership (owner: {owner})", target, ddl_jobs, why,
+            reads = ("watchdog",) if watchdog and kind != "partition" and not can_select else ()  # ownership covers it
+            out.append(Missing(f"ownership (owner: {owner})", target, ddl_jobs + reads, why,
                                f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};"))
-        if watchdog and kind in ("parent", "default") and not can_select:
+        elif watchdog and kind in ("parent", "default") and not can_select:
             why = "the canary reads the current interval through the parent" if kind == "parent" else \
                 "the watchdog counts the rows in the DEFAULT"
             out.append(Missing("SELECT", target, ("watchdog",), why, f"GRANT SELECT ON TABLE {ident(schema, name)} TO {ident(role)};"))
