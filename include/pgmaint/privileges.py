@@ -226,7 +226,7 @@ def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datet
     if cutoff is None:
         return []
     fate = "detaches it (retention_keep_table keeps the table)" if cfg.retention_keep_table else "detaches and DROPS it"
-    warnings = [f"{r.partition} ({r.range}, {r.rows:,} rows) would be created older than the {cfg.retention} "
+    warnings = [f"{r.partition} ({r.range}, {r.rows:,} row(s)) would be created older than the {cfg.retention} "
                 f"retention: the next partition_maintenance run {fate} with those rows"
                 for r in plan.move if r.range is not None and r.range.upper <= cutoff]
     for warning in warnings:
