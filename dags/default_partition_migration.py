@@ -33,7 +33,9 @@ worker is killed: the next run resumes from the journal.
 **Params.** `table`, `dry_run` (survey and print the statements, move nothing),
 `batch_rows`, `max_minutes`, `pause_services`, `move_out_of_window` (also move rows
 older than retention or beyond the premake horizon; otherwise they stay in the
-DEFAULT and are reported).
+DEFAULT and are reported; partitions it makes for rows past retention are dropped,
+rows and all, by the next maintenance run: the dry run warns). A dry run writes
+nothing and first checks every privilege the real run needs.
 
 Runbook: `docs/runbook.md`. Progress: `SELECT * FROM pgmaint.migrations ORDER BY migration_id DESC`.
 """
@@ -74,7 +76,9 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
         "pause_services": Param(True, type="boolean", title="Pause writers",
                                 description="Pause the table's `writers` services for the run and resume them after."),
         "move_out_of_window": Param(False, type="boolean", title="Move rows outside the window",
-                                    description="Also move rows older than retention or beyond the premake horizon."),
+                                    description="Also move rows older than retention or beyond the premake horizon. "
+                                                "Partitions made for rows past retention are dropped by the next "
+                                                "partition_maintenance (unless retention_keep_table): the dry run warns."),
     },
 )
 def default_partition_migration():
@@ -124,10 +128,10 @@ def default_partition_migration():
         return migration_gate(CONFIG, table, "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task(retries=2, retry_delay=timedelta(seconds=10))
-    def resume_writers(table: str, dag_run=None) -> list[str]:
+    def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import resume_writers as resume
 
-        return resume(CONFIG, table, dag_run)
+        return resume(CONFIG, table, dag_run, dry_run=params["dry_run"])
 
     @task(trigger_rule="one_failed")
     def fail_run_if_work_failed() -> None:

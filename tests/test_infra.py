@@ -131,3 +131,23 @@ def test_scripts_airflow_uses_the_session_home(airflow_db):
     assert pool["pool"] == "pgmaint_target" and int(pool["slots"]) == 4
     # airflow_db's markers spared the wrapper a second `db migrate`.
     assert not (home / "logs" / "scripts-airflow.log").exists()
+
+
+def test_scripts_airflow_dags_list_on_a_fresh_metadata_db_lists_the_dags(tmp_path):
+    """A fresh metadata DB has no serialized DAGs until a DAG processor runs: the wrapper
+    reserializes first (and says so) instead of printing "No data found"; the second call does not."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__DATABASE__")}
+    env.update(PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"),
+               AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused")  # dags list never connects to it
+    command = [str(REPO / "scripts" / "airflow"), "dags", "list", "-o", "plain"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "No data found" not in first.stdout
+    for dag_id in ("partition_maintenance", "default_partition_migration", "partition_watchdog"):
+        assert dag_id in first.stdout
+    assert "scripts/airflow: parsing dags/ into the metadata DB first" in first.stderr
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "partition_watchdog" in second.stdout
+    assert "parsing dags/" not in second.stderr

@@ -68,11 +68,14 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
     return report.held
 
 
-def resume_writers(config: Config, table: str, dag_run) -> list[str]:
+def resume_writers(config: Config, table: str, dag_run, dry_run: bool = False) -> list[str]:
     """Teardown: resume everything this run paused, newest first. Idempotent; fine when nothing was paused."""
     from include.pgmaint.db import connect, conninfo_from_airflow
     from include.pgmaint.services.leases import resume_services
 
+    if dry_run:  # a dry run pauses nothing, so there is nothing to resume, and it writes nothing
+        log.info("dry run: nothing was paused, nothing to resume")
+        return []
     dag_id, run_id = _owner(dag_run)
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
         outcomes = resume_services(conn, config, dag_id=dag_id, run_id=run_id)

@@ -747,6 +747,11 @@ def report_task_failure(context, config: Config, settings: EscalationSettings, *
                         senders: dict | None = None, conninfo: str | None = None,
                         spill: MemoryStore | None = None) -> Evaluation | None:
     ti = context.get("ti") or context.get("task_instance")
+    if (context.get("params") or {}).get("dry_run") is True:
+        # A dry run writes nothing, not even to the escalation state: its failure is in the run itself.
+        log.warning("dry run: %s.%s failed; not recorded as a condition and nobody notified (a dry run writes nothing): %s",
+                    getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), context.get("exception"))
+        return None
     if ti is not None and _restates_upstream_failure(ti, context):
         log.info("%s.%s failed because upstream tasks failed; those are reported on their own", ti.dag_id, ti.task_id)
         return None

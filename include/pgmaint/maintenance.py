@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from psycopg import sql
 
-from include.pgmaint import ddl
+from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, LockBudgetExhausted, Step, StepFailed
@@ -90,10 +90,24 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
     if not dry_run:
         ensure_state_schema(conn, config.state_schema)
         journal = Journal(conn, config.state_schema)
-    facts = read_catalog(conn, tables, config.timezone)
+    refused = _refused_by_privileges(conn, config, tables) if dry_run else {}
+    facts = read_catalog(conn, [t for t in tables if t.name not in refused], config.timezone)
     skips = maintenance_skips(conn, tables)  # never work on a table pg_partman maintains (dual_manager, or the split)
-    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, skips.get(cfg.name))
+    return [refused.get(cfg.name)
+            or _maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, skips.get(cfg.name))
             for cfg in tables]
+
+
+def _refused_by_privileges(conn, config: Config, tables: list[TableConfig]) -> dict[str, TableResult]:
+    """Dry run: a failed result, listing every missing privilege with its fix, for each table the real run could not do."""
+    refused = {}
+    for cfg in tables:
+        missing = privileges.problems(conn, config, cfg, "maintenance")
+        if missing:
+            refused[cfg.name] = TableResult(cfg.name, outcome="failed", errors=missing,
+                                            notes=["no statements listed: the plan is made once the privileges above are granted"])
+            _log_result(refused[cfg.name])
+    return refused
 
 
 def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,

@@ -37,7 +37,7 @@ from typing import Callable
 
 from psycopg import errors, sql
 
-from include.pgmaint import ddl
+from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, Statement, Step, StepFailed
@@ -88,6 +88,7 @@ class MigrationResult:
     statements: list[dict] = field(default_factory=list)
     skipped_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -441,7 +442,8 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     progress(f"{cfg.name}: migration {result.outcome}: {result.rows_moved:,} rows moved into {len(result.partitions)} "
              f"partition(s) in {result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s)"
              + (f"; {result.rows_remaining:,} rows remain for the next run" if result.rows_remaining else "")
-             + (f"; errors: {' | '.join(result.errors)}" if result.errors else ""))
+             + (f"; errors: {' | '.join(result.errors)}" if result.errors else "")
+             + (f"; WARNING: {' | '.join(result.warnings)}" if result.warnings else ""))
     return result
 
 
@@ -453,12 +455,16 @@ def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:
 
 
 def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult) -> None:
+    result.errors += privileges.problems(conn, config, cfg, "migration")  # all the real run needs, at once
+    if result.errors:
+        return
     facts = _facts(conn, config, cfg)
     if facts.default is None:
         result.left_in_default = []
         return
     survey = survey_default(conn, facts, cfg, config.timezone, config.lock_budget.scan_timeout_ms)
     plan = plan_migration(cfg, facts, survey, now, config.timezone, move_out_of_window)
+    result.warnings = privileges.migration_warnings(config, cfg, facts, plan, now)
     result.left_in_default = [{"range": r.label(), "rows": r.rows, "reason": r.reason} for r in plan.leave]
     result.rows_remaining = plan.rows_to_move
     result.partitions = [r.partition for r in plan.move]
@@ -492,6 +498,7 @@ def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of
             return
         survey = survey_default(conn, facts, cfg, config.timezone, config.lock_budget.scan_timeout_ms)
         plan = plan_migration(cfg, facts, survey, now, config.timezone, move_out_of_window)
+        result.warnings = privileges.migration_warnings(config, cfg, facts, plan, now)
         result.left_in_default = [{"range": r.label(), "rows": r.rows, "reason": r.reason} for r in plan.leave]
         if not plan.move:
             return

@@ -31,21 +31,53 @@ def migrations() -> list[tuple[int, str, str]]:
     return out
 
 
+def latest_version() -> int:
+    return max((version for version, _, _ in migrations()), default=0)
+
+
+def state_schema_version(conn, schema: str) -> int | None:
+    """The state schema's version: None when the schema does not exist, 0 when it has no version table yet.
+
+    Reads the catalog and `schema_version` only (no lock beyond ACCESS SHARE, no DDL)."""
+    exists, has_versions = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
+        "EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'schema_version')", [schema, schema]).fetchone()
+    if not exists:
+        return None
+    if not has_versions:
+        return 0
+    return conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))).fetchone()[0]
+
+
 def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
-    """Create or upgrade the state schema; safe to call from many workers at once. Returns the version."""
+    """Create or upgrade the state schema; safe to call from many workers at once. Returns the version.
+
+    When the schema is already at the latest version (every run after the first) this only reads
+    the catalog: no DDL (nothing in DDL audit logs) and no CREATE privilege on the database needed.
+    """
+    latest = latest_version()
+    current = state_schema_version(conn, schema)
+    if current is not None and current >= latest:
+        return current
     ident = sql.Identifier(schema).as_string(None)
     deadline = time.monotonic() + wait_seconds
     while True:
         with conn.transaction():
             got = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('pgmaint'), hashtext(%s))", ["state:" + schema]).fetchone()[0]
             if got:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                current = state_schema_version(conn, schema)  # another worker may have done it meanwhile
+                if current is None:
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+                    current = 0
+                if current >= latest:
+                    return current
                 conn.execute(sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {}.schema_version (version integer PRIMARY KEY, name text NOT NULL, "
                     "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema)))
-                current = conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))).fetchone()[0]
                 for version, name, text in migrations():
                     if version > current:
+                        log.info("state schema %s: applying %s", schema, name)
                         conn.execute(sql.SQL(text.replace("{schema}", ident)))
                         conn.execute(sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(sql.Identifier(schema)), [version, name])
                         current = version

@@ -1,0 +1,237 @@
+"""Every privilege pgmaint's jobs need on the target database, checked up front.
+
+Dry runs and `python -m include.pgmaint.doctor` use this so that missing privileges are found
+all at once, with the statement that grants each, instead of one `permission denied` per real
+run. Only the catalog and the `has_*_privilege` / `pg_has_role` functions are read: nothing is
+locked beyond ACCESS SHARE on catalog tables, nothing is written.
+
+What each job needs (README "Privileges" lists the same):
+
+  maintenance, migration   USAGE and CREATE on each table's schema (new partitions are created
+                           there); ownership of the parent, of every partition and of the DEFAULT
+                           (ATTACH / DETACH / DROP / ADD CONSTRAINT need the owner, and
+                           `ALTER TABLE parent OWNER TO` does not cascade to partitions)
+  watchdog                 USAGE on each table's schema; SELECT on the parent and the DEFAULT
+  every job                the state schema: if it does not exist yet, CREATE on the database
+                           (pgmaint creates it on first use) — or create it beforehand for the
+                           role; if it exists, USAGE on it and the table privileges in
+                           STATE_TABLES; if it is older than this pgmaint, CREATE on it and
+                           ownership of its objects (the upgrade alters them)
+
+Ownership counts through role membership (`pg_has_role(role, owner, 'USAGE')`), as PostgreSQL
+checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from include.pgmaint.config import Config, TableConfig
+
+log = logging.getLogger("pgmaint.privileges")
+JOBS = ("maintenance", "migration", "watchdog")
+
+# The privileges each job's writes and reads need on pgmaint's own tables (include/sql/).
+STATE_TABLES: dict[str, tuple[str, ...]] = {
+    "schema_version": ("SELECT",),
+    "runs": ("SELECT", "INSERT", "UPDATE"),
+    "steps": ("SELECT", "INSERT"),
+    "migrations": ("SELECT", "INSERT", "UPDATE"),
+    "migration_figures": ("SELECT", "INSERT", "UPDATE"),
+    "service_flags": ("SELECT", "INSERT", "UPDATE"),
+    "service_leases": ("SELECT", "INSERT", "UPDATE"),
+    "conditions": ("SELECT", "INSERT", "UPDATE"),
+    "alerts": ("SELECT", "INSERT"),
+}
+
+
+def ident(*names: str) -> str:
+    """Quoted (and dot-joined) identifier, as it must appear in a statement."""
+    return sql.Identifier(*names).as_string(None)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One missing privilege: what, on which object, which jobs need it and why, and the fix."""
+
+    privilege: str  # e.g. 'USAGE, CREATE' or 'ownership'
+    target: str  # e.g. 'schema "api"', 'table "api"."request_log_default"'
+    needed_by: tuple[str, ...]
+    why: str
+    fix: str  # one or more SQL statements, ';'-terminated
+
+    def __str__(self) -> str:
+        return (f"missing {self.privilege} on {self.target} (needed by {', '.join(self.needed_by)}: {self.why}); "
+                f"fix: {self.fix}")
+
+
+def current_role(conn) -> str:
+    return conn.execute("SELECT current_user").fetchone()[0]
+
+
+def check(conn, config: Config, tables: list[TableConfig] | None = None, *, jobs: tuple[str, ...] = JOBS,
+          role: str | None = None) -> list[Missing]:
+    """Every privilege `role` (default: the session's user) lacks for `jobs` on `tables` (default: all configured)."""
+    unknown = set(jobs) - set(JOBS)
+    if unknown or not jobs:
+        raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs}")
+    role = role or current_role(conn)
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", [role]).fetchone()[0]:
+        raise ValueError(f"role {role!r} does not exist")
+    tables = list(tables or config.tables)
+    ddl_jobs = tuple(j for j in jobs if j in ("maintenance", "migration"))
+    missing: list[Missing] = []
+    for schema in dict.fromkeys(t.schema for t in tables):
+        missing += _table_schema(conn, role, schema, ddl_jobs, jobs)
+    for cfg in tables:
+        missing += _table_family(conn, role, cfg, ddl_jobs, "watchdog" in jobs)
+    missing += _state_schema(conn, role, config.state_schema, jobs)
+    return missing
+
+
+def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
+    """For a dry run of `job` on one table: one line per missing privilege (empty when all are there)."""
+    found = check(conn, config, [cfg], jobs=(job,))
+    if not found:
+        return []
+    role = current_role(conn)
+    return [f"role {role!r} lacks {len(found)} privilege(s) the real {job} run needs "
+            "(grant them, then dry-run again; `python -m include.pgmaint.doctor CONNINFO` lists them for every table):"
+            ] + [str(m) for m in found]
+
+
+def _table_schema(conn, role: str, schema: str, ddl_jobs: tuple[str, ...], jobs: tuple[str, ...]) -> list[Missing]:
+    row = conn.execute(
+        "SELECT has_schema_privilege(%(r)s, n.oid, 'USAGE'), has_schema_privilege(%(r)s, n.oid, 'CREATE') "
+        "FROM pg_namespace n WHERE n.nspname = %(s)s", {"r": role, "s": schema}).fetchone()
+    if row is None:
+        return []  # the table check reports the missing table
+    usage, create = row
+    lacking = (["USAGE"] if not usage else []) + (["CREATE"] if ddl_jobs and not create else [])
+    if not lacking:
+        return []
+    why = " and ".join({"USAGE": "reach the partitioned tables in it", "CREATE": "create new partitions there"}[p] for p in lacking)
+    return [Missing(", ".join(lacking), f"schema {ident(schema)}", jobs if "USAGE" in lacking else ddl_jobs, why,
+                    f"GRANT {', '.join(lacking)} ON SCHEMA {ident(schema)} TO {ident(role)};")]
+
+
+_FAMILY_SQL = """
+WITH parent AS (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+)
+SELECT n.nspname, c.relname,
+       CASE WHEN c.oid = p.oid THEN 'parent'
+            WHEN pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' THEN 'default' ELSE 'partition' END AS role_in_family,
+       pg_get_userbyid(c.relowner) AS owner,
+       pg_has_role(%(role)s, c.relowner, 'USAGE') AS owns,
+       has_table_privilege(%(role)s, c.oid, 'SELECT') AS can_select
+FROM parent p
+JOIN pg_class c ON c.oid = p.oid OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = p.oid)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY c.oid <> p.oid, c.relname
+"""
+
+
+def _table_family(conn, role: str, cfg: TableConfig, ddl_jobs: tuple[str, ...], watchdog: bool) -> list[Missing]:
+    rows = conn.execute(_FAMILY_SQL, {"schema": cfg.schema, "table": cfg.table, "role": role}).fetchall()
+    if not rows:
+        return [Missing("existence", f"table {ident(cfg.schema, cfg.table)}", ddl_jobs + (("watchdog",) if watchdog else ()),
+                        f"{cfg.name} is configured but does not exist",
+                        f"-- create {ident(cfg.schema, cfg.table)} (PARTITION BY RANGE), or fix its `name` in the config")]
+    out = []
+    for schema, name, kind, owner, owns, can_select in rows:
+        target = f"{'partitioned table' if kind == 'parent' else kind if kind != 'default' else 'DEFAULT partition'} {ident(schema, name)}"
+        if ddl_jobs and not owns:
+            why = {"parent": "ATTACH and DETACH PARTITION alter the parent",
+                   "default": "the DEFAULT is fenced with a CHECK constraint, or swapped out by the migration",
+                   "partition": "detached and dropped when it expires (ALTER TABLE parent OWNER does not cascade to partitions)"}[kind]
+            reads = ("watchdog",) if watchdog and kind != "partition" and not can_select else ()  # ownership covers it
+            out.append(Missing(f"ownership (owner: {owner})", target, ddl_jobs + reads, why,
+                               f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};"))
+        elif watchdog and kind in ("parent", "default") and not can_select:
+            why = "the canary reads the current interval through the parent" if kind == "parent" else \
+                "the watchdog counts the rows in the DEFAULT"
+            out.append(Missing("SELECT", target, ("watchdog",), why, f"GRANT SELECT ON TABLE {ident(schema, name)} TO {ident(role)};"))
+    return out
+
+
+def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[Missing]:
+    from include.pgmaint.state import latest_version
+
+    db, create_db = conn.execute("SELECT current_database(), has_database_privilege(%s, current_database(), 'CREATE')",
+                                 [role]).fetchone()
+    row = conn.execute(
+        "SELECT n.oid, has_schema_privilege(%(r)s, n.oid, 'USAGE'), has_schema_privilege(%(r)s, n.oid, 'CREATE'), "
+        "pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = %(s)s", {"r": role, "s": schema}).fetchone()
+    if row is None:
+        if create_db:
+            return []
+        return [Missing("CREATE", f"database {ident(db)}", jobs,
+                        f"the state schema {ident(schema)} does not exist yet and pgmaint creates it on first use",
+                        f"CREATE SCHEMA {ident(schema)} AUTHORIZATION {ident(role)};  "
+                        f"-- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};")]
+    oid, usage, create, owner = row
+    out = []
+    if not usage:
+        out.append(Missing("USAGE", f"schema {ident(schema)}", jobs, "pgmaint's journal and state live there",
+                           f"GRANT USAGE ON SCHEMA {ident(schema)} TO {ident(role)};"))
+    objects = conn.execute(
+        "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner), pg_has_role(%(r)s, c.relowner, 'USAGE'), "
+        "has_table_privilege(%(r)s, c.oid, 'SELECT'), has_table_privilege(%(r)s, c.oid, 'INSERT'), "
+        "has_table_privilege(%(r)s, c.oid, 'UPDATE') "
+        "FROM pg_class c WHERE c.relnamespace = %(oid)s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+        {"r": role, "oid": oid}).fetchall()
+    version = None
+    if any(o[0] == "schema_version" for o in objects) and usage and next(o for o in objects if o[0] == "schema_version")[4]:
+        version = conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(
+            sql.Identifier(schema))).fetchone()[0]
+    elif not any(o[0] == "schema_version" for o in objects):
+        version = 0
+    if version is not None and version < latest_version():
+        why = f"it is at version {version}, this pgmaint upgrades it to {latest_version()} (creates and alters its objects)"
+        if not create:
+            out.append(Missing("CREATE", f"schema {ident(schema)}", jobs, why,
+                               f"GRANT CREATE ON SCHEMA {ident(schema)} TO {ident(role)};"))
+        for name, _, obj_owner, owns, *_ in objects:
+            if not owns:
+                out.append(Missing(f"ownership (owner: {obj_owner})", f"table {ident(schema, name)}", jobs, why,
+                                   f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};"))
+        return out
+    for name, _, _, _, *have in objects:
+        needed = STATE_TABLES.get(name)
+        if not needed:
+            continue
+        lacking = [p for p, ok in zip(("SELECT", "INSERT", "UPDATE"), have) if not ok and p in needed]
+        if lacking:
+            out.append(Missing(", ".join(lacking), f"table {ident(schema, name)}", jobs, "pgmaint's journal and state",
+                               f"GRANT {', '.join(lacking)} ON TABLE {ident(schema, name)} TO {ident(role)};"))
+    return out
+
+
+# --- default_partition_migration ----------------------------------------------------------------
+
+
+def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datetime) -> list[str]:
+    """Partitions the migration would create for intervals already past retention (only with
+    `move_out_of_window`): the next partition_maintenance retires them, rows and all. Logged as warnings."""
+    from include.pgmaint.plan import retention_cutoff, timeline
+
+    now_t, tz_t = timeline(facts, now, config.timezone)
+    cutoff = retention_cutoff(cfg, now_t, tz_t)
+    if cutoff is None:
+        return []
+    fate = "detaches it (retention_keep_table keeps the table)" if cfg.retention_keep_table else "detaches and DROPS it"
+    warnings = [f"{r.partition} ({r.range}, {r.rows:,} row(s)) would be created older than the {cfg.retention} "
+                f"retention: the next partition_maintenance run {fate} with those rows"
+                for r in plan.move if r.range is not None and r.range.upper <= cutoff]
+    for warning in warnings:
+        log.warning("%s: move_out_of_window: %s", cfg.name, warning)
+    return warnings
+
+
+__all__ = ["JOBS", "Missing", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems"]
