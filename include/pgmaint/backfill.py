@@ -68,8 +68,9 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
         pages = max(1, int(min(batch_rows, 2_000) / rows_per_page))
         started = last_report = time.monotonic()
         copied_here = 0
+        batches = 0
         while next_page < total_pages:
-            if time.monotonic() >= deadline:
+            if batches and time.monotonic() >= deadline:  # every run copies at least one batch: it always progresses
                 return copied_here, False
             hi_page = min(total_pages, next_page + pages)
             t0 = time.monotonic()
@@ -79,6 +80,7 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
                 pages = max(1, pages // 2)
                 continue
             copied, n = done
+            batches += 1
             self.failpoint("after_batch")
             copied_here += n
             next_page = hi_page

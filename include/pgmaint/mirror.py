@@ -165,7 +165,7 @@ class DefaultPartitionMigration:
         nxt = self.q(self.next_name)
         spans = merged_spans(self.ranges_after_swap())
         steps.append(Step("create_next_default", self.next_name, (
-            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(nxt, self.parent),
+            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING IDENTITY)").format(nxt, self.parent),
                       f"ACCESS SHARE on {f.table} (reads its definition); new empty table {self.next_name}"),
             Statement(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(nxt, sql.Identifier(NEXT_DEFAULT_CHECK), self._outside(spans)),
                       f"ACCESS EXCLUSIVE on {self.next_name} only (new, empty): proves it holds no row of the "

@@ -46,6 +46,16 @@ def fingerprint(conn, schema: str) -> dict[str, tuple[int, int]]:
     return {day: (n, int(ck)) for day, n, ck in rows}
 
 
+def leftovers(conn, schema: str) -> list[str]:
+    """Anything a migration builds that must not outlive it: shadow tables, the mirror trigger and function."""
+    rows = conn.execute("""
+        SELECT 'table ' || relname FROM pg_class WHERE relnamespace = to_regnamespace(%(s)s) AND relname LIKE '%%pgmaint%%' AND relkind <> 'i'
+        UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname = 'pgmaint_mirror'
+        UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = to_regnamespace(%(s)s) AND proname LIKE '%%pgmaint%%'
+    """, {"s": sql.Identifier(schema).as_string(None)}).fetchall()
+    return [r[0] for r in rows]
+
+
 def default_days(conn, schema: str) -> list[str]:
     return [r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT date_trunc('day', ts)::date::text FROM ONLY {} ORDER BY 1")
                                        .format(sql.Identifier(schema, "ev_default"))).fetchall()]
@@ -75,7 +85,8 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert misplaced == 0
     assert default_days(conn, scratch_schema) == [(NOW - timedelta(days=45)).date().isoformat(), (NOW + timedelta(days=30)).date().isoformat()]
     assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {"older than the retention window", "beyond the premake horizon"}
-    assert not table_exists(conn, scratch_schema, "ev_default_pgmaint_drain")
+    assert not any(table_exists(conn, scratch_schema, f"ev_default_pgmaint_{t}") for t in ("old", "next", "copy"))
+    assert not leftovers(conn, scratch_schema)
     phase = conn.execute(sql.SQL("SELECT phase FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
     assert phase == [("done",)]
 
@@ -92,11 +103,15 @@ def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], dry_run=True)
 
     assert result.outcome == "dry_run" and result.rows_moved == 0 and result.rows_remaining == 2_000
-    assert [s["step"] for s in result.statements].count("create_table") == 2 * 11  # CREATE + bound CHECK per partition
-    assert any(s["step"] == "swap_default" and "DETACH PARTITION" in s["sql"] for s in result.statements)
+    steps = [s["step"] for s in result.statements]
+    assert steps.count("create_shadow") == 2 * 11 and steps.count("attach_shadow") == 11  # CREATE + bound CHECK, ATTACH to SP
+    assert any(s["step"] == "mirror_writes" and "CREATE TRIGGER" in s["sql"] for s in result.statements)
+    assert any(s["step"] == "copy_batch" and "ON CONFLICT DO NOTHING" in s["sql"] for s in result.statements)
+    swap = [s["sql"] for s in result.statements if s["step"] == "swap"]
+    assert swap[0].startswith("LOCK TABLE ONLY") and any("DETACH PARTITION" in x for x in swap)
     assert all(s["lock"] for s in result.statements)
     assert (fingerprint(conn, scratch_schema), partitions(conn, scratch_schema, "ev")) == before
-    assert not table_exists(conn, scratch_schema, "migrations")
+    assert not table_exists(conn, scratch_schema, "migrations") and not leftovers(conn, scratch_schema)
 
 
 def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
@@ -110,20 +125,43 @@ def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
     raise AssertionError("the killed run's runner lock was never released")
 
 
-@pytest.mark.parametrize("point", ["before_create_table", "before_create_next_default", "before_swap_default",
-                                   "after_swap", "inside_batch", "after_batch"])
-def test_killed_at_any_point_the_rerun_conserves_every_row(conn, pg_dsn, scratch_schema, point):
+# Every step of the copy-first design (see include/pgmaint/mirror.py): the run is killed (SIGKILL, like kill -9)
+# right before it, or inside it where a step has an inside.
+KILL_POINTS = ["before_create_shadow_parent", "before_create_shadow", "before_attach_shadow", "before_create_next_default",
+               "before_mirror_writes", "inside_batch", "after_batch", "before_verify", "before_swap", "inside_swap",
+               "after_swap", "after_verify", "before_drop_next_default_check", "before_drop_shadow_parent"]
+
+
+def run_killed(pg_dsn: str, schema: str, point: str, batch_rows: int = 300) -> subprocess.CompletedProcess:
+    raw = {"state_schema": schema, "tables": [table_entry(schema, "ev")]}
+    return subprocess.run([sys.executable, "-m", "tests.integration.run_migration", pg_dsn, json.dumps(raw),
+                           f"{schema}.ev", str(batch_rows)], cwd=REPO, env={**os.environ, "PGMAINT_FAILPOINT": point},
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_writable(conn, schema: str) -> None:
+    """The table takes an insert for today and for a moved day, an update and a delete, right now."""
+    ev = sql.Identifier(schema, "ev")
+    row = conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (now(), 'probe'), (now() - interval '3 days', 'probe') "
+                               "RETURNING id").format(ev)).fetchall()
+    assert conn.execute(sql.SQL("UPDATE {} SET payload = 'probe2' WHERE id = ANY(%s)").format(ev), [[r[0] for r in row]]).rowcount == 2
+    assert conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(ev), [[r[0] for r in row]]).rowcount == 2
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_at_any_step_every_row_stays_visible_and_the_rerun_finishes(conn, pg_dsn, scratch_schema, point):
     seed(conn, scratch_schema, 6_000)
     before = fingerprint(conn, scratch_schema)
-    raw = {"state_schema": scratch_schema, "tables": [table_entry(scratch_schema, "ev")]}
-    env = {**os.environ, "PGMAINT_FAILPOINT": point}
-    killed = subprocess.run([sys.executable, "-m", "tests.integration.run_migration", pg_dsn, json.dumps(raw),
-                             f"{scratch_schema}.ev", "300"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    killed = run_killed(pg_dsn, scratch_schema, point)
+
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    if point in ("after_swap", "inside_batch", "after_batch"):
-        # killed mid-migration: rows not yet drained are invisible through the parent, but not lost
-        assert table_exists(conn, scratch_schema, "ev_default_pgmaint_drain")
+    # Right after the kill: every row readable through the parent exactly once, and the table writable.
+    assert fingerprint(conn, scratch_schema) == before
+    assert conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY id, ts HAVING count(*) > 1) d").format(
+        sql.Identifier(scratch_schema, "ev"))).fetchone()[0] == 0
     _wait_for_runner_lock_release(pg_dsn, scratch_schema)
+    assert_writable(conn, scratch_schema)
 
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=300)
@@ -132,11 +170,10 @@ def test_killed_at_any_point_the_rerun_conserves_every_row(conn, pg_dsn, scratch
     assert not result.verified.get("mismatches")
     assert fingerprint(conn, scratch_schema) == before
     assert len(default_days(conn, scratch_schema)) == 2  # only the out-of-window rows
-    assert not table_exists(conn, scratch_schema, "ev_default_pgmaint_drain")
-    assert not table_exists(conn, scratch_schema, "ev_default_pgmaint_next")
+    assert not leftovers(conn, scratch_schema)
 
 
-def test_connection_cut_mid_drain_then_resume(conn, pg_dsn, scratch_schema):
+def test_connection_cut_mid_copy_then_resume(conn, pg_dsn, scratch_schema):
     """The database connection of the migrating session is terminated between batches; the rerun finishes the job."""
     seed(conn, scratch_schema, 30_000)
     before = fingerprint(conn, scratch_schema)
@@ -148,7 +185,7 @@ def test_connection_cut_mid_drain_then_resume(conn, pg_dsn, scratch_schema):
     def cutter():
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             while not stop.is_set():
-                moved = c.execute(sql.SQL("SELECT coalesce(max(rows_moved), 0) FROM {}.migrations").format(
+                moved = c.execute(sql.SQL("SELECT coalesce(max(rows_copied), 0) FROM {}.migrations").format(
                     sql.Identifier(scratch_schema))).fetchone()[0] if table_exists(c, scratch_schema, "migrations") else 0
                 if moved > 3_000:
                     c.execute("SELECT pg_terminate_backend(%s)", [pid])
@@ -162,6 +199,7 @@ def test_connection_cut_mid_drain_then_resume(conn, pg_dsn, scratch_schema):
     thread.join()
     victim.close()
     assert first.outcome == "failed"
+    assert fingerprint(conn, scratch_schema) == before  # every row still readable, in the DEFAULT
     _wait_for_runner_lock_release(pg_dsn, scratch_schema)
 
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
@@ -177,9 +215,13 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
 
     first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
 
-    assert first.outcome == "incomplete" and first.rows_remaining > 0
+    assert first.outcome == "incomplete" and first.rows_remaining == 20_000
+    assert "max_minutes" in first.skipped_reason
+    assert fingerprint(conn, scratch_schema) == before  # nothing visible changed; the mirror trigger stays on
+    copied = conn.execute(sql.SQL("SELECT rows_copied FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    assert 0 < copied < 20_000
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
-    assert second.outcome == "success" and second.rows_moved == first.rows_remaining
+    assert second.outcome == "success" and second.rows_moved == 20_002  # every row of the DEFAULT, out-of-window ones too
     assert fingerprint(conn, scratch_schema) == before
 
 
