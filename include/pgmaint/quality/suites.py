@@ -40,6 +40,7 @@ from datetime import datetime, timedelta, timezone
 from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Range, TableFacts
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.ddl import bound_text
+from include.pgmaint.figures import bucket_expression, checksum_expression  # the migration computes its figures the same way
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline
 
 CHECKS = ("runway", "retention", "contiguity", "default_clean", "not_null_key", "conserved")
@@ -469,8 +470,6 @@ def copied_checks(config: Config, cfg: TableConfig, facts: TableFacts, migration
         "equal the 'moved' ones",
         check_query(journal))]
     if migration.drain_table:
-        from include.pgmaint.figures import bucket_expression, checksum_expression  # shared with the migration
-
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
         now = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
                f"coalesce(sum({checksum_expression(migration.checksum, 'm').as_string(None)}), 0) AS checksum "
