@@ -9,26 +9,29 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
 2. **open_window** (setup): records which services write to the table, in pause order.
 3. **pause_writers**: pauses them, dependents first, each with a lease that expires
    (`pause_services`; nothing is paused on a dry run).
-4. **migrate**, under the table's runner lock:
-   - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many;
-   - create an empty partition per interval inside the window, and an empty new DEFAULT;
-   - **swap** in one catalog-only transaction (the parent is locked for milliseconds,
-     under a 200 ms lock timeout and a circuit breaker that backs off if sessions queue);
-   - **drain** the old DEFAULT back through the parent in atomic, journalled batches
-     (newest rows first), logging rows moved, remaining, rate and ETA every 10 s;
-   - **verify** per interval that row counts and checksums are conserved.
-   Stops cleanly at `max_minutes`; the next run resumes.
-5. **gate_before_cleanup**: a Great Expectations gate (rows and checksums conserved per
-   interval, still in place; no row left in the DEFAULT for a migrated interval) must pass
-   before **finish** drops the emptied old DEFAULT; **gate_after_cleanup** checks again.
+4. **migrate**, under the table's runner lock, copy first and swap last:
+   - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many; refuse
+     up front a table without a primary key (or unique key) or with foreign keys pointing at it;
+   - build shadow partitions (one per interval inside the window) and a replacement DEFAULT;
+   - **mirror**: a trigger on the DEFAULT replays every application write into the shadows;
+   - **copy** the rows in short batches (each holds SHARE on the DEFAULT for ~30 ms; readers
+     never wait), logging rows copied, rate and ETA every 10 s; every row stays in the DEFAULT,
+     readable and writable as before;
+   - **verify** per interval (count + checksum) in one snapshot that the copies equal the DEFAULT;
+   - **swap** in one catalog-only transaction (the parent's ACCESS EXCLUSIVE first, under a
+     200 ms lock timeout and a circuit breaker), counting the rows again at that exact instant.
+   Stops cleanly at `max_minutes` (nothing visible changed; the next run resumes the copy).
+5. **gate_before_cleanup**: a Great Expectations gate (rows and checksums conserved per interval
+   at the swap; the old DEFAULT unchanged since; no row left in the DEFAULT for a migrated
+   interval) must pass before **finish** drops the detached old DEFAULT; **gate_after_cleanup**
+   checks again.
 6. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order
    (retried twice; a resume that still fails fails the run, and the watchdog retries it when the
    lease expires). **fail_run_if_work_failed** marks the run failed when pausing or moving failed.
 
-**What readers see while rows move:** a row not yet drained is briefly invisible
-through the parent (it sits in the old DEFAULT, detached); rows already moved
-and all new writes are visible. Nothing is lost or duplicated, even if the
-worker is killed: the next run resumes from the journal.
+**What applications see:** nothing. Every row is readable through the parent exactly once at
+every instant; their updates, deletes, upserts and inserts take effect exactly once, before,
+during and after the move, even if the worker is killed (the next run resumes from the journal).
 
 **Params.** `table`, `dry_run` (survey and print the statements, move nothing),
 `batch_rows`, `max_minutes`, `pause_services`, `move_out_of_window` (also move rows

@@ -144,21 +144,21 @@ def migrate_one(config: Config, table: str, params: dict, *, dag_run=None, ti=No
     if result.outcome == "skipped":
         raise AirflowSkipException(f"{table}: skipped: {result.skipped_reason}")
     if result.outcome == "incomplete":
-        log.warning("%s: stopped at max_minutes with %d rows still in the drain table (not visible through the parent "
-                    "until moved); trigger the DAG again to resume", table, result.rows_remaining)
+        log.warning("%s: not swapped yet: %s (every row is still readable and writable in the DEFAULT; the mirror "
+                    "trigger keeps the copies current)", table, result.skipped_reason)
     return summary
 
 
-# The gate around dropping the emptied old DEFAULT (the migration's destructive step): per
-# interval, rows and checksums conserved (journal, and still in place), and no row left in the
-# DEFAULT for a migrated interval.
+# The gate around dropping the detached old DEFAULT (the migration's destructive step): per
+# interval, rows and checksums conserved at the instant of the swap, the old DEFAULT unchanged
+# since, and no row left in the DEFAULT for a migrated interval.
 MIGRATION_GATE_CHECKS = ["conserved", "default_clean"]
 
 
 def migration_gate(config: Config, table: str, gate: str, migrated: dict, *, dry_run: bool, ti=None) -> dict:
     if dry_run:
         return {"gate": gate, "skipped": "dry run"}
-    if migrated.get("outcome") != "drained" or not migrated.get("migration_id"):
+    if migrated.get("outcome") != "swapped" or not migrated.get("migration_id"):
         return {"gate": gate, "skipped": f"no finished migration to check (migrate: {migrated.get('outcome')})"}
     from include.pgmaint.airflow_quality import gate_task
 
@@ -167,8 +167,8 @@ def migration_gate(config: Config, table: str, gate: str, migrated: dict, *, dry
 
 
 def finish_one(config: Config, table: str, migrated: dict, *, dry_run: bool) -> dict:
-    """Drop the emptied old DEFAULT once the gate passed."""
-    if dry_run or migrated.get("outcome") != "drained":
+    """Drop the detached old DEFAULT once the gate passed."""
+    if dry_run or migrated.get("outcome") != "swapped":
         return {"table": table, "finished": None, "skipped": "dry run" if dry_run else f"migrate: {migrated.get('outcome')}"}
     from include.pgmaint.db import connect, conninfo_from_airflow
     from include.pgmaint.migrate import finish_migration

@@ -34,6 +34,7 @@ class Statement:
     lock: str  # the lock it takes, in words, shown in dry runs and logs
     scan: bool = False  # reads a table (under a weak lock): gets the longer scan timeout
     expect_no_rows: bool = False  # a guard query: any row returned fails the step
+    then: Callable[[object], None] | None = None  # called with the cursor, inside the step's transaction
 
 
 @dataclass(frozen=True)
@@ -205,5 +206,7 @@ class Executor:
         cur = conn.execute(st.sql)
         if st.expect_no_rows and cur.description is not None and cur.fetchone() is not None:
             raise GuardFailed(f"precondition failed: {st.sql.as_string(conn)} returned a row")
+        if st.then is not None:
+            st.then(cur)
         if st.scan:
             conn.execute("SELECT set_config('statement_timeout', %s, %s)", [f"{self.budget.statement_timeout_ms}ms", local])

@@ -129,6 +129,10 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
+                moving = journal.open_migration(cfg.name)
+                if moving:  # its shadows and replacement DEFAULT were built for today's partitions: leave them be
+                    raise TableBusy(f"migration {moving[0]} of this table is {moving[1]} (default_partition_migration); "
+                                    "maintenance waits until it has finished")
                 plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=False)
                 if plan is not None and not plan.is_noop:
                     _execute(conn, config, cfg, facts, plan, result, journal)

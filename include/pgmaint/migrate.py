@@ -1,54 +1,52 @@
-"""Move rows out of a DEFAULT partition online: `DefaultPartitionMigration`.
+"""Move rows out of a DEFAULT partition online, invisibly to applications.
 
-Design: swap the DEFAULT, then drain it (research/online_partitioning.md §4, option C).
+Copy first, swap last (the statements and their locks: `mirror.DefaultPartitionMigration`;
+the copy and its proof: `backfill`):
 
-1. Survey (ACCESS SHARE only): which intervals the DEFAULT holds rows for, and how many.
-2. Prepare (no lock on anything in use): an empty partition table for every in-window
-   interval (LIKE parent INCLUDING ALL + bound CHECK) and an empty replacement DEFAULT.
-3. Swap, one catalog-only transaction under the lock budget and the circuit breaker:
-   DETACH the old DEFAULT, ATTACH the new partitions (no DEFAULT attached at that moment,
-   so nothing is scanned), ATTACH the empty replacement as DEFAULT, and journal the
-   migration in the same transaction. The parent holds ACCESS EXCLUSIVE for milliseconds.
-4. Drain: the old DEFAULT is now a standalone table nobody writes to. Each batch is ONE
-   statement — DELETE a page range of it RETURNING the rows, INSERT them through the
-   parent (they land in their new partitions), add their count and checksum per interval
-   to the journal — so a batch is atomic: killed at any point, rows are either still in
-   the drain table or in their partition, never both, never neither. Pages are drained
-   from the end backwards, so the newest rows become visible first.
-5. Verify per interval: rows and checksum moved == rows and checksum the drain table held;
-   the drain table is empty; then drop it.
+1. Survey the DEFAULT under ACCESS SHARE: which intervals hold rows, how many; plan (pure)
+   which intervals get a partition and which rows stay (NULL keys, out of the window).
+2. Refuse, before touching anything, what cannot be moved online: no mirror key (primary key
+   or unique index), foreign keys referencing the parent.
+3. Prepare shadow partitions under a shadow parent, and a replacement DEFAULT.
+4. Mirror: a trigger on the DEFAULT replays every application write into the shadows.
+5. Copy the rows in short batches; every row stays in the DEFAULT, readable and writable.
+6. Wait for REPEATABLE READ snapshots older than the copy to end (they could not see the copies).
+7. Verify in one snapshot that the copies equal the DEFAULT, per interval (count + checksum).
+8. Swap in one short transaction (parent's ACCESS EXCLUSIVE first, then catalog-only DETACH /
+   ATTACH), exporting its snapshot: the rows are counted again exactly at the swap.
+9. Tidy; after the data-quality gate, drop the old DEFAULT (`finish_migration`).
 
-What readers see: from the swap until a row's batch commits, that row is not visible
-through the parent (it sits in the drain table); every other row is. Writers are never
-blocked beyond the swap's milliseconds; their new rows land in the new partitions (or in
-the new DEFAULT for intervals still without one), never lost.
+Every step is journalled in `<state_schema>.migrations`; a run killed at any point leaves
+every row readable exactly once through the parent and resumes (or cleanly starts over).
 """
+
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from psycopg import errors, sql
+from psycopg import sql
 
-from include.pgmaint import ddl, privileges
+from include.pgmaint import privileges
+from include.pgmaint.backfill import Backfill, CutVerifier, compare, verify_copy
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, Statement, Step, StepFailed
+from include.pgmaint.figures import bucket_expression, checksum_expression, checksum_method, figures_query, table_columns
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, runner_lock
 from include.pgmaint.maintenance import RunContext
-from include.pgmaint.plan import (CreatePartition, desired_ranges, fit_identifier, partition_name, retention_cutoff,
-                                  timeline, to_utc)
+from include.pgmaint.mirror import DefaultPartitionMigration, mirror_key, refusals
+from include.pgmaint.plan import desired_ranges, partition_name, retention_cutoff, timeline, to_utc
 from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
 log = logging.getLogger("pgmaint.migrate")
-PROGRESS_EVERY_SECONDS = 10.0
+SNAPSHOT_WAIT_SECONDS = 60.0  # how long to wait for old REPEATABLE READ snapshots before the swap
 
 
 @dataclass(frozen=True)
@@ -103,37 +101,6 @@ def failpoint(name: str) -> None:
 # --- survey & plan -------------------------------------------------------------------------------
 
 
-def bucket_expression(facts: TableFacts, cfg: TableConfig, tz: str, alias: str | None = None) -> sql.Composable:
-    """The start of the partition interval a row's key falls in, computed by PostgreSQL."""
-    key = sql.Identifier(alias, facts.key_column) if alias else sql.Identifier(facts.key_column)
-    unit = sql.Literal(cfg.interval.unit)
-    if facts.key_type == "timestamp with time zone":
-        return sql.SQL("date_trunc({}, {}, {})").format(unit, key, sql.Literal(tz))
-    return sql.SQL("date_trunc({}, {}::timestamp)").format(unit, key)  # wall-clock keys: their own clock
-
-
-def checksum_method(conn, facts: TableFacts) -> str:
-    """'record' when every column type can be hashed as a value (about 2.7x cheaper than hashing
-    the row's text form), else 'text'. Probed on an all-NULL row: PostgreSQL looks up every
-    column's hash function even for NULL values."""
-    try:
-        with conn.transaction():
-            conn.execute(sql.SQL("SELECT hash_record_extended(json_populate_record(NULL::{}, '{{}}'), 0)").format(
-                sql.Identifier(facts.schema, facts.table)))
-        return "record"
-    except errors.UndefinedFunction:
-        return "text"
-
-
-def checksum_expression(method: str, alias: str) -> sql.Composable:
-    """Order-independent checksum term of one row (`sum()` it); `method` from the migration journal."""
-    if method == "record":
-        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
-    if method == "text":
-        return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
-    raise ValueError(f"unknown checksum method {method!r}")
-
-
 def survey_default(conn, facts: TableFacts, cfg: TableConfig, tz: str, timeout_ms: int) -> list[tuple[datetime | None, int]]:
     """(interval start, rows) for every interval the DEFAULT holds rows for. Reads under ACCESS SHARE."""
     query = sql.SQL("SELECT {b} AS bucket, count(*) FROM ONLY {d} GROUP BY 1 ORDER BY 1 NULLS FIRST").format(
@@ -178,236 +145,43 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
     return MigrationPlan(cfg.name, tuple(move), tuple(leave))
 
 
-# --- the steps -----------------------------------------------------------------------------------
-
-
-class DefaultPartitionMigration:
-    """Statements of one migration of one table's DEFAULT partition."""
-
-    def __init__(self, config: Config, cfg: TableConfig, facts: TableFacts, plan: MigrationPlan, checksum: str = "text"):
-        self.config, self.cfg, self.facts, self.plan, self.checksum = config, cfg, facts, plan, checksum
-        self.tz = timeline(facts, datetime.now(timezone.utc), config.timezone)[1]
-        self.parent = sql.Identifier(facts.schema, facts.table)
-        self.default_name = facts.default.name
-        self.next_name = fit_identifier(facts.default.name, "_pgmaint_next")
-        self.drain_name = fit_identifier(facts.default.name, "_pgmaint_drain")
-        self.state = sql.Identifier(config.state_schema)
-
-    def _q(self, name: str) -> sql.Identifier:
-        return sql.Identifier(self.facts.schema, name)
-
-    def _text(self, name: str) -> str:
-        return quoted(self.facts.schema, name)
-
-    def prepare_steps(self) -> list[Step]:
-        creates = tuple(CreatePartition(r.partition, r.range, r.partition in self.facts.leftovers) for r in self.plan.move)
-        prepare, _, _ = ddl.create_steps(replace(self.facts, default=None), creates, self.tz)
-        nxt = self._q(self.next_name)
-        prepare.append(Step("create_next_default", self.next_name, (
-            Statement(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)").format(nxt, self.parent),
-                      f"ACCESS SHARE on {self.facts.table} (reads its definition); new empty table {self.next_name}"),
-            Statement(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(nxt),
-                      f"ACCESS SHARE on {self.next_name} (must be empty: it becomes the DEFAULT)", expect_no_rows=True),
-        ), lock_targets=(self._text(self.facts.table),)))
-        return prepare
-
-    def swap_step(self) -> Step:
-        f, key_type = self.facts, self.facts.key_type
-        statements = [
-            Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.parent, self._q(self.default_name)),
-                      f"ACCESS EXCLUSIVE on {f.table} and {self.default_name} until commit (catalog only)"),
-            Statement(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self._q(self.default_name), sql.Identifier(self.drain_name)),
-                      f"ACCESS EXCLUSIVE on {self.default_name} (already held; catalog only)"),
-        ]
-        for r in self.plan.move:
-            statements.append(Statement(
-                sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                    self.parent, self._q(r.partition), ddl.bound_literal(r.range.lower, key_type, self.tz),
-                    ddl.bound_literal(r.range.upper, key_type, self.tz)),
-                f"ACCESS EXCLUSIVE on {r.partition} (empty; its CHECK proves the bound; no DEFAULT attached, nothing scanned)"))
-        statements += [
-            Statement(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self._q(self.next_name), sql.Identifier(self.default_name)),
-                      f"ACCESS EXCLUSIVE on {self.next_name} (empty, not attached; catalog only)"),
-            Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(self.parent, self._q(self.default_name)),
-                      f"ACCESS EXCLUSIVE on the new, empty {self.default_name} (its check reads zero rows)"),
-            # Draining leaves dead rows behind; an autovacuum on this doomed table would only compete
-            # with the move and hold up its final DROP.
-            Statement(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(self._q(self.drain_name)),
-                      f"none beyond the above ({self.drain_name})"),
-            Statement(sql.SQL("COMMENT ON TABLE {} IS {}").format(self._q(self.drain_name), sql.Literal(
-                f"pgmaint: rows of {self.cfg.name}'s old DEFAULT partition being moved back; see {self.config.state_schema}.migrations")),
-                      f"none beyond the above ({self.drain_name})"),
-            Statement(sql.SQL("INSERT INTO {}.migrations (table_name, drain_table, partitions, checksum) "
-                              "VALUES ({}, {}, {}::jsonb, {})").format(
-                self.state, sql.Literal(self.cfg.name), sql.Literal(self._text(self.drain_name)),
-                sql.Literal(to_json([r.partition for r in self.plan.move])), sql.Literal(self.checksum)),
-                "ROW EXCLUSIVE on the journal (same transaction: the swap and its record commit together)"),
-        ]
-        targets = tuple(self._text(n) for n in (f.table, self.default_name))
-        return Step("swap_default", self.default_name, tuple(statements), lock_targets=targets, strong_lock=True)
-
-
-# --- draining ------------------------------------------------------------------------------------
-
-
-def _columns(conn, facts: TableFacts) -> tuple[list[str], bool]:
-    rows = conn.execute(
-        """SELECT attname, attidentity FROM pg_attribute
-           WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
-           ORDER BY attnum""", [quoted(facts.schema, facts.table)]).fetchall()
-    return [r[0] for r in rows], any(r[1] == "a" for r in rows)
-
-
-class Drain:
-    """Moves the drain table's rows back through the parent, one atomic batch statement at a time."""
-
-    def __init__(self, conn, config: Config, cfg: TableConfig, facts: TableFacts, migration_id: int, drain_name: str):
-        self.conn, self.config, self.cfg, self.facts = conn, config, cfg, facts
-        self.migration_id = migration_id
-        self.drain_table = quoted(facts.schema, drain_name)
-        self.state = sql.Identifier(config.state_schema)
-        self.bucket = bucket_expression(facts, cfg, config.timezone, alias="m")
-        self.drain = sql.Identifier(facts.schema, drain_name)
-        method = conn.execute(sql.SQL("SELECT checksum FROM {}.migrations WHERE migration_id = %s").format(self.state),
-                              [migration_id]).fetchone()[0]
-        self.checksum = checksum_expression(method, "m")
-        columns, identity = _columns(conn, facts)
-        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-        m_cols = sql.SQL(", ").join(sql.Identifier("m", c) for c in columns)
-        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if identity else sql.SQL("")
-        self.batch_sql = sql.SQL("""
-WITH m AS (
-    DELETE FROM {drain} WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid RETURNING *
-), ins AS (
-    INSERT INTO {parent} ({cols}){overriding} SELECT {m_cols} FROM m
-), fig AS (
-    SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS n, sum({checksum}) AS ck
-    FROM m GROUP BY 1
-), tally AS (
-    INSERT INTO {state}.migration_figures AS f (migration_id, kind, bucket, rows, checksum)
-    SELECT %(mid)s, 'moved', bucket, n, ck FROM fig
-    ON CONFLICT (migration_id, kind, bucket)
-    DO UPDATE SET rows = f.rows + EXCLUDED.rows, checksum = f.checksum + EXCLUDED.checksum
-)
-UPDATE {state}.migrations
-SET next_page = %(lo_page)s, rows_moved = rows_moved + (SELECT coalesce(sum(n), 0) FROM fig)::bigint, updated_at = clock_timestamp()
-WHERE migration_id = %(mid)s
-RETURNING rows_moved, (SELECT coalesce(sum(n), 0) FROM fig)::bigint
-""").format(drain=self.drain, parent=sql.Identifier(facts.schema, facts.table), cols=cols, overriding=overriding,
-            m_cols=m_cols, bucket=self.bucket, state=self.state, checksum=self.checksum)
-
-    def _pages(self) -> int:
-        return self.conn.execute(sql.SQL("SELECT (pg_relation_size({}) / current_setting('block_size')::int)::bigint")
-                                 .format(sql.Literal(self.drain_table))).fetchone()[0]
-
-    def record_before(self) -> tuple[int, int]:
-        """Figures of the drain table before any row moves, and its size in pages (idempotent)."""
-        done = self.conn.execute(sql.SQL("SELECT total_pages, (SELECT coalesce(sum(rows), 0) FROM {s}.migration_figures "
-                                         "WHERE migration_id = %(m)s AND kind = 'before') FROM {s}.migrations WHERE migration_id = %(m)s")
-                                 .format(s=self.state), {"m": self.migration_id}).fetchone()
-        if done[0] is not None:
-            return int(done[0]), int(done[1])
-        with self.conn.transaction():
-            self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
-            bucket = bucket_expression(self.facts, self.cfg, self.config.timezone, alias="m")
-            self.conn.execute(sql.SQL(
-                "INSERT INTO {s}.migration_figures (migration_id, kind, bucket, rows, checksum) "
-                "SELECT %(m)s, 'before', coalesce({b}::text, 'NULL'), count(*), sum({ck}) "
-                "FROM {d} AS m GROUP BY 3").format(s=self.state, b=bucket, d=self.drain, ck=self.checksum),
-                {"m": self.migration_id})
-            pages = self._pages()
-            total = self.conn.execute(sql.SQL("UPDATE {s}.migrations SET total_pages = %(p)s, next_page = %(p)s "
-                                              "WHERE migration_id = %(m)s RETURNING (SELECT coalesce(sum(rows), 0) FROM {s}.migration_figures "
-                                              "WHERE migration_id = %(m)s AND kind = 'before')").format(s=self.state),
-                                      {"p": pages, "m": self.migration_id}).fetchone()[0]
-        return int(pages), int(total)
-
-    def run(self, *, batch_rows: int, deadline: float, progress: Callable[[str], None]) -> tuple[int, bool]:
-        """Drain until done or `deadline` (monotonic). Returns (rows moved by this call, finished)."""
-        total_pages, before_rows = self.record_before()
-        next_page, moved_total = self.conn.execute(
-            sql.SQL("SELECT next_page, rows_moved FROM {}.migrations WHERE migration_id = %s").format(self.state),
-            [self.migration_id]).fetchone()
-        rows_per_page = max(1.0, before_rows / max(total_pages, 1))
-        pages = max(1, int(batch_rows / rows_per_page))
-        started = last_report = time.monotonic()
-        moved_here = 0
-        while next_page > 0:
-            if time.monotonic() >= deadline:
-                return moved_here, False
-            lo_page = max(0, next_page - pages)
-            t0 = time.monotonic()
-            moved_total, n = self._batch(lo_page, next_page)
-            if moved_total > 0:
-                failpoint("after_batch")
-            took = time.monotonic() - t0
-            moved_here += n
-            next_page = lo_page
-            # Keep each batch short (~0.25-1 s) and within batch_rows: a batch is one transaction.
-            if took > 1.0 and pages > 1:
-                pages = max(1, pages // 2)
-            elif took < 0.25 and pages * rows_per_page * 2 <= batch_rows:
-                pages *= 2
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_EVERY_SECONDS or next_page == 0:
-                rate = moved_here / max(now - started, 1e-6)
-                remaining = max(0, before_rows - moved_total)
-                eta = remaining / rate if rate > 0 else float("inf")
-                progress(f"{self.cfg.name}: moved {moved_total:,} of {before_rows:,} rows ({remaining:,} remaining), "
-                         f"{rate:,.0f} rows/s, ETA {eta:,.0f}s")
-                last_report = now
-        # Rows written into the drain table by name after the swap would sit below no page mark: sweep once more.
-        leftover = self._pages()
-        if self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(self.drain)).fetchone()[0]:
-            self.conn.execute(sql.SQL("UPDATE {}.migrations SET next_page = %s WHERE migration_id = %s").format(self.state),
-                              [leftover, self.migration_id])
-            more, finished = self.run(batch_rows=batch_rows, deadline=deadline, progress=progress)
-            return moved_here + more, finished
-        return moved_here, True
-
-    def _batch(self, lo_page: int, hi_page: int, tries: int = 5) -> tuple[int, int]:
-        """One atomic batch. A lock timeout (someone's DDL on the parent) is retried with backoff, then raised."""
-        budget = self.config.lock_budget
-        for attempt in range(1, tries + 1):
-            try:
-                with self.conn.transaction():
-                    self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{budget.scan_timeout_ms}ms"])
-                    moved_total, n = self.conn.execute(self.batch_sql, {
-                        "lo": f"({lo_page},0)", "hi": f"({hi_page},0)", "lo_page": lo_page, "mid": self.migration_id}).fetchone()
-                    if moved_total > 0:
-                        failpoint("inside_batch")  # the batch ran but did not commit
-                return moved_total, n
-            except errors.LockNotAvailable:
-                if attempt == tries:
-                    raise
-                delay = random.uniform(0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** attempt))
-                log.warning("%s: batch waited more than the lock timeout (try %d); retrying in %.2fs", self.cfg.name, attempt, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def verify(self) -> dict:
-        """Per interval: rows and checksum moved must equal what the drain table held."""
-        rows = self.conn.execute(sql.SQL("""
-            SELECT coalesce(b.bucket, m.bucket), b.rows, m.rows, b.checksum = m.checksum
-            FROM (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'before') b
-            FULL JOIN (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'moved') m USING (bucket)
-            ORDER BY 1""").format(s=self.state), {"m": self.migration_id}).fetchall()
-        mismatches = [f"{bucket}: {before or 0} rows before, {moved or 0} moved{'' if same else ', checksums differ'}"
-                      for bucket, before, moved, same in rows if before != moved or not same]
-        return {"intervals": len(rows), "rows": sum(r[1] or 0 for r in rows), "mismatches": mismatches}
-
-
 # --- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenMigration:
+    migration_id: int
+    phase: str  # preparing | copying | swapped | draining (pre-006)
+    method: str
+    plan: MigrationPlan
+    partitions_before: tuple[str, ...]
+    checksum: str
+    verified: bool
+
+
+def open_migration(conn, config: Config, cfg: TableConfig) -> OpenMigration | None:
+    """The table's unfinished migration, if any (at most one: a unique index says so)."""
+    row = conn.execute(sql.SQL(
+        "SELECT migration_id, phase, method, moves, partitions_before, checksum, verified_at IS NOT NULL FROM {}.migrations "
+        "WHERE table_name = %s AND phase IN ('preparing', 'copying', 'swapped', 'draining')").format(
+        sql.Identifier(config.state_schema)), [cfg.name]).fetchone()
+    if row is None:
+        return None
+    mid, phase, method, moves, before, checksum, verified = row
+    move = tuple(RangeRows(Range(datetime.fromisoformat(m["lower"]), datetime.fromisoformat(m["upper"])), m["rows"],
+                           partition=m["partition"]) for m in moves or ())
+    return OpenMigration(mid, phase, method, MigrationPlan(cfg.name, move, ()), tuple(before or ()), checksum, verified)
 
 
 def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now: datetime | None = None,
                   dry_run: bool = False, batch_rows: int = 50_000, max_minutes: float = 60.0,
                   move_out_of_window: bool = False, context: RunContext = RunContext(),
-                  progress: Callable[[str], None] | None = None, finish: bool = True) -> MigrationResult:
-    """Migrate one table's DEFAULT partition; resumes an interrupted migration first.
+                  progress: Callable[[str], None] | None = None, finish: bool = True,
+                  snapshot_wait_seconds: float = SNAPSHOT_WAIT_SECONDS) -> MigrationResult:
+    """Migrate one table's DEFAULT partition; resumes an unfinished migration first.
 
-    `finish=False` stops after draining and verifying (outcome "drained"), leaving the empty old
-    DEFAULT for `finish_migration` to drop once a data-quality gate has passed.
+    `finish=False` stops after the swap and its verification (outcome "swapped"), keeping the
+    old DEFAULT for `finish_migration` to drop once a data-quality gate has passed.
     """
     progress = progress or (lambda message: log.info("%s", message))
     now = now or datetime.now(timezone.utc)
@@ -425,8 +199,8 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
             _dry_run(conn, config, cfg, now, move_out_of_window, result)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
-                _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of_window, result, journal,
-                         run_id, progress, finish)
+                run = _Run(conn, conninfo, config, cfg, result, journal, run_id, progress, deadline, batch_rows, snapshot_wait_seconds)
+                run.migrate(now, move_out_of_window, finish)
     except TableBusy as exc:
         result.outcome, result.skipped_reason = "skipped", str(exc)
     except Exception as exc:
@@ -437,14 +211,32 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     result.seconds = round(time.monotonic() - started, 3)
     result.rows_per_second = round(result.rows_moved / result.seconds, 1) if result.seconds else 0.0
     if journal:
-        outcome = {"incomplete": "success", "dry_run": "success", "drained": "success"}.get(result.outcome, result.outcome)
+        outcome = {"incomplete": "success", "swapped": "success"}.get(result.outcome, result.outcome)
         journal.finish_run_safely(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
-    progress(f"{cfg.name}: migration {result.outcome}: {result.rows_moved:,} rows moved into {len(result.partitions)} "
-             f"partition(s) in {result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s)"
-             + (f"; {result.rows_remaining:,} rows remain for the next run" if result.rows_remaining else "")
-             + (f"; errors: {' | '.join(result.errors)}" if result.errors else "")
-             + (f"; WARNING: {' | '.join(result.warnings)}" if result.warnings else ""))
+    progress(summary_line(result))
     return result
+
+
+def summary_line(r: MigrationResult) -> str:
+    """One line saying what was done, what remains and why."""
+    head = (f"{r.table}: migration {r.outcome}: {r.rows_moved:,} rows moved into {len(r.partitions)} partition(s) "
+            f"in {r.seconds:.1f}s ({r.rows_per_second:,.0f} rows/s)")
+    if r.outcome == "dry_run":
+        head = f"{r.table}: [dry run] would move {r.rows_remaining:,} rows into {len(r.partitions)} partition(s)"
+    parts = [head]
+    if r.rows_remaining and r.outcome != "dry_run":
+        parts.append(f"{r.rows_remaining:,} rows still to move (all readable in the DEFAULT): {r.skipped_reason or 'run again to resume'}")
+    left = sum(x["rows"] for x in r.left_in_default)
+    if left:
+        reasons = "; ".join(f"{x['rows']:,} {x['range']}: {x['reason']}" for x in r.left_in_default)
+        parts.append(f"{left:,} rows stay in the DEFAULT ({reasons})")
+    if r.outcome == "skipped" and r.skipped_reason:
+        parts.append(f"skipped: {r.skipped_reason}")
+    if r.errors:
+        parts.append("errors: " + " | ".join(r.errors))
+    if r.warnings:
+        parts.append("WARNING: " + " | ".join(r.warnings))
+    return "; ".join(parts)
 
 
 def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:
@@ -454,24 +246,42 @@ def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:
     return facts
 
 
+def _survey_and_plan(conn, config, cfg, facts, now, move_out_of_window, result: MigrationResult) -> MigrationPlan:
+    survey = survey_default(conn, facts, cfg, config.timezone, config.lock_budget.scan_timeout_ms)
+    plan = plan_migration(cfg, facts, survey, now, config.timezone, move_out_of_window)
+    result.left_in_default = [{"range": r.label(), "rows": r.rows, "reason": r.reason} for r in plan.leave]
+    result.warnings = privileges.migration_warnings(config, cfg, facts, plan, now)
+    return plan
+
+
 def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult) -> None:
     result.errors += privileges.problems(conn, config, cfg, "migration")  # all the real run needs, at once
     if result.errors:
         return
     facts = _facts(conn, config, cfg)
     if facts.default is None:
-        result.left_in_default = []
         return
-    survey = survey_default(conn, facts, cfg, config.timezone, config.lock_budget.scan_timeout_ms)
-    plan = plan_migration(cfg, facts, survey, now, config.timezone, move_out_of_window)
-    result.warnings = privileges.migration_warnings(config, cfg, facts, plan, now)
-    result.left_in_default = [{"range": r.label(), "rows": r.rows, "reason": r.reason} for r in plan.leave]
+    plan = _survey_and_plan(conn, config, cfg, facts, now, move_out_of_window, result)
     result.rows_remaining = plan.rows_to_move
     result.partitions = [r.partition for r in plan.move]
     if not plan.move:
         return
-    m = DefaultPartitionMigration(config, cfg, facts, plan)
-    for step in m.prepare_steps() + [m.swap_step()]:
+    problems = refusals(conn, facts)
+    if problems:
+        result.errors.extend(f"cannot move rows online: {p}" for p in problems)
+        for p in problems:
+            log.error("%s: [dry run] cannot move rows online: %s", cfg.name, p)
+        return
+    m = DefaultPartitionMigration(config, cfg, facts, plan, mirror_key(conn, facts), table_columns(conn, facts))
+    steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
+    copy = Backfill(conn, m, 0)
+    steps.append(Step("copy_batch", m.default_name, (
+        Statement(copy.lock_sql, f"SHARE on {m.default_name} for one batch (~{1000 * 0.03:.0f} ms): writers to the DEFAULT wait, readers do not"),
+        Statement(copy.batch_sql, f"ROW EXCLUSIVE on {m.shadow_parent}; repeated per page range until every page is copied"),
+    )))
+    steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
+    steps += m.tidy_steps()
+    for step in steps:
         for statement, lock in step.render(conn):
             result.statements.append({"step": step.action, "target": step.target, "sql": statement, "lock": lock})
     for r in plan.move:
@@ -480,115 +290,314 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
         log.info("%s: [dry run] would leave %d rows (%s) in the DEFAULT: %s", cfg.name, left["rows"], left["range"], left["reason"])
     for s in result.statements:
         log.info("%s: [dry run] %s;  -- %s", cfg.name, s["sql"], s["lock"])
-    log.info("%s: [dry run] then drain in batches: DELETE a page range of the old DEFAULT RETURNING rows, "
-             "INSERT them through the parent, journal counts and checksums: one statement, one transaction per batch", cfg.name)
+    log.info("%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
+             "(count + checksum) in one snapshot, swap, count again at the swap's instant; the old DEFAULT is dropped "
+             "after the data-quality gate", cfg.name)
 
 
-def _active_migration(conn, config: Config, cfg: TableConfig) -> tuple[int, str] | None:
-    return conn.execute(sql.SQL("SELECT migration_id, drain_table FROM {}.migrations WHERE table_name = %s AND phase = 'draining'")
-                        .format(sql.Identifier(config.state_schema)), [cfg.name]).fetchone()
+class _Run:
+    """One run's state: connection, executor, journal, clock."""
 
+    def __init__(self, conn, conninfo, config, cfg, result, journal, run_id, progress, deadline, batch_rows, snapshot_wait):
+        self.conn, self.conninfo, self.config, self.cfg, self.result = conn, conninfo, config, cfg, result
+        self.journal, self.run_id, self.progress, self.deadline, self.batch_rows = journal, run_id, progress, deadline, batch_rows
+        self.snapshot_wait = snapshot_wait
+        self.state = sql.Identifier(config.state_schema)
+        self.breaker = CircuitBreaker(conninfo)
+        self.executor = Executor(conn, config.lock_budget, breaker=self.breaker,
+                                 on_event=lambda msg: log.warning("%s: %s", cfg.name, msg))
 
-def _migrate(conn, conninfo, config, cfg, now, batch_rows, deadline, move_out_of_window, result: MigrationResult,
-             journal: Journal, run_id: int, progress, finish: bool) -> None:
-    facts = _facts(conn, config, cfg)
-    active = _active_migration(conn, config, cfg)
-    if active is None:
-        if facts.default is None:
+    def step(self, step: Step) -> None:
+        failpoint(f"before_{step.action}")
+        began = datetime.now(timezone.utc)
+        try:
+            outcome = self.executor.run(step)
+        except StepFailed as exc:
+            self.journal.record_step(self.run_id, step, began, "failed", exc.attempts, str(exc), exc.blockers)
+            raise
+        self.journal.record_step(self.run_id, step, began, "success", outcome.attempts, None, outcome.blockers)
+
+    def set(self, migration_id: int, **values) -> None:
+        assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in values)
+        self.conn.execute(sql.SQL("UPDATE {}.migrations SET {}, updated_at = clock_timestamp() WHERE migration_id = %s").format(
+            self.state, assignments), [*(to_json(v) if isinstance(v, (dict, list)) else v for v in values.values()), migration_id])
+
+    def migration(self, facts: TableFacts, plan: MigrationPlan) -> DefaultPartitionMigration:
+        key = mirror_key(self.conn, facts)
+        if key is None:
+            raise RuntimeError("; ".join(refusals(self.conn, facts)))
+        return DefaultPartitionMigration(self.config, self.cfg, facts, plan, key, table_columns(self.conn, facts))
+
+    # --- the phases --------------------------------------------------------------------------
+
+    def migrate(self, now, move_out_of_window, finish: bool) -> None:
+        conn, cfg = self.conn, self.cfg
+        facts = _facts(conn, self.config, cfg)
+        current = open_migration(conn, self.config, cfg)
+        if current and current.method == "drain":
+            raise RuntimeError(
+                f"migration {current.migration_id} of {cfg.name} was started by an earlier pgmaint (drain design) and is "
+                "unfinished; its rows sit in the drain table named in the journal. See docs/runbook.md, "
+                "'A migration left by an earlier version'")
+        if current and current.phase == "preparing":
+            self.abandon(facts, current, "the previous run stopped while preparing")
+            current = None
+        if current is None:
+            if facts.default is None:
+                return
+            plan = _survey_and_plan(conn, self.config, cfg, facts, now, move_out_of_window, self.result)
+            if not plan.move:
+                return
+            problems = refusals(conn, facts)
+            if problems:
+                raise RuntimeError("cannot move rows online: " + " | ".join(problems))
+            check = preflight(conn, quoted(cfg.schema, cfg.table), self.config.preflight)
+            if not check.ok:
+                self.result.outcome, self.result.skipped_reason = "skipped", "preflight: " + "; ".join(check.problems)
+                self.result.rows_remaining = plan.rows_to_move
+                return
+            current = self.prepare(facts, plan)
+        facts = _facts(conn, self.config, cfg)
+        self.result.migration_id = current.migration_id
+        self.result.partitions = [r.partition for r in current.plan.move]
+        if current.phase == "copying":
+            m = self.migration(facts, current.plan)
+            if not self.copy(m, current):
+                return
+            facts = _facts(conn, self.config, cfg)
+            current = open_migration(conn, self.config, cfg)
+        m = self.migration(facts, current.plan)
+        self.after_swap(m, current, finish)
+
+    def prepare(self, facts: TableFacts, plan: MigrationPlan) -> OpenMigration:
+        checksum = checksum_method(self.conn, facts)
+        moves = [{"partition": r.partition, "lower": r.range.lower.isoformat(), "upper": r.range.upper.isoformat(), "rows": r.rows}
+                 for r in plan.move]
+        before = sorted(p.name for p in facts.partitions)
+        m = self.migration(facts, plan)
+        mid = self.conn.execute(sql.SQL(
+            "INSERT INTO {}.migrations (table_name, drain_table, partitions, checksum, method, phase, moves, partitions_before) "
+            "VALUES (%s, %s, %s::jsonb, %s, 'copy', 'preparing', %s::jsonb, %s::jsonb) RETURNING migration_id").format(self.state),
+            [self.cfg.name, m.text(m.old_name), to_json([r.partition for r in plan.move]), checksum, to_json(moves),
+             to_json(before)]).fetchone()[0]
+        for step in m.prepare_steps():
+            self.step(step)
+        self.step(m.mirror_step(mid, m.mirror_function().as_string(self.conn)))
+        self.progress(f"{self.cfg.name}: mirroring writes to the DEFAULT into {len(plan.move)} shadow partition(s); "
+                      f"copying {plan.rows_to_move:,} rows")
+        return OpenMigration(mid, "copying", "copy", plan, tuple(before), checksum, False)
+
+    def copy(self, m: DefaultPartitionMigration, current: OpenMigration) -> bool:
+        """Copy, wait for old snapshots, verify, swap. False when the run stops before the swap (time box, snapshots)."""
+        conn, mid, cfg = self.conn, current.migration_id, self.cfg
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = 'pgmaint_mirror')",
+                            [m.text(m.default_name)]).fetchone()[0]:
+            self.abandon(m.facts, current, "the mirror trigger is gone (dropped by someone?)")
+            raise RuntimeError(f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
+                               "every row is still in the DEFAULT: run again to start over")
+        copied, finished = Backfill(conn, m, mid, failpoint=failpoint).run(
+            expected_rows=current.plan.rows_to_move, batch_rows=self.batch_rows, deadline=self.deadline, progress=self.progress)
+        if not finished:
+            self._stop_early(current, "stopped at max_minutes while copying; the mirror trigger stays on, "
+                                      "every row stays readable in the DEFAULT: trigger the DAG again to resume")
+            return False
+        if not self.wait_for_old_snapshots(mid):
+            return False
+        failpoint("before_verify")
+        before, after, mismatches = verify_copy(conn, m, current.checksum, self.config.lock_budget.scan_timeout_ms)
+        if mismatches:
+            self.abandon(m.facts, current, "copies differ from the DEFAULT: " + "; ".join(mismatches))
+            raise RuntimeError(f"{cfg.name}: the copies differ from the DEFAULT ({'; '.join(mismatches)}); nothing was "
+                               "swapped, the copies were removed and every row is still in the DEFAULT")
+        self.record_figures(mid, before, after, at_swap=False)  # kept if the run dies between the swap and its count
+        self.progress(f"{cfg.name}: copies verified in one snapshot ({sum(n for n, _ in before.values()):,} rows in "
+                      f"{len(before)} interval(s)); swapping")
+        verifier = CutVerifier(self.conninfo, self.config.lock_budget)
+        try:
+            self.step(m.swap_step(mid, on_snapshot=self._adopt(verifier), guard=m.partitions_unchanged_guard(current.partitions_before)))
+            failpoint("after_swap")
+            before, after = verifier.figures(m, current.checksum)
+        finally:
+            verifier.close()
+        self.record_figures(mid, before, after, at_swap=True)
+        self.progress(f"{cfg.name}: swapped: {len(current.plan.move)} partition(s) attached "
+                      f"(peak sessions queued behind the swap: {self.breaker.peak_waiters}, longest wait {self.breaker.peak_wait_ms:.0f} ms)")
+        return True
+
+    def _adopt(self, verifier: CutVerifier):
+        def then(cursor):
+            verifier.adopt(cursor)
+            failpoint("inside_swap")
+        return then
+
+    def record_figures(self, mid: int, before: dict, after: dict, *, at_swap: bool) -> None:
+        """'before' (the DEFAULT) and 'moved' (the copies) per interval. At the swap they are the proof: verified_at is set
+        when they agree. Before the swap they are the fallback if the swap's own count is lost (`reverify`)."""
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("DELETE FROM {}.migration_figures WHERE migration_id = %s").format(self.state), [mid])
+            for kind, figs in (("before", before), ("moved", after)):
+                for bucket, (n, ck) in figs.items():
+                    self.conn.execute(sql.SQL("INSERT INTO {}.migration_figures (migration_id, kind, bucket, rows, checksum) "
+                                              "VALUES (%s, %s, %s, %s, %s)").format(self.state), [mid, kind, bucket, n, ck])
+            how = "counted at the swap" if at_swap else None
+            mismatches = compare(before, after)
+            self.conn.execute(sql.SQL(
+                "UPDATE {}.migrations SET verified_at = CASE WHEN %(ok)s THEN clock_timestamp() END, rows_moved = %(rows)s, "
+                "summary = summary || %(summary)s::jsonb WHERE migration_id = %(m)s").format(self.state),
+                {"ok": at_swap and not mismatches, "rows": sum(n for n, _ in after.values()), "m": mid,
+                 "summary": to_json({"verified": how, "mismatches_at_swap": mismatches} if at_swap else {"verified": None})})
+        if at_swap:
+            failpoint("after_verify")
+
+    def reverify(self, m: DefaultPartitionMigration, mid: int) -> None:
+        """The run died between the swap and its count. The copies matched the DEFAULT in the check before the swap;
+        if the old DEFAULT still holds exactly what it held then, no write reached it in between, so the copies
+        matched it at the swap too. (With writers paused, the usual case, that holds.)"""
+        if self.conn.execute(sql.SQL("SELECT verified_at IS NOT NULL FROM {}.migrations WHERE migration_id = %s").format(self.state),
+                             [mid]).fetchone()[0]:
             return
-        survey = survey_default(conn, facts, cfg, config.timezone, config.lock_budget.scan_timeout_ms)
-        plan = plan_migration(cfg, facts, survey, now, config.timezone, move_out_of_window)
-        result.warnings = privileges.migration_warnings(config, cfg, facts, plan, now)
-        result.left_in_default = [{"range": r.label(), "rows": r.rows, "reason": r.reason} for r in plan.leave]
-        if not plan.move:
+        checksum = _checksum_of(self.conn, self.config, mid)
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
+            now = {b: (int(n), int(ck)) for b, n, ck in self.conn.execute(figures_query(
+                m.facts, self.cfg, self.config.timezone, checksum, m.columns, [m.q(m.old_name)])).fetchall()}
+        was = {b: (int(n), int(ck)) for b, n, ck in self.conn.execute(sql.SQL(
+            "SELECT bucket, rows, checksum FROM {}.migration_figures WHERE migration_id = %s AND kind = 'before'").format(self.state),
+            [mid]).fetchall()}
+        if compare(was, now):
+            self.progress(f"{self.cfg.name}: migration {mid}: the old DEFAULT changed between the check before the swap and the "
+                          "swap, and the run died before counting at the swap: conservation cannot be proven automatically")
             return
-        check = preflight(conn, quoted(cfg.schema, cfg.table), config.preflight)
-        if not check.ok:
-            result.outcome, result.skipped_reason = "skipped", "preflight: " + "; ".join(check.problems)
-            return
-        m = DefaultPartitionMigration(config, cfg, facts, plan, checksum_method(conn, facts))
-        breaker = CircuitBreaker(conninfo)
-        executor = Executor(conn, config.lock_budget, breaker=breaker, on_event=lambda msg: log.warning("%s: %s", cfg.name, msg))
-        for step in m.prepare_steps() + [m.swap_step()]:
-            failpoint(f"before_{step.action}")
-            began = datetime.now(timezone.utc)
-            try:
-                outcome = executor.run(step)
-            except StepFailed as exc:
-                journal.record_step(run_id, step, began, "failed", exc.attempts, str(exc), exc.blockers)
-                raise
-            journal.record_step(run_id, step, began, "success", outcome.attempts, None, outcome.blockers)
-        failpoint("after_swap")
-        progress(f"{cfg.name}: swapped the DEFAULT: {len(plan.move)} partition(s) attached, "
-                 f"{plan.rows_to_move:,} rows to move back (peak sessions queued behind the swap: {breaker.peak_waiters})")
-        active = _active_migration(conn, config, cfg)
-        facts = _facts(conn, config, cfg)
-    migration_id, drain_table = active
-    drain_name = fit_identifier(facts.default.name, "_pgmaint_drain")
-    if quoted(facts.schema, drain_name) != drain_table:
-        raise RuntimeError(f"{cfg.name}: the journal's drain table {drain_table} is not {quoted(facts.schema, drain_name)}; "
-                           "was the DEFAULT partition renamed during the migration? Resolve by hand (docs/runbook.md)")
-    result.migration_id = migration_id
-    result.partitions = conn.execute(sql.SQL("SELECT partitions FROM {}.migrations WHERE migration_id = %s").format(
-        sql.Identifier(config.state_schema)), [migration_id]).fetchone()[0]
-    drain = Drain(conn, config, cfg, facts, migration_id, drain_name)
-    moved, finished = drain.run(batch_rows=batch_rows, deadline=deadline, progress=progress)
-    result.rows_moved = moved
+        self.conn.execute(sql.SQL("UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
+                                  "WHERE migration_id = %s").format(self.state),
+                          [to_json({"verified": "checked before the swap; the old DEFAULT is unchanged since"}), mid])
+
+    def after_swap(self, m: DefaultPartitionMigration, current: OpenMigration, finish: bool) -> None:
+        conn, cfg, mid = self.conn, self.cfg, current.migration_id
+        for step in m.tidy_steps():
+            self.step(step)
+        self.reverify(m, mid)
+        verified = self.verified(mid)
+        self.result.rows_moved = verified["rows"]
+        self.result.verified = verified
+        if verified["mismatches"]:
+            raise RuntimeError(f"{cfg.name}: migration {mid}: {'; '.join(verified['mismatches'])}. Every row the application "
+                               f"wrote is in the table; the old DEFAULT is kept as {m.text(m.old_name)} for comparison "
+                               "(docs/runbook.md, 'Migration not verified')")
+        self.progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s) at the instant "
+                      "of the swap: counts and checksums conserved")
+        if finish:
+            drop_old_default(conn, self.config, m, mid, verified)
+            self.progress(f"{cfg.name}: dropped the old DEFAULT {m.text(m.old_name)}")
+        else:
+            self.result.outcome = "swapped"  # the caller gates, then calls finish_migration
+
+    def verified(self, mid: int) -> dict:
+        return journal_verification(self.conn, self.config, mid)
+
+    def wait_for_old_snapshots(self, mid: int) -> bool:
+        """REPEATABLE READ / SERIALIZABLE transactions whose snapshot predates the last copy batch cannot see the copies:
+        after the swap they would find the moved intervals empty. Wait for them to end (bounded), else stop here."""
+        limit = min(self.deadline, time.monotonic() + self.snapshot_wait)
+        while True:
+            old = self.conn.execute(
+                """SELECT pid, usename, state, extract(epoch FROM clock_timestamp() - xact_start)::int, left(query, 200)
+                   FROM pg_stat_activity
+                   WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+                     AND backend_xmin IS NOT NULL AND xact_start < (SELECT updated_at FROM {}.migrations WHERE migration_id = %s)
+                     -- a snapshot kept across statements: idle in a transaction, or not its first statement
+                     -- (a single READ COMMITTED statement that reads the table holds a lock the swap waits for)
+                     AND (state LIKE 'idle in transaction%%' OR query_start > xact_start)
+                     AND application_name NOT LIKE 'pgmaint%%'""".replace("{}", sql.Identifier(self.config.state_schema).as_string(None)),
+                [mid]).fetchall()
+            if not old:
+                return True
+            if time.monotonic() >= limit:
+                who = "; ".join(f"pid {p} ({u}, {s}, transaction {age}s old): {q!r}" for p, u, s, age, q in old)
+                self._stop_early(None, f"waiting for {len(old)} transaction(s) holding snapshots older than the copy: {who}. "
+                                       "They would not see the moved rows after the swap; the copy is complete and kept "
+                                       "up to date by the mirror trigger: run again once they have ended")
+                return False
+            time.sleep(0.2)
+
+    def _stop_early(self, current, reason: str) -> None:
+        self.result.outcome = "incomplete"
+        self.result.skipped_reason = reason
+        self.result.rows_remaining = sum(r.rows for r in (current.plan.move if current else ())) or self.result.rows_remaining
+        self.progress(f"{self.cfg.name}: {reason}")
+
+    def abandon(self, facts: TableFacts, current: OpenMigration, why: str) -> None:
+        """Before the swap only: remove what the migration built. The DEFAULT has kept every row throughout."""
+        m = self.migration(facts, current.plan)
+        self.progress(f"{self.cfg.name}: abandoning migration {current.migration_id} ({why}); removing its copies")
+        for step in m.abandon_steps():
+            self.step(step)
+        self.set(current.migration_id, phase="abandoned", summary={"abandoned": why})
+
+
+def journal_verification(conn, config: Config, mid: int) -> dict:
+    """The figures taken at the swap: per interval, the old DEFAULT's rows equal the rows in their new homes."""
     state = sql.Identifier(config.state_schema)
-    if not finished:
-        before = conn.execute(sql.SQL("SELECT coalesce(sum(rows), 0) FROM {}.migration_figures WHERE migration_id = %s AND kind = 'before'")
-                              .format(state), [migration_id]).fetchone()[0]
-        total = conn.execute(sql.SQL("SELECT rows_moved FROM {}.migrations WHERE migration_id = %s").format(state), [migration_id]).fetchone()[0]
-        result.rows_remaining = int(before - total)
-        result.outcome = "incomplete"
-        return
-    verified = drain.verify()
-    result.verified = verified
-    if verified["mismatches"]:
-        conn.execute(sql.SQL("UPDATE {}.migrations SET phase = 'failed', summary = %s::jsonb WHERE migration_id = %s").format(state),
-                     [to_json(verified), migration_id])
-        raise RuntimeError(f"{cfg.name}: rows not conserved, drain table {drain_table} kept: " + "; ".join(verified["mismatches"]))
-    progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s): counts and checksums conserved")
-    if finish:
-        _drop_drain(conn, config, drain, verified)
-        progress(f"{cfg.name}: dropped the emptied old DEFAULT {drain_table}")
-    else:
-        result.outcome = "drained"  # the caller gates, then calls finish_migration
+    verified_at = conn.execute(sql.SQL("SELECT verified_at FROM {}.migrations WHERE migration_id = %s").format(state), [mid]).fetchone()[0]
+    rows = conn.execute(sql.SQL("""
+        SELECT coalesce(b.bucket, m.bucket), b.rows, m.rows, b.checksum = m.checksum
+        FROM (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'before') b
+        FULL JOIN (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'moved') m USING (bucket)
+        ORDER BY 1""").format(s=state), {"m": mid}).fetchall()
+    mismatches = [f"{bucket}: {before or 0} rows in the DEFAULT at the swap, {moved or 0} in their new partitions"
+                  f"{'' if same else ', checksums differ'}" for bucket, before, moved, same in rows if before != moved or not same]
+    if verified_at is None and not mismatches:
+        mismatches = ["the run stopped between the swap and its verification, so the rows could not be counted at the "
+                      "instant of the swap"]
+    return {"intervals": len(rows), "rows": sum(r[1] or 0 for r in rows), "mismatches": mismatches}
 
 
-def _drop_drain(conn, config: Config, drain: "Drain", verified: dict) -> None:
-    """Drop the emptied old DEFAULT (standalone since the swap: no lock on the parent), through the
-    executor's lock budget and retries: a running autovacuum only yields after deadlock_timeout."""
+def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, mid: int, verified: dict) -> None:
+    """Drop the detached old DEFAULT (no lock on the parent) through the lock budget: an autovacuum or a reader may hold it."""
     state = sql.Identifier(config.state_schema)
-    step = Step("drop_drain", drain.drain_table, (
-        Statement(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(drain.drain),
-                  f"ACCESS SHARE on {drain.drain_table} (must be empty)", expect_no_rows=True),
-        Statement(sql.SQL("DROP TABLE {}").format(drain.drain), f"ACCESS EXCLUSIVE on {drain.drain_table} only"),
-        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = {}::jsonb "
-                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(drain.migration_id)),
+    old = m.q(m.old_name)
+    figures = figures_query(m.facts, m.cfg, config.timezone, _checksum_of(conn, config, mid), m.columns, [old])
+    step = Step("drop_old_default", m.text(m.old_name), (
+        # It must still hold exactly what it held at the swap: nobody wrote to it behind our back.
+        Statement(sql.SQL("SELECT 1 FROM ({f}) AS now FULL JOIN (SELECT bucket, rows, checksum FROM {s}.migration_figures "
+                          "WHERE migration_id = {m} AND kind = 'before') AS was USING (bucket) "
+                          "WHERE now.rows IS DISTINCT FROM was.rows OR now.checksum IS DISTINCT FROM was.checksum").format(
+            f=figures, s=state, m=sql.Literal(mid)),
+            f"ACCESS SHARE on {m.old_name} (reads it: unchanged since the swap)", expect_no_rows=True, scan=True),
+        Statement(sql.SQL("DROP TABLE {}").format(old), f"ACCESS EXCLUSIVE on the detached {m.old_name} only"),
+        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = summary || {}::jsonb "
+                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(mid)),
                   "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
-    ), lock_targets=(drain.drain_table,))
+    ), lock_targets=(m.text(m.old_name),))
     try:
         Executor(conn, config.lock_budget, on_event=lambda msg: log.warning("%s", msg)).run(step)
     except StepFailed as exc:
-        raise RuntimeError(f"{exc} (every row was moved and verified; only the empty {drain.drain_table} "
+        raise RuntimeError(f"{exc} (every row is in its partition and was verified; only the detached {m.text(m.old_name)} "
                            "is left: the next run drops it)") from exc
 
 
+def _checksum_of(conn, config: Config, mid: int) -> str:
+    return conn.execute(sql.SQL("SELECT checksum FROM {}.migrations WHERE migration_id = %s").format(
+        sql.Identifier(config.state_schema)), [mid]).fetchone()[0]
+
+
 def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
-    """After the gate: verify once more and drop the emptied old DEFAULT. Idempotent."""
+    """After the gate: check the figures once more and drop the old DEFAULT. Idempotent."""
     with runner_lock(conn, quoted(cfg.schema, cfg.table)):
-        active = _active_migration(conn, config, cfg)
-        if active is None:
+        current = open_migration(conn, config, cfg)
+        if current is None:
             return {"table": cfg.name, "finished": None}
+        if current.phase != "swapped":
+            raise RuntimeError(f"{cfg.name}: migration {current.migration_id} is {current.phase}, not swapped; run the migration again")
         facts = _facts(conn, config, cfg)
-        drain = Drain(conn, config, cfg, facts, active[0], fit_identifier(facts.default.name, "_pgmaint_drain"))
-        if drain.conn.execute(sql.SQL("SELECT next_page FROM {}.migrations WHERE migration_id = %s").format(
-                drain.state), [active[0]]).fetchone()[0] != 0:
-            raise RuntimeError(f"{cfg.name}: migration {active[0]} has not finished draining; run the migration again")
-        verified = drain.verify()
+        m = DefaultPartitionMigration(config, cfg, facts, current.plan, mirror_key(conn, facts), table_columns(conn, facts))
+        verified = journal_verification(conn, config, current.migration_id)
         if verified["mismatches"]:
-            raise RuntimeError(f"{cfg.name}: rows not conserved: " + "; ".join(verified["mismatches"]))
-        _drop_drain(conn, config, drain, verified)
-        log.info("%s: dropped the emptied old DEFAULT %s (migration %s)", cfg.name, drain.drain_table, active[0])
-        return {"table": cfg.name, "finished": active[0], "verified": verified}
+            raise RuntimeError(f"{cfg.name}: not dropping the old DEFAULT: " + "; ".join(verified["mismatches"]))
+        drop_old_default(conn, config, m, current.migration_id, verified)
+        log.info("%s: dropped the old DEFAULT %s (migration %s)", cfg.name, m.text(m.old_name), current.migration_id)
+        return {"table": cfg.name, "finished": current.migration_id, "verified": verified}
+
+
+__all__ = ["DefaultPartitionMigration", "MigrationPlan", "MigrationResult", "RangeRows", "bucket_expression",
+           "checksum_expression", "finish_migration", "migrate_table", "open_migration", "plan_migration", "survey_default"]

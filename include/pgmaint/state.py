@@ -135,6 +135,12 @@ class Journal:
         except Exception as exc:
             log.error("journal: could not record the end of run %s (%s): %s", run_id, outcome, exc)
 
+    def open_migration(self, table: str) -> tuple[int, str] | None:
+        """(migration_id, phase) of the table's unfinished migration, if any."""
+        return self.conn.execute(
+            sql.SQL("SELECT migration_id, phase FROM {}.migrations WHERE table_name = %s "
+                    "AND phase IN ('preparing', 'copying', 'swapped', 'draining')").format(self.schema), [table]).fetchone()
+
     def last_success(self, table: str, job: str = "maintenance") -> datetime | None:
         return self.conn.execute(
             sql.SQL("SELECT max(finished_at) FROM {}.runs WHERE table_name = %s AND job = %s AND outcome = 'success'").format(self.schema),

@@ -71,7 +71,8 @@ def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema,
 
 
 def test_a_failed_gate_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
-    """Rows deleted behind the migration's back: the gate fails, the old DEFAULT is not dropped,
+    """A row deleted from the detached old DEFAULT behind the migration's back (it must stay as it was at the swap):
+    the gate fails, the old DEFAULT is not dropped,
     the writer paused for the run is resumed, and the run is failed."""
     import yaml
     from psycopg import sql
@@ -89,10 +90,10 @@ def test_a_failed_gate_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_
     with connect(pg_dsn) as conn:
         seed(conn, scratch_schema, 3_000)
         config = parse_config(raw)
-        drained = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
-        assert drained.outcome == "drained"
-        conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(
-            sql.Identifier(scratch_schema, drained.partitions[0]), sql.Identifier(scratch_schema, drained.partitions[0])))
+        swapped = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
+        assert swapped.outcome == "swapped"
+        old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old))
     path = tmp_path / "pgmaint.yaml"
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("PGMAINT_CONFIG", str(path))
@@ -104,6 +105,6 @@ def test_a_failed_gate_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_
     assert states["migrate"] == "success" and states["gate_before_cleanup"] == "failed"
     assert states["finish"] == "upstream_failed" and states["resume_writers"] == "success"
     with connect(pg_dsn) as conn:
-        assert table_exists(conn, scratch_schema, "ev_default_pgmaint_drain")  # the destructive step did not run
+        assert table_exists(conn, scratch_schema, "ev_default_pgmaint_old")  # the destructive step did not run
         flags = conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(scratch_schema))).fetchall()
     assert flags == [("request_logging", True)]  # paused for the run, resumed after the failure

@@ -36,11 +36,12 @@ def gx_warm():
 
 
 def create_parent(conn, schema: str, name: str = "ev", *, key_type: str = "timestamptz", nullable: bool = False,
-                  default: bool = True) -> None:
+                  default: bool = True, primary_key: bool = False) -> None:
     parent = sql.Identifier(schema, name)
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, ts {} {}, payload text) "
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, ts {} {}, payload text{}) "
                          "PARTITION BY RANGE (ts)").format(parent, sql.SQL(key_type),
-                                                           sql.SQL("" if nullable else "NOT NULL")))
+                                                           sql.SQL("" if nullable else "NOT NULL"),
+                                                           sql.SQL(", PRIMARY KEY (id, ts)" if primary_key else "")))
     conn.execute(sql.SQL("CREATE INDEX ON {} (ts)").format(parent))
     if default:
         conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), parent))

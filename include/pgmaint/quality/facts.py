@@ -37,16 +37,20 @@ def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) ->
     if not exists:
         return None, f"there is no migration journal ({config.state_schema}.migrations does not exist)"
     row = conn.execute(sql.SQL(
-        "SELECT m.table_name, m.phase, m.partitions, m.total_pages, m.checksum, "
+        "SELECT m.table_name, m.phase, m.partitions, m.total_pages, m.checksum, m.method, m.verified_at IS NOT NULL, "
         "(SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c, pg_namespace n "
         " WHERE c.oid = to_regclass(m.drain_table) AND n.oid = c.relnamespace) "
         "FROM {}.migrations m WHERE m.migration_id = %s").format(state), [migration_id]).fetchone()
     if row is None:
         return None, f"migration {migration_id} is not in {config.state_schema}.migrations"
-    table_name, phase, partitions, total_pages, checksum, drain = row
+    table_name, phase, partitions, total_pages, checksum, method, verified, drain = row
     if table_name != cfg.name:
         return None, f"migration {migration_id} migrated {table_name}, not {cfg.name}"
-    if total_pages is None:
+    if method == "copy" and not verified:
+        return None, (f"migration {migration_id} has no figures taken at its swap (phase {phase}): "
+                      + ("it has not swapped yet; run the migration again" if phase in ("preparing", "copying") else
+                         "the run stopped between the swap and its verification; see docs/runbook.md, 'Migration not verified'"))
+    if method == "drain" and total_pages is None:
         return None, (f"migration {migration_id} has not recorded its 'before' figures yet (interrupted right after "
                       "the swap); run the migration again to finish it")
     buckets = conn.execute(sql.SQL(
@@ -60,6 +64,10 @@ def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) ->
         buckets=tuple(b for b, _ in buckets),
         moved_buckets=tuple(b for b, moved in buckets if moved),
         drain_table=drain,
+        method=method,
+        columns=tuple(r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [sql.Identifier(cfg.schema, cfg.table).as_string(conn)]).fetchall()),
         checksum=checksum,
     ), None
 

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta, timezone
 from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Range, TableFacts
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.ddl import bound_text
+from include.pgmaint.figures import bucket_expression, checksum_expression  # the migration computes its figures the same way
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline
 
 CHECKS = ("runway", "retention", "contiguity", "default_clean", "not_null_key", "conserved")
@@ -82,7 +83,9 @@ class MigrationFacts:
     buckets: tuple[str, ...]  # every bucket in its figures ('before' and 'moved')
     moved_buckets: tuple[str, ...]  # buckets with 'moved' figures
     drain_table: str | None  # quoted, qualified name if the drain table still exists
-    checksum: str = "text"  # how the migration computed row checksums (migrate.checksum_expression)
+    checksum: str = "text"  # how the migration computed row checksums (figures.checksum_expression)
+    method: str = "drain"  # 'copy' (copy first, swap last) or 'drain' (before 006)
+    columns: tuple[str, ...] = ()  # the parent's columns, in order: rows are hashed as this column list
 
 
 @dataclass(frozen=True)
@@ -361,8 +364,8 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
     Checksums are `sum(migrate.checksum_expression(<the migration's method>))`, exactly as migrate.py journals them
     (the drain table and the parent have the same row type: the drain table was the DEFAULT).
     """
-    from include.pgmaint.migrate import bucket_expression, checksum_expression  # reused, never re-implemented
-
+    if migration.method == "copy":
+        return copied_checks(config, cfg, facts, migration)
     mid = migration.migration_id
     if migration.drain_table:
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
@@ -432,6 +435,59 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
             "same checksum where the count is unchanged",
             check_query(in_place)),
     ]
+
+
+def copied_checks(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> list[CheckSpec]:
+    """A copy-first migration counts the rows at the instant of its swap (the swap's exported snapshot):
+
+    1. journal: per interval, the old DEFAULT's rows and checksum at the swap equal those of the rows
+       in their new homes at the same instant. After the swap, application writes are legitimate and
+       change the new partitions, so nothing later is compared with them.
+    2. old DEFAULT unchanged (while it exists): it still holds exactly what it held at the swap, so
+       the figures describe the table about to be dropped (nobody wrote to it behind our back).
+    """
+    mid = migration.migration_id
+    state = f"{config.state_schema}.migration_figures"
+
+    def fig(kind: str, column: str) -> str:
+        return f"coalesce((SELECT f.{column} FROM f WHERE f.kind = '{kind}' AND f.bucket = k.bucket), 0)"
+
+    journal = (
+        "WITH f AS (SELECT kind, bucket, rows, checksum FROM {batch}), k AS (SELECT DISTINCT bucket FROM f), "
+        f"s AS (SELECT k.bucket, {fig('before', 'rows')} AS before_rows, {fig('before', 'checksum')} AS before_sum, "
+        f"{fig('moved', 'rows')} AS moved_rows, {fig('moved', 'checksum')} AS moved_sum FROM k) "
+        "SELECT 'interval ' || bucket || ': ' || before_rows || ' row(s) in the DEFAULT at the swap, ' || moved_rows "
+        "|| ' in their new partitions' || CASE WHEN before_rows > moved_rows THEN ' (' || (before_rows - moved_rows) || ' lost)' "
+        "WHEN before_rows < moved_rows THEN ' (' || (moved_rows - before_rows) || ' extra)' "
+        "ELSE ' (same count, checksums differ)' END AS problem "
+        "FROM s WHERE before_rows <> moved_rows OR before_sum <> moved_sum ORDER BY bucket"
+    )
+    specs = [CheckSpec(
+        "conserved", "conserved.journal", FIGURES,
+        f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum in the DEFAULT "
+        "= in their new partitions, counted at the instant of the swap)",
+        f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and checksum "
+        "equal the 'moved' ones",
+        check_query(journal))]
+    if migration.drain_table:
+        bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
+        now = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
+               f"coalesce(sum({checksum_expression(migration.checksum, 'm').as_string(None)}), 0) AS checksum "
+               f"FROM (SELECT {', '.join(map(ident, migration.columns))} FROM ONLY {migration.drain_table}) AS m GROUP BY 1")
+        unchanged = (
+            "WITH f AS (SELECT bucket, rows, checksum FROM {batch} WHERE kind = 'before'), "
+            f"r AS ({now}), k AS (SELECT bucket FROM f UNION SELECT bucket FROM r) "
+            "SELECT 'interval ' || k.bucket || ': ' || coalesce((SELECT f.rows FROM f WHERE f.bucket = k.bucket), 0) "
+            "|| ' row(s) at the swap, ' || coalesce((SELECT r.rows FROM r WHERE r.bucket = k.bucket), 0) || ' now' AS problem "
+            "FROM k WHERE (SELECT f.rows FROM f WHERE f.bucket = k.bucket) IS DISTINCT FROM (SELECT r.rows FROM r WHERE r.bucket = k.bucket) "
+            "OR (SELECT f.checksum FROM f WHERE f.bucket = k.bucket) IS DISTINCT FROM (SELECT r.checksum FROM r WHERE r.bucket = k.bucket) "
+            "ORDER BY k.bucket")
+        specs.append(CheckSpec(
+            "conserved", "conserved.old_default", FIGURES,
+            f"{cfg.name}: the old DEFAULT {migration.drain_table} still holds exactly what it held at migration {mid}'s swap",
+            f"per interval, the rows and checksum recorded as 'before' in {state}",
+            check_query(unchanged)))
+    return specs
 
 
 # --- the gate ----------------------------------------------------------------------------------------

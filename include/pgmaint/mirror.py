@@ -1,0 +1,315 @@
+"""The statements of a copy-first migration of a DEFAULT partition: `DefaultPartitionMigration`.
+
+Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see README):
+
+1. prepare   a shadow parent SP (partitioned like the parent, with the mirror key's unique
+             index), one shadow table per interval to move (shaped like a native partition,
+             with its bound CHECK) attached to SP, and a replacement DEFAULT D' attached to SP
+             as its DEFAULT, whose CHECK excludes every range the parent will have after the
+             swap. Nothing the application uses is locked.
+2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
+             into SP by the mirror key, in the writer's own transaction (SHARE ROW EXCLUSIVE
+             on D for a moment: it waits for in-flight writers, under the lock budget).
+3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
+             change, every row still read from D through the parent.
+4. swap      one transaction under the lock budget and the circuit breaker: ACCESS EXCLUSIVE
+             on the parent first (statements wait before they are planned), then DETACH D,
+             move the shadows and D' from SP to the parent (their CHECKs prove the bounds:
+             nothing is scanned), rename. Until it commits every reader sees D; after, the
+             shadows. No instant in between.
+5. tidy      drop D's exclusion CHECK, the empty SP and the trigger function; the detached
+             old DEFAULT is kept until conservation is proven, then dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from psycopg import sql
+
+from include.pgmaint import ddl
+from include.pgmaint.catalog import Range, TableFacts
+from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.execute import Statement, Step
+from include.pgmaint.guards import quoted
+from include.pgmaint.plan import CreatePartition, fit_identifier, timeline
+
+MIRROR_TRIGGER = "pgmaint_mirror"
+NEXT_DEFAULT_CHECK = "pgmaint_excl_next"  # "pgmaint_excl*" on a DEFAULT: maintenance drops it if left behind
+
+
+@dataclass(frozen=True)
+class MirrorKey:
+    index: str
+    columns: tuple[str, ...]
+
+
+def mirror_key(conn, facts: TableFacts) -> MirrorKey | None:
+    """The parent's primary key, else a unique index on NOT NULL plain columns (no predicate)."""
+    row = conn.execute(
+        """SELECT ic.relname, array_agg(a.attname ORDER BY k.ord)
+           FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+           GROUP BY ic.relname, i.indisprimary
+           HAVING bool_and(a.attnotnull) AND bool_and(k.attnum > 0)
+           ORDER BY i.indisprimary DESC, count(*), ic.relname LIMIT 1""",
+        [quoted(facts.schema, facts.table)]).fetchone()
+    return MirrorKey(row[0], tuple(row[1])) if row else None
+
+
+def refusals(conn, facts: TableFacts) -> list[str]:
+    """Why a copy-first migration cannot run on this table (empty: it can)."""
+    problems = []
+    if mirror_key(conn, facts) is None:
+        problems.append(
+            f"{facts.schema}.{facts.table} has no primary key or unique index on NOT NULL columns: the mirror trigger "
+            "replays updates and deletes by key, so rows cannot be moved online. Add a primary key that includes the "
+            f"partition key (e.g. ALTER TABLE ... ADD PRIMARY KEY (id, {facts.key_column})) and run again")
+    refs = conn.execute(
+        """SELECT c.conname, c.conrelid::regclass::text FROM pg_constraint c
+           WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND c.conparentid = 0""",
+        [quoted(facts.schema, facts.table)]).fetchall()
+    for name, table in refs:
+        problems.append(
+            f"foreign key {name} on {table} references {facts.schema}.{facts.table}: detaching the DEFAULT would "
+            f"check {table} under an exclusive lock on the parent. Migrate with the foreign key dropped (and re-added "
+            "NOT VALID + VALIDATE afterwards), or move the rows by hand")
+    return problems
+
+
+def merged_spans(ranges: list[Range]) -> list[Range]:
+    """Union of ranges as the fewest disjoint spans (touching ranges merge)."""
+    def low(r):
+        return (r.lower is not None, r.lower or datetime.min.replace(tzinfo=timezone.utc))
+
+    out: list[Range] = []
+    for r in sorted(ranges, key=low):
+        if out and (out[-1].upper is None or (r.lower is not None and r.lower <= out[-1].upper)):
+            last = out[-1]
+            upper = None if last.upper is None or r.upper is None else max(last.upper, r.upper)
+            out[-1] = Range(last.lower, upper)
+        else:
+            out.append(r)
+    return out
+
+
+class DefaultPartitionMigration:
+    """Every statement of one copy-first migration of one table's DEFAULT partition, with its lock."""
+
+    def __init__(self, config: Config, cfg: TableConfig, facts: TableFacts, plan, key: MirrorKey,
+                 columns: list[tuple[str, bool, bool]]):
+        self.config, self.cfg, self.facts, self.plan, self.key = config, cfg, facts, plan, key
+        self.tz = timeline(facts, datetime.now(timezone.utc), config.timezone)[1]
+        self.schema = facts.schema
+        self.parent = sql.Identifier(facts.schema, facts.table)
+        self.default_name = facts.default.name
+        self.shadow_parent = fit_identifier(facts.default.name, "_pgmaint_copy")
+        self.next_name = fit_identifier(facts.default.name, "_pgmaint_next")
+        self.old_name = fit_identifier(facts.default.name, "_pgmaint_old")
+        self.function = fit_identifier(facts.table, "_pgmaint_mirror")
+        self.columns = [c for c, _, _ in columns]
+        self.writable = [c for c, generated, _ in columns if not generated]
+        self.identity = any(always for _, _, always in columns)
+        self.state = sql.Identifier(config.state_schema)
+
+    def q(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def text(self, name: str) -> str:
+        return quoted(self.schema, name)
+
+    def _bounds(self, rng: Range) -> sql.Composable:
+        lit = lambda d, inf: sql.SQL(inf) if d is None else ddl.bound_literal(d, self.facts.key_type, self.tz)  # noqa: E731
+        return sql.SQL("FROM ({}) TO ({})").format(lit(rng.lower, "MINVALUE"), lit(rng.upper, "MAXVALUE"))
+
+    def _outside(self, spans: list[Range]) -> sql.Composable:
+        """CHECK body: the key lies in none of `spans` (NULL keys pass, as in any DEFAULT)."""
+        key = sql.Identifier(self.facts.key_column)
+        parts = []
+        for s in spans:
+            inside = []
+            if s.lower is not None:
+                inside.append(sql.SQL("{} >= {}").format(key, ddl.bound_literal(s.lower, self.facts.key_type, self.tz)))
+            if s.upper is not None:
+                inside.append(sql.SQL("{} < {}").format(key, ddl.bound_literal(s.upper, self.facts.key_type, self.tz)))
+            parts.append(sql.SQL("NOT ({})").format(sql.SQL(" AND ").join(inside) if inside else sql.SQL("true")))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    def ranges_after_swap(self) -> list[Range]:
+        return [p.range for p in self.facts.partitions if p.range is not None] + [r.range for r in self.plan.move]
+
+    # --- 1. prepare ---------------------------------------------------------------------------
+
+    def prepare_steps(self) -> list[Step]:
+        sp, f = self.q(self.shadow_parent), self.facts
+        key_cols = sql.SQL(", ").join(map(sql.Identifier, self.key.columns))
+        steps = [Step("create_shadow_parent", self.shadow_parent, (
+            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED) PARTITION BY RANGE ({})").format(
+                sp, self.parent, sql.Identifier(f.key_column)),
+                f"ACCESS SHARE on {f.table} (reads its definition); new empty partitioned table {self.shadow_parent}"),
+            Statement(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(sp, key_cols),
+                      f"SHARE on {self.shadow_parent} only (new, empty): the mirror key {', '.join(self.key.columns)}"),
+        ), lock_targets=(self.text(f.table),))]
+        creates = tuple(CreatePartition(r.partition, r.range, r.partition in f.leftovers) for r in self.plan.move)
+        shadows, _, _ = ddl.create_steps(replace(f, default=None), creates, self.tz)
+        for step, r in zip(shadows, self.plan.move):
+            steps.append(replace(step, action="create_shadow"))
+            steps.append(Step("attach_shadow", r.partition, (
+                Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(sp, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
+                          f"ACCESS EXCLUSIVE on {r.partition}, SHARE UPDATE EXCLUSIVE on {self.shadow_parent} (ours, empty)"),
+            ), lock_targets=(self.text(r.partition),)))
+        nxt = self.q(self.next_name)
+        spans = merged_spans(self.ranges_after_swap())
+        steps.append(Step("create_next_default", self.next_name, (
+            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING IDENTITY)").format(nxt, self.parent),
+                      f"ACCESS SHARE on {f.table} (reads its definition); new empty table {self.next_name}"),
+            Statement(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(nxt, sql.Identifier(NEXT_DEFAULT_CHECK), self._outside(spans)),
+                      f"ACCESS EXCLUSIVE on {self.next_name} only (new, empty): proves it holds no row of the "
+                      f"{len(spans)} span(s) partitioned after the swap, so attaching it as DEFAULT scans nothing"),
+            Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(sp, nxt),
+                      f"ACCESS EXCLUSIVE on {self.next_name}, SHARE UPDATE EXCLUSIVE on {self.shadow_parent} (ours, empty)"),
+        ), lock_targets=(self.text(f.table),)))
+        return steps
+
+    # --- 2. mirror ----------------------------------------------------------------------------
+
+    def mirror_function(self) -> sql.Composable:
+        sp = self.q(self.shadow_parent)
+        keys = sql.SQL(", ").join(map(sql.Identifier, self.key.columns))
+        old_keys = sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(k)) for k in self.key.columns)
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.writable))
+        new_vals = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in self.writable)
+        updates = [c for c in self.writable if c not in self.key.columns]
+        on_conflict = (sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)) if updates else sql.SQL("DO NOTHING")
+        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if self.identity else sql.SQL("")
+        body = sql.SQL(
+            "BEGIN\n"
+            "  IF TG_OP <> 'INSERT' THEN\n"
+            "    DELETE FROM {sp} WHERE ({keys}) = ({old_keys});\n"
+            "  END IF;\n"
+            "  IF TG_OP <> 'DELETE' THEN\n"
+            "    INSERT INTO {sp} ({cols}){overriding} VALUES ({new_vals}) ON CONFLICT ({keys}) {on_conflict};\n"
+            "  END IF;\n"
+            "  RETURN NULL;\n"
+            "END").format(sp=sp, keys=keys, old_keys=old_keys, cols=cols, overriding=overriding, new_vals=new_vals,
+                          on_conflict=on_conflict)
+        return body
+
+    def mirror_step(self, migration_id: int, body: str) -> Step:
+        """CREATE the trigger and start copying in one transaction: every write committed after it is mirrored,
+        every row committed before it lies in the pages counted here."""
+        d = self.q(self.default_name)
+        return Step("mirror_writes", self.default_name, (
+            # SECURITY DEFINER: the application's roles write to D and may hold no privilege on our shadow tables.
+            Statement(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+                              "SET search_path = pg_catalog, pg_temp AS {}").format(self.q(self.function), sql.Literal(body)),
+                      "none (a new function)"),
+            Statement(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(MIRROR_TRIGGER), d, self.q(self.function)),
+                f"SHARE ROW EXCLUSIVE on {self.default_name}: waits for in-flight writers (lock budget), reads go on"),
+            Statement(sql.SQL("UPDATE {}.migrations SET phase = 'copying', next_page = 0, "
+                              "total_pages = pg_relation_size({}) / current_setting('block_size')::int, updated_at = clock_timestamp() "
+                              "WHERE migration_id = {}").format(self.state, sql.Literal(self.text(self.default_name)), sql.Literal(migration_id)),
+                      "ROW EXCLUSIVE on the journal (same transaction: copying starts when mirroring does)"),
+        ), lock_targets=(self.text(self.default_name),), strong_lock=True)
+
+    # --- 4. swap ------------------------------------------------------------------------------
+
+    def swap_step(self, migration_id: int, on_snapshot=None, guard: sql.Composable | None = None) -> Step:
+        f, sp = self.facts, self.q(self.shadow_parent)
+        d, nxt = self.q(self.default_name), self.q(self.next_name)
+        st = [
+            Statement(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(self.parent),
+                      f"ACCESS EXCLUSIVE on {f.table} until commit: later statements wait before they are planned"),
+            Statement(sql.SQL("LOCK TABLE ONLY {}, {} IN ACCESS EXCLUSIVE MODE").format(d, sp),
+                      f"ACCESS EXCLUSIVE on {self.default_name} and {self.shadow_parent} (no writer can reach them now)"),
+        ]
+        if guard is not None:
+            st.append(Statement(guard, "none (catalog read: the parent's partitions are still those the shadows were built for)",
+                                expect_no_rows=True))
+        st.append(Statement(sql.SQL("SELECT pg_export_snapshot()"),
+                            "none (the instant of the swap, exported so the moved rows are counted exactly as they are now)",
+                            then=on_snapshot))
+        st += [
+            Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.parent, d),
+                      f"(held) catalog only: {self.default_name} leaves the parent"),
+            Statement(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(MIRROR_TRIGGER), d), "(held) catalog only"),
+        ]
+        for r in self.plan.move:
+            st.append(Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sp, self.q(r.partition)),
+                                f"ACCESS EXCLUSIVE on {r.partition} (catalog only)"))
+        st.append(Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sp, nxt),
+                            f"ACCESS EXCLUSIVE on {self.next_name} (catalog only)"))
+        for r in self.plan.move:
+            st.append(Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(self.parent, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
+                                f"(held) catalog only: its CHECK proves the bound and no DEFAULT is attached at this instant"))
+        st += [
+            Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(self.parent, nxt),
+                      f"(held) catalog only: {NEXT_DEFAULT_CHECK} proves it holds no row of any partition's range"),
+            Statement(sql.SQL("ALTER TABLE {} RENAME TO {}").format(d, sql.Identifier(self.old_name)), "(held) catalog only"),
+            Statement(sql.SQL("ALTER TABLE {} RENAME TO {}").format(nxt, sql.Identifier(self.default_name)), "(held) catalog only"),
+            # The old DEFAULT is only read (verification) and dropped; an autovacuum would only delay the DROP.
+            Statement(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(self.q(self.old_name)), "(held) catalog only"),
+            Statement(sql.SQL("COMMENT ON TABLE {} IS {}").format(self.q(self.old_name), sql.Literal(
+                f"pgmaint: {self.cfg.name}'s DEFAULT partition before migration {migration_id}; dropped once "
+                f"its rows are proven conserved (see {self.config.state_schema}.migrations)")), "(held) catalog only"),
+            Statement(sql.SQL("UPDATE {}.migrations SET phase = 'swapped', swapped_at = clock_timestamp(), updated_at = clock_timestamp() "
+                              "WHERE migration_id = {}").format(self.state, sql.Literal(migration_id)),
+                      "ROW EXCLUSIVE on the journal (same transaction as the swap)"),
+        ]
+        targets = tuple(self.text(n) for n in (f.table, self.default_name))
+        return Step("swap", f.table, tuple(st), lock_targets=targets, strong_lock=True)
+
+    # --- 5. tidy, or give up before the swap ----------------------------------------------------
+
+    def tidy_steps(self) -> list[Step]:
+        """After the swap: the new DEFAULT's exclusion CHECK (it would reject rows of a range retired later), the
+        empty shadow parent, the trigger function. Each idempotent."""
+        return [
+            Step("drop_next_default_check", self.default_name, (
+                Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(self.q(self.default_name), sql.Identifier(NEXT_DEFAULT_CHECK)),
+                          f"ACCESS EXCLUSIVE on {self.default_name} (catalog only)"),
+            ), lock_targets=(self.text(self.default_name),)),
+            Step("drop_shadow_parent", self.shadow_parent, (
+                Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.shadow_parent)),
+                          f"ACCESS EXCLUSIVE on {self.shadow_parent} only (ours, no partitions left)"),
+                Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.function)), "none (our function)"),
+            ), lock_targets=(self.text(self.shadow_parent),)),
+        ]
+
+    def abandon_steps(self) -> list[Step]:
+        """Before the swap: remove the trigger, the shadows and the replacement DEFAULT. The DEFAULT keeps every row,
+        as it did all along; nothing the application sees changes."""
+        d = self.q(self.default_name)
+        trigger_exists = sql.SQL("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {}").format(
+            sql.Literal(self.text(self.default_name)), sql.Literal(MIRROR_TRIGGER))
+        return [
+            Step("drop_mirror_trigger", self.default_name, (
+                Statement(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(MIRROR_TRIGGER), d),
+                          f"ACCESS EXCLUSIVE on {self.default_name} (catalog only; under the lock budget and circuit breaker)"),
+            ), lock_targets=(self.text(self.default_name),), strong_lock=True),
+            Step("drop_shadows", self.shadow_parent, (
+                Statement(trigger_exists, "none (catalog read: the trigger is gone)", expect_no_rows=True),
+                Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.shadow_parent)),
+                          f"ACCESS EXCLUSIVE on {self.shadow_parent} and its partitions (ours, never attached to {self.facts.table})"),
+                Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.next_name)),
+                          f"ACCESS EXCLUSIVE on {self.next_name} (ours, never attached to {self.facts.table})"),
+                Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.function)), "none (our function)"),
+            ), lock_targets=(self.text(self.shadow_parent),)),
+        ]
+
+    def partitions_unchanged_guard(self, expected: list[str]) -> sql.Composable:
+        """Returns a row if the parent's partitions differ from `expected`, those the replacement DEFAULT's CHECK was built for."""
+        return sql.SQL(
+            "SELECT 1 WHERE (SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname::text), '{{}}') FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass({}) AND c.relname <> {}) "
+            "IS DISTINCT FROM {}::text[]").format(
+            sql.Literal(self.text(self.facts.table)), sql.Literal(self.default_name), sql.Literal(sorted(expected)))
+
+
+__all__ = ["DefaultPartitionMigration", "MirrorKey", "merged_spans", "mirror_key", "refusals"]
