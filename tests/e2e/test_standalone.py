@@ -3,6 +3,7 @@ put the venv's `airflow` there (it died with FileNotFoundError: 'airflow' before
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -54,3 +55,5 @@ def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):
             pass
         proc.wait()
         drop_database(admin, meta_db)
+        if not os.environ.get("PGMAINT_KEEP_TEST_AIRFLOW_HOME"):
+            shutil.rmtree(home, ignore_errors=True)
