@@ -6,8 +6,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
+PORT   ?= 8080
 
-.PHONY: help venv test demo bench-maintenance devdb devdb-stop clean
+.PHONY: help venv test demo airflow bench-maintenance devdb devdb-stop clean
 
 help: ## list the targets
 	@echo "pgmaint make targets:"
@@ -26,6 +27,9 @@ test: venv ## run the tests (embedded PostgreSQL unless PGMAINT_TEST_DSN is set;
 
 demo: venv ## run the demo (scripts/demo)
 	scripts/demo
+
+airflow: venv ## the whole Airflow here: UI + API on http://localhost:$(PORT), scheduler, DAG processor, triggerer (Ctrl-C stops)
+	$(PY) scripts/airflow_local.py --port $(PORT)
 
 bench-maintenance: venv ## run the maintenance benchmark (scripts/bench_maintenance.py)
 	$(PY) scripts/bench_maintenance.py

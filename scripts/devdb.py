@@ -11,6 +11,9 @@ Command line (from the repository root)::
     .venv/bin/python scripts/devdb.py status   # exit 0 if running (prints conninfo), 3 if not
     .venv/bin/python scripts/devdb.py env      # print `export PGMAINT_DEV_*=...` lines
     .venv/bin/python scripts/devdb.py env --start   # start quietly first (used by scripts/airflow)
+    .venv/bin/python scripts/devdb.py env --start --metadata-db airflow
+        # also create the database `airflow` if missing and print AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
+        # for it (plus PGMAINT_METADATA_DB_CREATED=1 when it was just created)
     .venv/bin/python scripts/devdb.py stop
 
 The dev cluster lives in ``$REPO/.pgmaint/pgdata`` (override with ``PGMAINT_DEV_PGDATA``)
@@ -65,6 +68,13 @@ class ServerInfo:
             f"host={_q(str(self.socket_dir))} port={self.port} "
             f"user={_q(self.user)} dbname={_q(dbname)}"
         )
+
+    def sqlalchemy_url(self, dbname: str) -> str:
+        """SQLAlchemy URL (psycopg2; Airflow derives its asyncpg URL from it) over the unix socket."""
+        from urllib.parse import quote
+
+        return (f"postgresql+psycopg2://{quote(self.user, safe='')}@/{quote(dbname, safe='')}"
+                f"?host={quote(str(self.socket_dir), safe='/')}&port={self.port}")
 
     def env(self, dbname: str = DEMO_DB) -> dict[str, str]:
         return {
@@ -224,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print conninfo if running (exit 0), else exit 3")
     p_env = sub.add_parser("env", help="print shell export lines for PGMAINT_DEV_*")
     p_env.add_argument("--start", action="store_true", help="start the server (quietly) if it is not running")
+    p_env.add_argument("--metadata-db", metavar="NAME",
+                       help="also create database NAME if missing and export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for it")
     args = ap.parse_args(argv)
 
     try:
@@ -238,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"devdb: no server running in {args.pgdata} (run: make devdb)", file=sys.stderr)
                 return 3
             if args.cmd == "env":
-                sys.stdout.write(_export_lines(info.env(args.db)))
+                env = info.env(args.db)
+                if args.metadata_db:
+                    if ensure_database(info.conninfo(), args.metadata_db):
+                        env["PGMAINT_METADATA_DB_CREATED"] = "1"
+                    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = info.sqlalchemy_url(args.metadata_db)
+                sys.stdout.write(_export_lines(env))
             elif not args.quiet:
                 print(info.conninfo(args.db))
             return 0
