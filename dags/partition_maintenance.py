@@ -12,8 +12,9 @@ Keeps every configured partitioned table healthy, every 15 minutes by default:
      under an exclusive lock. A range for which the DEFAULT partition already
      holds rows is **not** created: it is reported as needing migration
      (`default_partition_migration`).
-   - **gate_before_retire**: when partitions are due to retire, a Great
-     Expectations gate (runway, no gaps or overlaps, no NULL keys) must pass.
+   - **gate_before_retire**: when partitions are due to retire (decided from
+     the catalog at that moment, never from premake's result), a Great
+     Expectations gate (no gaps or overlaps, no NULL keys) must pass.
    - **retire**: detach partitions whose upper bound is at or before
      now − `retention`, then drop them (unless `retention_keep_table`).
    - **gate_after_retire**: runway, retention and contiguity hold afterwards.

@@ -47,11 +47,23 @@ RETIRE_GATES = {
 
 
 def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry_run: bool, ti=None) -> dict:
-    """Run a retire gate, but only when partitions are due to retire (gates cost a GX import)."""
+    """Run a retire gate when partitions are due to retire (gates cost a GX import).
+
+    Decided from the retire plan itself, read from the catalog now: never from the upstream
+    task's summary (premake's fast path, or any other phase, says nothing about retirement).
+    The after-retire gate also runs when the retire step detached something.
+    """
     if dry_run:
         return {"gate": gate, "skipped": "dry run"}
-    if not upstream.get("retires_planned"):
-        return {"gate": gate, "skipped": "nothing to retire"}
+    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.maintenance import planned_retirements
+
+    with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
+        due = planned_retirements(conn, config, config.table(table))
+    detached = (upstream.get("detached") or []) if gate == "after_retire" else []
+    if not due and not detached:
+        return {"gate": gate, "skipped": "nothing to retire: no partition is past retention (read from the catalog now)"}
+    log.info("%s: gate %s: %s", table, gate, f"due to retire: {', '.join(due)}" if due else f"detached: {', '.join(detached)}")
     from include.pgmaint.airflow_quality import gate_task
 
     return gate_task(config, table, gate, RETIRE_GATES[gate], ti=ti)

@@ -103,7 +103,7 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     try:
         if dry_run:
             _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
-        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases):
+        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases, result):
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
@@ -138,7 +138,7 @@ def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tup
             result.errors.append(str(facts))
             return None, None
         plan = _plan(conn, cfg, facts, now, tz, phases)
-    result.retires_planned = [r.name for r in plan.retires] + [f.name for f in plan.finalizes]
+    result.retires_planned = _retires_planned(plan)
     plan = _only(plan, phases)
     result.needs_migration = [{"partition": m.name, "range": str(m.range)} for m in plan.needs_migration]
     result.notes = list(plan.notes)
@@ -157,11 +157,30 @@ def _plan(conn, cfg, facts, now, tz, phases) -> MaintenancePlan:
     return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing)
 
 
-def _nothing_to_do(conn, cfg, facts, now, tz, phases) -> bool:
+def _nothing_to_do(conn, cfg, facts, now, tz, phases, result: TableResult) -> bool:
     if isinstance(facts, CatalogError):
         return False
     plan = _plan(conn, cfg, facts, now, tz, phases)
+    result.retires_planned = _retires_planned(plan)  # filled on this path too: never an empty list by omission
     return _only(plan, phases).is_noop and not plan.needs_migration and not plan.notes
+
+
+def _retires_planned(plan: MaintenancePlan) -> list[str]:
+    return [r.name for r in plan.retires] + [f.name for f in plan.finalizes]
+
+
+def planned_retirements(conn, config: Config, cfg: TableConfig, *, now: datetime | None = None) -> list[str]:
+    """The partitions the retire phase would detach or finish detaching now, read from the catalog.
+
+    What the retire gates decide on: the retire plan itself, never another phase's summary.
+    Raises `CatalogError` when the table cannot be read as configured.
+    """
+    now = now or datetime.now(timezone.utc)
+    facts = read_catalog(conn, [cfg], config.timezone)[cfg.name]
+    if isinstance(facts, CatalogError):
+        raise facts
+    return _retires_planned(plan_maintenance(cfg, facts, now, config.timezone, frozenset(),
+                                             missing_ranges(cfg, facts, now, config.timezone)))
 
 
 def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
@@ -253,4 +272,4 @@ def _log_result(r: TableResult) -> None:
         log.info("%s: note: %s", r.table, note)
 
 
-__all__ = ["RunContext", "TableResult", "probe_default", "run_maintenance"]
+__all__ = ["RunContext", "TableResult", "planned_retirements", "probe_default", "run_maintenance"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import yaml
 from psycopg import sql
 
 from include.pgmaint.db import connect
-from tests.integration.helpers import make_table, partitions, table_exists
+from tests.integration.helpers import add_partition, make_table, partitions, table_exists
 
 REPO = Path(__file__).resolve().parents[2]
 # dag.test() runs on the real clock, so tables are built around the real today.
@@ -171,3 +171,58 @@ def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_ds
 
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"tables": ["public.x; DROP TABLE a"]})
+
+
+def _xcom(dag_run, task_id: str, key: str = "return_value", map_index: int = 0):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id,
+                                                 key=key, map_indexes=map_index)).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _task_instance(dag_run, task_id: str, map_index: int = 0):
+    return next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id and ti.map_index == map_index)
+
+
+def test_retire_gate_runs_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scratch_schema, dag_config):
+    """The steady state (issue 15, item 1): the runway is complete, so premake has nothing to do, while
+    partitions are due to retire. The gate must run (and finish) before anything is detached or dropped."""
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "ev", days=range(-33, 3), anchor=TODAY)  # today and 2 ahead exist
+    dag_config([_entry(scratch_schema, "ev")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "success", _states(run)
+    premade = _xcom(run, "table.premake")
+    assert premade["created"] == [] and premade["detached"] == []  # premake: nothing to do
+    gate = _xcom(run, "table.gate_before_retire")
+    assert not isinstance(gate.get("skipped"), str), gate  # a skipped gate returns {"skipped": "<why>"}
+    assert gate["success"] is True and gate["evaluated"] >= 2 and {e["check"] for e in gate["expectations"]} >= {"contiguity"}
+    retired = _xcom(run, "table.retire")
+    assert retired["dropped"] == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    checked, dropped = _task_instance(run, "table.gate_before_retire"), _task_instance(run, "table.retire")
+    assert checked.end_date <= dropped.start_date  # the gate ran, and before the drop
+
+
+def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scratch_schema, dag_config):
+    """Same steady state, but the DEFAULT hides a row without a key: the gate fails and nothing is dropped."""
+    s = sql.Identifier
+    with connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz, payload text) PARTITION BY RANGE (ts)").format(s(scratch_schema, "ev")))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(scratch_schema, "ev_default"), s(scratch_schema, "ev")))
+        for d in range(-33, 3):
+            lo = TODAY + timedelta(days=d)
+            add_partition(conn, scratch_schema, "ev", lo, lo + timedelta(days=1), f"ev_old_{d + 100}")
+        conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (NULL, 'no key')").format(s(scratch_schema, "ev")))
+    dag_config([_entry(scratch_schema, "ev")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    states = _states(run)
+    assert states["table.gate_before_retire[0]"] == "failed" and states["table.retire[0]"] == "upstream_failed", states
+    with connect(pg_dsn) as conn:
+        assert {"ev_old_67", "ev_old_68", "ev_old_69"} <= set(partitions(conn, scratch_schema, "ev"))
