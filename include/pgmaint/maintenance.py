@@ -40,6 +40,8 @@ class TableResult:
     notes: list[str] = field(default_factory=list)
     statements: list[dict] = field(default_factory=list)  # dry run: what would run, with its lock
     retires_planned: list[str] = field(default_factory=list)  # expired partitions, whichever phases run
+    would_create: list[str] = field(default_factory=list)  # dry run: partitions the real run would create
+    would_retire: list[str] = field(default_factory=list)  # dry run: partitions the real run would detach (and drop)
     run_id: int | None = None
     seconds: float = 0.0
 
@@ -142,9 +144,9 @@ def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tup
     plan = _only(plan, phases)
     result.needs_migration = [{"partition": m.name, "range": str(m.range)} for m in plan.needs_migration]
     result.notes = list(plan.notes)
-    for m in plan.needs_migration:
-        result.notes.append(f"{m.range}: DEFAULT holds rows in this range; {m.name} not created, the rows need migration")
     if dry_run:
+        result.would_create = [c.name for c in plan.creates]
+        result.would_retire = _retires_planned(plan)
         for step in ddl.all_steps(facts, plan, tz):
             for statement, lock in step.render(conn):
                 result.statements.append({"step": step.action, "target": step.target, "sql": statement, "lock": lock})
@@ -262,12 +264,19 @@ def _finalize_if_pending(conn, facts: TableFacts, name: str, run) -> bool:
 def _log_result(r: TableResult) -> None:
     for s in r.statements:
         log.info("%s: [dry run] %s;  -- %s", r.table, s["sql"], s["lock"])
+    if r.outcome == "dry_run":
+        done = f"would create {r.would_create or 'none'}; would retire {r.would_retire or 'none'}"
+    else:
+        done = f"created {r.created or 'none'}; detached {r.detached or 'none'}; dropped {r.dropped or 'none'}"
     log.info(
-        "%s: %s; created %s; detached %s; dropped %s%s%s",
-        r.table, r.outcome, r.created or "none", r.detached or "none", r.dropped or "none",
+        "%s: %s; %s%s%s",
+        r.table, r.outcome, done,
         f"; skipped: {r.skipped_reason}" if r.skipped_reason else "",
         f"; errors: {' | '.join(r.errors)}" if r.errors else "",
     )
+    for m in r.needs_migration:
+        log.warning("%s: %s: the DEFAULT holds rows in this range, so %s was not created; the rows need migration",
+                    r.table, m["range"], m["partition"])
     for note in r.notes:
         log.info("%s: note: %s", r.table, note)
 

@@ -438,11 +438,31 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     if journal:
         outcome = {"incomplete": "success", "dry_run": "success", "drained": "success"}.get(result.outcome, result.outcome)
         journal.finish_run_safely(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
-    progress(f"{cfg.name}: migration {result.outcome}: {result.rows_moved:,} rows moved into {len(result.partitions)} "
-             f"partition(s) in {result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s)"
-             + (f"; {result.rows_remaining:,} rows remain for the next run" if result.rows_remaining else "")
-             + (f"; errors: {' | '.join(result.errors)}" if result.errors else ""))
+    progress(migration_summary(result))
     return result
+
+
+def migration_summary(result: MigrationResult) -> str:
+    """The run's last line: what was moved, and what remains where and why (never only in XCom)."""
+    if result.outcome == "dry_run":
+        done = f"would move {result.rows_remaining:,} rows into {len(result.partitions)} partition(s)"
+    else:
+        done = (f"{result.rows_moved:,} rows moved into {len(result.partitions)} partition(s) in {result.seconds:.1f}s "
+                f"({result.rows_per_second:,.0f} rows/s)")
+        if result.rows_remaining:
+            done += f"; {result.rows_remaining:,} rows remain in the drain table for the next run (max_minutes reached)"
+    left = sum(r["rows"] for r in result.left_in_default)
+    if left:
+        verb = "would stay" if result.outcome == "dry_run" else "stay"
+        done += f"; {left:,} row(s) {verb} in the DEFAULT: " + "; ".join(
+            f"{r['rows']:,} in {r['range']} ({r['reason']})" for r in result.left_in_default)
+    elif result.outcome != "failed" and not result.skipped_reason:
+        done += "; nothing left in the DEFAULT" if result.outcome != "dry_run" else "; nothing would stay in the DEFAULT"
+    if result.skipped_reason:
+        done += f"; skipped: {result.skipped_reason}"
+    if result.errors:
+        done += f"; errors: {' | '.join(result.errors)}"
+    return f"{result.table}: migration {result.outcome}: {done}"
 
 
 def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:

@@ -119,6 +119,9 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     assert dry.state == "success", _states(dry)
     with connect(pg_dsn) as conn:
         assert not table_exists(conn, scratch_schema, "runs")  # dry run wrote nothing
+    said = _xcom(dry, "summarize", map_index=-1)  # what the dry run says it would do, not "nothing to do"
+    assert said["would_retire"][f"{scratch_schema}.a"][0] == "a_old_60" and len(said["would_create"]) == 2
+    assert not said["created"] and not said["retired"]
 
     # A fresh parse: dag.test(run_conf=...) leaves the conf in the in-process DAG's params.
     run = _dagbag().dags["partition_maintenance"].test()
