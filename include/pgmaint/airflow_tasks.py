@@ -13,8 +13,35 @@ from include.pgmaint.config import Config
 log = logging.getLogger("pgmaint.tasks")
 
 
-def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_run=None, ti=None) -> dict:
-    """Run one maintenance phase (premake | retire) for one table; push its result, then fail/skip the task to match it."""
+def resolve_as_of(params: dict, dag_run=None):
+    """The moment premake plans for: the `as_of` param, else a backfill run's logical date, else None (now).
+
+    Retirement never uses it: it always judges retention on the wall clock.
+    """
+    from datetime import datetime
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    text = (params or {}).get("as_of")
+    if text:
+        try:
+            moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        except ValueError:
+            raise AirflowFailException(f"as_of: {text!r} is not an ISO 8601 timestamp like 2026-11-01T00:00:00+00:00") from None
+        if moment.tzinfo is None:
+            raise AirflowFailException(f"as_of: {text!r} has no UTC offset; write e.g. {text}+00:00")
+        return moment
+    run_type = getattr(dag_run, "run_type", None)
+    if getattr(run_type, "value", run_type) == "backfill":
+        return getattr(dag_run, "logical_date", None)
+    return None
+
+
+def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_run=None, ti=None, as_of=None) -> dict:
+    """Run one maintenance phase (premake | retire) for one table; push its result, then fail/skip the task to match it.
+
+    `as_of` (premake only) adds the partitions that moment needs; see `resolve_as_of`.
+    """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from include.pgmaint.db import connect, conninfo_from_airflow
@@ -26,7 +53,8 @@ def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_r
         task_id=f"{ti.task_id}[{ti.map_index}]" if ti is not None else None,
     )
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
-        result = run_maintenance(conn, config, [config.table(table)], dry_run=dry_run, context=context, phases=(phase,))[0]
+        result = run_maintenance(conn, config, [config.table(table)], dry_run=dry_run, context=context, phases=(phase,),
+                                 as_of=as_of if phase == "premake" else None)[0]
     summary = result.as_dict()
     if ti is not None:
         ti.xcom_push(key="result", value=summary)  # kept even when the task fails or skips below

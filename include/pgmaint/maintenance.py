@@ -9,6 +9,7 @@ still runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -76,11 +77,13 @@ PHASES = ("premake", "retire")
 
 def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = None, *, now: datetime | None = None,
                     dry_run: bool = False, context: RunContext = RunContext(),
-                    phases: tuple[str, ...] = PHASES) -> list[TableResult]:
+                    phases: tuple[str, ...] = PHASES, as_of: datetime | None = None) -> list[TableResult]:
     """Maintain `tables` (default: all configured). Reads the catalog for all of them in one query.
 
     `phases` lets the DAG put a data-quality gate between premaking (and repairing leftovers)
     and retiring expired partitions, the destructive part.
+    Premake closes every gap in the managed window (plan.managed_ranges); `as_of` also makes
+    its own interval and the premake after it. Retirement is always judged at `now`.
     """
     unknown = set(phases) - set(PHASES)
     if unknown or not phases:
@@ -92,11 +95,15 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
         ensure_state_schema(conn, config.state_schema)
         journal = Journal(conn, config.state_schema)
     facts = read_catalog(conn, tables, config.timezone)
-    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases) for cfg in tables]
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
+    return [_maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, as_of)
+            for cfg in tables]
 
 
 def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,
-                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...]) -> TableResult:
+                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...],
+                    as_of: datetime | None = None) -> TableResult:
     started = time.monotonic()
     result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success")
     if journal:
@@ -104,12 +111,12 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
                                           dag_run_id=context.dag_run_id, task_id=context.task_id)
     try:
         if dry_run:
-            _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
-        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases, result):
+            _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=True)
+        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases, result, as_of):
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
-                plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=False)
+                plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=False)
                 if plan is not None and not plan.is_noop:
                     _execute(conn, config, cfg, facts, plan, result, journal)
     except TableBusy as exc:
@@ -127,22 +134,23 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     return result
 
 
-def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
+def _plan_into(conn, config, cfg, facts, now, result, phases, as_of, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
     tz = config.timezone
     if isinstance(facts, CatalogError):
         result.errors.append(str(facts))
         return None, None
-    plan = _plan(conn, cfg, facts, now, tz, phases)
+    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
     if not dry_run and not plan.is_noop:
         # The catalog was read before we held the runner lock: re-read this table now that we do.
         facts = read_catalog(conn, [cfg], tz)[cfg.name]
         if isinstance(facts, CatalogError):
             result.errors.append(str(facts))
             return None, None
-        plan = _plan(conn, cfg, facts, now, tz, phases)
+        plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
     result.retires_planned = _retires_planned(plan)
     plan = _only(plan, phases)
-    result.needs_migration = [{"partition": m.name, "range": str(m.range)} for m in plan.needs_migration]
+    result.needs_migration = [{"partition": m.name, "range": str(m.range), "trigger": migration_trigger(cfg),
+                               "requested": cfg.auto_migrate and not dry_run} for m in plan.needs_migration]
     result.notes = list(plan.notes)
     if dry_run:
         result.would_create = [c.name for c in plan.creates]
@@ -153,16 +161,32 @@ def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tup
     return plan, facts
 
 
-def _plan(conn, cfg, facts, now, tz, phases) -> MaintenancePlan:
-    missing = missing_ranges(cfg, facts, now, tz)
+def _plan(conn, cfg, facts, now, tz, phases, as_of=None) -> MaintenancePlan:
+    missing = missing_ranges(cfg, facts, now, tz, as_of)
     candidates = [rng for _, rng in missing] if "premake" in phases else []
-    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing)
+    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing, as_of)
 
 
-def _nothing_to_do(conn, cfg, facts, now, tz, phases, result: TableResult) -> bool:
+def migration_trigger(cfg: TableConfig) -> str:
+    """The exact command that moves a table's DEFAULT rows into their partitions."""
+    conf = json.dumps({"table": cfg.name})
+    return f"scripts/airflow dags trigger default_partition_migration --conf '{conf}'"
+
+
+def migration_pending(conn, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime | None = None) -> list[Range]:
+    """Intervals of the managed window with no partition whose rows sit in the DEFAULT (ACCESS SHARE probes).
+
+    The gaps maintenance leaves on purpose: default_partition_migration fills them.
+    """
+    now = now or datetime.now(timezone.utc)
+    missing = [rng for _, rng in missing_ranges(cfg, facts, now, config.timezone)]
+    return sorted(probe_default(conn, facts, missing, config.timezone))
+
+
+def _nothing_to_do(conn, cfg, facts, now, tz, phases, result: TableResult, as_of=None) -> bool:
     if isinstance(facts, CatalogError):
         return False
-    plan = _plan(conn, cfg, facts, now, tz, phases)
+    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
     result.retires_planned = _retires_planned(plan)  # filled on this path too: never an empty list by omission
     return _only(plan, phases).is_noop and not plan.needs_migration and not plan.notes
 
@@ -281,4 +305,5 @@ def _log_result(r: TableResult) -> None:
         log.info("%s: note: %s", r.table, note)
 
 
-__all__ = ["RunContext", "TableResult", "planned_retirements", "probe_default", "run_maintenance"]
+__all__ = ["RunContext", "TableResult", "migration_pending", "migration_trigger", "planned_retirements", "probe_default",
+           "run_maintenance"]

@@ -61,7 +61,7 @@ def test_maintenance_summary_names_what_stays_attached_when_the_gate_stopped_ret
 
 
 def test_healthy_summary_only_when_nothing_was_or_would_be_done(conn, scratch_schema):
-    make_table(conn, scratch_schema, "ev", days=range(-3, 3))
+    make_table(conn, scratch_schema, "ev", days=range(-30, 3))
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     name = f"{scratch_schema}.ev"
     for dry_run in (True, False):

@@ -118,6 +118,7 @@ def test_the_watchdog_dag_reports_seeded_problems_and_requests_migration(
         f"expired_attached:{broken}": "warning",
         f"runway:{auto}": "critical paged", f"default_rows:{auto}": "warning",  # quiet: the migration is asked for
         f"expired_attached:{auto}": "warning",
+        f"gaps:{broken}": "warning", f"gaps:{auto}": "warning",  # the missed days behind today
     }
 
     # The asset event that triggers default_partition_migration for the auto_migrate table.
