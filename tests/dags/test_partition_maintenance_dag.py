@@ -32,9 +32,10 @@ def test_every_dag_file_imports_without_errors():
     assert bag.import_errors == {}
     dag = bag.dags["partition_maintenance"]
     assert dag.max_active_runs == 1 and dag.catchup is False
-    assert set(dag.params.keys()) == {"dry_run", "tables"}
+    assert set(dag.params.keys()) == {"dry_run", "tables", "as_of"}
     assert dag.doc_md and "What stops it" in dag.doc_md
     assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
+    assert [o.name for o in dag.get_task("table.request_migration").outlets] == ["pgmaint_default_rows"]
     chain = ["table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
@@ -111,7 +112,7 @@ def _states(dag_run) -> dict[str, str]:
 def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
         make_table(conn, scratch_schema, "a", days=range(-40, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-3, 0), default=False, anchor=TODAY)
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), default=False, anchor=TODAY)
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -129,6 +130,8 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     assert run.state == "success", _states(run)
     states = _states(run)
     assert states.pop("select_tables") == "success" and states.pop("summarize") == "success"
+    requests = {k: states.pop(k) for k in list(states) if k.startswith("table.request_migration")}
+    assert set(requests.values()) == {"skipped"}  # nothing waits in a DEFAULT
     assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
     with connect(pg_dsn) as conn:
         a, b = partitions(conn, scratch_schema, "a"), partitions(conn, scratch_schema, "b")
@@ -142,7 +145,7 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
 def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "good", days=range(-2, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=TODAY)  # the retention window is complete
     dag_config([_entry(scratch_schema, "missing"), _entry(scratch_schema, "good")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -159,8 +162,8 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
 
 def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "a", days=range(-2, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-2, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "a", days=range(-30, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), anchor=TODAY)
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -168,8 +171,8 @@ def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_ds
 
     assert run.state == "success", _states(run)
     with connect(pg_dsn) as conn:
-        assert len(partitions(conn, scratch_schema, "a")) == 2 + 1  # untouched: two days and the DEFAULT
-        assert len(partitions(conn, scratch_schema, "b")) == 2 + 1 + 3
+        assert len(partitions(conn, scratch_schema, "a")) == 30 + 1  # untouched: thirty days and the DEFAULT
+        assert len(partitions(conn, scratch_schema, "b")) == 30 + 1 + 3
     from airflow.sdk.definitions.param import ParamValidationError
 
     with pytest.raises(ParamValidationError):
@@ -229,3 +232,32 @@ def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(air
     assert states["table.gate_before_retire[0]"] == "failed" and states["table.retire[0]"] == "upstream_failed", states
     with connect(pg_dsn) as conn:
         assert {"ev_old_67", "ev_old_68", "ev_old_69"} <= set(partitions(conn, scratch_schema, "ev"))
+
+
+def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_logical_date(
+        airflow_db, pg_dsn, scratch_schema, dag_config):
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "ev", days=range(-30, 3), anchor=TODAY)
+    dag_config([_entry(scratch_schema, "ev")])
+    ahead = TODAY + timedelta(days=20)
+
+    run = _dagbag().dags["partition_maintenance"].test(run_conf={"as_of": ahead.isoformat()})
+
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "table.premake")["created"] == [f"ev_p{ahead + timedelta(days=d):%Y%m%d}" for d in range(3)]
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    try:  # refused by the Param's date-time format when a format checker is installed, else by the task
+        bad = _dagbag().dags["partition_maintenance"].test(run_conf={"as_of": "next tuesday"})
+    except ParamValidationError:
+        pass
+    else:
+        assert _states(bad)["table.premake[0]"] == "failed"
+
+    from types import SimpleNamespace
+
+    from include.pgmaint.airflow_tasks import resolve_as_of
+
+    backfill = SimpleNamespace(run_type=SimpleNamespace(value="backfill"), logical_date=ahead)
+    scheduled = SimpleNamespace(run_type=SimpleNamespace(value="scheduled"), logical_date=ahead)
+    assert resolve_as_of({"as_of": None}, backfill) == ahead and resolve_as_of({"as_of": None}, scheduled) is None
