@@ -110,7 +110,7 @@ def _window_bounds(interval, start: datetime, end: datetime, tz: str) -> tuple[R
 
 
 def managed_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
-                   as_of: datetime | None = None) -> tuple[list[tuple[str, Range]], list[Range]]:
+                   as_of: datetime | None = None) -> tuple[tuple[Range, ...], list[Range]]:
     """(ranges that must have a partition, ranges `as_of` asked for that lie before the retention cutoff).
 
     The managed window is every interval from the one holding now - retention (tables kept
@@ -127,22 +127,27 @@ def managed_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
     else:
         oldest = [p.range.lower for p in facts.partitions if p.range.lower is not None]
         start = min(oldest + [ahead[0].lower])
-    ranges = set(_window_bounds(cfg.interval, start, ahead[-1].upper, tz_t))
+    ranges = _window_bounds(cfg.interval, start, ahead[-1].upper, tz_t)
     too_old = []
     if as_of is not None:
+        extra = set(ranges)
         for rng in _desired_bounds(cfg.interval, cfg.premake, timeline(facts, as_of, tz)[0], tz_t):
             if cutoff is not None and rng.upper <= cutoff:
                 too_old.append(rng)
             else:
-                ranges.add(rng)
-    return [(partition_name(cfg, rng.lower, tz_t), rng) for rng in sorted(ranges)], too_old
+                extra.add(rng)
+        ranges = tuple(sorted(extra))
+    return ranges, too_old
 
 
 def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
                    as_of: datetime | None = None) -> list[tuple[str, Range]]:
-    """Managed ranges no attached partition has (gaps included); the ones whose DEFAULT rows must be probed."""
+    """Managed ranges no attached partition has (gaps included), with the names they would get;
+    the ones whose DEFAULT rows must be probed."""
     current = {p.range for p in facts.partitions}
-    return [(name, rng) for name, rng in managed_ranges(cfg, facts, now, tz, as_of)[0] if rng not in current]
+    tz_t = timeline(facts, now, tz)[1]
+    return [(partition_name(cfg, rng.lower, tz_t), rng) for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
+            if rng not in current]
 
 
 def retention_cutoff(cfg: TableConfig, now: datetime, tz: str) -> datetime | None:
