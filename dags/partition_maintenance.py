@@ -6,14 +6,22 @@ Keeps every configured partitioned table healthy, every 15 minutes by default:
 1. **select_tables**: the tables to maintain (the `tables` param, or all configured ones).
 2. **table** (one mapped group per table, named after the table; DDL tasks in the
    `pgmaint_target` pool), each step under the table's runner lock:
-   - **premake**: create the partition for the current interval and `premake`
-     intervals ahead, as `CREATE TABLE … (LIKE parent INCLUDING ALL)` + `ATTACH`,
+   - **premake**: create a partition for every interval of the managed window
+     that has none — from now − `retention` (kept forever: the oldest partition)
+     to the current interval and `premake` ahead, so one run after an outage
+     closes every gap — as `CREATE TABLE … (LIKE parent INCLUDING ALL)` + `ATTACH`,
      so the parent only takes SHARE UPDATE EXCLUSIVE and nothing is scanned
      under an exclusive lock. A range for which the DEFAULT partition already
-     holds rows is **not** created: it is reported as needing migration
-     (`default_partition_migration`).
-   - **gate_before_retire**: when partitions are due to retire, a Great
-     Expectations gate (runway, no gaps or overlaps, no NULL keys) must pass.
+     holds rows is **not** created: it is reported as `needs_migration` with the
+     `default_partition_migration` command to run, and blocks nothing else.
+   - **request_migration**: for `auto_migrate: true` tables with such ranges,
+     an event on `pgmaint_default_rows` triggers `default_partition_migration`.
+   - **gate_before_retire**: when partitions are due to retire (decided from
+     the catalog at that moment, never from premake's result), a Great
+     Expectations gate (no gaps or overlaps, no NULL keys) must pass. A gap
+     made only of intervals waiting for migration (rows in the DEFAULT) is
+     tolerated — retiring what is past the window cannot make it worse; any
+     other gap stops retirement, named in the task log.
    - **retire**: detach partitions whose upper bound is at or before
      now − `retention`, then drop them (unless `retention_keep_table`).
    - **gate_after_retire**: runway, retention and contiguity hold afterwards.
@@ -28,6 +36,10 @@ already waiting on it. One table's failure does not stop the others.
 
 **Params.** `dry_run` prints every statement and the lock it takes and
 executes nothing. `tables` limits the run to some configured tables.
+`as_of` (ISO timestamp with offset) also creates the partitions that moment
+needs (its interval and `premake` after it), for loading history; a backfill run
+uses its logical date as `as_of`. Retirement always uses the wall clock, and an
+interval already past retention is never created (the summary says so).
 
 Runbook: `docs/runbook.md`. Journal: `SELECT * FROM pgmaint.runs ORDER BY run_id DESC`.
 """
@@ -37,6 +49,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, task_group
 
+from include.pgmaint.assets import DEFAULT_ROWS
 from include.pgmaint.config import load_config
 from include.pgmaint.escalation import on_task_failure
 
@@ -58,6 +71,10 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
         "tables": Param([], type="array", title="Tables",
                         items={"type": "string", "enum": CONFIG.table_names}, uniqueItems=True,
                         description="Configured tables to maintain; empty means all of them."),
+        "as_of": Param(None, type=["null", "string"], format="date-time", title="As of",
+                       description="Also create the partitions this moment needs (its interval and `premake` after it), "
+                                   "e.g. to load history. Retirement always uses the wall clock; intervals already past "
+                                   "retention are never created. Backfill runs use their logical date."),
     },
 )
 def partition_maintenance():
@@ -73,8 +90,22 @@ def partition_maintenance():
         def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
             from include.pgmaint.airflow_tasks import maintain_one
 
+            from include.pgmaint.airflow_tasks import resolve_as_of
+
             get_current_context()["table_name"] = table
-            return maintain_one(CONFIG, table, "premake", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+            return maintain_one(CONFIG, table, "premake", dry_run=params["dry_run"], dag_run=dag_run, ti=ti,
+                                as_of=resolve_as_of(params, dag_run))
+
+        @task(outlets=[DEFAULT_ROWS], map_index_template="{{ table_name }}")
+        def request_migration(table: str, premade: dict, outlet_events=None) -> str:
+            """auto_migrate tables whose missed intervals sit in the DEFAULT: trigger default_partition_migration."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            get_current_context()["table_name"] = table
+            if not any(m.get("requested") for m in premade.get("needs_migration", [])):
+                raise AirflowSkipException("nothing to request: no interval waits in the DEFAULT, or auto_migrate is off")
+            outlet_events[DEFAULT_ROWS].extra = {"table": table}
+            return table
 
         @task(map_index_template="{{ table_name }}")
         def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
@@ -98,6 +129,7 @@ def partition_maintenance():
             return retention_gate(CONFIG, table, "after_retire", retired, dry_run=params["dry_run"], ti=ti)
 
         premade = premake(table)
+        request_migration(table, premade)
         retired = retire(table, gate_before_retire(table, premade))
         return gate_after_retire(table, retired)
 

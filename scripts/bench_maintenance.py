@@ -218,10 +218,11 @@ def build(conninfo: str, n_tables: int, n_parts: int, today: datetime, workers: 
 
 
 def bench_config(n_tables: int, n_parts: int, statement_timeout_ms: int | None = None) -> tuple[Config, str]:
-    # The oldest partition ends at today - (n_parts - PREMAKE - 2) days; a retention of
-    # n_parts days puts the cutoff (now - retention) more than a day before that bound, so
-    # nothing is expired, while today .. today + PREMAKE all exist: nothing to create.
-    retention = f"{n_parts} days"
+    # The oldest partition covers [today - (n_parts - PREMAKE - 1), today - (n_parts - PREMAKE - 2))
+    # days; a retention of n_parts - PREMAKE - 1 days puts the cutoff (now - retention) inside
+    # it, so nothing is expired and the managed window (from the cutoff's interval to today +
+    # PREMAKE) has no gap: nothing to create, nothing to retire.
+    retention = f"{n_parts - PREMAKE - 1} days"
     raw = {
         "timezone": TZ,
         "state_schema": STATE_SCHEMA,

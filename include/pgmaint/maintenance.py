@@ -9,6 +9,7 @@ still runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +42,8 @@ class TableResult:
     notes: list[str] = field(default_factory=list)
     statements: list[dict] = field(default_factory=list)  # dry run: what would run, with its lock
     retires_planned: list[str] = field(default_factory=list)  # expired partitions, whichever phases run
+    would_create: list[str] = field(default_factory=list)  # dry run: partitions the real run would create
+    would_retire: list[str] = field(default_factory=list)  # dry run: partitions the real run would detach (and drop)
     run_id: int | None = None
     seconds: float = 0.0
 
@@ -75,11 +78,13 @@ PHASES = ("premake", "retire")
 
 def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = None, *, now: datetime | None = None,
                     dry_run: bool = False, context: RunContext = RunContext(),
-                    phases: tuple[str, ...] = PHASES) -> list[TableResult]:
+                    phases: tuple[str, ...] = PHASES, as_of: datetime | None = None) -> list[TableResult]:
     """Maintain `tables` (default: all configured). Reads the catalog for all of them in one query.
 
     `phases` lets the DAG put a data-quality gate between premaking (and repairing leftovers)
     and retiring expired partitions, the destructive part.
+    Premake closes every gap in the managed window (plan.managed_ranges); `as_of` also makes
+    its own interval and the premake after it. Retirement is always judged at `now`.
     """
     unknown = set(phases) - set(PHASES)
     if unknown or not phases:
@@ -92,9 +97,12 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
         journal = Journal(conn, config.state_schema)
     refused = _refused_by_privileges(conn, config, tables) if dry_run else {}
     facts = read_catalog(conn, [t for t in tables if t.name not in refused], config.timezone)
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
     skips = maintenance_skips(conn, tables)  # never work on a table pg_partman maintains (dual_manager, or the split)
     return [refused.get(cfg.name)
-            or _maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, skips.get(cfg.name))
+            or _maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, as_of,
+                               skips.get(cfg.name))
             for cfg in tables]
 
 
@@ -112,7 +120,7 @@ def _refused_by_privileges(conn, config: Config, tables: list[TableConfig]) -> d
 
 def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,
                     dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...],
-                    skip: str | None = None) -> TableResult:
+                    as_of: datetime | None = None, skip: str | None = None) -> TableResult:
     started = time.monotonic()
     result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success")
     if journal:
@@ -122,10 +130,10 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
         if skip and not dry_run:
             raise TableBusy(skip)
         if dry_run:
-            _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=True)
+            _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=True)
             if skip:
                 result.notes.append(f"a real run would skip this table: {skip}")
-        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases):
+        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases, result, as_of):
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
@@ -133,7 +141,7 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
                 if moving:  # its shadows and replacement DEFAULT were built for today's partitions: leave them be
                     raise TableBusy(f"migration {moving[0]} of this table is {moving[1]} (default_partition_migration); "
                                     "maintenance waits until it has finished")
-                plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, dry_run=False)
+                plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=False)
                 if plan is not None and not plan.is_noop:
                     _execute(conn, config, cfg, facts, plan, result, journal)
     except TableBusy as exc:
@@ -151,43 +159,79 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     return result
 
 
-def _plan_into(conn, config, cfg, facts, now, result, phases, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
+def _plan_into(conn, config, cfg, facts, now, result, phases, as_of, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
     tz = config.timezone
     if isinstance(facts, CatalogError):
         result.errors.append(str(facts))
         return None, None
-    plan = _plan(conn, cfg, facts, now, tz, phases)
+    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
     if not dry_run and not plan.is_noop:
         # The catalog was read before we held the runner lock: re-read this table now that we do.
         facts = read_catalog(conn, [cfg], tz)[cfg.name]
         if isinstance(facts, CatalogError):
             result.errors.append(str(facts))
             return None, None
-        plan = _plan(conn, cfg, facts, now, tz, phases)
-    result.retires_planned = [r.name for r in plan.retires] + [f.name for f in plan.finalizes]
+        plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
+    result.retires_planned = _retires_planned(plan)
     plan = _only(plan, phases)
-    result.needs_migration = [{"partition": m.name, "range": str(m.range)} for m in plan.needs_migration]
+    result.needs_migration = [{"partition": m.name, "range": str(m.range), "trigger": migration_trigger(cfg),
+                               "requested": cfg.auto_migrate and not dry_run} for m in plan.needs_migration]
     result.notes = list(plan.notes)
-    for m in plan.needs_migration:
-        result.notes.append(f"{m.range}: DEFAULT holds rows in this range; {m.name} not created, the rows need migration")
     if dry_run:
+        result.would_create = [c.name for c in plan.creates]
+        result.would_retire = _retires_planned(plan)
         for step in ddl.all_steps(facts, plan, tz):
             for statement, lock in step.render(conn):
                 result.statements.append({"step": step.action, "target": step.target, "sql": statement, "lock": lock})
     return plan, facts
 
 
-def _plan(conn, cfg, facts, now, tz, phases) -> MaintenancePlan:
-    missing = missing_ranges(cfg, facts, now, tz)
+def _plan(conn, cfg, facts, now, tz, phases, as_of=None) -> MaintenancePlan:
+    missing = missing_ranges(cfg, facts, now, tz, as_of)
     candidates = [rng for _, rng in missing] if "premake" in phases else []
-    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing)
+    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing, as_of)
 
 
-def _nothing_to_do(conn, cfg, facts, now, tz, phases) -> bool:
+def migration_trigger(cfg: TableConfig) -> str:
+    """The exact command that moves a table's DEFAULT rows into their partitions."""
+    conf = json.dumps({"table": cfg.name})
+    return f"scripts/airflow dags trigger default_partition_migration --conf '{conf}'"
+
+
+def migration_pending(conn, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime | None = None) -> list[Range]:
+    """Intervals of the managed window with no partition whose rows sit in the DEFAULT (ACCESS SHARE probes).
+
+    The gaps maintenance leaves on purpose: default_partition_migration fills them.
+    """
+    now = now or datetime.now(timezone.utc)
+    missing = [rng for _, rng in missing_ranges(cfg, facts, now, config.timezone)]
+    return sorted(probe_default(conn, facts, missing, config.timezone))
+
+
+def _nothing_to_do(conn, cfg, facts, now, tz, phases, result: TableResult, as_of=None) -> bool:
     if isinstance(facts, CatalogError):
         return False
-    plan = _plan(conn, cfg, facts, now, tz, phases)
+    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
+    result.retires_planned = _retires_planned(plan)  # filled on this path too: never an empty list by omission
     return _only(plan, phases).is_noop and not plan.needs_migration and not plan.notes
+
+
+def _retires_planned(plan: MaintenancePlan) -> list[str]:
+    return [r.name for r in plan.retires] + [f.name for f in plan.finalizes]
+
+
+def planned_retirements(conn, config: Config, cfg: TableConfig, *, now: datetime | None = None) -> list[str]:
+    """The partitions the retire phase would detach or finish detaching now, read from the catalog.
+
+    What the retire gates decide on: the retire plan itself, never another phase's summary.
+    Raises `CatalogError` when the table cannot be read as configured.
+    """
+    now = now or datetime.now(timezone.utc)
+    facts = read_catalog(conn, [cfg], config.timezone)[cfg.name]
+    if isinstance(facts, CatalogError):
+        raise facts
+    return _retires_planned(plan_maintenance(cfg, facts, now, config.timezone, frozenset(),
+                                             missing_ranges(cfg, facts, now, config.timezone)))
 
 
 def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
@@ -269,14 +313,22 @@ def _finalize_if_pending(conn, facts: TableFacts, name: str, run) -> bool:
 def _log_result(r: TableResult) -> None:
     for s in r.statements:
         log.info("%s: [dry run] %s;  -- %s", r.table, s["sql"], s["lock"])
+    if r.outcome == "dry_run":
+        done = f"would create {r.would_create or 'none'}; would retire {r.would_retire or 'none'}"
+    else:
+        done = f"created {r.created or 'none'}; detached {r.detached or 'none'}; dropped {r.dropped or 'none'}"
     log.info(
-        "%s: %s; created %s; detached %s; dropped %s%s%s",
-        r.table, r.outcome, r.created or "none", r.detached or "none", r.dropped or "none",
+        "%s: %s; %s%s%s",
+        r.table, r.outcome, done,
         f"; skipped: {r.skipped_reason}" if r.skipped_reason else "",
         f"; errors: {' | '.join(r.errors)}" if r.errors else "",
     )
+    for m in r.needs_migration:
+        log.warning("%s: %s: the DEFAULT holds rows in this range, so %s was not created; the rows need migration",
+                    r.table, m["range"], m["partition"])
     for note in r.notes:
         log.info("%s: note: %s", r.table, note)
 
 
-__all__ = ["RunContext", "TableResult", "probe_default", "run_maintenance"]
+__all__ = ["RunContext", "TableResult", "migration_pending", "migration_trigger", "planned_retirements", "probe_default",
+           "run_maintenance"]

@@ -213,30 +213,34 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     if journal:
         outcome = {"incomplete": "success", "swapped": "success"}.get(result.outcome, result.outcome)
         journal.finish_run_safely(run_id, outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason)
-    progress(summary_line(result))
+    progress(migration_summary(result))
     return result
 
 
-def summary_line(r: MigrationResult) -> str:
-    """One line saying what was done, what remains and why."""
-    head = (f"{r.table}: migration {r.outcome}: {r.rows_moved:,} rows moved into {len(r.partitions)} partition(s) "
-            f"in {r.seconds:.1f}s ({r.rows_per_second:,.0f} rows/s)")
-    if r.outcome == "dry_run":
-        head = f"{r.table}: [dry run] would move {r.rows_remaining:,} rows into {len(r.partitions)} partition(s)"
-    parts = [head]
-    if r.rows_remaining and r.outcome != "dry_run":
-        parts.append(f"{r.rows_remaining:,} rows still to move (all readable in the DEFAULT): {r.skipped_reason or 'run again to resume'}")
-    left = sum(x["rows"] for x in r.left_in_default)
+def migration_summary(result: MigrationResult) -> str:
+    """The run's last line: what was moved, and what remains where and why (never only in XCom)."""
+    if result.outcome == "dry_run":
+        done = f"would move {result.rows_remaining:,} rows into {len(result.partitions)} partition(s)"
+    else:
+        done = (f"{result.rows_moved:,} rows moved into {len(result.partitions)} partition(s) in {result.seconds:.1f}s "
+                f"({result.rows_per_second:,.0f} rows/s)")
+        if result.rows_remaining:
+            done += (f"; {result.rows_remaining:,} rows not swapped in yet, every one still readable and writable in "
+                     "the DEFAULT (run again to resume)")
+    left = sum(r["rows"] for r in result.left_in_default)
     if left:
-        reasons = "; ".join(f"{x['rows']:,} {x['range']}: {x['reason']}" for x in r.left_in_default)
-        parts.append(f"{left:,} rows stay in the DEFAULT ({reasons})")
-    if r.outcome == "skipped" and r.skipped_reason:
-        parts.append(f"skipped: {r.skipped_reason}")
-    if r.errors:
-        parts.append("errors: " + " | ".join(r.errors))
-    if r.warnings:
-        parts.append("WARNING: " + " | ".join(r.warnings))
-    return "; ".join(parts)
+        verb = "would stay" if result.outcome == "dry_run" else "stay"
+        done += f"; {left:,} row(s) {verb} in the DEFAULT: " + "; ".join(
+            f"{r['rows']:,} in {r['range']} ({r['reason']})" for r in result.left_in_default)
+    elif result.outcome != "failed" and not result.skipped_reason:
+        done += "; nothing left in the DEFAULT" if result.outcome != "dry_run" else "; nothing would stay in the DEFAULT"
+    if result.skipped_reason:
+        done += f"; {'stopped before the swap' if result.outcome == 'incomplete' else 'skipped'}: {result.skipped_reason}"
+    if result.errors:
+        done += f"; errors: {' | '.join(result.errors)}"
+    if result.warnings:
+        done += f"; WARNING: {' | '.join(result.warnings)}"
+    return f"{result.table}: migration {result.outcome}: {done}"
 
 
 def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:

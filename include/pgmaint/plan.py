@@ -99,11 +99,55 @@ def _desired_bounds(interval, premake: int, now: datetime, tz: str) -> tuple[Ran
     return tuple(out)
 
 
-def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> list[tuple[str, Range]]:
-    """Desired ranges no attached partition has; the ones whose DEFAULT rows must be probed."""
-    now, tz = timeline(facts, now, tz)
+@functools.lru_cache(maxsize=1024)
+def _window_bounds(interval, start: datetime, end: datetime, tz: str) -> tuple[Range, ...]:
+    out, lo = [], interval.floor(start, tz)
+    while to_utc(lo) < end:
+        hi = interval.next(lo, tz)
+        out.append(Range(to_utc(lo), to_utc(hi)))
+        lo = hi
+    return tuple(out)
+
+
+def managed_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
+                   as_of: datetime | None = None) -> tuple[tuple[Range, ...], list[Range]]:
+    """(ranges that must have a partition, ranges `as_of` asked for that lie before the retention cutoff).
+
+    The managed window is every interval from the one holding now - retention (tables kept
+    forever: the oldest existing partition) to the current interval and `premake` after it,
+    so one run after an outage closes every gap. `as_of` adds its own interval and the
+    `premake` after it (loading history, backfills); retention is always judged on the wall
+    clock (`now`), so an interval `as_of` asks for that is already past retention is never made.
+    """
+    now_t, tz_t = timeline(facts, now, tz)
+    ahead = _desired_bounds(cfg.interval, cfg.premake, now_t, tz_t)
+    cutoff = retention_cutoff(cfg, now_t, tz_t)
+    if cutoff is not None:
+        start = cutoff
+    else:
+        oldest = [p.range.lower for p in facts.partitions if p.range.lower is not None]
+        start = min(oldest + [ahead[0].lower])
+    ranges = _window_bounds(cfg.interval, start, ahead[-1].upper, tz_t)
+    too_old = []
+    if as_of is not None:
+        extra = set(ranges)
+        for rng in _desired_bounds(cfg.interval, cfg.premake, timeline(facts, as_of, tz)[0], tz_t):
+            if cutoff is not None and rng.upper <= cutoff:
+                too_old.append(rng)
+            else:
+                extra.add(rng)
+        ranges = tuple(sorted(extra))
+    return ranges, too_old
+
+
+def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
+                   as_of: datetime | None = None) -> list[tuple[str, Range]]:
+    """Managed ranges no attached partition has (gaps included), with the names they would get;
+    the ones whose DEFAULT rows must be probed."""
     current = {p.range for p in facts.partitions}
-    return [(name, rng) for name, rng in desired_ranges(cfg, now, tz) if rng not in current]
+    tz_t = timeline(facts, now, tz)[1]
+    return [(partition_name(cfg, rng.lower, tz_t), rng) for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
+            if rng not in current]
 
 
 def retention_cutoff(cfg: TableConfig, now: datetime, tz: str) -> datetime | None:
@@ -117,23 +161,32 @@ def plan_maintenance(
     tz: str,
     default_occupied: frozenset[Range] = frozenset(),
     missing: list[tuple[str, Range]] | None = None,
+    as_of: datetime | None = None,
 ) -> MaintenancePlan:
     """Everything one maintenance run should do for one table.
 
     `default_occupied` holds the missing ranges for which the DEFAULT partition
     has rows (probed by the caller); those are reported, never created, because
     ATTACH would fail and the rows must be migrated first. `missing` is
-    `missing_ranges(...)` when the caller already computed it.
+    `missing_ranges(...)` when the caller already computed it. `as_of` (see
+    `managed_ranges`) only adds partitions to create; retirement is always judged at `now`.
     """
     notes: list[str] = []
+    if as_of is not None:
+        too_old = managed_ranges(cfg, facts, now, tz, as_of)[1]
+        if too_old:
+            notes.append(f"as_of {as_of.isoformat()}: {len(too_old)} interval(s) from {too_old[0]} lie before the retention "
+                         f"cutoff (now - {cfg.retention}): not created, retirement would drop them")
     creates: list[CreatePartition] = []
     planned_names: set[str] = set()
     migrations: list[NeedsMigration] = []
     existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
-    for name, rng in missing if missing is not None else missing_ranges(cfg, facts, now, tz):
+    now_t = timeline(facts, now, tz)[0]
+    for name, rng in missing if missing is not None else missing_ranges(cfg, facts, now, tz, as_of):
         clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
         if clash is not None:
-            notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
+            if rng.upper > now_t or as_of is not None:  # a past interval inside a wider partition is no gap
+                notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
         elif rng in default_occupied:
             migrations.append(NeedsMigration(name, rng))
         elif name in existing_names or name in planned_names:

@@ -10,7 +10,9 @@ connection, with a lock_timeout and statement_timeout of `canary_timeout_ms`.
 Per table (keys `<kind>:<schema.table>`):
   catalog           the table is missing / not range-partitioned as configured
   runway            partitions ahead of now: warning below `runway_warning_intervals`,
-                    critical below one interval (or no partition for the current one)
+                    critical below one interval (or no partition for the current one);
+                    tables without a DEFAULT: critical below two (inserts fail, they do not pile up)
+  gaps              intervals of the managed window behind the current one without a partition
   default_rows      rows in the DEFAULT partition (auto_migrate: asset event instead, quiet condition)
   expired_attached  partitions past retention still attached
   cadence           no successful partition_maintenance for cadence_multiple x its schedule interval
@@ -40,7 +42,8 @@ from include.pgmaint.escalation import Condition, EscalationSettings, describe_s
 
 log = logging.getLogger("pgmaint.watchdog")
 
-TABLE_KINDS = ("catalog", "runway", "default_rows", "expired_attached", "cadence", "long_transactions", "dual_manager")
+TABLE_KINDS = ("catalog", "runway", "gaps", "default_rows", "expired_attached", "cadence", "long_transactions",
+               "dual_manager")
 DATABASE_KINDS = ("canary", "connections", "lock_waits")
 MAINTENANCE_DAG = "partition_maintenance"
 
@@ -144,6 +147,7 @@ def check_tables(conn, config: Config, settings: EscalationSettings, now: dateti
         health = table_health(cfg, f, now, tz)
         late = table_health(cfg, f, now - grace, tz) if grace else health
         out.conditions += _runway(cfg, f, health, late, settings)
+        out.conditions += _gaps(cfg, f, now, now - grace, tz)
         default_result = _default_rows(conn, cfg, f, settings)
         out.conditions += default_result.conditions
         out.migrate += default_result.migrate
@@ -180,12 +184,39 @@ def _runway(cfg: TableConfig, facts, health, late, settings: EscalationSettings)
         return [Condition(key, "critical",
                           f"{cfg.name}: less than one {cfg.interval} interval of partitions left (none ahead of the current "
                           f"one, want {cfg.premake}){until}; after that rows go to {where_rows}", details)]
+    if facts.default is None and ahead < min(2, cfg.premake):
+        # Without a DEFAULT, running out means failed inserts, not rows piling up: page one interval earlier.
+        return [Condition(key, "critical",
+                          f"{cfg.name}: only {ahead} {cfg.interval} interval of partitions ahead of the current one (want "
+                          f"{cfg.premake}){until}; the table has no DEFAULT partition, so inserts past it will fail",
+                          details)]
     want = min(settings.runway_warning_intervals, cfg.premake)
     if ahead < want:
         return [Condition(key, "warning",
                           f"{cfg.name}: only {ahead} partition(s) ahead of the current one (want {cfg.premake}, "
                           f"warning below {want}){until}", details)]
     return []
+
+
+def _gaps(cfg: TableConfig, facts, now: datetime, late: datetime, tz: str) -> list[Condition]:
+    """Intervals inside the managed window that ended before `late` (now minus the cadence grace) with no
+    partition; the runway condition covers the current interval and those ahead."""
+    from include.pgmaint.plan import missing_ranges, timeline
+
+    ended = timeline(facts, late, tz)[0]
+    missing = [(name, rng) for name, rng in missing_ranges(cfg, facts, now, tz) if rng.upper <= ended
+               and not any(p.range.overlaps(rng) for p in facts.partitions)]
+    if not missing:
+        return []
+    shown = ", ".join(f"{rng}" for _, rng in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    where = ("late rows for them go to the DEFAULT partition" if facts.default is not None
+             else "late rows for them are rejected (there is no DEFAULT partition)")
+    return [Condition(
+        f"gaps:{cfg.name}", "warning",
+        f"{cfg.name}: {len(missing)} interval(s) inside the managed window have no partition: {shown}; {where}. "
+        "partition_maintenance creates them on its next run; an interval whose rows already sit in the DEFAULT "
+        "needs default_partition_migration (see default_rows)",
+        {"table": cfg.name, "missing": [str(rng) for _, rng in missing], "has_default": facts.default is not None})]
 
 
 def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -> CheckResult:

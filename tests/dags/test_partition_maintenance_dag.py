@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import yaml
 from psycopg import sql
 
 from include.pgmaint.db import connect
-from tests.integration.helpers import make_table, partitions, table_exists
+from tests.integration.helpers import add_partition, make_table, partitions, table_exists
 
 REPO = Path(__file__).resolve().parents[2]
 # dag.test() runs on the real clock, so tables are built around the real today.
@@ -32,9 +32,10 @@ def test_every_dag_file_imports_without_errors():
     assert bag.import_errors == {}
     dag = bag.dags["partition_maintenance"]
     assert dag.max_active_runs == 1 and dag.catchup is False
-    assert set(dag.params.keys()) == {"dry_run", "tables"}
+    assert set(dag.params.keys()) == {"dry_run", "tables", "as_of"}
     assert dag.doc_md and "What stops it" in dag.doc_md
     assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
+    assert [o.name for o in dag.get_task("table.request_migration").outlets] == ["pgmaint_default_rows"]
     chain = ["table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
@@ -111,7 +112,7 @@ def _states(dag_run) -> dict[str, str]:
 def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
         make_table(conn, scratch_schema, "a", days=range(-40, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-3, 0), default=False, anchor=TODAY)
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), default=False, anchor=TODAY)
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -119,6 +120,9 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     assert dry.state == "success", _states(dry)
     with connect(pg_dsn) as conn:
         assert not table_exists(conn, scratch_schema, "runs")  # dry run wrote nothing
+    said = _xcom(dry, "summarize", map_index=-1)  # what the dry run says it would do, not "nothing to do"
+    assert said["would_retire"][f"{scratch_schema}.a"][0] == "a_old_60" and len(said["would_create"]) == 2
+    assert not said["created"] and not said["retired"]
 
     # A fresh parse: dag.test(run_conf=...) leaves the conf in the in-process DAG's params.
     run = _dagbag().dags["partition_maintenance"].test()
@@ -126,6 +130,8 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     assert run.state == "success", _states(run)
     states = _states(run)
     assert states.pop("select_tables") == "success" and states.pop("summarize") == "success"
+    requests = {k: states.pop(k) for k in list(states) if k.startswith("table.request_migration")}
+    assert set(requests.values()) == {"skipped"}  # nothing waits in a DEFAULT
     assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
     with connect(pg_dsn) as conn:
         a, b = partitions(conn, scratch_schema, "a"), partitions(conn, scratch_schema, "b")
@@ -139,7 +145,7 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
 def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "good", days=range(-2, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=TODAY)  # the retention window is complete
     dag_config([_entry(scratch_schema, "missing"), _entry(scratch_schema, "good")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -156,8 +162,8 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
 
 def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "a", days=range(-2, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-2, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "a", days=range(-30, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), anchor=TODAY)
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -165,9 +171,93 @@ def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_ds
 
     assert run.state == "success", _states(run)
     with connect(pg_dsn) as conn:
-        assert len(partitions(conn, scratch_schema, "a")) == 2 + 1  # untouched: two days and the DEFAULT
-        assert len(partitions(conn, scratch_schema, "b")) == 2 + 1 + 3
+        assert len(partitions(conn, scratch_schema, "a")) == 30 + 1  # untouched: thirty days and the DEFAULT
+        assert len(partitions(conn, scratch_schema, "b")) == 30 + 1 + 3
     from airflow.sdk.definitions.param import ParamValidationError
 
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"tables": ["public.x; DROP TABLE a"]})
+
+
+def _xcom(dag_run, task_id: str, key: str = "return_value", map_index: int = 0):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id,
+                                                 key=key, map_indexes=map_index)).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _task_instance(dag_run, task_id: str, map_index: int = 0):
+    return next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id and ti.map_index == map_index)
+
+
+def test_retire_gate_runs_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scratch_schema, dag_config):
+    """The steady state (issue 15, item 1): the runway is complete, so premake has nothing to do, while
+    partitions are due to retire. The gate must run (and finish) before anything is detached or dropped."""
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "ev", days=range(-33, 3), anchor=TODAY)  # today and 2 ahead exist
+    dag_config([_entry(scratch_schema, "ev")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "success", _states(run)
+    premade = _xcom(run, "table.premake")
+    assert premade["created"] == [] and premade["detached"] == []  # premake: nothing to do
+    gate = _xcom(run, "table.gate_before_retire")
+    assert not isinstance(gate.get("skipped"), str), gate  # a skipped gate returns {"skipped": "<why>"}
+    assert gate["success"] is True and gate["evaluated"] >= 2 and {e["check"] for e in gate["expectations"]} >= {"contiguity"}
+    retired = _xcom(run, "table.retire")
+    assert retired["dropped"] == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    checked, dropped = _task_instance(run, "table.gate_before_retire"), _task_instance(run, "table.retire")
+    assert checked.end_date <= dropped.start_date  # the gate ran, and before the drop
+
+
+def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scratch_schema, dag_config):
+    """Same steady state, but the DEFAULT hides a row without a key: the gate fails and nothing is dropped."""
+    s = sql.Identifier
+    with connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz, payload text) PARTITION BY RANGE (ts)").format(s(scratch_schema, "ev")))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(scratch_schema, "ev_default"), s(scratch_schema, "ev")))
+        for d in range(-33, 3):
+            lo = TODAY + timedelta(days=d)
+            add_partition(conn, scratch_schema, "ev", lo, lo + timedelta(days=1), f"ev_old_{d + 100}")
+        conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (NULL, 'no key')").format(s(scratch_schema, "ev")))
+    dag_config([_entry(scratch_schema, "ev")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    states = _states(run)
+    assert states["table.gate_before_retire[0]"] == "failed" and states["table.retire[0]"] == "upstream_failed", states
+    with connect(pg_dsn) as conn:
+        assert {"ev_old_67", "ev_old_68", "ev_old_69"} <= set(partitions(conn, scratch_schema, "ev"))
+
+
+def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_logical_date(
+        airflow_db, pg_dsn, scratch_schema, dag_config):
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "ev", days=range(-30, 3), anchor=TODAY)
+    dag_config([_entry(scratch_schema, "ev")])
+    ahead = TODAY + timedelta(days=20)
+
+    run = _dagbag().dags["partition_maintenance"].test(run_conf={"as_of": ahead.isoformat()})
+
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "table.premake")["created"] == [f"ev_p{ahead + timedelta(days=d):%Y%m%d}" for d in range(3)]
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    try:  # refused by the Param's date-time format when a format checker is installed, else by the task
+        bad = _dagbag().dags["partition_maintenance"].test(run_conf={"as_of": "next tuesday"})
+    except ParamValidationError:
+        pass
+    else:
+        assert _states(bad)["table.premake[0]"] == "failed"
+
+    from types import SimpleNamespace
+
+    from include.pgmaint.airflow_tasks import resolve_as_of
+
+    backfill = SimpleNamespace(run_type=SimpleNamespace(value="backfill"), logical_date=ahead)
+    scheduled = SimpleNamespace(run_type=SimpleNamespace(value="scheduled"), logical_date=ahead)
+    assert resolve_as_of({"as_of": None}, backfill) == ahead and resolve_as_of({"as_of": None}, scheduled) is None

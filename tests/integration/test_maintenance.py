@@ -89,7 +89,7 @@ def test_dry_run_changes_nothing_and_shows_every_statement_with_its_lock(conn, s
 def test_attach_never_scans_the_default_partition(pg_dsn, scratch_schema):
     """PostgreSQL says (DEBUG1) when ATTACH skips the DEFAULT scan because a constraint proves it."""
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "ev", days=range(-2, 0))
+        make_table(conn, scratch_schema, "ev", days=range(-30, 0))  # the retention window is complete
         conn.execute(sql.SQL("INSERT INTO {} (ts) SELECT %s::timestamptz - g * interval '1 minute' FROM generate_series(1, 5000) g")
                      .format(sql.Identifier(scratch_schema, "ev")), [TODAY - timedelta(days=5)])
         notices: list[str] = []
@@ -107,7 +107,7 @@ def test_attach_never_scans_the_default_partition(pg_dsn, scratch_schema):
 
 
 def test_range_with_rows_in_default_is_reported_not_created(conn, scratch_schema):
-    make_table(conn, scratch_schema, "ev", days=range(-3, -1))  # yesterday and today missing
+    make_table(conn, scratch_schema, "ev", days=range(-30, -1))  # yesterday and today missing
     conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (%s), (%s)").format(sql.Identifier(scratch_schema, "ev")),
                  [NOW - timedelta(hours=1), NOW + timedelta(days=1, hours=2)])
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=2)])
@@ -116,7 +116,7 @@ def test_range_with_rows_in_default_is_reported_not_created(conn, scratch_schema
 
     assert result.outcome == "success", result.errors
     assert [m["partition"] for m in result.needs_migration] == ["ev_p20261126", "ev_p20261127"]
-    assert result.created == ["ev_p20261128"]
+    assert result.created == ["ev_p20261125", "ev_p20261128"]  # the empty missed day too
     rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev_default"))).fetchone()[0]
     assert rows == 2  # nothing moved, nothing lost
 
@@ -230,7 +230,7 @@ def test_one_table_failing_does_not_stop_the_others(conn, scratch_schema):
 
 def test_recovers_from_an_interrupted_run(conn, scratch_schema):
     """Leftovers of a run killed between steps: a created-but-unattached table and the DEFAULT's exclusion CHECK."""
-    make_table(conn, scratch_schema, "ev", days=range(-2, 0))
+    make_table(conn, scratch_schema, "ev", days=range(-30, 0))
     s = sql.Identifier
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(s(scratch_schema, "ev_p20261126"), s(scratch_schema, "ev")))
     conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT pgmaint_bound CHECK (ts IS NOT NULL AND ts >= '2026-11-26 00:00:00+00' AND ts < '2026-11-27 00:00:00+00')")
@@ -274,7 +274,9 @@ def test_date_and_timestamp_keys_in_a_non_utc_zone(conn, scratch_schema, key_typ
     conn.execute(sql.SQL("CREATE TABLE {} (ts {} NOT NULL) PARTITION BY RANGE (ts)").format(
         sql.Identifier(scratch_schema, "ev"), sql.SQL(key_type)))
     add_partition(conn, scratch_schema, "ev", TODAY.replace(tzinfo=None) - timedelta(days=1), TODAY.replace(tzinfo=None), "ev_yesterday")
-    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1)], timezone="America/Chicago")
+    entry = table_entry(scratch_schema, "ev", premake=1)
+    del entry["retention"]  # kept forever: the window starts at the oldest partition
+    cfg = config_for(scratch_schema, [entry], timezone="America/Chicago")
     [result] = run_maintenance(conn, cfg, now=NOW)  # 04:30 in Chicago on 2026-11-26
     assert result.outcome == "success", result.errors
     assert result.created == ["ev_p20261126", "ev_p20261127"]

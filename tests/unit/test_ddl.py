@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -71,6 +71,8 @@ def full(schema_sql="public", table_sql="events", key_sql="created_at", with_def
         partitions=[
             (f"{t}_p20260901", utc(2026, 9, 1), utc(2026, 9, 2), False),
             (f"{t}_p20260902", utc(2026, 9, 2), utc(2026, 9, 3), True),  # detach pending
+            *((f"{t}_p{d:%Y%m%d}", d, d + timedelta(days=1), False)  # the rest of the retention window
+              for d in (utc(2026, 10, 24) + timedelta(days=i) for i in range(30))),
             (f"{t}_p20261123", utc(2026, 11, 23), utc(2026, 11, 24), False),
             (f"{t}_p20261124", utc(2026, 11, 24), utc(2026, 11, 25), False),
         ],

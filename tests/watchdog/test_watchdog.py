@@ -70,7 +70,8 @@ def test_seeded_problems_are_found_per_table(pg_dsn, scratch_schema):
     t = f"{scratch_schema}.broken"
     assert set(found) == {f"runway:{t}", f"default_rows:{t}", f"expired_attached:{t}",
                           f"runway:{scratch_schema}.auto", f"default_rows:{scratch_schema}.auto",
-                          f"expired_attached:{scratch_schema}.auto"}
+                          f"expired_attached:{scratch_schema}.auto",
+                          f"gaps:{t}", f"gaps:{scratch_schema}.auto"}  # yesterday has no partition either
     runway = found[f"runway:{t}"]
     assert runway.severity == "critical" and "no partition for the current 1 day interval" in runway.message
     rows = found[f"default_rows:{t}"]
@@ -179,7 +180,7 @@ def test_the_canary_fails_against_a_stopped_database_and_pages(notify_connection
         dsn = info.conninfo("app")
         config = _config("pgmaint", [table_entry("public", "events")], escalation_block(notify_connections))
         with connect(dsn) as conn:
-            make_table(conn, "public", "events", days=range(-1, 4), anchor=TODAY)
+            make_table(conn, "public", "events", days=range(-30, 4), anchor=TODAY)  # the whole 30-day window
         spill = MemoryStore()  # in Airflow: a Variable, where state goes while the database is down
         devdb.stop_server(pgdata)
 

@@ -118,6 +118,7 @@ def test_the_watchdog_dag_reports_seeded_problems_and_requests_migration(
         f"expired_attached:{broken}": "warning",
         f"runway:{auto}": "critical paged", f"default_rows:{auto}": "warning",  # quiet: the migration is asked for
         f"expired_attached:{auto}": "warning",
+        f"gaps:{broken}": "warning", f"gaps:{auto}": "warning",  # the missed days behind today
     }
 
     # The asset event that triggers default_partition_migration for the auto_migrate table.
@@ -137,8 +138,9 @@ def test_the_watchdog_dag_reports_seeded_problems_and_requests_migration(
     told = sorted(m["text"].splitlines()[0].split(": ")[0] for m in webhooks.slack)
     assert told == sorted([f"[pgmaint] CRITICAL -> PAGED runway:{broken}", f"[pgmaint] CRITICAL -> PAGED runway:{auto}",
                            f"[pgmaint] WARNING default_rows:{broken}", f"[pgmaint] WARNING expired_attached:{broken}",
-                           f"[pgmaint] WARNING expired_attached:{auto}"])
-    assert len(mailbox) == 5
+                           f"[pgmaint] WARNING expired_attached:{auto}",
+                           f"[pgmaint] WARNING gaps:{broken}", f"[pgmaint] WARNING gaps:{auto}"])
+    assert len(mailbox) == 7
 
     # Five minutes later, nothing has changed: nobody is told again.
     webhooks.clear()

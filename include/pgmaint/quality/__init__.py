@@ -65,7 +65,7 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
     or ISO strings, naive = UTC), or "migrated" for the partitions migration `migration_id`
     attached; None checks that the DEFAULT is empty.
     """
-    from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts
+    from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts, read_pending
 
     started = time.monotonic()
     unknown = [c for c in checks if c not in CHECKS]
@@ -89,12 +89,20 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
                                             f"a table range-partitioned on {table_cfg.partition_key}", str(facts)))
         return _finish(result, None, started, checks)
 
+    pending: list[Range] = []
+    if "contiguity" in checks:  # gaps that only wait for default_partition_migration are not the gate's business
+        try:
+            pending = read_pending(conninfo, config, table_cfg, facts, now)
+        except Exception as exc:
+            result.errors.append(f"{table_cfg.name}: could not probe the DEFAULT for migration-pending intervals: "
+                                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            return _finish(result, None, started, checks)
     if ranges == MIGRATED:
         ranges = migrated_ranges(facts, migration) if migration else []
     elif ranges is not None:
         ranges = as_ranges(ranges)
     suite = build_suite(config, table_cfg, facts, list(checks), now=now, ranges=ranges, migration=migration,
-                        migration_problem=migration_problem)
+                        migration_problem=migration_problem, pending=pending)
     for problem in suite.problems:
         result.failures.append(failure_line(f"{table_cfg.name}: migration {migration_id} can be verified",
                                             "a finished or draining migration of this table in the journal", problem))

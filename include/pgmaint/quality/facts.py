@@ -30,6 +30,16 @@ def read_facts(conninfo: str, config: Config, cfg: TableConfig, migration_id: in
         return facts, migration, problem
 
 
+def read_pending(conninfo: str, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime) -> list[Range]:
+    """Intervals of the managed window without a partition whose rows wait in the DEFAULT for migration
+    (bounded probes, ACCESS SHARE). Raises on SQL/connection errors."""
+    from include.pgmaint.maintenance import migration_pending
+
+    with connect(conninfo, config.lock_budget, application_name=APPLICATION_NAME) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        return migration_pending(conn, config, cfg, facts, now)
+
+
 def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) -> tuple[MigrationFacts | None, str | None]:
     state = sql.Identifier(config.state_schema)
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
