@@ -157,9 +157,10 @@ class CutVerifier:
         snapshot = cursor.fetchone()[0]
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.conn.execute("ROLLBACK")  # an earlier try of the swap was rolled back
-        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.scan_timeout_ms}ms"])
+        # One round trip: the swap holds its locks until this returns.
+        self.conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; "
+                                  "SET LOCAL statement_timeout = {}").format(
+            sql.Literal(snapshot), sql.Literal(f"{self.scan_timeout_ms}ms")))
         self.snapshot = snapshot
 
     def figures(self, migration, method: str) -> tuple[dict, dict]:

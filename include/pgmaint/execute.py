@@ -45,6 +45,10 @@ class Step:
     lock_targets: tuple[str, ...] = ()  # qualified names whose lock holders we report when blocked
     transactional: bool = True  # DETACH ... CONCURRENTLY cannot run inside a transaction block
     strong_lock: bool = False  # holds ACCESS EXCLUSIVE on a busy table: run under the circuit breaker
+    # Send consecutive plain statements (no guard, no callback, no scan) in one round trip: for steps that
+    # hold a strong lock across many catalog-only statements, network and scheduling latency would
+    # otherwise add up under the lock.
+    batched: bool = False
 
     def render(self, conn=None) -> list[tuple[str, str]]:
         return [(st.sql.as_string(conn), st.lock) for st in self.statements]
@@ -113,6 +117,24 @@ def find_blockers(conn, relations: tuple[str, ...]) -> list[Blocker]:
     return [Blocker(*row) for row in rows]
 
 
+def _plain(st: Statement) -> bool:
+    return not (st.scan or st.expect_no_rows or st.then is not None)
+
+
+def _batches(statements: tuple[Statement, ...]) -> list[Statement]:
+    """Consecutive plain statements joined into one (sent as one simple query: no parameters are ever bound
+    in step statements); the first statement of a step (its lock request) always goes alone, so a lock
+    timeout still names what waited."""
+    out: list[Statement] = []
+    for i, st in enumerate(statements):
+        if i > 1 and _plain(st) and _plain(statements[i - 1]) and out:
+            prev = out[-1]
+            out[-1] = Statement(sql.SQL("; ").join([prev.sql, st.sql]), f"{prev.lock}; {st.lock}")
+        else:
+            out.append(st)
+    return out
+
+
 class Executor:
     """Runs `Step`s under a `LockBudget`. Needs an autocommit connection."""
 
@@ -178,7 +200,7 @@ class Executor:
         if step.transactional:
             with conn.transaction():
                 self._set_timeouts(lock_ms, self.budget.statement_timeout_ms, local=True)
-                for st in step.statements:
+                for st in (_batches(step.statements) if step.batched else step.statements):
                     self._execute(st, local=True)
             return
         # Outside a transaction block: session-level settings, restored afterwards.

@@ -263,7 +263,7 @@ class DefaultPartitionMigration:
                       "ROW EXCLUSIVE on the journal (same transaction as the swap)"),
         ]
         targets = tuple(self.text(n) for n in (f.table, self.default_name))
-        return Step("swap", f.table, tuple(st), lock_targets=targets, strong_lock=True)
+        return Step("swap", f.table, tuple(st), lock_targets=targets, strong_lock=True, batched=True)
 
     # --- 5. tidy, or give up before the swap ----------------------------------------------------
 
