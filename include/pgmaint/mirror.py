@@ -273,8 +273,8 @@ class DefaultPartitionMigration:
         return [
             Step("drop_next_default_check", self.default_name, (
                 Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(self.q(self.default_name), sql.Identifier(NEXT_DEFAULT_CHECK)),
-                          f"ACCESS EXCLUSIVE on {self.default_name} (catalog only)"),
-            ), lock_targets=(self.text(self.default_name),)),
+                          f"ACCESS EXCLUSIVE on {self.default_name} (catalog only; under the lock budget and circuit breaker)"),
+            ), lock_targets=(self.text(self.default_name),), strong_lock=True),
             Step("drop_shadow_parent", self.shadow_parent, (
                 Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.shadow_parent)),
                           f"ACCESS EXCLUSIVE on {self.shadow_parent} only (ours, no partitions left)"),

@@ -507,3 +507,24 @@ def test_maintenance_waits_while_a_migration_is_open(conn, pg_dsn, scratch_schem
     assert migrate_table(conn, pg_dsn, cfg, cfg.tables[0]).outcome == "success"
     [after] = run_maintenance(conn, cfg)
     assert after.outcome == "success", after.errors
+
+
+@pytest.mark.parametrize("key_type", ["timestamp", "date"])
+def test_wall_clock_keys_and_generated_columns_move_too(conn, pg_dsn, scratch_schema, key_type):
+    """`timestamp` and `date` keys live on the configured zone's wall clock; a generated column is recomputed, not copied."""
+    ev = sql.Identifier(scratch_schema, "ev")
+    make_table(conn, scratch_schema, "ev", days=range(-9, -6), key_type=key_type, anchor=TODAY)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN size int GENERATED ALWAYS AS (length(payload)) STORED").format(ev))
+    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT (%s::timestamp + g * interval '7 minutes')::{}, repeat('x', g %% 50) "
+                         "FROM generate_series(0, 1200) g").format(ev, sql.SQL(key_type)),
+                 [(TODAY - timedelta(days=5)).replace(tzinfo=None)])
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")], timezone="America/Chicago")
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=200)
+
+    assert result.outcome == "success", result.errors
+    assert fingerprint(conn, scratch_schema) == before
+    assert default_days(conn, scratch_schema) == []
+    wrong = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE size IS DISTINCT FROM length(payload)").format(ev)).fetchone()[0]
+    assert wrong == 0 and not leftovers(conn, scratch_schema)
