@@ -528,3 +528,29 @@ def test_wall_clock_keys_and_generated_columns_move_too(conn, pg_dsn, scratch_sc
     assert default_days(conn, scratch_schema) == []
     wrong = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE size IS DISTINCT FROM length(payload)").format(ev)).fetchone()[0]
     assert wrong == 0 and not leftovers(conn, scratch_schema)
+
+
+def test_an_application_role_without_privileges_on_pgmaints_tables_keeps_writing(conn, pg_dsn, scratch_schema):
+    """The mirror trigger runs as pgmaint (SECURITY DEFINER): the application's role needs nothing on the shadows."""
+    from psycopg.conninfo import make_conninfo
+
+    seed(conn, scratch_schema, 3_000)
+    role = f"app_{scratch_schema}"
+    ev = sql.Identifier(scratch_schema, "ev")
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(scratch_schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ev, sql.Identifier(role)))
+        cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+        first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
+        assert first.outcome == "incomplete"  # the trigger is on, the copy half done
+        with psycopg.connect(make_conninfo(pg_dsn, user=role), autocommit=True) as app:
+            [(new_id,)] = app.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (now() - interval '2 days', 'by app') "
+                                              "RETURNING id").format(ev)).fetchall()
+            assert app.execute(sql.SQL("UPDATE {} SET payload = 'app update' WHERE id = %s").format(ev), [new_id]).rowcount == 1
+        second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+        assert second.outcome == "success", second.errors
+        assert conn.execute(sql.SQL("SELECT payload FROM {} WHERE id = %s").format(ev), [new_id]).fetchall() == [("app update",)]
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
