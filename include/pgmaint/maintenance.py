@@ -202,6 +202,7 @@ def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
 def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MaintenancePlan,
              result: TableResult, journal: Journal) -> None:
     tz = config.timezone
+    privileges.require(conn, config, cfg, "maintenance")  # before any DDL: all missing privileges at once
     check = preflight(conn, quoted(cfg.schema, cfg.table), config.preflight)
     if not check.ok:
         result.outcome = "skipped"

@@ -351,6 +351,7 @@ class _Run:
             problems = refusals(conn, facts)
             if problems:
                 raise RuntimeError("cannot move rows online: " + " | ".join(problems))
+            privileges.require(conn, self.config, cfg, "migration")  # before anything is built
             check = preflight(conn, quoted(cfg.schema, cfg.table), self.config.preflight)
             if not check.ok:
                 self.result.outcome, self.result.skipped_reason = "skipped", "preflight: " + "; ".join(check.problems)

@@ -117,6 +117,19 @@ def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
             ] + [str(m) for m in found]
 
 
+class MissingPrivileges(PermissionError):
+    """A real run found privileges missing before its first statement: it did nothing."""
+
+
+def require(conn, config: Config, cfg: TableConfig, job: str) -> None:
+    """Before a real run's first DDL on a table: raise MissingPrivileges listing every missing
+    privilege (with its fix), so that a run never stops half-way on `permission denied`."""
+    found = problems(conn, config, cfg, job)
+    if found:
+        raise MissingPrivileges(found[0].replace("(grant them, then dry-run again; ", "(nothing was done; grant them; ")
+                                + "\n" + "\n".join(found[1:]))
+
+
 def _table_schema(conn, role: str, schema: str, ddl_jobs: tuple[str, ...], jobs: tuple[str, ...]) -> list[Missing]:
     row = conn.execute(
         "SELECT has_schema_privilege(%(r)s, n.oid, 'USAGE'), has_schema_privilege(%(r)s, n.oid, 'CREATE') "
@@ -247,4 +260,5 @@ def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datet
     return warnings
 
 
-__all__ = ["JOBS", "Missing", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems"]
+__all__ = ["JOBS", "Missing", "MissingPrivileges", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems",
+           "require"]
