@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 
 from psycopg import sql
 
+import psycopg
+
 from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
@@ -141,6 +143,8 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     except Exception as exc:  # one table's failure never stops the others
         log.exception("%s: maintenance failed", cfg.name)
         result.errors.append(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):  # a read before the up-front check: name them all
+            result.errors += privileges.problems(conn, config, cfg, "maintenance")
     if result.errors:
         result.outcome = "failed"
     result.seconds = round(time.monotonic() - started, 3)

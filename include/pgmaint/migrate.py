@@ -345,13 +345,13 @@ class _Run:
         if current is None:
             if facts.default is None:
                 return
+            privileges.require(conn, self.config, cfg, "migration")  # before the survey reads the DEFAULT, and anything is built
             plan = _survey_and_plan(conn, self.config, cfg, facts, now, move_out_of_window, self.result)
             if not plan.move:
                 return
             problems = refusals(conn, facts)
             if problems:
                 raise RuntimeError("cannot move rows online: " + " | ".join(problems))
-            privileges.require(conn, self.config, cfg, "migration")  # before anything is built
             check = preflight(conn, quoted(cfg.schema, cfg.table), self.config.preflight)
             if not check.ok:
                 self.result.outcome, self.result.skipped_reason = "skipped", "preflight: " + "; ".join(check.problems)
