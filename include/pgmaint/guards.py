@@ -8,6 +8,7 @@
   is short of connections, when an old transaction holds locks on the table
   family, or when sessions are already waiting for locks on it. Queueing
   behind such a session is exactly how the incident's outage began.
+  It needs to see other roles' sessions: `session_visibility_problem`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,33 @@ def waiting_lock(conn, key: str, *, wait_seconds: float, on_timeout):
             log.warning("could not release advisory lock %r (connection lost?)", key)
 
 
+class CannotSeeSessions(PermissionError):
+    """The role lacks pg_read_all_stats: other roles' transactions are invisible to it."""
+
+
+def session_visibility_problem(conn) -> str | None:
+    """Why this session cannot judge other sessions, or None.
+
+    pg_stat_activity shows another role's xact_start, state, query and backend_xmin only to
+    members of pg_read_all_stats (pg_monitor includes it) and superusers; for everyone else they
+    are NULL. Preflight would then never see the long transaction a DDL would queue behind, and
+    the migration could not wait for snapshots older than its copy. So that is refused, not
+    guessed."""
+    role, ok = conn.execute("SELECT current_user, pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')").fetchone()
+    if ok:
+        return None
+    name = sql.Identifier(role).as_string(None)
+    return (f"role {role!r} lacks the privileges of pg_read_all_stats: other roles' transactions, states and queries "
+            "are hidden from it in pg_stat_activity, so pgmaint cannot see a long transaction it would queue behind "
+            f"(fix: GRANT pg_monitor TO {name}; or GRANT pg_read_all_stats TO {name})")
+
+
+def require_session_visibility(conn) -> None:
+    problem = session_visibility_problem(conn)
+    if problem:
+        raise CannotSeeSessions(problem)
+
+
 @dataclass
 class PreflightResult:
     ok: bool
@@ -106,7 +134,11 @@ SELECT
 """
 
 
-def preflight(conn, table_qualified: str, limits: Preflight) -> PreflightResult:
+def preflight(conn, table_qualified: str, limits: Preflight, *, require_visibility: bool = True) -> PreflightResult:
+    """Raises CannotSeeSessions (before any work) when the role cannot see other sessions, unless
+    `require_visibility` is off (the watchdog reports that as a condition of its own)."""
+    if require_visibility:
+        require_session_visibility(conn)
     used, usable, long_tx, waiting = conn.execute(
         _PREFLIGHT_SQL, {"parent": table_qualified, "long_seconds": limits.long_transaction_seconds}
     ).fetchone()

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 from psycopg import sql
 
+import psycopg
+
 from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
@@ -149,6 +151,8 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
     except Exception as exc:  # one table's failure never stops the others
         log.exception("%s: maintenance failed", cfg.name)
         result.errors.append(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):  # a read before the up-front check: name them all
+            result.errors += privileges.problems(conn, config, cfg, "maintenance")
     if result.errors:
         result.outcome = "failed"
     result.seconds = round(time.monotonic() - started, 3)
@@ -246,6 +250,7 @@ def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
 def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MaintenancePlan,
              result: TableResult, journal: Journal) -> None:
     tz = config.timezone
+    privileges.require(conn, config, cfg, "maintenance")  # before any DDL: all missing privileges at once
     check = preflight(conn, quoted(cfg.schema, cfg.table), config.preflight)
     if not check.ok:
         result.outcome = "skipped"

@@ -39,7 +39,7 @@ from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, Statement, Step, StepFailed
 from include.pgmaint.figures import bucket_expression, checksum_expression, checksum_method, figures_query, table_columns
-from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, runner_lock
+from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, require_session_visibility, runner_lock
 from include.pgmaint.maintenance import RunContext
 from include.pgmaint.mirror import DefaultPartitionMigration, mirror_key, refusals
 from include.pgmaint.plan import desired_ranges, partition_name, retention_cutoff, timeline, to_utc
@@ -349,6 +349,7 @@ class _Run:
         if current is None:
             if facts.default is None:
                 return
+            privileges.require(conn, self.config, cfg, "migration")  # before the survey reads the DEFAULT, and anything is built
             plan = _survey_and_plan(conn, self.config, cfg, facts, now, move_out_of_window, self.result)
             if not plan.move:
                 return
@@ -502,6 +503,7 @@ class _Run:
     def wait_for_old_snapshots(self, mid: int) -> bool:
         """REPEATABLE READ / SERIALIZABLE transactions whose snapshot predates the last copy batch cannot see the copies:
         after the swap they would find the moved intervals empty. Wait for them to end (bounded), else stop here."""
+        require_session_visibility(self.conn)  # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
         limit = min(self.deadline, time.monotonic() + self.snapshot_wait)
         while True:
             old = self.conn.execute(

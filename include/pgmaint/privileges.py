@@ -12,6 +12,9 @@ What each job needs (README "Privileges" lists the same):
                            (ATTACH / DETACH / DROP / ADD CONSTRAINT need the owner, and
                            `ALTER TABLE parent OWNER TO` does not cascade to partitions)
   watchdog                 USAGE on each table's schema; SELECT on the parent and the DEFAULT
+  every job                the privileges of pg_read_all_stats (GRANT pg_monitor): other roles'
+                           transactions are hidden in pg_stat_activity without them, and preflight,
+                           the watchdog and the migration's wait for old snapshots need to see them
   every job                the state schema: if it does not exist yet, CREATE on the database
                            (pgmaint creates it on first use) — or create it beforehand for the
                            role; if it exists, USAGE on it and the table privileges in
@@ -90,7 +93,17 @@ def check(conn, config: Config, tables: list[TableConfig] | None = None, *, jobs
     for cfg in tables:
         missing += _table_family(conn, role, cfg, ddl_jobs, "watchdog" in jobs)
     missing += _state_schema(conn, role, config.state_schema, jobs)
+    missing += _session_visibility(conn, role, jobs)
     return missing
+
+
+def _session_visibility(conn, role: str, jobs: tuple[str, ...]) -> list[Missing]:
+    if conn.execute("SELECT pg_has_role(%s, 'pg_read_all_stats', 'USAGE')", [role]).fetchone()[0]:
+        return []
+    return [Missing("membership", "role \"pg_read_all_stats\" (pg_monitor includes it)", jobs,
+                    "other roles' transactions, states and queries are hidden in pg_stat_activity without it: preflight "
+                    "and the watchdog could not see a long transaction, the migration could not wait for old snapshots",
+                    f"GRANT pg_monitor TO {ident(role)};")]
 
 
 def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
@@ -102,6 +115,19 @@ def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
     return [f"role {role!r} lacks {len(found)} privilege(s) the real {job} run needs "
             "(grant them, then dry-run again; `python -m include.pgmaint.doctor CONNINFO` lists them for every table):"
             ] + [str(m) for m in found]
+
+
+class MissingPrivileges(PermissionError):
+    """A real run found privileges missing before its first statement: it did nothing."""
+
+
+def require(conn, config: Config, cfg: TableConfig, job: str) -> None:
+    """Before a real run's first DDL on a table: raise MissingPrivileges listing every missing
+    privilege (with its fix), so that a run never stops half-way on `permission denied`."""
+    found = problems(conn, config, cfg, job)
+    if found:
+        raise MissingPrivileges(found[0].replace("(grant them, then dry-run again; ", "(nothing was done; grant them; ")
+                                + "\n" + "\n".join(found[1:]))
 
 
 def _table_schema(conn, role: str, schema: str, ddl_jobs: tuple[str, ...], jobs: tuple[str, ...]) -> list[Missing]:
@@ -234,4 +260,5 @@ def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datet
     return warnings
 
 
-__all__ = ["JOBS", "Missing", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems"]
+__all__ = ["JOBS", "Missing", "MissingPrivileges", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems",
+           "require"]

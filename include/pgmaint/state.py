@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from include.pgmaint.execute import Step
@@ -60,6 +61,17 @@ def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
     current = state_schema_version(conn, schema)
     if current is not None and current >= latest:
         return current
+    try:
+        return _migrate_state_schema(conn, schema, latest, wait_seconds)
+    except psycopg.errors.InsufficientPrivilege as exc:  # the transaction rolled back: nothing was applied
+        from include.pgmaint.privileges import JOBS, _state_schema, current_role
+
+        missing = _state_schema(conn, current_role(conn), schema, JOBS)
+        raise PermissionError(f"state schema {schema!r}: cannot create or upgrade it to version {latest} ({exc}); "
+                              "nothing was applied. " + (" | ".join(str(m) for m in missing) or "")) from exc
+
+
+def _migrate_state_schema(conn, schema: str, latest: int, wait_seconds: float) -> int:
     ident = sql.Identifier(schema).as_string(None)
     deadline = time.monotonic() + wait_seconds
     while True:

@@ -298,7 +298,7 @@ def _long_transactions(conn, cfg: TableConfig, settings: EscalationSettings) -> 
 
     result = preflight(conn, quoted(cfg.schema, cfg.table),
                        Preflight(max_connection_usage=1.0, long_transaction_seconds=settings.long_transaction_seconds,
-                                 allow_waiting_sessions=1 << 30))
+                                 allow_waiting_sessions=1 << 30), require_visibility=False)
     holders = [s for s in result.sessions if s.get("granted")]
     if not holders:
         return []
@@ -354,12 +354,18 @@ def lock_waits(conn, min_seconds: float, relation: str | None = None) -> list[di
 def check_database(conn, config: Config, settings: EscalationSettings) -> CheckResult:
     """Connection headroom and lock waits (the canary runs on its own connection: `canary`)."""
     from include.pgmaint.config import Preflight
-    from include.pgmaint.guards import preflight, quoted
+    from include.pgmaint.guards import preflight, quoted, session_visibility_problem
 
-    out = CheckResult(scope=["connections", "lock_waits"])
+    out = CheckResult(scope=["connections", "lock_waits", "session_visibility"])
     # guards.preflight computes used / usable connections as maintenance sees them; our journal table
     # always exists, so it serves as the relation preflight wants (its lock holders are not used here).
-    pf = preflight(conn, quoted(config.state_schema, "runs"), Preflight())
+    pf = preflight(conn, quoted(config.state_schema, "runs"), Preflight(), require_visibility=False)
+    blind = session_visibility_problem(conn)
+    if blind:  # long transactions and lock holders of other roles are invisible: say so instead of reporting all clear
+        out.conditions.append(Condition("session_visibility", "warning",
+                                        "session_visibility: " + blind + "; the long-transaction and lock-wait checks "
+                                        "cannot see other roles' sessions, and maintenance and migration refuse to run",
+                                        {"missing": "pg_read_all_stats"}))
     used, usable = pf.connections_used, pf.connections_usable
     percent = 100.0 * used / usable if usable > 0 else 100.0
     if percent >= settings.connections_warning_percent:

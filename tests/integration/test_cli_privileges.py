@@ -82,14 +82,15 @@ def test_doctor_lists_every_missing_privilege_and_its_fixes_make_it_clean(pg_dsn
     for fix in (f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {r};",
                 f"ALTER TABLE {ident(scratch_schema, 'req')} OWNER TO {r};",
                 f"ALTER TABLE {ident(scratch_schema, 'req_default')} OWNER TO {r};",
-                *(f"ALTER TABLE {ident(scratch_schema, f'req_old_{d + 100}')} OWNER TO {r};" for d in range(-2, 1))):
+                *(f"ALTER TABLE {ident(scratch_schema, f'req_old_{d + 100}')} OWNER TO {r};" for d in range(-2, 1)),
+                f"GRANT pg_monitor TO {r};"):
         assert fix in out.stdout, fix
-    assert "6 privilege(s) missing" in out.stdout  # the schema, the parent, the DEFAULT, 3 partitions
+    assert "7 privilege(s) missing" in out.stdout  # the schema, the parent, the DEFAULT, 3 partitions, pg_monitor
     assert "GRANT SELECT" not in out.stdout  # the watchdog's reads are covered by ownership
 
     # An administrator checks the role from its own connection and applies the script --sql prints.
     script = run("doctor", pg_dsn, "--role", role, "--sql", config=config)
-    assert script.returncode == 1 and script.stdout.startswith("-- pgmaint doctor: 6 missing privilege(s)")
+    assert script.returncode == 1 and script.stdout.startswith("-- pgmaint doctor: 7 missing privilege(s)")
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute(script.stdout)
     clean = run("doctor", conninfo, config=config)

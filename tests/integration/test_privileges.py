@@ -92,6 +92,7 @@ def expected_fixes(conn, schema: str, role: str, state: str, *, create_on_databa
     db = conn.execute("SELECT current_database()").fetchone()[0]
     fixes = {f"GRANT CREATE ON SCHEMA {ident(schema)} TO {ident(role)};"}
     fixes |= {f"ALTER TABLE {ident(schema, p)} OWNER TO {ident(role)};" for p in partition_names(conn, schema)}
+    fixes.add(f"GRANT pg_monitor TO {ident(role)};")  # to see other roles' sessions (preflight, old snapshots)
     if create_on_database:
         fixes.add(f"CREATE SCHEMA {ident(state)} AUTHORIZATION {ident(role)};  -- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};")
     return fixes
@@ -106,7 +107,7 @@ def test_dry_runs_report_every_missing_privilege_at_once_and_write_nothing(pg_ds
     seed(pg_conn, scratch_schema, maint)
     cfg = config_for(state, [table_entry(scratch_schema, "req")])
     expected = expected_fixes(pg_conn, scratch_schema, maint, state, create_on_database=True)
-    assert len(expected) == 1 + 42 + 1  # CREATE on the schema, 41 partitions + the DEFAULT, the state schema
+    assert len(expected) == 1 + 42 + 1 + 1  # CREATE on the schema, 41 partitions + the DEFAULT, the state schema, pg_monitor
     before = snapshot(pg_conn)
 
     with connect(make_conninfo(pg_dsn, user=maint)) as conn:
