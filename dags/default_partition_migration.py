@@ -14,9 +14,9 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      up front a table without a primary key (or unique key) or with foreign keys pointing at it;
    - build shadow partitions (one per interval inside the window) and a replacement DEFAULT;
    - **mirror**: a trigger on the DEFAULT replays every application write into the shadows;
-   - **copy** the rows in short batches (each holds SHARE on the DEFAULT for ~30 ms; readers
-     never wait), logging rows copied, rate and ETA every 10 s; every row stays in the DEFAULT,
-     readable and writable as before;
+   - **copy** the rows in short batches (each holds row locks on ~30 ms worth of rows: only a
+     DELETE of one of them waits; reads, inserts and updates never do), logging rows copied, rate
+     and ETA every 10 s; every row stays in the DEFAULT, readable and writable as before;
    - **verify** per interval (count + checksum) in one snapshot that the copies equal the DEFAULT;
    - **swap** in one catalog-only transaction (the parent's ACCESS EXCLUSIVE first, under a
      200 ms lock timeout and a circuit breaker), counting the rows again at that exact instant.

@@ -1,13 +1,17 @@
 """Copy a DEFAULT partition's rows into the shadow partitions while the mirror trigger runs,
 and prove, at the instant of the swap, that the copies equal the originals.
 
-`Backfill`: each batch is one short transaction — SHARE lock on the DEFAULT (writers to it
-wait at most the batch; readers never), copy a page range into the shadow parent with
-`ON CONFLICT DO NOTHING`, advance the journal. Under that lock no writer can change a row
-between our read and our insert, and a row a writer changed earlier was already mirrored
-(the conflict keeps the mirrored version, which is the same). So a copy never overwrites
-or resurrects an application's change. A batch is atomic: killed at any point, the next
-run resumes at the journalled page; the trigger has kept mirroring meanwhile.
+`Backfill`: each batch is one short transaction — copy a page range of the DEFAULT into the
+shadow parent with `ON CONFLICT DO NOTHING` while holding KEY SHARE row locks on the rows it
+reads, and advance the journal. Inserts never wait for it (a table lock would make every insert
+into the DEFAULT queue behind each batch, and back-to-back batches would starve them); only a
+DELETE or key change of a row in the batch waits for the batch's commit, and then its mirrored
+delete removes the fresh copy. A row updated meanwhile is read in its newest version, and a
+mirrored version always wins over ours through the unique key (`ON CONFLICT DO NOTHING` waits
+for an uncommitted mirrored insert, then yields to it; a mirrored upsert waits for ours, then
+overwrites it). So a copy never overwrites or resurrects an application's change. A batch is
+atomic: killed at any point, the next run resumes at the journalled page; the trigger has kept
+mirroring meanwhile.
 
 `CutVerifier`: imports the snapshot the swap exports while it holds the parent's ACCESS
 EXCLUSIVE lock, and counts, per interval, the old DEFAULT and the shadows as they were at
@@ -30,7 +34,7 @@ from include.pgmaint.figures import figures_query
 
 log = logging.getLogger("pgmaint.backfill")
 PROGRESS_EVERY_SECONDS = 10.0
-# A batch holds SHARE on the DEFAULT: writers *to the DEFAULT* wait for it. Keep it short.
+# A batch holds row locks on the rows it copies: a DELETE or key update of one of them waits for it. Keep it short.
 BATCH_TARGET_SECONDS = 0.03
 BATCH_LOCK_TIMEOUT_MS = 30
 BATCH_STATEMENT_TIMEOUT_MS = 80
@@ -41,11 +45,10 @@ class Backfill:
         self.conn, self.m, self.migration_id, self.failpoint = conn, migration, migration_id, failpoint
         cols = sql.SQL(", ").join(map(sql.Identifier, migration.writable))
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if migration.identity else sql.SQL("")
-        self.lock_sql = sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(migration.q(migration.default_name))
         self.batch_sql = sql.SQL("""
 WITH ins AS (
     INSERT INTO {sp} ({cols}){overriding}
-    SELECT {cols} FROM ONLY {d} WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid
+    SELECT {cols} FROM ONLY {d} WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid FOR KEY SHARE
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -104,7 +107,6 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
             with self.conn.transaction():
                 self.conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                                   [f"{BATCH_LOCK_TIMEOUT_MS}ms", f"{BATCH_STATEMENT_TIMEOUT_MS}ms"])
-                self.conn.execute(self.lock_sql)
                 copied, n = self.conn.execute(self.batch_sql, {
                     "lo": f"({lo_page},0)", "hi": f"({hi_page},0)", "hi_page": hi_page, "mid": self.migration_id}).fetchone()
                 self.failpoint("inside_batch")  # the batch ran but did not commit

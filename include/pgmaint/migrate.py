@@ -280,8 +280,9 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
     copy = Backfill(conn, m, 0)
     steps.append(Step("copy_batch", m.default_name, (
-        Statement(copy.lock_sql, f"SHARE on {m.default_name} for one batch (~{1000 * 0.03:.0f} ms): writers to the DEFAULT wait, readers do not"),
-        Statement(copy.batch_sql, f"ROW EXCLUSIVE on {m.shadow_parent}; repeated per page range until every page is copied"),
+        Statement(copy.batch_sql, f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
+                                  "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
+                                  f"{m.shadow_parent}; repeated per page range until every page is copied"),
     )))
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
     steps += m.tidy_steps()
