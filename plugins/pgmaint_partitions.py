@@ -78,7 +78,7 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
     deps = [Depends(authorize)] if authorize else []
     app = FastAPI(title="pgmaint partitions", dependencies=deps, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def overview() -> dict:
+    def overview(tables: list[str] | None = None) -> dict:
         from include.pgmaint.config import load_config
         from include.pgmaint.escalation import settings_for
         from include.pgmaint.overview import gather, open_overview_connection
@@ -90,24 +90,27 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
         base = ui_base()
         try:
             with open_overview_connection(conninfo(config), config) as conn:
-                return gather(conn, config, settings_for(config), ui_base=base, plugin_base=base + URL_PREFIX)
+                return gather(conn, config, settings_for(config), ui_base=base, plugin_base=base + URL_PREFIX,
+                              tables=tables)
         except HTTPException:
             raise
+        except KeyError as exc:
+            raise HTTPException(404, f"table: {exc.args[0]}") from None
         except Exception as exc:  # unreachable database, timeout, privilege: say so, never hang
             log.warning("pgmaint partitions: cannot read the target database: %s", exc)
             raise HTTPException(503, f"cannot read the target database ({config.connection_id}): "
                                      f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
     @app.get("/api/overview")
-    def api_overview() -> JSONResponse:
-        return JSONResponse(overview())
+    def api_overview(table: list[str] | None = Query(None, description="only these configured tables")) -> JSONResponse:
+        return JSONResponse(overview(table))
 
     @app.get("/partitions", response_class=HTMLResponse)
-    def page() -> HTMLResponse:
+    def page(table: list[str] | None = Query(None), limit: int = Query(50, ge=1, le=10_000)) -> HTMLResponse:
         from include.pgmaint.overview_page import render
 
         try:
-            return HTMLResponse(render(overview()))
+            return HTMLResponse(render(overview(table), limit=limit))
         except HTTPException as exc:
             return HTMLResponse(f"<!doctype html><h1>pgmaint partitions</h1><p>{exc.detail}</p>", exc.status_code)
 

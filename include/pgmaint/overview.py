@@ -263,10 +263,19 @@ def _default_rows(conn, cfg: TableConfig, facts: TableFacts, settings: Escalatio
 
 
 def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None = None,
-           ui_base: str = "", plugin_base: str = "/pgmaint") -> dict:
-    """Everything the view shows, as a JSON-ready dict (see README, "The Partitions view")."""
+           ui_base: str = "", plugin_base: str = "/pgmaint", tables: list[str] | None = None) -> dict:
+    """Everything the view shows, as a JSON-ready dict (see README, "The Partitions view").
+
+    `tables`: only these configured tables (unknown names raise KeyError naming them)."""
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
+    if tables:
+        unknown = [t for t in tables if t not in config.table_names]
+        if unknown:
+            raise KeyError(f"not configured: {', '.join(unknown)}")
+        from dataclasses import replace
+
+        config = replace(config, tables=tuple(t for t in config.tables if t.name in tables))
     names = list(config.table_names)
     facts = _catalog(conn, config)
     state = _state_reads(conn, config, names)
@@ -343,4 +352,18 @@ def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime 
     }
 
 
-__all__ = ["DAG_IDS", "KINDS", "Segment", "gather", "migration_trigger", "open_overview_connection", "timeline"]
+def attention(t: dict) -> tuple:
+    """Sort key: tables that need a person first (critical conditions, missing runway, DEFAULT rows, errors)."""
+    conditions = t.get("conditions") or []
+    return (
+        -sum(c["severity"] == "critical" for c in conditions),
+        -(t.get("error") is not None),
+        -(t.get("runway") is not None and not t["runway"]["current"]),
+        -((t.get("default") or {}).get("rows") or 0),
+        -len(conditions),
+        -len(t.get("leases") or []),
+        t["name"],
+    )
+
+
+__all__ = ["attention", "DAG_IDS", "KINDS", "Segment", "gather", "migration_trigger", "open_overview_connection", "timeline"]

@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from html import escape
 
-from include.pgmaint.overview import AHEAD, CURRENT, EXPIRED, GAP, KINDS, MISSING, RETAINED
+from include.pgmaint.overview import AHEAD, CURRENT, EXPIRED, GAP, KINDS, MISSING, RETAINED, attention
 
 COLOURS = {EXPIRED: "#9e9e9e", RETAINED: "#81c784", CURRENT: "#2e7d32", AHEAD: "#64b5f6", GAP: "#ffb74d",
            MISSING: "#e53935"}
@@ -179,9 +179,22 @@ def _migrate(t: dict) -> str:
     return out
 
 
-def render(data: dict) -> str:
+def _summary_row(t: dict) -> str:
+    if t["error"]:
+        state = f'<span class="bad">{_e(t["error"])}</span>'
+    else:
+        state = _badges(t)
+    worst = ", ".join(c["key"].split(":")[0] for c in t["conditions"])
+    return (f'<tr><td><a href="?table={_e(t["name"])}">{_e(t["name"])}</a></td><td>{state}</td>'
+            f'<td>{_e(worst)}</td><td>{len(t["leases"]) or ""}</td></tr>')
+
+
+def render(data: dict, limit: int = 50) -> str:
+    """Cards for the `limit` tables that most need a person (all when fewer), a summary line for the rest."""
+    ordered = sorted(data["tables"], key=attention)
+    shown, rest = ordered[:limit], ordered[limit:]
     cards = []
-    for t in data["tables"]:
+    for t in shown:
         head = (f'<h2>{_e(t["name"])}</h2><div class="muted">{_e(t["interval"])} partitions, premake {t["premake"]}, '
                 f'retention {_e(t["retention"] or "none (keep forever)")}, maintained by {_e(t["maintained_by"])}'
                 f'{", writers: " + _e(", ".join(t["writers"])) if t["writers"] else ""}</div>')
@@ -193,6 +206,11 @@ def render(data: dict) -> str:
         body += "<h3>Service leases</h3>" + _leases(t["leases"])
         body += "<h3>Runs</h3>" + _runs(t) + _migrate(t)
         cards.append(f'<section class="card" data-table="{_e(t["name"])}">{head}{body}</section>')
+    if rest:
+        cards.append(f'<section class="card"><h2>{len(rest)} more table(s)</h2><p class="muted">the tables above need '
+                     f'attention first; <a href="?limit={len(ordered)}">show all {len(ordered)} in full</a></p>'
+                     '<table><tr><th>table</th><th>state</th><th>conditions</th><th>leases</th></tr>'
+                     + "".join(_summary_row(t) for t in rest) + "</table></section>")
     note = f'<p class="warn">{_e(data["state"]["note"])}</p>' if data["state"]["note"] else ""
     db = ""
     if data["database_conditions"]:

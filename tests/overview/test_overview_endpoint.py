@@ -206,3 +206,15 @@ def test_trigger_form_is_prefilled_and_refuses_other_dags(demo_dsn):
 def test_runbook_is_served_with_its_anchors(path, demo_dsn):
     body = client_for(demo_dsn).get(path).text
     assert '<a id="runway"></a>' in body and '<a id="default-rows"></a>' in body
+
+
+def test_tables_filter_and_attention_order(demo_dsn):
+    client = client_for(demo_dsn)
+    one = client.get("/api/overview", params={"table": "public.event_deltas"}).json()
+    assert [t["name"] for t in one["tables"]] == ["public.event_deltas"]
+    r = client.get("/api/overview", params={"table": "public.nope"})
+    assert r.status_code == 404 and "public.nope" in r.json()["detail"]
+    # inbound_requests (no partition for today) needs attention first; the other gets a summary line.
+    page = client.get("/partitions", params={"limit": 1}).text
+    assert page.index("data-table='public.inbound_requests'".replace("'", '"')) < page.index("1 more table(s)")
+    assert 'href="?table=public.event_deltas"' in page and 'data-table="public.event_deltas"' not in page
