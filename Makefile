@@ -38,6 +38,14 @@ bench-maintenance: venv ## run the maintenance benchmark (scripts/bench_maintena
 bench-migration: venv ## migration benchmark vs pg_partman 4.7 on a throwaway PG15 (extra args: BENCH_ARGS="--quick")
 	$(PY) scripts/bench_migration.py $(BENCH_ARGS)
 
+.PHONY: replay
+replay: venv ## the incident replayed and drawn: naive vs pgmaint under a simulated API -> replay/<time>/report.html (REPLAY_ARGS="--quick", "--dsn ...")
+	$(PY) scripts/replay.py $(REPLAY_ARGS)
+
+.PHONY: bench-overview
+bench-overview: venv ## Partitions view benchmark: 1,000 tables x 60 partitions (scripts/bench_overview.py)
+	$(PY) scripts/bench_overview.py $(BENCH_ARGS)
+
 devdb: venv ## start the embedded dev PostgreSQL (.pgmaint/pgdata) and print its conninfo
 	$(PY) scripts/devdb.py start
 

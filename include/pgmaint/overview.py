@@ -1,0 +1,369 @@
+"""What the Partitions view shows: per managed table, its partitions on a timeline, the rows
+waiting in its DEFAULT, open watchdog conditions, live service leases, the last runs and the
+exact migration to trigger. Importable without Airflow; the plugin (plugins/pgmaint_partitions.py)
+only serves it.
+
+Cheap and never blocking, like the watchdog whose queries it reuses:
+- the catalog in one query (`catalog.read_catalog`, no table lock at all);
+- the DEFAULT's rows with the watchdog's own bounded count (`watchdog._default_rows`: ACCESS
+  SHARE on the DEFAULT only, LIMIT-bounded, `canary_timeout_ms` statement timeout; above
+  `default_exact_count_limit` the planner's estimate);
+- the state schema (conditions, leases, runs, migrations) with one plain SELECT each, and only
+  when it exists at the current version: the view never creates or upgrades anything;
+- the session opened by `open_overview_connection` has a 200 ms lock_timeout and a 5 s
+  statement_timeout (`watchdog.open_watchdog_connection`).
+
+`gather(conn, config, settings)` returns a JSON-ready dict (the plugin's `api/overview`);
+`timeline(...)` is the pure part: partitions and holes classified by state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
+from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.escalation import EscalationSettings
+from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline as table_clock, to_utc
+from include.pgmaint.watchdog import key_table
+
+MAINTENANCE_DAG = "partition_maintenance"
+MIGRATION_DAG = "default_partition_migration"
+WATCHDOG_DAG = "partition_watchdog"
+DAG_IDS = (MAINTENANCE_DAG, MIGRATION_DAG, WATCHDOG_DAG)
+JOBS = {"maintenance": MAINTENANCE_DAG, "migration": MIGRATION_DAG}
+OPEN_MIGRATION_PHASES = ("preparing", "copying", "swapped", "draining")
+
+# Segment kinds, in the order the legend lists them.
+EXPIRED, RETAINED, CURRENT, AHEAD, GAP, MISSING = "expired", "retained", "current", "ahead", "gap", "missing"
+KINDS = {
+    EXPIRED: "past retention, still attached",
+    RETAINED: "inside retention",
+    CURRENT: "current interval",
+    AHEAD: "runway ahead",
+    GAP: "gap: no partition (rows go to the DEFAULT)",
+    MISSING: "missing runway: no partition for the current or a coming interval",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: str
+    lower: datetime
+    upper: datetime
+    name: str | None = None  # None for gaps and missing intervals
+    rows: int | None = None  # the planner's estimate for partitions
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "lower": _iso(self.lower), "upper": _iso(self.upper), "name": self.name,
+                "rows": self.rows}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def timeline(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> dict:
+    """Partitions and the holes between them, classified, on the table's own clock (see plan.timeline).
+
+    A partition is `expired` when its upper bound is at or before now - retention (what retention
+    retires), `current` when it holds now, `ahead` when it starts after now, else `retained`.
+    A hole before the current interval is a `gap`; a hole from the current interval up to the
+    premake horizon is `missing` runway. Partitions with MINVALUE/MAXVALUE bounds are clipped to
+    the window.
+    """
+    clock_now, clock_tz = table_clock(facts, now, tz)
+    desired = [rng for _, rng in desired_ranges(cfg, clock_now, clock_tz)]
+    current_start, horizon = desired[0].lower, desired[-1].upper
+    cutoff = retention_cutoff(cfg, clock_now, clock_tz)
+    bounded = [p for p in facts.partitions if p.range.lower is not None or p.range.upper is not None]
+    lowers = [p.range.lower for p in bounded if p.range.lower is not None]
+    uppers = [p.range.upper for p in bounded if p.range.upper is not None]
+    start = min(lowers + [current_start] + ([cutoff] if cutoff and not lowers else []))
+    end = max(uppers + [horizon])
+    segments: list[Segment] = []
+    cursor = start
+    for p in bounded:
+        lo = p.range.lower if p.range.lower is not None else start
+        hi = p.range.upper if p.range.upper is not None else end
+        if lo > cursor:
+            segments += _holes(cursor, lo, current_start, horizon)
+        if cutoff is not None and p.range.upper is not None and p.range.upper <= cutoff:
+            kind = EXPIRED
+        elif lo <= clock_now < hi:
+            kind = CURRENT
+        elif lo > clock_now:
+            kind = AHEAD
+        else:
+            kind = RETAINED
+        segments.append(Segment(kind, lo, hi, p.name, p.estimated_rows))
+        cursor = max(cursor, hi)
+    if cursor < horizon:
+        segments += _holes(cursor, horizon, current_start, horizon)
+    existing = {p.range for p in facts.partitions}
+    return {"start": start, "end": end, "now": clock_now, "cutoff": cutoff, "current_start": current_start,
+            "horizon": horizon, "segments": segments, "missing": [rng for rng in desired if rng not in existing]}
+
+
+def _holes(lo: datetime, hi: datetime, current_start: datetime, horizon: datetime) -> list[Segment]:
+    out = []
+    if lo < min(hi, current_start):
+        out.append(Segment(GAP, lo, min(hi, current_start)))
+    if max(lo, current_start) < min(hi, horizon):
+        out.append(Segment(MISSING, max(lo, current_start), min(hi, horizon)))
+    if max(lo, horizon) < hi:
+        out.append(Segment(GAP, max(lo, horizon), hi))
+    return out
+
+
+# --- Airflow UI links (the UI's own routes; the plugin passes its base path) --------------------------
+
+
+def run_url(ui_base: str, dag_id: str | None, run_id: str | None) -> str | None:
+    if not dag_id or not run_id:
+        return None
+    return f"{ui_base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def dag_url(ui_base: str, dag_id: str) -> str:
+    return f"{ui_base.rstrip('/')}/dags/{quote(dag_id, safe='')}"
+
+
+def migration_trigger(table: str, ui_base: str, plugin_base: str) -> dict:
+    """The exact default_partition_migration run that moves a table's DEFAULT rows, three ways."""
+    conf = {"table": table}
+    return {
+        "dag_id": MIGRATION_DAG,
+        "conf": conf,
+        # The plugin's own trigger page: this conf, prefilled and editable, posted to Airflow's REST API
+        # with the viewer's own identity (Airflow 3.3's trigger dialog takes no conf from its URL).
+        "trigger_url": f"{plugin_base.rstrip('/')}/trigger/{MIGRATION_DAG}?" + urlencode({"conf": json.dumps(conf)}),
+        "dag_url": dag_url(ui_base, MIGRATION_DAG),
+        "cli": f"scripts/airflow dags trigger {MIGRATION_DAG} --conf '{json.dumps(conf)}'",
+        "api": {"method": "POST", "path": f"/api/v2/dags/{MIGRATION_DAG}/dagRuns",
+                "body": {"logical_date": None, "conf": conf}},
+    }
+
+
+# --- gathering -----------------------------------------------------------------------------------------
+
+
+def open_overview_connection(conninfo: str, config: Config):
+    """The watchdog's session: 200 ms lock_timeout, statement_timeout at most 5 s, TimeZone UTC."""
+    from include.pgmaint.watchdog import open_watchdog_connection
+
+    return open_watchdog_connection(conninfo, config)
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _state_reads(conn, config: Config, names: list[str]) -> dict[str, Any]:
+    """Conditions, leases, last runs and open migrations: one SELECT each, nothing written."""
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    from include.pgmaint.services.leases import live_leases
+    from include.pgmaint.state import latest_version, state_schema_version
+
+    out: dict[str, Any] = {"version": None, "latest": latest_version(), "note": None, "conditions": [], "leases": [],
+                           "runs": [], "migrations": []}
+    version = state_schema_version(conn, config.state_schema)
+    out["version"] = version
+    if version is None:
+        out["note"] = (f"state schema {config.state_schema!r} does not exist yet: no pgmaint run has written "
+                       "its journal, conditions or leases (the first run creates it)")
+        return out
+    if version < out["latest"]:
+        out["note"] = (f"state schema {config.state_schema!r} is at version {version}, this pgmaint expects "
+                       f"{out['latest']}: the next pgmaint run upgrades it; journal, conditions and leases not shown")
+        return out
+    s = sql.Identifier(config.state_schema)
+    with conn.cursor(row_factory=dict_row) as cur:
+        out["conditions"] = cur.execute(sql.SQL(
+            "SELECT key, severity, message, details, first_seen, last_seen, streak, quiet, paged_at "
+            "FROM {}.conditions WHERE resolved_at IS NULL ORDER BY severity = 'critical' DESC, first_seen").format(s)).fetchall()
+        out["runs"] = cur.execute(sql.SQL(
+            "SELECT t.name AS table_name, j.job, r.run_id, r.dag_id, r.dag_run_id, r.task_id, r.started_at, r.finished_at, "
+            "r.outcome, left(r.error, 500) AS error "
+            "FROM unnest(%s::text[]) AS t(name) CROSS JOIN unnest(%s::text[]) AS j(job) "
+            "CROSS JOIN LATERAL (SELECT * FROM {}.runs WHERE table_name = t.name AND job = j.job "
+            "ORDER BY started_at DESC LIMIT 1) r").format(s), [names, list(JOBS)]).fetchall()
+        out["migrations"] = cur.execute(sql.SQL(
+            "SELECT migration_id, table_name, phase, method, rows_copied, rows_moved, started_at, updated_at "
+            "FROM {}.migrations WHERE phase = ANY(%s)").format(s), [list(OPEN_MIGRATION_PHASES)]).fetchall()
+    out["leases"] = live_leases(conn, config)  # read-only once the schema is current
+    return out
+
+
+def _catalog(conn, config: Config) -> dict:
+    """`read_catalog` for all tables in one query; if a lock held on one table stops it (the catalog
+    query waits for ACCESS SHARE on the parents, bounded by the session's lock_timeout), once per
+    table, so only the locked table shows an error — naming who holds the lock."""
+    from psycopg import errors
+
+    try:
+        return read_catalog(conn, list(config.tables), config.timezone)
+    except (errors.LockNotAvailable, errors.QueryCanceled):
+        pass
+    from include.pgmaint.execute import find_blockers
+    from include.pgmaint.guards import quoted
+
+    out = {}
+    for cfg in config.tables:
+        try:
+            out.update(read_catalog(conn, [cfg], config.timezone))
+        except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
+            try:
+                holders = "; ".join(str(b) for b in find_blockers(conn, (quoted(cfg.schema, cfg.table),)))
+            except Exception:
+                holders = ""
+            out[cfg.name] = CatalogError(f"{cfg.name}: locked: its catalog entry could not be read within the lock "
+                                         f"budget ({type(exc).__name__}); lock held by {holders or 'another session'}")
+    return out
+
+
+def _runbook(settings: EscalationSettings, key: str, plugin_base: str) -> str:
+    """The runbook section of a condition: `escalation.runbook_url` when it is a URL, else the copy the plugin serves."""
+    from include.pgmaint.escalation import anchor
+
+    if "://" in settings.runbook_url:
+        return settings.runbook(key)
+    return f"{plugin_base.rstrip('/')}/runbook#{anchor(key)}"
+
+
+def _default_rows(conn, cfg: TableConfig, facts: TableFacts, settings: EscalationSettings) -> dict | None:
+    """The DEFAULT's rows as the watchdog counts them (its own query, called as is)."""
+    from include.pgmaint.watchdog import _default_rows as watchdog_default_rows
+
+    if facts.default is None:
+        return None
+    found = watchdog_default_rows(conn, cfg, facts, settings)
+    base = {"name": f"{facts.schema}.{facts.default.name}", "rows": 0, "exact": True, "min": None, "max": None,
+            "note": "; ".join(found.notes) or None}
+    for c in found.conditions:
+        d = c.details
+        base.update(rows=d["rows"], exact=d["exact"], min=d["min"], max=d["max"])
+    if not found.conditions and facts.default.estimated_rows > settings.default_exact_count_limit:
+        base.update(rows=facts.default.estimated_rows, exact=False)
+    return base
+
+
+def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None = None,
+           ui_base: str = "", plugin_base: str = "/pgmaint", tables: list[str] | None = None) -> dict:
+    """Everything the view shows, as a JSON-ready dict (see README, "The Partitions view").
+
+    `tables`: only these configured tables (unknown names raise KeyError naming them)."""
+    started = time.perf_counter()
+    now = now or datetime.now(timezone.utc)
+    if tables:
+        unknown = [t for t in tables if t not in config.table_names]
+        if unknown:
+            raise KeyError(f"not configured: {', '.join(unknown)}")
+        from dataclasses import replace
+
+        config = replace(config, tables=tuple(t for t in config.tables if t.name in tables))
+    names = list(config.table_names)
+    facts = _catalog(conn, config)
+    state = _state_reads(conn, config, names)
+    by_table: dict[str, dict] = {n: {"conditions": [], "leases": [], "runs": {}, "migration": None} for n in names}
+    database_conditions = []
+    for c in state["conditions"]:
+        item = {"key": c["key"], "severity": c["severity"], "message": c["message"], "since": _iso(c["first_seen"]),
+                "last_seen": _iso(c["last_seen"]), "age_seconds": round((now - c["first_seen"]).total_seconds()),
+                "age": _age(now - c["first_seen"]), "paged": c["paged_at"] is not None, "quiet": c["quiet"],
+                "runbook": _runbook(settings, c["key"], plugin_base)}
+        table = key_table(c["key"])
+        (by_table[table]["conditions"] if table in by_table else database_conditions).append(item)
+    writers = {t.name: set(t.writers) for t in config.tables}
+    leases = []
+    for lease in state["leases"]:
+        item = {"service": lease["service"], "kind": lease["kind"], "state": lease["state"],
+                "paused_by": f"{lease['dag_id']}/{lease['run_id']}", "dag_id": lease["dag_id"], "run_id": lease["run_id"],
+                "reason": lease["reason"], "paused_at": _iso(lease["paused_at"]), "lease_until": _iso(lease["lease_until"]),
+                "expired": bool(lease["expired"]), "run_url": run_url(ui_base, lease["dag_id"], lease["run_id"]),
+                "tables": sorted(n for n, w in writers.items() if lease["service"] in w)}
+        leases.append(item)
+        for n in item["tables"]:
+            by_table[n]["leases"].append(item)
+    for r in state["runs"]:
+        by_table[r["table_name"]]["runs"][r["job"]] = {
+            "run_id": r["run_id"], "dag_id": r["dag_id"], "dag_run_id": r["dag_run_id"], "task_id": r["task_id"],
+            "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"]), "outcome": r["outcome"],
+            "error": r["error"], "url": run_url(ui_base, r["dag_id"], r["dag_run_id"])}
+    for m in state["migrations"]:
+        if m["table_name"] in by_table:
+            by_table[m["table_name"]]["migration"] = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in m.items()}
+
+    tables = []
+    for cfg in config.tables:
+        f = facts[cfg.name]
+        entry: dict[str, Any] = {"name": cfg.name, "interval": str(cfg.interval), "premake": cfg.premake,
+                                 "retention": str(cfg.retention) if cfg.retention else None,
+                                 "maintained_by": cfg.maintained_by, "writers": list(cfg.writers),
+                                 "error": None, **by_table[cfg.name]}
+        if isinstance(f, CatalogError):
+            entry.update(error=str(f), timeline=None, default=None, runway=None, expired_attached=None, migrate=None)
+            tables.append(entry)
+            continue
+        tl = timeline(cfg, f, now, config.timezone)
+        segs = tl["segments"]
+        ahead = sum(1 for s in segs if s.kind == AHEAD and s.lower < tl["horizon"])
+        has_current = any(s.kind == CURRENT for s in segs)
+        covered = max((p.range.upper for p in f.partitions if p.range.upper is not None), default=None)
+        default = _default_rows(conn, cfg, f, settings)
+        entry.update(
+            key=f.key_column, key_type=f.key_type, partitions=len(f.partitions),
+            timeline={"start": _iso(tl["start"]), "end": _iso(tl["end"]), "now": _iso(tl["now"]),
+                      "cutoff": _iso(tl["cutoff"]), "horizon": _iso(tl["horizon"]),
+                      "segments": [s.as_dict() for s in segs]},
+            runway={"current": has_current, "ahead": ahead, "premake": cfg.premake,
+                    "missing_intervals": len(tl["missing"]), "covered_until": _iso(covered)},
+            gaps=sum(1 for s in segs if s.kind == GAP),
+            expired_attached=sum(1 for s in segs if s.kind == EXPIRED),
+            default=default,
+            migrate=migration_trigger(cfg.name, ui_base, plugin_base) if default and default["rows"] > 0 else None,
+        )
+        tables.append(entry)
+    return {
+        "generated_at": _iso(now),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        "timezone": config.timezone,
+        "state_schema": config.state_schema,
+        "state": {"version": state["version"], "latest": state["latest"], "note": state["note"]},
+        "legend": KINDS,
+        "database_conditions": database_conditions,
+        "leases": leases,
+        "dags": {d: dag_url(ui_base, d) for d in DAG_IDS},
+        "tables": tables,
+    }
+
+
+def attention(t: dict) -> tuple:
+    """Sort key: tables that need a person first (critical conditions, missing runway, DEFAULT rows, errors)."""
+    conditions = t.get("conditions") or []
+    return (
+        -sum(c["severity"] == "critical" for c in conditions),
+        -(t.get("error") is not None),
+        -(t.get("runway") is not None and not t["runway"]["current"]),
+        -((t.get("default") or {}).get("rows") or 0),
+        -len(conditions),
+        -len(t.get("leases") or []),
+        t["name"],
+    )
+
+
+__all__ = ["attention", "DAG_IDS", "KINDS", "Segment", "gather", "migration_trigger", "open_overview_connection", "timeline"]
