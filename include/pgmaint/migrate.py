@@ -284,6 +284,7 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
                                   "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
                                   f"{m.shadow_parent}; repeated per page range until every page is copied"),
     )))
+    steps.append(m.analyze_step())
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
     steps += m.tidy_steps()
     for step in steps:
@@ -409,6 +410,7 @@ class _Run:
             return False
         if not self.wait_for_old_snapshots(mid):
             return False
+        self.step(m.analyze_step())
         failpoint("before_verify")
         before, after, mismatches = verify_copy(conn, m, current.checksum, self.config.lock_budget.scan_timeout_ms)
         if mismatches:

@@ -129,7 +129,7 @@ def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
 # Every step of the copy-first design (see include/pgmaint/mirror.py): the run is killed (SIGKILL, like kill -9)
 # right before it, or inside it where a step has an inside.
 KILL_POINTS = ["before_create_shadow_parent", "before_create_shadow", "before_attach_shadow", "before_create_next_default",
-               "before_mirror_writes", "inside_batch", "after_batch", "before_verify", "before_swap", "inside_swap",
+               "before_mirror_writes", "inside_batch", "after_batch", "before_analyze_shadows", "before_verify", "before_swap", "inside_swap",
                "after_swap", "after_verify", "before_drop_next_default_check", "before_drop_shadow_parent"]
 
 
