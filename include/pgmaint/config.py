@@ -20,6 +20,7 @@ import pendulum
 import yaml
 
 from include.pgmaint.intervals import INTERVALS, Duration, PartitionInterval
+from include.pgmaint.naming import check_format
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "pgmaint.yaml"
 SERVICE_KINDS = ("flag", "pg_partman", "pg_cron", "airflow_dag", "http")
@@ -106,6 +107,7 @@ class TableConfig:
     writers: tuple[str, ...]
     retention_keep_table: bool = False
     auto_migrate: bool = False
+    name_format: str | None = None  # None: follow the existing partitions' scheme (naming.choose)
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ SCHEMA: dict[str, Any] = {
                     "writers": {"type": "array", "items": {"type": "string"}},
                     "retention_keep_table": {"type": "boolean"},
                     "auto_migrate": {"type": "boolean"},
+                    "name_format": {"type": "string"},
                 },
             },
         },
@@ -415,6 +418,12 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
                 f"{where}.retention: {retention} is shorter than one interval ({interval}); "
                 "every partition would expire as soon as it is created"
             )
+    name_format = item.get("name_format")
+    if name_format is not None and interval is not None:
+        try:
+            check_format(name_format, interval.unit)
+        except ValueError as exc:
+            problems.append(f"{where}.name_format: {exc}")
     writers = tuple(item.get("writers", []))
     for name in writers:
         if name not in service_names:
@@ -432,6 +441,7 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
         writers=writers,
         retention_keep_table=item.get("retention_keep_table", False),
         auto_migrate=item.get("auto_migrate", False),
+        name_format=name_format,
     )
 
 

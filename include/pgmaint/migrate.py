@@ -43,7 +43,7 @@ from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, Statement, Step, StepFailed
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, runner_lock
 from include.pgmaint.maintenance import RunContext
-from include.pgmaint.plan import (CreatePartition, desired_ranges, fit_identifier, partition_name, retention_cutoff,
+from include.pgmaint.plan import (CreatePartition, desired_ranges, fit_identifier, name_choice, partition_name, retention_cutoff,
                                   timeline, to_utc)
 from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
@@ -156,6 +156,7 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
     horizon = desired_ranges(cfg, now_t, tz_t)[-1][1].upper
     cutoff = retention_cutoff(cfg, now_t, tz_t)
     taken = {p.name for p in facts.partitions} | {facts.default.name}
+    name_format = name_choice(cfg, facts, tz_t).format
     move, leave = [], []
     for start, rows in survey:
         if start is None:
@@ -163,7 +164,7 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
             continue
         rng = Range(start, to_utc(cfg.interval.next(start, tz_t)))
         clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
-        name = partition_name(cfg, start, tz_t)
+        name = partition_name(cfg, start, tz_t, name_format)
         if clash is not None:
             leave.append(RangeRows(rng, rows, reason=f"overlaps existing partition {clash.name} {clash.range}"))
         elif not move_out_of_window and cutoff is not None and rng.upper <= cutoff:
@@ -203,8 +204,7 @@ class DefaultPartitionMigration:
         prepare, _, _ = ddl.create_steps(replace(self.facts, default=None), creates, self.tz)
         nxt = self._q(self.next_name)
         prepare.append(Step("create_next_default", self.next_name, (
-            Statement(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)").format(nxt, self.parent),
-                      f"ACCESS SHARE on {self.facts.table} (reads its definition); new empty table {self.next_name}"),
+            *ddl.partition_like_statements(self.facts, self.next_name, if_not_exists=True),
             Statement(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(nxt),
                       f"ACCESS SHARE on {self.next_name} (must be empty: it becomes the DEFAULT)", expect_no_rows=True),
         ), lock_targets=(self._text(self.facts.table),)))
