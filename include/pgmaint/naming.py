@@ -140,18 +140,33 @@ def choose(table: str, unit: str, configured: str | None, partitions: Iterable[t
 
 @functools.lru_cache(maxsize=4096)  # one run plans each table several times with the same partitions
 def _infer(table: str, unit: str, partitions: tuple[tuple[str, datetime], ...], tz: str) -> NameChoice:
-    candidates = [FORMATS[p] for p in formats_for(unit)]
+    shapes, candidates = _shapes(unit)
     votes: Counter[str] = Counter()
     newest: dict[str, int] = {}
     for position, (name, lower) in enumerate(partitions):
-        for fmt in candidates:
-            if fmt.shape.search(name) and fit_identifier(table, fmt.suffix(lower, tz)) == name:
-                votes[fmt.pattern] += 1
-                newest[fmt.pattern] = position
+        match = shapes.search(name)  # the shapes exclude each other: at most one format can have written it
+        if match is None:
+            continue
+        pattern = candidates[match.lastindex - 1]
+        if fit_identifier(table, _suffix(pattern, lower, tz)) == name:
+            votes[pattern] += 1
+            newest[pattern] = position
     if not votes:
         return NameChoice(default_format(unit), "default", considered=len(partitions))
     ranked = sorted(votes, key=lambda p: (votes[p], newest[p]), reverse=True)
     return NameChoice(FORMATS[ranked[0]], "inferred", tuple((p, votes[p]) for p in ranked), len(partitions))
+
+
+@functools.lru_cache(maxsize=8)
+def _shapes(unit: str) -> tuple[re.Pattern, list[str]]:
+    """One regex telling which candidate format's shape a name ends with (group i+1 = candidate i)."""
+    candidates = formats_for(unit)
+    return re.compile("|".join(f"({FORMATS[p].shape.pattern})" for p in candidates)), candidates
+
+
+@functools.lru_cache(maxsize=65536)  # tables share their partitions' bounds
+def _suffix(pattern: str, start: datetime, tz: str) -> str:
+    return FORMATS[pattern].suffix(start, tz)
 
 
 __all__ = ["FORMATS", "NameChoice", "NameFormat", "check_format", "choose", "default_format", "fit_identifier", "formats_for"]

@@ -200,3 +200,13 @@ def test_name_format_must_be_a_string():
 
 def test_choose_without_partitions_or_setting_is_the_default():
     assert choose("events", "hour", None, [], UTC).format.pattern == "YYYYMMDD_HH24MISS"
+
+
+@pytest.mark.parametrize("unit", ["hour", "day", "week", "month"])
+def test_every_suffix_has_the_shape_of_its_own_format_only(unit):
+    # Inference reads a name's format from its shape: the shapes must exclude each other.
+    starts = [utc(2026, 11, 1, 6), utc(2026, 11, 1, 7), utc(2026, 1, 1), utc(2024, 12, 30), utc(2026, 12, 28, 23)]
+    for pattern in formats_for(unit):
+        for start in starts:
+            name = "events_p2026_x" + FORMATS[pattern].suffix(start, CHICAGO)
+            assert [p for p in formats_for(unit) if FORMATS[p].shape.search(name)] == [pattern], name
