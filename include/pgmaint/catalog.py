@@ -95,6 +95,22 @@ _CATALOG_SQL = r"""
 WITH cfg AS (
     SELECT n.name, n.ord, to_regclass(n.name) AS relid
     FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, ord)
+),
+-- Identity sequences owned by a column of a partition itself (an internal dependency on it), not
+-- by the parent's: only LIKE ... INCLUDING IDENTITY copies have them. Found from the sequences'
+-- side (few) rather than probing every partition: 0.19 s instead of 0.71 s at 1,000 x 60.
+strays AS MATERIALIZED (  -- computed once, not per parent
+    SELECT i.inhparent AS parent,
+           json_agg(json_build_object('table', c.relname, 'column', a.attname, 'sequence', s.relname)
+                    ORDER BY c.relname, a.attnum) AS list
+    FROM pg_class s
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.objsubid = 0
+                    AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i' AND d.refobjsubid > 0
+    JOIN pg_inherits i ON i.inhrelid = d.refobjid
+    JOIN pg_class c ON c.oid = d.refobjid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid AND a.attidentity <> ''
+    WHERE s.relkind = 'S' AND i.inhparent IN (SELECT relid FROM cfg)
+    GROUP BY i.inhparent
 )
 SELECT
     cfg.name,
@@ -134,17 +150,7 @@ SELECT
       WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity <> '') AS identity_columns,
     (SELECT ts.spcname FROM pg_tablespace ts WHERE ts.oid = p.reltablespace) AS tablespace,
     (SELECT am.amname FROM pg_am am WHERE am.oid = p.relam) AS access_method,
-    -- Identity sequences owned by a column of a partition itself (internal dependency on it),
-    -- not the parent's: only LIKE ... INCLUDING IDENTITY copies have them.
-    (SELECT coalesce(json_agg(json_build_object('table', c.relname, 'column', a.attname, 'sequence', s.relname)
-                              ORDER BY c.relname, a.attnum), '[]')
-       FROM pg_inherits i
-       JOIN pg_class c ON c.oid = i.inhrelid
-       JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid AND d.refobjsubid > 0
-                       AND d.classid = 'pg_class'::regclass AND d.deptype = 'i'
-       JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid AND a.attidentity <> ''
-      WHERE i.inhparent = p.oid) AS stray_identities
+    coalesce((SELECT x.list FROM strays x WHERE x.parent = p.oid), '[]') AS stray_identities
 FROM cfg
 LEFT JOIN pg_class p ON p.oid = cfg.relid
 LEFT JOIN pg_namespace ns ON ns.oid = p.relnamespace

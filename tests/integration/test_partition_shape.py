@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -143,8 +143,6 @@ def test_the_same_on_postgresql_15():
 
 
 def test_the_replacement_default_of_a_migration_has_the_catalog_of_a_native_default(conn, pg_dsn, scratch_schema):
-    from datetime import datetime, timezone
-
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     make_table(conn, scratch_schema, "ev", days=range(-4, -2), anchor=today)
     parent = sql.Identifier(scratch_schema, "ev")
