@@ -58,6 +58,20 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class StrayIdentity:
+    """An identity sequence of a partition's own column: a copy made by `LIKE ... INCLUDING ALL` in earlier pgmaint versions.
+
+    A native partition has none (PostgreSQL <= 16: no identity on the partition; 17+: it shares
+    the parent's sequence). Direct INSERTs into the partition drew ids from it that the parent had
+    already handed out.
+    """
+
+    table: str  # the partition
+    column: str
+    sequence: str
+
+
+@dataclass(frozen=True)
 class TableFacts:
     config_name: str
     schema: str
@@ -67,6 +81,10 @@ class TableFacts:
     partitions: tuple[Partition, ...]  # attached, non-default, sorted by lower bound
     default: Partition | None
     leftovers: tuple[str, ...] = ()  # standalone tables in the schema carrying our bound CHECK
+    identity_columns: tuple[str, ...] = ()  # the parent's identity columns
+    tablespace: str | None = None  # the parent's, if set: native partitions are created in it
+    access_method: str | None = None  # the parent's, if set (PostgreSQL 17+): native partitions use it
+    stray_identities: tuple[StrayIdentity, ...] = ()  # attached partitions owning an identity sequence
 
     @property
     def qualified(self) -> tuple[str, str]:
@@ -77,6 +95,22 @@ _CATALOG_SQL = r"""
 WITH cfg AS (
     SELECT n.name, n.ord, to_regclass(n.name) AS relid
     FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, ord)
+),
+-- Identity sequences owned by a column of a partition itself (an internal dependency on it), not
+-- by the parent's: only LIKE ... INCLUDING IDENTITY copies have them. Found from the sequences'
+-- side (few) rather than probing every partition: 0.19 s instead of 0.71 s at 1,000 x 60.
+strays AS MATERIALIZED (  -- computed once, not per parent
+    SELECT i.inhparent AS parent,
+           json_agg(json_build_object('table', c.relname, 'column', a.attname, 'sequence', s.relname)
+                    ORDER BY c.relname, a.attnum) AS list
+    FROM pg_class s
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.objsubid = 0
+                    AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'i' AND d.refobjsubid > 0
+    JOIN pg_inherits i ON i.inhrelid = d.refobjid
+    JOIN pg_class c ON c.oid = d.refobjid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid AND a.attidentity <> ''
+    WHERE s.relkind = 'S' AND i.inhparent IN (SELECT relid FROM cfg)
+    GROUP BY i.inhparent
 )
 SELECT
     cfg.name,
@@ -111,7 +145,12 @@ SELECT
     (SELECT coalesce(json_agg(c.relname ORDER BY c.relname), '[]')
        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
       WHERE k.conname = 'pgmaint_bound' AND c.relnamespace = p.relnamespace
-        AND c.relkind = 'r' AND NOT c.relispartition) AS leftovers
+        AND c.relkind = 'r' AND NOT c.relispartition) AS leftovers,
+    (SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}') FROM pg_attribute a
+      WHERE a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity <> '') AS identity_columns,
+    (SELECT ts.spcname FROM pg_tablespace ts WHERE ts.oid = p.reltablespace) AS tablespace,
+    (SELECT am.amname FROM pg_am am WHERE am.oid = p.relam) AS access_method,
+    coalesce((SELECT x.list FROM strays x WHERE x.parent = p.oid), '[]') AS stray_identities
 FROM cfg
 LEFT JOIN pg_class p ON p.oid = cfg.relid
 LEFT JOIN pg_namespace ns ON ns.oid = p.relnamespace
@@ -158,7 +197,8 @@ def read_catalog(conn, tables: list[TableConfig], tz: str) -> dict[str, TableFac
 
 
 def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
-    name, found, relkind, schema, table, strategy, key_count, key_column, key_type, parts, leftovers = row
+    (name, found, relkind, schema, table, strategy, key_count, key_column, key_type, parts, leftovers,
+     identity_columns, tablespace, access_method, strays) = row
     if not found:
         return CatalogError(f"{name}: table does not exist (or is not visible to this role)")
     if relkind != "p":
@@ -184,4 +224,6 @@ def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
     except CatalogError as exc:
         return CatalogError(f"{name}: {exc}")
     partitions.sort(key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc)))
-    return TableFacts(name, schema, table, key_column, key_type, tuple(partitions), default, tuple(leftovers))
+    return TableFacts(name, schema, table, key_column, key_type, tuple(partitions), default, tuple(leftovers),
+                      tuple(identity_columns), tablespace, access_method,
+                      tuple(StrayIdentity(x["table"], x["column"], x["sequence"]) for x in strays))

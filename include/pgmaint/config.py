@@ -20,6 +20,7 @@ import pendulum
 import yaml
 
 from include.pgmaint.intervals import INTERVALS, Duration, PartitionInterval
+from include.pgmaint.naming import check_format
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "pgmaint.yaml"
 SERVICE_KINDS = ("flag", "pg_partman", "pg_cron", "airflow_dag", "http")
@@ -107,6 +108,7 @@ class TableConfig:
     retention_keep_table: bool = False
     auto_migrate: bool = False
     maintained_by: str = "pgmaint"  # "pg_partman": partman premakes and retires, pgmaint only migrates and watches
+    name_format: str | None = None  # None: follow the existing partitions' scheme (naming.choose)
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ SCHEMA: dict[str, Any] = {
                     "retention_keep_table": {"type": "boolean"},
                     "auto_migrate": {"type": "boolean"},
                     "maintained_by": {"enum": ["pgmaint", "pg_partman"]},
+                    "name_format": {"type": "string"},
                 },
             },
         },
@@ -421,6 +424,12 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
                 f"{where}.retention: {retention} is shorter than one interval ({interval}); "
                 "every partition would expire as soon as it is created"
             )
+    name_format = item.get("name_format")
+    if name_format is not None and interval is not None:
+        try:
+            check_format(name_format, interval.unit)
+        except ValueError as exc:
+            problems.append(f"{where}.name_format: {exc}")
     writers = tuple(item.get("writers", []))
     for name in writers:
         if name not in service_names:
@@ -439,6 +448,7 @@ def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> T
         retention_keep_table=item.get("retention_keep_table", False),
         auto_migrate=item.get("auto_migrate", False),
         maintained_by=item.get("maintained_by", "pgmaint"),
+        name_format=name_format,
     )
 
 

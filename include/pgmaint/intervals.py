@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo
-
 import pendulum
+
+from include.pgmaint.naming import default_format
 
 # name -> (pendulum unit for add/subtract, approximate length in hours for comparisons)
 _UNITS = {
@@ -91,12 +91,8 @@ class PartitionInterval:
         return local.add(**{_UNITS[self.unit][0]: 1})
 
     def suffix(self, start: datetime, tz: str) -> str:
-        """pg_partman 5 naming: `_pYYYYMMDD`, hourly `_pYYYYMMDD_HH24MISS`."""
-        local = start.astimezone(ZoneInfo(tz))
-        if self.unit == "hour":
-            # The hour repeated when clocks fall back (fold=1) gets its own name.
-            return "_p" + local.strftime("%Y%m%d_%H%M%S") + ("_2" if local.fold else "")
-        return "_p" + local.strftime("%Y%m%d")
+        """The default name suffix (pg_partman 5): `_pYYYYMMDD`, hourly `_pYYYYMMDD_HH24MISS` (see naming)."""
+        return default_format(self.unit).suffix(start, tz)
 
     def __str__(self) -> str:
         return f"1 {self.unit}"

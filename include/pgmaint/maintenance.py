@@ -241,7 +241,7 @@ def planned_retirements(conn, config: Config, cfg: TableConfig, *, now: datetime
 def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
     """The part of the plan the requested phases carry out."""
     if "premake" not in phases:
-        plan = replace(plan, creates=(), stale_checks=(), needs_migration=())
+        plan = replace(plan, creates=(), stale_checks=(), identity_repairs=(), needs_migration=())
     if "retire" not in phases:
         plan = replace(plan, retires=(), finalizes=())
     return plan
@@ -276,6 +276,8 @@ def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: Ma
 
     for constraint in plan.stale_checks:
         run(ddl.stale_check_step(facts, constraint))
+    for stray in plan.identity_repairs:
+        run(ddl.drop_identity_step(facts, stray))
     for f in plan.finalizes:
         if run(ddl.finalize_step(facts, f.name)):
             result.detached.append(f.name)

@@ -42,7 +42,7 @@ from include.pgmaint.figures import bucket_expression, checksum_expression, chec
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, require_session_visibility, runner_lock
 from include.pgmaint.maintenance import RunContext
 from include.pgmaint.mirror import DefaultPartitionMigration, mirror_key, refusals
-from include.pgmaint.plan import desired_ranges, partition_name, retention_cutoff, timeline, to_utc
+from include.pgmaint.plan import desired_ranges, name_choice, partition_name, retention_cutoff, timeline, to_utc
 from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
 log = logging.getLogger("pgmaint.migrate")
@@ -124,6 +124,7 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
     horizon = desired_ranges(cfg, now_t, tz_t)[-1][1].upper
     cutoff = retention_cutoff(cfg, now_t, tz_t)
     taken = {p.name for p in facts.partitions} | {facts.default.name}
+    name_format = name_choice(cfg, facts, tz_t).format  # new partitions follow the table's naming scheme
     move, leave = [], []
     for start, rows in survey:
         if start is None:
@@ -131,7 +132,7 @@ def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datet
             continue
         rng = Range(start, to_utc(cfg.interval.next(start, tz_t)))
         clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
-        name = partition_name(cfg, start, tz_t)
+        name = partition_name(cfg, start, tz_t, name_format)
         if clash is not None:
             leave.append(RangeRows(rng, rows, reason=f"overlaps existing partition {clash.name} {clash.range}"))
         elif not move_out_of_window and cutoff is not None and rng.upper <= cutoff:

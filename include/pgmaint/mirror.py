@@ -165,8 +165,7 @@ class DefaultPartitionMigration:
         nxt = self.q(self.next_name)
         spans = merged_spans(self.ranges_after_swap())
         steps.append(Step("create_next_default", self.next_name, (
-            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING IDENTITY)").format(nxt, self.parent),
-                      f"ACCESS SHARE on {f.table} (reads its definition); new empty table {self.next_name}"),
+            *ddl.partition_like_statements(f, self.next_name),
             Statement(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(nxt, sql.Identifier(NEXT_DEFAULT_CHECK), self._outside(spans)),
                       f"ACCESS EXCLUSIVE on {self.next_name} only (new, empty): proves it holds no row of the "
                       f"{len(spans)} span(s) partitioned after the swap, so attaching it as DEFAULT scans nothing"),
@@ -259,6 +258,9 @@ class DefaultPartitionMigration:
         for r in self.plan.move:
             st.append(Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(self.parent, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
                                 f"(held) catalog only: its CHECK proves the bound and no DEFAULT is attached at this instant"))
+        for r in self.plan.move:  # proved the bound for ATTACH; a native partition has no such CHECK
+            st.append(Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(self.q(r.partition), sql.Identifier(ddl.BOUND_CHECK)),
+                                "(held) catalog only"))
         st += [
             Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(self.parent, nxt),
                       f"(held) catalog only: {NEXT_DEFAULT_CHECK} proves it holds no row of any partition's range"),

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Partition, Range, TableFacts
+from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Partition, Range, StrayIdentity, TableFacts
 from include.pgmaint.config import TableConfig
-
-MAX_IDENTIFIER_BYTES = 63
+from include.pgmaint.naming import MAX_IDENTIFIER_BYTES, NameChoice, NameFormat, choose, default_format, fit_identifier  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,13 @@ class MaintenancePlan:
     retires: tuple[RetirePartition, ...] = ()
     finalizes: tuple[FinalizeDetach, ...] = ()
     stale_checks: tuple[str, ...] = ()  # our exclusion CHECKs left on the DEFAULT by a crash
+    identity_repairs: tuple[StrayIdentity, ...] = ()  # identity sequences earlier versions copied onto partitions
     needs_migration: tuple[NeedsMigration, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     @property
     def is_noop(self) -> bool:
-        return not (self.creates or self.retires or self.finalizes or self.stale_checks)
+        return not (self.creates or self.retires or self.finalizes or self.stale_checks or self.identity_repairs)
 
 
 def timeline(facts: TableFacts, now: datetime, tz: str) -> tuple[datetime, str]:
@@ -74,18 +74,24 @@ def timeline(facts: TableFacts, now: datetime, tz: str) -> tuple[datetime, str]:
     return now, tz
 
 
-def fit_identifier(base: str, suffix: str) -> str:
-    """`base` + `suffix`, `base` shortened so the name stays within PostgreSQL's 63 bytes (as pg_partman does)."""
-    return base.encode()[: MAX_IDENTIFIER_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+def partition_name(cfg: TableConfig, start: datetime, tz: str, name_format: NameFormat | None = None) -> str:
+    """`<parent>_p<suffix>`; `name_format` from `name_choice` (None: the configured one or the default)."""
+    return fit_identifier(cfg.table, (name_format or name_choice(cfg, None, tz).format).suffix(start, tz))
 
 
-def partition_name(cfg: TableConfig, start: datetime, tz: str) -> str:
-    return fit_identifier(cfg.table, cfg.interval.suffix(start, tz))
+def name_choice(cfg: TableConfig, facts: TableFacts | None, tz: str) -> NameChoice:
+    """The naming scheme for new partitions: `name_format`, else the existing partitions' (naming.choose).
+
+    `tz` is the timeline's zone (see `timeline`): names are written on the clock the ranges live on.
+    """
+    existing = [(p.name, p.range.lower) for p in facts.partitions if p.range.lower is not None] if facts else []
+    return choose(cfg.table, cfg.interval.unit, cfg.name_format, existing, tz)
 
 
-def desired_ranges(cfg: TableConfig, now: datetime, tz: str) -> list[tuple[str, Range]]:
+def desired_ranges(cfg: TableConfig, now: datetime, tz: str, name_format: NameFormat | None = None) -> list[tuple[str, Range]]:
     """The interval containing `now` and `premake` intervals after it."""
-    return [(partition_name(cfg, rng.lower, tz), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)]
+    fmt = name_format or name_choice(cfg, None, tz).format
+    return [(partition_name(cfg, rng.lower, tz, fmt), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)]
 
 
 @functools.lru_cache(maxsize=1024)  # one run plans many tables with the same interval, premake, time and zone
@@ -146,7 +152,8 @@ def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
     the ones whose DEFAULT rows must be probed."""
     current = {p.range for p in facts.partitions}
     tz_t = timeline(facts, now, tz)[1]
-    return [(partition_name(cfg, rng.lower, tz_t), rng) for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
+    fmt = name_choice(cfg, facts, tz_t).format
+    return [(partition_name(cfg, rng.lower, tz_t, fmt), rng) for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
             if rng not in current]
 
 
@@ -195,6 +202,11 @@ def plan_maintenance(
             planned_names.add(name)
             creates.append(CreatePartition(name, rng, reuse_leftover=name in facts.leftovers))
 
+    if creates:
+        naming = name_choice(cfg, facts, timeline(facts, now, tz)[1])
+        if naming.mixed or naming.format != default_format(cfg.interval.unit):  # say so when it is not the usual
+            notes.append(naming.describe())
+
     keep = cfg.retention_keep_table
     cutoff = retention_cutoff(cfg, *timeline(facts, now, tz))
     retires = [
@@ -213,6 +225,7 @@ def plan_maintenance(
         retires=tuple(retires),
         finalizes=tuple(finalizes),
         stale_checks=stale,
+        identity_repairs=facts.stray_identities,
         needs_migration=tuple(migrations),
         notes=tuple(notes),
     )

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include.pgmaint.catalog import Partition, Range, TableFacts, parse_bound
+from include.pgmaint.catalog import Partition, Range, StrayIdentity, TableFacts, parse_bound
 from include.pgmaint.config import TableConfig, parse_config
-from include.pgmaint.ddl import all_steps, bound_text, create_steps, detach_step, drop_step
+from include.pgmaint.ddl import all_steps, bound_text, create_steps, detach_step, drop_step, partition_like_statements
 from include.pgmaint.execute import Step
 from include.pgmaint.plan import CreatePartition, RetirePartition, plan_maintenance
 
@@ -117,7 +118,7 @@ def test_qualified_names_are_escaped():
     c, f, plan, steps = full('"Odd ""Schema"""', '"Events Log"', '"Created At"')
     text = "\n".join(s for s, _ in rendered(steps))
     parent = '"Odd ""Schema"""."Events Log"'
-    assert f"CREATE TABLE {parent[:-1]}_p20261125\" (LIKE {parent} INCLUDING ALL)" in text
+    assert f"CREATE TABLE {parent[:-1]}_p20261125\" (LIKE {parent} INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDING STATISTICS)" in text
     assert f"ALTER TABLE {parent} ATTACH PARTITION {parent[:-1]}_p20261125\" FOR VALUES FROM " in text
     assert '"Created At" IS NOT NULL AND "Created At" >= ' in text
     # the guard's regclass literal quotes the identifier inside a string literal
@@ -186,12 +187,13 @@ def test_create_statements_use_the_key_type_format(key_type, tz, lower, upper):
     assert last.name == "events_p20261126"
     prepare, attach, cleanup = create_steps(f, (last,), tz)
     assert sqls(prepare[0]) == [
-        'CREATE TABLE "public"."events_p20261126" (LIKE "public"."events" INCLUDING ALL)',
+        'CREATE TABLE "public"."events_p20261126" (LIKE "public"."events" INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDING STATISTICS)',
         'ALTER TABLE "public"."events_p20261126" ADD CONSTRAINT "pgmaint_bound" CHECK '
         f'("created_at" IS NOT NULL AND "created_at" >= {lower} AND "created_at" < {upper})',
     ]
     assert sqls(attach[0]) == [
-        f'ALTER TABLE "public"."events" ATTACH PARTITION "public"."events_p20261126" FOR VALUES FROM ({lower}) TO ({upper})'
+        f'ALTER TABLE "public"."events" ATTACH PARTITION "public"."events_p20261126" FOR VALUES FROM ({lower}) TO ({upper})',
+        'ALTER TABLE "public"."events_p20261126" DROP CONSTRAINT IF EXISTS "pgmaint_bound"',
     ]
     assert cleanup is None
 
@@ -392,3 +394,58 @@ def test_every_statement_names_its_lock(with_default, key_type):
             assert statement.lock and statement.lock.strip(), (step.action, statement)
         for sql_text, lock in step.render(None):
             assert sql_text.strip() and lock.strip()
+
+
+# --- tables shaped as native partitions; identity repair ---------------------------------------------------
+
+LIKE_AS_PARTITION = "INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDING STATISTICS"
+
+
+def test_partition_like_statements_copy_no_identity_comments_or_statistics():
+    f = replace(facts_for(cfg()), identity_columns=("id",))
+    [create, check] = partition_like_statements(f, "events_p20261125", bound=Range(utc(2026, 11, 25), utc(2026, 11, 26)))
+    assert create.sql.as_string(None) == f'CREATE TABLE "public"."events_p20261125" (LIKE "public"."events" {LIKE_AS_PARTITION})'
+    assert check.sql.as_string(None).startswith('ALTER TABLE "public"."events_p20261125" ADD CONSTRAINT "pgmaint_bound" CHECK ')
+
+
+def test_partition_like_statements_use_the_parents_tablespace_and_access_method():
+    f = replace(facts_for(cfg()), tablespace="fast ssd", access_method="heap")
+    [create] = partition_like_statements(f, "events_p20261125")
+    assert create.sql.as_string(None).endswith(f'{LIKE_AS_PARTITION}) USING "heap" TABLESPACE "fast ssd"')
+
+
+def test_a_reused_table_loses_an_identity_an_earlier_version_copied():
+    f = replace(facts_for(cfg()), identity_columns=("id", "Other Id"))
+    statements = partition_like_statements(f, "events_default_pgmaint_next", if_not_exists=True)
+    assert [s.sql.as_string(None) for s in statements] == [
+        f'CREATE TABLE IF NOT EXISTS "public"."events_default_pgmaint_next" (LIKE "public"."events" {LIKE_AS_PARTITION})',
+        'ALTER TABLE "public"."events_default_pgmaint_next" ALTER COLUMN "id" DROP IDENTITY IF EXISTS, '
+        'ALTER COLUMN "Other Id" DROP IDENTITY IF EXISTS',
+    ]
+    # A leftover of an interrupted maintenance run too (it is not created again).
+    creates = (CreatePartition("events_p20261125", Range(utc(2026, 11, 25), utc(2026, 11, 26)), reuse_leftover=True),)
+    prepare, _, _ = create_steps(f, creates, UTC)
+    assert sqls(prepare[0])[1] == ('ALTER TABLE "public"."events_p20261125" ALTER COLUMN "id" DROP IDENTITY IF EXISTS, '
+                                   'ALTER COLUMN "Other Id" DROP IDENTITY IF EXISTS')
+    # Nothing to strip when the parent has no identity.
+    assert len(partition_like_statements(facts_for(cfg()), "x", if_not_exists=True)) == 1
+
+
+def test_attach_drops_the_bound_check_in_the_same_transaction():
+    _, attach, _ = create_steps(facts_for(cfg()), two_creates()[:1], UTC)
+    [step] = attach
+    assert step.transactional and len(step.statements) == 2
+    assert sqls(step)[1] == 'ALTER TABLE "public"."events_p20261125" DROP CONSTRAINT IF EXISTS "pgmaint_bound"'
+
+
+def test_identity_repair_step_and_its_lock_in_the_dry_run():
+    stray = StrayIdentity("events_p20261124", "id", "events_p20261124_id_seq")
+    f = replace(facts_for(cfg(), partitions=[("events_p20261124", utc(2026, 11, 24), utc(2026, 11, 25), False)]),
+                stray_identities=(stray,))
+    plan = plan_maintenance(cfg(premake=1, retention=None), f, NOW, UTC)
+    assert plan.identity_repairs == (stray,) and not plan.is_noop
+    [repair] = [s for s in all_steps(f, plan, UTC) if s.action == "drop_partition_identity"]
+    [(text, lock)] = repair.render(None)
+    assert text == 'ALTER TABLE "public"."events_p20261124" ALTER COLUMN "id" DROP IDENTITY IF EXISTS'
+    assert lock.startswith("ACCESS EXCLUSIVE on the partition events_p20261124 only") and "events_p20261124_id_seq" in lock
+    assert repair.lock_targets == ('"public"."events_p20261124"',) and repair.transactional
