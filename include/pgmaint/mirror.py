@@ -146,13 +146,13 @@ class DefaultPartitionMigration:
 
     def prepare_steps(self) -> list[Step]:
         sp, f = self.q(self.shadow_parent), self.facts
-        key_cols = sql.SQL(", ").join(map(sql.Identifier, self.key.columns))
+        # INCLUDING INDEXES: the parent's keys as constraints of the same kind (a bare unique index would leave the
+        # shadows' primary key half-detached after they move to the parent: conislocal false, coninhcount 0).
         steps = [Step("create_shadow_parent", self.shadow_parent, (
-            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED) PARTITION BY RANGE ({})").format(
-                sp, self.parent, sql.Identifier(f.key_column)),
-                f"ACCESS SHARE on {f.table} (reads its definition); new empty partitioned table {self.shadow_parent}"),
-            Statement(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(sp, key_cols),
-                      f"SHARE on {self.shadow_parent} only (new, empty): the mirror key {', '.join(self.key.columns)}"),
+            Statement(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING INDEXES) "
+                              "PARTITION BY RANGE ({})").format(sp, self.parent, sql.Identifier(f.key_column)),
+                f"ACCESS SHARE on {f.table} (reads its definition); new empty partitioned table {self.shadow_parent} "
+                f"with the parent's keys (the mirror key: {', '.join(self.key.columns)})"),
         ), lock_targets=(self.text(f.table),))]
         creates = tuple(CreatePartition(r.partition, r.range, r.partition in f.leftovers) for r in self.plan.move)
         shadows, _, _ = ddl.create_steps(replace(f, default=None), creates, self.tz)

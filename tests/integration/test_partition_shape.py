@@ -88,6 +88,7 @@ def rich_parent(conn, schema: str, owner: str) -> None:
 
 def assert_pgmaint_partition_is_native(conn, schema: str, role: str) -> None:
     conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))  # preflight must see other sessions
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     try:
         [result] = run_maintenance(conn, config_for(schema, [table_entry(schema, "ev", premake=1, retention=None)]), now=NOW)
@@ -162,7 +163,13 @@ def test_the_replacement_default_of_a_migration_has_the_catalog_of_a_native_defa
     assert differences(native_default, replacement).keys() == {"constraints", "indexes"}
     assert differences(native_default, _renamed(replacement, "<t>_pgmaint_next", "<t>")) == {}
     moved_into = f"ev_p{today - timedelta(days=1):%Y%m%d}"
-    assert relation_shape(conn, scratch_schema, moved_into)["owned_sequences"] == []
+    moved_shape = relation_shape(conn, scratch_schema, moved_into)
+    assert moved_shape["owned_sequences"] == []
+    native = f"ev_native_{today:%Y%m%d}"  # what PARTITION OF gives, for the partition the migration attached
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)").format(
+        sql.Identifier(scratch_schema, native), parent).as_string(conn) % (
+        sql.Literal(today + timedelta(days=30)).as_string(conn), sql.Literal(today + timedelta(days=31)).as_string(conn)))
+    assert differences(relation_shape(conn, scratch_schema, native), moved_shape) == {}
     assert own_sequences(conn, scratch_schema) == ["ev_id_seq"]
 
 
