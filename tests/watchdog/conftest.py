@@ -1,7 +1,8 @@
 """Fixtures for the watchdog and escalation tests: real notification servers on loopback.
 
 * ``webhooks`` -> Recorder: an HTTP server that records Slack incoming-webhook posts
-  (``/services/<token>``) and PagerDuty Events API v2 calls (``/v2/enqueue``).
+  (``/services/<token>``) and PagerDuty Events API v2 calls (``/v2/enqueue``); paths in
+  ``fail_paths`` are answered with the given error instead (e.g. a revoked token).
 * ``mailbox`` -> list of received mails: an aiosmtpd SMTP server.
 * ``notify_connections`` -> dict of Airflow connection ids pointing at both
   (``AIRFLOW_CONN_*`` env vars, as a deployment would define them).
@@ -30,6 +31,7 @@ class Recorder:
     url: str
     requests: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    fail_paths: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (status, text) answered instead
 
     @property
     def slack(self) -> list[dict]:
@@ -56,7 +58,10 @@ def _handler(recorder: Recorder):
                 body = {"raw": raw.decode(errors="replace")}
             with recorder.lock:
                 recorder.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            if self.path == "/v2/enqueue":
+            if self.path in recorder.fail_paths:
+                status, reply = recorder.fail_paths[self.path]
+                ctype = "text/plain"
+            elif self.path == "/v2/enqueue":
                 reply, status, ctype = json.dumps({"status": "success", "message": "Event processed",
                                                    "dedup_key": body.get("dedup_key") or "generated"}), 202, "application/json"
             else:

@@ -23,7 +23,7 @@ import httpx
 
 from include.pgmaint.config import ServiceConfig
 from include.pgmaint.services.base import Actor, ServiceError, Snapshot
-from include.pgmaint.services.http import request
+from include.pgmaint.services.http import answer_excerpt, request
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ class AirflowDagAdapter:
         try:
             return bool(response.json()["is_paused"])
         except (ValueError, KeyError):
-            raise ServiceError(f"{self.what}: unexpected answer from the API: {response.text[:200]!r}") from None
+            raise ServiceError(f"{self.what}: unexpected answer from the API: "
+                               f"{answer_excerpt(response, [self._token or ''])}") from None
 
     def status(self) -> Snapshot:
         try:

@@ -141,12 +141,20 @@ def _service(config: Config, name: str) -> ServiceConfig:
 
 
 def _stored_config(service: ServiceConfig) -> dict[str, Any]:
-    """What a lease keeps to resume the service even if the config changes (headers may hold secrets)."""
-    return {"kind": service.kind, "options": {k: v for k, v in service.options.items() if k != "headers"}}
+    """What a lease keeps to resume the service even if the config changes. Never a secret: no headers,
+    URLs with their password replaced by *** (both come from the current config at resume)."""
+    from include.pgmaint.services.http import redact_url
+
+    options = {k: redact_url(v) if k.endswith("_url") and isinstance(v, str) else v
+               for k, v in service.options.items() if k != "headers"}
+    return {"kind": service.kind, "options": options}
 
 
 def _service_for_lease(config: Config, lease: dict) -> ServiceConfig:
-    """The service as it was paused: options stored in the lease (headers from the current config)."""
+    """The service as it was paused: options stored in the lease (headers, and the password of a URL that
+    is still the same, from the current config)."""
+    from include.pgmaint.services.http import redact_url
+
     stored = dict((lease["service_config"] or {}).get("options", {}))
     for s in config.services:
         if s.name == lease["service"] and s.kind == lease["kind"]:
@@ -154,6 +162,9 @@ def _service_for_lease(config: Config, lease: dict) -> ServiceConfig:
                 return s
             if "headers" in s.options:
                 stored["headers"] = s.options["headers"]
+            for key, value in s.options.items():
+                if key.endswith("_url") and isinstance(value, str) and stored.get(key) == redact_url(value):
+                    stored[key] = value
             return ServiceConfig(s.name, s.kind, s.depends_on, stored)
     log.warning("service %r is no longer configured as %s; resuming it from the settings stored in lease %s",
                 lease["service"], lease["kind"], lease["lease_id"])
