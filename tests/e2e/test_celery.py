@@ -113,7 +113,7 @@ def test_two_workers_racing_on_one_table_are_resolved_by_the_runner_lock(ready):
     migrated = ready.wait_run("default_partition_migration", migration)
     assert migrated["state"] == "success", ready.task_states("default_partition_migration", migration)
     moved = ready.xcom("default_partition_migration", migration, "migrate")
-    assert moved["outcome"] == "drained" and moved["rows_moved"] == 500, moved
+    assert moved["outcome"] == "swapped" and moved["rows_moved"] == 500, moved
     [migrate_host] = _hosts(ready, "default_partition_migration", migration, "migrate").values()
     [premake_host] = _hosts(ready, "partition_maintenance", run_id, "table.premake").values()
     assert {migrate_host, premake_host} == {"worker1", "worker2"}

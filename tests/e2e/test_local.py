@@ -83,7 +83,7 @@ def test_migration_moves_the_default_rows_with_writers_paused_and_resumed(seeded
                       "gate_after_cleanup": "success", "resume_writers": "success",
                       "fail_run_if_work_failed": "skipped"}
     moved = seeded.xcom("default_partition_migration", run_id, "migrate")
-    assert moved["table"] == table and moved["outcome"] == "drained" and moved["rows_moved"] > 0, moved
+    assert moved["table"] == table and moved["outcome"] == "swapped" and moved["rows_moved"] > 0, moved
     assert moved["partitions"]
     gate = seeded.xcom("default_partition_migration", run_id, "gate_before_cleanup")
     assert gate["success"] is True, gate
