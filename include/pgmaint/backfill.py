@@ -35,8 +35,8 @@ from include.pgmaint.figures import figures_query
 log = logging.getLogger("pgmaint.backfill")
 PROGRESS_EVERY_SECONDS = 10.0
 # A batch holds row locks on the rows it copies: a DELETE or key update of one of them waits for it. Keep it short.
-BATCH_TARGET_SECONDS = 0.03
-BATCH_LOCK_TIMEOUT_MS = 30
+BATCH_TARGET_SECONDS = 0.05
+BATCH_LOCK_TIMEOUT_MS = 20
 BATCH_STATEMENT_TIMEOUT_MS = 80
 
 
@@ -68,7 +68,7 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
         Returns (rows copied by this call, finished)."""
         next_page, total_pages, copied = self.progress_row()
         rows_per_page = max(1.0, expected_rows / max(total_pages, 1))
-        pages = max(1, int(min(batch_rows, 2_000) / rows_per_page))
+        pages = max(1, int(min(batch_rows, 5_000) / rows_per_page))
         started = last_report = time.monotonic()
         copied_here = 0
         batches = 0

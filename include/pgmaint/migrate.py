@@ -37,7 +37,7 @@ from include.pgmaint import privileges
 from include.pgmaint.backfill import Backfill, CutVerifier, compare, verify_copy
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.execute import Executor, Statement, Step, StepFailed
+from include.pgmaint.execute import Executor, GuardFailed, Statement, Step, StepFailed
 from include.pgmaint.figures import bucket_expression, checksum_expression, checksum_method, figures_query, table_columns
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, require_session_visibility, runner_lock
 from include.pgmaint.maintenance import RunContext
@@ -582,6 +582,10 @@ def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, mid: in
     try:
         Executor(conn, config.lock_budget, on_event=lambda msg: log.warning("%s", msg)).run(step)
     except StepFailed as exc:
+        if isinstance(exc.__cause__, GuardFailed):
+            raise RuntimeError(f"not dropping {m.text(m.old_name)}: it no longer holds what it held at the swap (someone "
+                               "wrote to the detached old DEFAULT), so the figures proving conservation no longer describe "
+                               "it; kept for a person to compare (docs/runbook.md, 'Migration not verified')") from exc
         raise RuntimeError(f"{exc} (every row is in its partition and was verified; only the detached {m.text(m.old_name)} "
                            "is left: the next run drops it)") from exc
 

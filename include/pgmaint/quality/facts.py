@@ -75,9 +75,6 @@ def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) ->
         moved_buckets=tuple(b for b, moved in buckets if moved),
         drain_table=drain,
         method=method,
-        columns=tuple(r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            [sql.Identifier(cfg.schema, cfg.table).as_string(conn)]).fetchall()),
         checksum=checksum,
     ), None
 
