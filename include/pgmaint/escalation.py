@@ -730,9 +730,7 @@ def on_task_failure(context) -> None:
     the exception or the journal) and the log URL. Never raises (Airflow only logs callback errors).
     """
     try:
-        from include.pgmaint.config import load_config
-
-        config = load_config()
+        config = _target_of(context)
         try:
             settings = settings_for(config)
         except ConfigError as exc:
@@ -741,6 +739,30 @@ def on_task_failure(context) -> None:
         report_task_failure(context, config, settings)
     except Exception:
         log.exception("pgmaint failure callback could not report the failure")
+
+
+def _target_of(context) -> Config:
+    """The target whose database keeps this failure's state: one target, or (fleet mode) the task's own —
+    from the task (`pgmaint_target` in its context), its group (`<target>.…` task ids), or its `table` param."""
+    from include.pgmaint.fleet import SEPARATOR, load_fleet
+
+    fleet = load_fleet()
+    if not fleet.multi:
+        return fleet.targets[0]
+    ti = context.get("ti") or context.get("task_instance")
+    table_param = (context.get("params") or {}).get("table")
+    candidates = [context.get("pgmaint_target"), str(getattr(ti, "task_id", "")).split(".", 1)[0],
+                  str(getattr(ti, "rendered_map_index", None) or "").split(SEPARATOR, 1)[0],
+                  table_param.split(SEPARATOR, 1)[0] if isinstance(table_param, str) else None]
+    for name in candidates:
+        try:
+            config = fleet.target(name)
+        except KeyError:
+            continue
+        if isinstance(table_param, str) and table_param.startswith(f"{name}{SEPARATOR}"):
+            context["table_name"] = table_param.split(SEPARATOR, 1)[1]
+        return config
+    return fleet.targets[0]
 
 
 def report_task_failure(context, config: Config, settings: EscalationSettings, *, clock: Callable[[], datetime] = utcnow,

@@ -36,7 +36,7 @@ def test_every_dag_file_imports_without_errors():
     assert dag.doc_md and "What stops it" in dag.doc_md
     assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
     assert [o.name for o in dag.get_task("table.request_migration").outlets] == ["pgmaint_default_rows"]
-    chain = ["table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
+    chain = ["plan", "table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
 
@@ -129,7 +129,7 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
     assert run.state == "success", _states(run)
     states = _states(run)
-    assert states.pop("select_tables") == "success" and states.pop("summarize") == "success"
+    assert states.pop("plan") == "success" and states.pop("summarize") == "success"
     requests = {k: states.pop(k) for k in list(states) if k.startswith("table.request_migration")}
     assert set(requests.values()) == {"skipped"}  # nothing waits in a DEFAULT
     assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
@@ -252,7 +252,7 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
     except ParamValidationError:
         pass
     else:
-        assert _states(bad)["table.premake[0]"] == "failed"
+        assert _states(bad)["plan"] == "failed" and "as_of: 'next tuesday'" in _xcom(bad, "plan", "result", -1)["error"]
 
     from types import SimpleNamespace
 
