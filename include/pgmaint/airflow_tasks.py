@@ -82,7 +82,7 @@ def plan_target(config: Config, params: dict, *, dag_run=None, ti=None) -> list[
     prefix = f"{config.target}/"
     tables = [t for t in config.tables
               if not selected or t.name in selected or prefix + t.name in selected]
-    where = f"target {config.target} (connection {config.connection_id})"
+    where = f"target {config.target} (connection {config.connection_id})" if config.target else f"connection {config.connection_id}"
     if not tables:
         result = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0, "not_selected": True}
     else:
@@ -300,8 +300,8 @@ def _why_not_retired(retire: dict | None, state: dict[str, str | None]) -> str:
     return "retire stopped early; " + (" | ".join(retire.get("notes", [])) or "see the retire task's log")
 
 
-def resolve_migration_table(config: Config, params: dict, triggering_asset_events=None) -> str:
-    """The table to migrate: the `table` param, else the latest watchdog asset event's."""
+def resolve_migration_table(fleet, params: dict, triggering_asset_events=None) -> str:
+    """The table to migrate (`target/table` with several targets): the `table` param, else the latest watchdog asset event's."""
     from airflow.sdk.exceptions import AirflowFailException
 
     table = params.get("table")
@@ -311,8 +311,8 @@ def resolve_migration_table(config: Config, params: dict, triggering_asset_event
                 table = (event.extra or {}).get("table") or table
     if not table:
         raise AirflowFailException("no table chosen: set the `table` param (or trigger through the watchdog's asset event)")
-    if table not in config.table_names:
-        raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(config.table_names)})")
+    if table not in fleet.table_refs:
+        raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(fleet.table_refs)})")
     return table
 
 

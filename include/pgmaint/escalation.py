@@ -606,10 +606,12 @@ class Escalator:
     """Applies the policy to what was observed, sends, and records. `clock` is injectable for tests."""
 
     def __init__(self, settings: EscalationSettings, store: Store, *, clock: Callable[[], datetime] = utcnow,
-                 senders: dict[str, Callable] | None = None, source: str = "pgmaint", persisted: bool = True):
+                 senders: dict[str, Callable] | None = None, source: str = "pgmaint", persisted: bool = True,
+                 target: str | None = None):
         self.settings, self.store, self.clock = settings, store, clock
         self.senders = {**SENDERS, **(senders or {})}
         self.source, self.persisted = source, persisted
+        self.target = target  # fleet mode: messages and PagerDuty dedup keys carry the target ("orders/canary")
 
     def evaluate(self, observed: Iterable[Condition] = (), scope: Iterable[str] = (), resolve: Iterable[str] = (),
                  recheck: bool = True) -> Evaluation:
@@ -631,11 +633,14 @@ class Escalator:
     def _deliver(self, n: Notification, now: datetime) -> None:
         targets = self.settings.page if n.channel == "page" else self.settings.notify
         title, text = render(n, now, self.settings)
+        if self.target:  # several databases page through the same targets: keep their incidents apart
+            title, text = f"[{self.target}] {title}", f"target {self.target}\n{text}"
         if not self.persisted:
             text += "\n(state database unreachable: pgmaint cannot record this alert there; it may repeat)"
         for target in targets:
             try:
-                self.senders[target.kind](target, n, title, text, self.source)
+                sent = replace(n, key=f"{self.target}/{n.key}") if self.target else n  # shares n.results
+                self.senders[target.kind](target, sent, title, text, self.source)
                 n.results.append((str(target), None))
             except Exception as exc:  # one broken target must not silence the others
                 log.warning("could not send %s %s for %s to %s: %s", n.channel, n.action, n.key, target, exc)
@@ -689,7 +694,8 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
     from include.pgmaint.state import ensure_state_schema
 
     settings = settings or settings_for(config)
-    spill = spill if spill is not None else variable_spill(config.state_schema)
+    if spill is None:  # one fallback per target database
+        spill = variable_spill(config.state_schema if config.target is None else f"{config.state_schema}_{config.target}")
     source = f"pgmaint/{config.connection_id}"
     conn = None
     try:
@@ -702,14 +708,15 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
             log.info("folded %d condition(s) kept while the state database was unreachable back into %s.conditions",
                      absorbed, config.state_schema)
             spill.clear()
-        escalator = Escalator(settings, store, clock=clock, senders=senders, source=source)
+        escalator = Escalator(settings, store, clock=clock, senders=senders, source=source, target=config.target)
     except Exception as exc:
         if conn is not None:
             conn.close()
             conn = None
         log.error("state database unreachable (%s: %s); keeping condition state in the fallback store",
                   type(exc).__name__, str(exc).strip())
-        escalator = Escalator(settings, spill, clock=clock, senders=senders, source=source, persisted=False)
+        escalator = Escalator(settings, spill, clock=clock, senders=senders, source=source, persisted=False,
+                              target=config.target)
     try:
         yield escalator, conn
     finally:

@@ -66,7 +66,7 @@ class Fleet:
     def table_refs(self) -> list[str]:
         return [self.ref(c, t.name) for c in self.targets for t in c.tables]
 
-    def target(self, name: str) -> Config:
+    def target(self, name: str | None) -> Config:
         for config in self.targets:
             if config.target == name:
                 return config
@@ -100,8 +100,7 @@ def _first_field(problem: str) -> str:
 def parse_fleet(raw: Any, source: str = "config") -> Fleet:
     """Validate a parsed YAML document: the single-target form, or `targets: [...]`."""
     if not (isinstance(raw, dict) and "targets" in raw):
-        config = parse_config(raw, source)
-        return Fleet((replace(config, target=config.connection_id),), source)
+        return Fleet((parse_config(raw, source),), source)  # target None: names, keys and messages as before
     problems: list[str] = []
     clash = [k for k in TARGET_KEYS if k in raw]
     if clash:
