@@ -714,16 +714,17 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from include.pgmaint.cli import one_line, privilege_hint
-    from include.pgmaint.config import load_config
+    from include.pgmaint.fleet import load_target
     from include.pgmaint.escalation import settings_for
 
     parser = cli_parser()
     parser.add_argument("conninfo", metavar="CONNINFO",
                         help="libpq connection string or URI of the target database, e.g. 'host=db dbname=app user=pgmaint'")
     parser.add_argument("--config", metavar="PATH", help="pgmaint YAML config (default: $PGMAINT_CONFIG, else the demo's)")
+    parser.add_argument("--target", metavar="NAME", help="with several targets in the config: the one CONNINFO points at")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_target(args.config, args.target)
         result = run_checks(args.conninfo, config, settings_for(config))
     except Exception as exc:  # a failure to check is not a finding: its own exit status, one line
         print(f"pgmaint watchdog: could not check: {one_line(exc)}{privilege_hint(exc)}", file=sys.stderr)
