@@ -634,7 +634,7 @@ class Escalator:
         targets = self.settings.page if n.channel == "page" else self.settings.notify
         title, text = render(n, now, self.settings)
         if self.target:  # several databases page through the same targets: keep their incidents apart
-            title, text = f"[{self.target}] {title}", f"target {self.target}\n{text}"
+            title, text = f"[{self.target}] {title}", f"[{self.target}] {text}"
         if not self.persisted:
             text += "\n(state database unreachable: pgmaint cannot record this alert there; it may repeat)"
         for target in targets:
