@@ -36,6 +36,9 @@ TARGET_KEYS = ("name", "connection_id", "pool", "tables", "services")  # a targe
 OVERRIDABLE = ("timezone", "state_schema", "lock_budget", "preflight", "escalation")  # shared, a target may override
 SHARED_ONLY = ("schedules",)
 SEPARATOR = "/"
+# libyaml's safe loader when PyYAML was built with it (the wheels are): 1,000 tables parse in 0.1 s instead of 5 s,
+# and every DAG parse and task start reads the file.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def load_fleet(path: str | os.PathLike | None = None) -> Fleet:
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"], str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError([f"(file): not valid YAML: {exc}"], str(path)) from None
     return parse_fleet(raw, source=str(path))
