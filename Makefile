@@ -31,8 +31,9 @@ demo: venv ## run the demo (scripts/demo)
 airflow: venv ## the whole Airflow here: UI + API on http://localhost:$(PORT), scheduler, DAG processor, triggerer (Ctrl-C stops)
 	$(PY) scripts/airflow_local.py --port $(PORT)
 
-bench-maintenance: venv ## run the maintenance benchmark (scripts/bench_maintenance.py)
+bench-maintenance: venv ## maintenance benchmarks: the engine on 1,000 tables (scripts/bench_maintenance.py), then whole DAG runs for 1 / 100 / 1,000 tables and 1,000 over 5 targets (scripts/bench_dag.py)
 	$(PY) scripts/bench_maintenance.py
+	$(PY) scripts/bench_dag.py
 
 .PHONY: bench-migration
 bench-migration: venv ## migration benchmark vs pg_partman 4.7 on a throwaway PG15 (extra args: BENCH_ARGS="--quick")

@@ -51,15 +51,24 @@ import pendulum
 from airflow.sdk import Param, dag, setup, task
 
 from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.config import load_config
 from include.pgmaint.escalation import on_task_failure
+from include.pgmaint.fleet import load_fleet
 
-CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
+FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
+# With several targets (databases) the table is named `target/schema.table`; the migrate task then runs in
+# Airflow's default pool: max_active_runs=1 keeps it to one migration, in one database, at a time.
+POOL = "default_pool" if FLEET.multi else FLEET.targets[0].pool
+
+
+def on(ref: str):
+    """(the target's Config, the table's configured name) of a `table` param value."""
+    config, table = FLEET.resolve(ref)
+    return config, table.name
 
 
 @dag(
     dag_id="default_partition_migration",
-    schedule=[DEFAULT_ROWS] if any(t.auto_migrate for t in CONFIG.tables) else None,
+    schedule=[DEFAULT_ROWS] if any(t.auto_migrate for c in FLEET.targets for t in c.tables) else None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -67,8 +76,8 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
     tags=["pgmaint", "partitions", "migration"],
     default_args={"retries": 0, "on_failure_callback": on_task_failure},
     params={
-        "table": Param(None, type=["null", "string"], enum=[None, *CONFIG.table_names], title="Table",
-                       description="The configured table whose DEFAULT partition to migrate "
+        "table": Param(None, type=["null", "string"], enum=[None, *FLEET.table_refs], title="Table",
+                       description="The configured table whose DEFAULT partition to migrate (target/table with several targets) "
                                    "(empty when triggered by the watchdog's asset event)."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Survey the DEFAULT and print every statement with its lock; move nothing, pause nothing."),
@@ -89,52 +98,52 @@ def default_partition_migration():
     def resolve_table(params=None, triggering_asset_events=None) -> str:
         from include.pgmaint.airflow_tasks import resolve_migration_table
 
-        return resolve_migration_table(CONFIG, params, triggering_asset_events)
+        return resolve_migration_table(FLEET, params, triggering_asset_events)
 
     @setup
     @task
     def open_window(table: str, dag_run=None) -> dict:
         from include.pgmaint.airflow_services import open_window as record_intent
 
-        return record_intent(CONFIG, table, dag_run)
+        return record_intent(*on(table), dag_run)
 
     @task
     def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import pause_writers as pause
 
         # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
-        return pause(CONFIG, table, params["pause_services"] and not params["dry_run"], dag_run,
+        return pause(*on(table), params["pause_services"] and not params["dry_run"], dag_run,
                      min_lease_minutes=int(params["max_minutes"]) + 30)
 
-    @task(pool=CONFIG.pool)
+    @task(pool=POOL)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
         from include.pgmaint.airflow_tasks import migrate_one
 
-        return migrate_one(CONFIG, table, params, dag_run=dag_run, ti=ti)
+        return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
 
     @task(retries=1, retry_delay=timedelta(seconds=30))
     def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
         from include.pgmaint.airflow_tasks import migration_gate
 
-        return migration_gate(CONFIG, table, "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+        return migration_gate(*on(table), "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task
     def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
         from include.pgmaint.airflow_tasks import finish_one
 
-        return finish_one(CONFIG, table, migrated, dry_run=params["dry_run"])
+        return finish_one(*on(table), migrated, dry_run=params["dry_run"])
 
     @task(retries=1, retry_delay=timedelta(seconds=30))
     def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
         from include.pgmaint.airflow_tasks import migration_gate
 
-        return migration_gate(CONFIG, table, "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+        return migration_gate(*on(table), "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task(retries=2, retry_delay=timedelta(seconds=10))
     def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow_services import resume_writers as resume
 
-        return resume(CONFIG, table, dag_run, dry_run=params["dry_run"])
+        return resume(*on(table), dag_run, dry_run=params["dry_run"])
 
     @task(trigger_rule="one_failed")
     def fail_run_if_work_failed() -> None:

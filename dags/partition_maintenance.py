@@ -3,9 +3,13 @@
 
 Keeps every configured partitioned table healthy, every 15 minutes by default:
 
-1. **select_tables**: the tables to maintain (the `tables` param, or all configured ones).
-2. **table** (one mapped group per table, named after the table; DDL tasks in the
-   `pgmaint_target` pool), each step under the table's runner lock:
+1. **plan**: one session reads the catalog of every table (the `tables` param,
+   or all configured ones) in one query and plans them all; every table with
+   nothing to do gets its journal row in one batched write (the watchdog's
+   cadence check sees it). Its result — per table: would create, would retire,
+   needs migration, skipped and why — is what summarize and the UI show.
+2. **table** (one mapped group **per table with work only**, named after the
+   table; DDL tasks in the target's pool), each step under the table's runner lock:
    - **premake**: create a partition for every interval of the managed window
      that has none — from now − `retention` (kept forever: the oldest partition)
      to the current interval and `premake` ahead, so one run after an outage
@@ -26,7 +30,13 @@ Keeps every configured partitioned table healthy, every 15 minutes by default:
      now − `retention`, then drop them (unless `retention_keep_table`).
    - **gate_after_retire**: runway, retention and contiguity hold afterwards.
 3. **summarize**: created / retired / skipped / failed per table, to the log and
-   XCom. The run fails if any table failed.
+   XCom. The run fails if any table failed, naming it.
+
+**Several databases** (`targets:` in the config): steps 1–2 exist once per
+target, in a group named after it (`<target>.plan`, `<target>.table.premake`,
+map indexes `target/schema.table`), each in that target's pool. A target that
+is down fails its own plan task; every other target is maintained, and the
+run fails naming the target that was down.
 
 **What stops it.** Every statement waits at most 200 ms for a lock, retried
 with backoff for 60 s, then the table fails naming the sessions that blocked
@@ -47,18 +57,83 @@ Runbook: `docs/runbook.md`. Journal: `SELECT * FROM pgmaint.runs ORDER BY run_id
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk import Param, TaskGroup, dag, get_current_context, task, task_group
 
 from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.config import load_config
 from include.pgmaint.escalation import on_task_failure
+from include.pgmaint.fleet import load_fleet
 
-CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
+FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
+
+
+def label(config, table: str) -> str:
+    """Name a mapped task after its table (`target/table` with several targets) and tell the failure callback."""
+    context = get_current_context()
+    context["table_name"], context["pgmaint_target"] = table, config.target
+    context["table_ref"] = FLEET.ref(config, table)
+    return table
+
+
+def maintain_target(config):
+    """Plan all of one target's tables at once, then work only on the tables with work."""
+
+    @task(pool=config.pool)
+    def plan(params=None, dag_run=None, ti=None) -> list[str]:
+        from include.pgmaint.airflow_tasks import plan_target
+
+        return plan_target(config, params, dag_run=dag_run, ti=ti)
+
+    @task_group(group_id="table")
+    def maintain_table(table: str):
+        """One table's chain; a failed gate stops the destructive step for that table only."""
+
+        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import maintain_one, resolve_as_of
+
+            return maintain_one(config, label(config, table), "premake", dry_run=params["dry_run"], dag_run=dag_run,
+                                ti=ti, as_of=resolve_as_of(params, dag_run))
+
+        @task(outlets=[DEFAULT_ROWS], map_index_template="{{ table_ref }}")
+        def request_migration(table: str, premade: dict, outlet_events=None) -> str:
+            """auto_migrate tables whose missed intervals sit in the DEFAULT: trigger default_partition_migration."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            label(config, table)
+            if not any(m.get("requested") for m in premade.get("needs_migration", [])):
+                raise AirflowSkipException("nothing to request: no interval waits in the DEFAULT, or auto_migrate is off")
+            outlet_events[DEFAULT_ROWS].extra = {"table": FLEET.ref(config, table)}
+            return table
+
+        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import retention_gate
+
+            return retention_gate(config, label(config, table), "before_retire", premade, dry_run=params["dry_run"], ti=ti)
+
+        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import maintain_one
+
+            return maintain_one(config, label(config, table), "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+
+        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
+            from include.pgmaint.airflow_tasks import retention_gate
+
+            return retention_gate(config, label(config, table), "after_retire", retired, dry_run=params["dry_run"], ti=ti)
+
+        premade = premake(table)
+        request_migration(table, premade)
+        retired = retire(table, gate_before_retire(table, premade))
+        return gate_after_retire(table, retired)
+
+    return maintain_table.expand(table=plan())
 
 
 @dag(
     dag_id="partition_maintenance",
-    schedule=CONFIG.maintenance_schedule,
+    schedule=FLEET.maintenance_schedule,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -69,8 +144,8 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Print every statement and the lock it would take; execute nothing."),
         "tables": Param([], type="array", title="Tables",
-                        items={"type": "string", "enum": CONFIG.table_names}, uniqueItems=True,
-                        description="Configured tables to maintain; empty means all of them."),
+                        items={"type": "string", "enum": FLEET.table_refs}, uniqueItems=True,
+                        description="Configured tables to maintain (target/table with several targets); empty means all."),
         "as_of": Param(None, type=["null", "string"], format="date-time", title="As of",
                        description="Also create the partitions this moment needs (its interval and `premake` after it), "
                                    "e.g. to load history. Retirement always uses the wall clock; intervals already past "
@@ -78,69 +153,20 @@ CONFIG = load_config()  # file read + validation only; an invalid config is a DA
     },
 )
 def partition_maintenance():
-    @task
-    def select_tables(params=None) -> list[str]:
-        return list(params["tables"]) or CONFIG.table_names
-
-    @task_group(group_id="table")
-    def maintain_table(table: str):
-        """One table's chain; a failed gate stops the destructive step for that table only."""
-
-        @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
-        def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import maintain_one
-
-            from include.pgmaint.airflow_tasks import resolve_as_of
-
-            get_current_context()["table_name"] = table
-            return maintain_one(CONFIG, table, "premake", dry_run=params["dry_run"], dag_run=dag_run, ti=ti,
-                                as_of=resolve_as_of(params, dag_run))
-
-        @task(outlets=[DEFAULT_ROWS], map_index_template="{{ table_name }}")
-        def request_migration(table: str, premade: dict, outlet_events=None) -> str:
-            """auto_migrate tables whose missed intervals sit in the DEFAULT: trigger default_partition_migration."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            get_current_context()["table_name"] = table
-            if not any(m.get("requested") for m in premade.get("needs_migration", [])):
-                raise AirflowSkipException("nothing to request: no interval waits in the DEFAULT, or auto_migrate is off")
-            outlet_events[DEFAULT_ROWS].extra = {"table": table}
-            return table
-
-        @task(map_index_template="{{ table_name }}")
-        def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import retention_gate
-
-            get_current_context()["table_name"] = table
-            return retention_gate(CONFIG, table, "before_retire", premade, dry_run=params["dry_run"], ti=ti)
-
-        @task(pool=CONFIG.pool, map_index_template="{{ table_name }}")
-        def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import maintain_one
-
-            get_current_context()["table_name"] = table
-            return maintain_one(CONFIG, table, "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
-
-        @task(map_index_template="{{ table_name }}")
-        def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import retention_gate
-
-            get_current_context()["table_name"] = table
-            return retention_gate(CONFIG, table, "after_retire", retired, dry_run=params["dry_run"], ti=ti)
-
-        premade = premake(table)
-        request_migration(table, premade)
-        retired = retire(table, gate_before_retire(table, premade))
-        return gate_after_retire(table, retired)
-
     @task(trigger_rule="all_done")
-    def summarize(tables: list[str], ti=None, dag_run=None) -> dict:
+    def summarize(ti=None, dag_run=None) -> dict:
         from include.pgmaint.airflow_tasks import summarize_results
 
-        return summarize_results(tables, ti, dag_run)
+        return summarize_results(FLEET, ti, dag_run)
 
-    tables = select_tables()
-    maintain_table.expand(table=tables) >> summarize(tables)
+    if FLEET.multi:  # one group per database: its own plan, its own pool; one target's outage stops only its group
+        work = []
+        for config in FLEET.targets:
+            with TaskGroup(group_id=config.target):
+                work.append(maintain_target(config))
+    else:
+        work = [maintain_target(FLEET.targets[0])]
+    work >> summarize()
 
 
 partition_maintenance()

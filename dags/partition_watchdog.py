@@ -34,6 +34,11 @@ and pages when it has been failing too long. Every 5 minutes by default
 
 Failed tasks of every pgmaint DAG go through the same policy (`on_failure_callback`).
 Runbook for every alert: `docs/runbook.md`.
+
+**Several databases** (`targets:` in the config): every check runs for each target
+in turn (one target that cannot be reached is reported — its canary is critical —
+and the others are still checked); each target's conditions live in its own state
+schema, and messages and PagerDuty dedup keys carry the target (`orders/canary`).
 """
 
 from __future__ import annotations
@@ -44,17 +49,17 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 
 from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.config import load_config
 from include.pgmaint.escalation import on_task_failure, settings_for
+from include.pgmaint.fleet import load_fleet
 
-CONFIG = load_config()  # file read + validation only; an invalid config is a DAG import error
-SETTINGS = settings_for(CONFIG)  # the escalation block too (targets, durations, thresholds)
+FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
+SETTINGS = {c.target: settings_for(c) for c in FLEET.targets}  # each target's escalation block too
 CHECKS = ("check_database", "check_tables", "check_services")
 
 
 @dag(
     dag_id="partition_watchdog",
-    schedule=CONFIG.watchdog_schedule,
+    schedule=FLEET.watchdog_schedule,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -66,24 +71,23 @@ CHECKS = ("check_database", "check_tables", "check_services")
 def partition_watchdog():
     @task
     def check_database(ti=None) -> None:
-        from include.pgmaint.watchdog import task_check_database
+        from include.pgmaint.watchdog import per_target, task_check_database
 
-        ti.xcom_push(key="result", value=task_check_database(CONFIG, SETTINGS))
+        per_target(FLEET, lambda c: task_check_database(c, SETTINGS[c.target]), ti)
 
     @task
     def check_tables(ti=None) -> list[str]:
         """Pushes its findings as XCom `result`; returns the auto_migrate tables with DEFAULT rows."""
-        from include.pgmaint.watchdog import task_check_tables
+        from include.pgmaint.watchdog import per_target, task_check_tables
 
-        result = task_check_tables(CONFIG, SETTINGS)
-        ti.xcom_push(key="result", value=result)
-        return result["migrate"]
+        results = per_target(FLEET, lambda c: task_check_tables(c, SETTINGS[c.target]), ti)
+        return [FLEET.ref(c, t) for c in FLEET.targets for t in (results.get(c.target) or {}).get("migrate", [])]
 
     @task
     def check_services(ti=None) -> None:
-        from include.pgmaint.watchdog import task_check_services
+        from include.pgmaint.watchdog import per_target, task_check_services
 
-        ti.xcom_push(key="result", value=task_check_services(CONFIG))
+        per_target(FLEET, task_check_services, ti)
 
     @task(outlets=[DEFAULT_ROWS], map_index_template="{{ table_name }}")
     def request_migration(table: str, outlet_events=None) -> str:
@@ -96,7 +100,11 @@ def partition_watchdog():
         from include.pgmaint.watchdog import task_escalate
 
         payloads = {task_id: ti.xcom_pull(task_ids=task_id, key="result") for task_id in CHECKS}
-        return task_escalate(CONFIG, SETTINGS, payloads, ti.dag_id)
+        if not FLEET.multi:
+            return task_escalate(FLEET.targets[0], SETTINGS[None], payloads, ti.dag_id)
+        return {c.target: task_escalate(c, SETTINGS[c.target], {t: (p or {}).get(c.target) for t, p in payloads.items()},
+                                        ti.dag_id)
+                for c in FLEET.targets}
 
     database, tables, services = check_database(), check_tables(), check_services()
     request_migration.expand(table=tables)

@@ -69,7 +69,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from include.pgmaint.catalog import CatalogError, read_catalog  # noqa: E402
 from include.pgmaint.config import Config, parse_config  # noqa: E402
 from include.pgmaint.db import connect  # noqa: E402
-from include.pgmaint.maintenance import run_maintenance  # noqa: E402
+from include.pgmaint.maintenance import plan_run, run_maintenance  # noqa: E402
+from include.pgmaint.state import Journal  # noqa: E402
 from include.pgmaint.plan import plan_maintenance  # noqa: E402
 
 BENCH_DB = "pgmaint_bench"
@@ -395,6 +396,36 @@ def noop_runs(conninfo: str, config: Config, now: datetime, trace_inline: bool) 
     return out
 
 
+def plan_once(conninfo: str, config: Config, now: datetime) -> dict:
+    """What the DAG's plan task does (plan_run: plan all, journal the no-op tables in one write), and the
+    journal alone: one batched insert for every table vs. the per-table start + finish it replaces."""
+    out: dict = {}
+    with connect(conninfo, config.lock_budget) as conn:
+        plan_run(conn, config, now=now)  # warm (and the state schema exists)
+        t = time.perf_counter()
+        result = plan_run(conn, config, now=now)
+        out["s"] = time.perf_counter() - t
+        if result["work"]:
+            raise SystemExit(f"plan_run found work on a no-op data set: {result['work'][:5]}")
+        with traced(conn) as trace:
+            plan_run(conn, config, now=now)
+        out["round_trips"] = trace["round_trips"]
+        journal = Journal(conn, config.state_schema)
+        rows = [(t.name, "success", {"table": t.name, "outcome": "success"}, None) for t in config.tables]
+        t = time.perf_counter()
+        journal.record_runs("bench_journal", rows)
+        out["batched_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for name, outcome, summary, _ in rows:
+            journal.finish_run(journal.start_run("bench_journal", name), outcome, summary)
+        out["per_table_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for c in config.tables:
+            journal.last_success(c.name)
+        out["last_success_s"] = time.perf_counter() - t
+    return out
+
+
 def profile_noop(conninfo: str, config: Config, now: datetime) -> dict:
     with connect(conninfo, config.lock_budget) as conn:
         prof = cProfile.Profile()
@@ -571,6 +602,8 @@ def main() -> int:
             noop["long"] = noop_runs(conninfo, config_long, now, trace_inline)
         measured_runs = noop.get("long", noop["default"])
         missed_noop = any(measured_runs[r]["s"] > TARGET_NOOP_S or measured_runs[r]["error"] for r in (1, 2))
+        log("plan once (the DAG's plan task) and the journal ...")
+        once = plan_once(conninfo, config_long if "long" in noop else config, now)
         prof = None
         if args.profile or (missed_noop and not args.no_profile):
             log("profiling one more no-op run ...")
@@ -605,6 +638,14 @@ def main() -> int:
             if not r["error"] and r.get("trace"):
                 rt = r["trace"]["round_trips"]
                 rows.append((f"no-op run #{run}: round trips (per table)", f"{rt} ({rt / n:.1f})", "—", None))
+    rows.append((f"plan task (`plan_run`, all {n} tables, no-op): wall seconds", f"{once['s']:.2f}", "—", None))
+    rows.append(("plan task: round trips", str(once["round_trips"]), "a handful", once["round_trips"] <= 10))
+    rows.append((f"journal of {n} no-op tables: one batched insert, seconds", f"{once['batched_s']:.3f}",
+                 "≤ 0.5 s", once["batched_s"] <= 0.5))
+    rows.append((f"journal of {n} no-op tables the per-table way (start + finish: {2 * n} round trips), seconds",
+                 f"{once['per_table_s']:.3f}", "—", None))
+    rows.append((f"watchdog cadence reads (`last_success`) for {n} tables after it, seconds",
+                 f"{once['last_success_s']:.3f}", "—", None))
     for p in parses:
         good = [r for r in p["runs"] if "parse_s" in r]
         errors = [r.get("error") for r in p["runs"] if r.get("error")]

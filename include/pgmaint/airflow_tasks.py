@@ -65,6 +65,46 @@ def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_r
     return summary
 
 
+def plan_target(config: Config, params: dict, *, dag_run=None, ti=None) -> list[str]:
+    """The plan task of one target: plan all its (selected) tables at once; return the tables with work.
+
+    Its full result (per table: what would be created / retired, what waits for migration, what is
+    skipped and why) goes to XCom `result`: what summarize and the UI show. If the target cannot be
+    planned (database down, state schema unreadable), the task fails naming the target; the other
+    targets' plan tasks go on.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.maintenance import RunContext, plan_run
+
+    selected = set(params.get("tables") or [])
+    prefix = f"{config.target}/"
+    tables = [t for t in config.tables
+              if not selected or t.name in selected or prefix + t.name in selected]
+    where = f"target {config.target} (connection {config.connection_id})" if config.target else f"connection {config.connection_id}"
+    if not tables:
+        result = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0, "not_selected": True}
+    else:
+        context = RunContext(dag_id=getattr(dag_run, "dag_id", None), dag_run_id=getattr(dag_run, "run_id", None),
+                             task_id=getattr(ti, "task_id", None))
+        try:
+            with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
+                result = plan_run(conn, config, tables, dry_run=params["dry_run"], context=context,
+                                  as_of=resolve_as_of(params, dag_run))
+        except Exception as exc:
+            why = str(exc) if isinstance(exc, AirflowFailException) else f"{type(exc).__name__}: {exc}".strip()
+            error = f"{where}: cannot plan: {why}"
+            if ti is not None:
+                ti.xcom_push(key="result", value={"error": error, "tables": {t.name: {"status": "failed", "why": error}
+                                                                             for t in tables}})
+            raise AirflowFailException(error) from exc
+    result["target"], result["connection_id"] = config.target, config.connection_id
+    if ti is not None:
+        ti.xcom_push(key="result", value=result)
+    return result["work"]
+
+
 # Gates around the destructive step. Before: the window is intact (no gaps or overlaps; a gap
 # usually means rows sit in the DEFAULT and need default_partition_migration) and no row hides
 # in the DEFAULT without a key. After: nothing expired is still attached and the window is intact.
@@ -100,23 +140,78 @@ def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry
 TABLE_TASKS = ("premake", "gate_before_retire", "retire", "gate_after_retire")
 
 
-def summarize_results(tables: list[str], ti, dag_run=None) -> dict:
-    """Every table's outcome from its tasks' results and states; fail the run if any table failed."""
+def summarize_results(fleet, ti, dag_run=None) -> dict:
+    """Every table's outcome from the plan tasks' results and the mapped tasks' results and states.
+
+    Fails the run if any table failed or a target could not be planned, naming them.
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
-    indexes = list(range(len(tables)))
-    premade = ti.xcom_pull(task_ids="table.premake", key="result", map_indexes=indexes) or []
-    retired = ti.xcom_pull(task_ids="table.retire", key="result", map_indexes=indexes) or []
-    states = {}
-    if dag_run is not None:
-        states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id],
-                                    task_ids=[f"table.{t}" for t in TABLE_TASKS]).get(dag_run.run_id, {})
-    summary, lines = summarize_tables(tables, list(premade), list(retired), states)
+    names: list[str] = []
+    premade: list[dict | None] = []
+    retired: list[dict | None] = []
+    states: dict[str, str] = {}
+    healthy = 0
+    down: list[str] = []
+    per_target: dict[str, dict] = {}
+    for config in fleet.targets:
+        prefix = f"{config.target}." if fleet.multi else ""
+        plan = ti.xcom_pull(task_ids=f"{prefix}plan", key="result") or {"error": "the plan task left no result (see its log)"}
+        if plan.get("error"):
+            down.append(f"{config.target}: {plan['error']}" if fleet.multi else plan["error"])
+            per_target[str(config.target)] = {"error": plan["error"]}
+            continue
+        per_target[str(config.target)] = {k: plan.get(k) for k in ("healthy", "journalled", "seconds")} | {
+            "work": len(plan["work"])}
+        if plan.get("not_selected"):
+            continue
+        healthy += plan["healthy"]
+        work = list(plan["work"])
+        ref = lambda name: fleet.ref(config, name)  # noqa: E731
+        relabel = lambda r: r and {**r, "table": ref(r["table"])}  # noqa: E731
+        indexes = list(range(len(work)))
+        got_premade = ti.xcom_pull(task_ids=f"{prefix}table.premake", key="result", map_indexes=indexes) if work else []
+        got_retired = ti.xcom_pull(task_ids=f"{prefix}table.retire", key="result", map_indexes=indexes) if work else []
+        if dag_run is not None and work:
+            raw = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id],
+                                     task_ids=[f"{prefix}table.{t}" for t in TABLE_TASKS]).get(dag_run.run_id, {})
+            offset = len(names)
+            for key, state in raw.items():
+                task, _, index = key.rpartition("_")
+                if index.isdigit():
+                    states[f"{task.removeprefix(prefix)}_{offset + int(index)}"] = state
+        names += [ref(t) for t in work]
+        premade += [relabel(r) for r in _as_list(got_premade, len(work))]
+        retired += [relabel(r) for r in _as_list(got_retired, len(work))]
+        for name, result in plan["results"].items():  # not mapped, something to say
+            names.append(ref(name))
+            premade.append(relabel(result))
+            retired.append(None)
+    summary, lines = summarize_tables(names, premade, retired, states, healthy=healthy)
+    summary["targets"] = per_target
+    if down:
+        summary["targets_down"] = down
+        lines.append("target down: " + " | ".join(down) + "; its tables were not maintained, the others were")
     for line in lines:
         log.info("%s", line)
+    problems = []
     if summary["failed"]:
-        raise AirflowFailException(f"maintenance failed for {len(summary['failed'])} table(s): {', '.join(summary['failed'])}")
+        problems.append(f"maintenance failed for {len(summary['failed'])} table(s): {', '.join(summary['failed'])}")
+    if down:
+        problems.append(f"{len(down)} target(s) could not be planned: {' | '.join(down)}")
+    if problems:
+        raise AirflowFailException("; ".join(problems))
     return summary
+
+
+def _as_list(pulled, n: int) -> list:
+    """xcom_pull with map_indexes gives a list (or a single value for one index, in some versions)."""
+    if n == 0 or pulled is None:
+        return [None] * n
+    if isinstance(pulled, dict):
+        return [pulled]
+    values = list(pulled)
+    return values + [None] * (n - len(values))
 
 
 SUMMARY_KEYS = ("created", "would_create", "retired", "would_retire", "not_retired", "needs_migration", "skipped",
@@ -124,17 +219,18 @@ SUMMARY_KEYS = ("created", "would_create", "retired", "would_retire", "not_retir
 
 
 def summarize_tables(tables: list[str], premade: list[dict | None], retired: list[dict | None],
-                     states: dict[str, str]) -> tuple[dict, list[str]]:
+                     states: dict[str, str], *, healthy: int = 0) -> tuple[dict, list[str]]:
     """Pure: the run's summary and its log lines. Each line says what was done or what remains, and why.
 
-    `states`: task state by "table.<task>_<map index>" (as TaskInstance.get_task_states gives them).
+    `states`: task state by "table.<task>_<index in tables>" (as TaskInstance.get_task_states gives them).
+    `healthy`: tables the plan found nothing to do or say for (not listed in `tables`).
     """
     by_table: dict[str, dict[str, dict]] = {}
     for phase, results in (("premake", premade), ("retire", retired)):
         for r in results:
             if r:
                 by_table.setdefault(r["table"], {})[phase] = r
-    summary: dict = {"tables": len(tables), **{key: {} for key in SUMMARY_KEYS}}
+    summary: dict = {"tables": len(tables) + healthy, "healthy": healthy, **{key: {} for key in SUMMARY_KEYS}}
     lines: list[str] = []
     dry_run = False
 
@@ -186,7 +282,7 @@ def summarize_tables(tables: list[str], premade: list[dict | None], retired: lis
         if notes:
             add("notes", table, notes, " | ".join(notes))
     if not lines:
-        lines.append(f"all {len(tables)} table(s) healthy: runway complete, nothing past retention, nothing in the way"
+        lines.append(f"all {len(tables) + healthy} table(s) healthy: runway complete, nothing past retention, nothing in the way"
                      + (" (dry run: nothing would change)" if dry_run else ": nothing to do"))
     return summary, lines
 
@@ -204,8 +300,8 @@ def _why_not_retired(retire: dict | None, state: dict[str, str | None]) -> str:
     return "retire stopped early; " + (" | ".join(retire.get("notes", [])) or "see the retire task's log")
 
 
-def resolve_migration_table(config: Config, params: dict, triggering_asset_events=None) -> str:
-    """The table to migrate: the `table` param, else the latest watchdog asset event's."""
+def resolve_migration_table(fleet, params: dict, triggering_asset_events=None) -> str:
+    """The table to migrate (`target/table` with several targets): the `table` param, else the latest watchdog asset event's."""
     from airflow.sdk.exceptions import AirflowFailException
 
     table = params.get("table")
@@ -215,8 +311,8 @@ def resolve_migration_table(config: Config, params: dict, triggering_asset_event
                 table = (event.extra or {}).get("table") or table
     if not table:
         raise AirflowFailException("no table chosen: set the `table` param (or trigger through the watchdog's asset event)")
-    if table not in config.table_names:
-        raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(config.table_names)})")
+    if table not in fleet.table_refs:
+        raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(fleet.table_refs)})")
     return table
 
 

@@ -133,6 +133,7 @@ class Config:
     lock_budget: LockBudget = LockBudget()
     preflight: Preflight = Preflight()
     source: str = "config"
+    target: str | None = None  # fleet mode: the target's name (include/pgmaint/fleet.py); else None
 
     def table(self, name: str) -> TableConfig:
         for table in self.tables:
@@ -324,6 +325,9 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     """Validate a parsed YAML document and build the `Config`."""
     if raw is None:
         raise ConfigError(["(top level): the file is empty"], source)
+    if isinstance(raw, dict) and "targets" in raw:  # several databases: include/pgmaint/fleet.py reads those
+        raise ConfigError(["targets: this file lists targets (fleet mode); read it with include.pgmaint.fleet.load_fleet, "
+                           "or pick one target (--target NAME where a command offers it)"], source)
     problems, bad_items = _schema_problems(raw)
     if not isinstance(raw, dict) or bad_items & {("*",), ("tables",), ("services",)}:
         raise ConfigError(problems, source)  # the document's shape is wrong: nothing more to check
@@ -551,7 +555,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"], str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 50x faster
     except yaml.YAMLError as exc:
         raise ConfigError([f"(file): not valid YAML: {exc}"], str(path)) from None
     return parse_config(raw, source=str(path))

@@ -27,6 +27,7 @@ def parser() -> Parser:
     p.add_argument("conninfo", metavar="CONNINFO",
                    help="libpq connection string or URI of the target database, e.g. 'host=db dbname=app user=maint'")
     p.add_argument("--config", metavar="PATH", help="pgmaint YAML config (default: $PGMAINT_CONFIG, else the demo's)")
+    p.add_argument("--target", metavar="NAME", help="with several targets in the config: the one CONNINFO points at")
     p.add_argument("--role", metavar="ROLE",
                    help="check this role instead of the connecting one (e.g. connect as an administrator and check pgmaint's role)")
     p.add_argument("--job", action="append", choices=JOBS, metavar="JOB",
@@ -39,11 +40,12 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from include.pgmaint.config import ConfigError, load_config
+    from include.pgmaint.config import ConfigError
+    from include.pgmaint.fleet import load_target
     from include.pgmaint.db import connect
 
     try:
-        config = load_config(args.config)
+        config = load_target(args.config, args.target)
         tables = [config.table(name) for name in args.table] if args.table else list(config.tables)
     except (ConfigError, KeyError) as exc:
         print(f"pgmaint doctor: could not check: {one_line(exc)}", file=sys.stderr)

@@ -606,10 +606,12 @@ class Escalator:
     """Applies the policy to what was observed, sends, and records. `clock` is injectable for tests."""
 
     def __init__(self, settings: EscalationSettings, store: Store, *, clock: Callable[[], datetime] = utcnow,
-                 senders: dict[str, Callable] | None = None, source: str = "pgmaint", persisted: bool = True):
+                 senders: dict[str, Callable] | None = None, source: str = "pgmaint", persisted: bool = True,
+                 target: str | None = None):
         self.settings, self.store, self.clock = settings, store, clock
         self.senders = {**SENDERS, **(senders or {})}
         self.source, self.persisted = source, persisted
+        self.target = target  # fleet mode: messages and PagerDuty dedup keys carry the target ("orders/canary")
 
     def evaluate(self, observed: Iterable[Condition] = (), scope: Iterable[str] = (), resolve: Iterable[str] = (),
                  recheck: bool = True) -> Evaluation:
@@ -631,11 +633,14 @@ class Escalator:
     def _deliver(self, n: Notification, now: datetime) -> None:
         targets = self.settings.page if n.channel == "page" else self.settings.notify
         title, text = render(n, now, self.settings)
+        if self.target:  # several databases page through the same targets: keep their incidents apart
+            title, text = f"[{self.target}] {title}", f"[{self.target}] {text}"
         if not self.persisted:
             text += "\n(state database unreachable: pgmaint cannot record this alert there; it may repeat)"
         for target in targets:
             try:
-                self.senders[target.kind](target, n, title, text, self.source)
+                sent = replace(n, key=f"{self.target}/{n.key}") if self.target else n  # shares n.results
+                self.senders[target.kind](target, sent, title, text, self.source)
                 n.results.append((str(target), None))
             except Exception as exc:  # one broken target must not silence the others
                 log.warning("could not send %s %s for %s to %s: %s", n.channel, n.action, n.key, target, exc)
@@ -689,7 +694,8 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
     from include.pgmaint.state import ensure_state_schema
 
     settings = settings or settings_for(config)
-    spill = spill if spill is not None else variable_spill(config.state_schema)
+    if spill is None:  # one fallback per target database
+        spill = variable_spill(config.state_schema if config.target is None else f"{config.state_schema}_{config.target}")
     source = f"pgmaint/{config.connection_id}"
     conn = None
     try:
@@ -702,14 +708,15 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
             log.info("folded %d condition(s) kept while the state database was unreachable back into %s.conditions",
                      absorbed, config.state_schema)
             spill.clear()
-        escalator = Escalator(settings, store, clock=clock, senders=senders, source=source)
+        escalator = Escalator(settings, store, clock=clock, senders=senders, source=source, target=config.target)
     except Exception as exc:
         if conn is not None:
             conn.close()
             conn = None
         log.error("state database unreachable (%s: %s); keeping condition state in the fallback store",
                   type(exc).__name__, str(exc).strip())
-        escalator = Escalator(settings, spill, clock=clock, senders=senders, source=source, persisted=False)
+        escalator = Escalator(settings, spill, clock=clock, senders=senders, source=source, persisted=False,
+                              target=config.target)
     try:
         yield escalator, conn
     finally:
@@ -730,9 +737,7 @@ def on_task_failure(context) -> None:
     the exception or the journal) and the log URL. Never raises (Airflow only logs callback errors).
     """
     try:
-        from include.pgmaint.config import load_config
-
-        config = load_config()
+        config = _target_of(context)
         try:
             settings = settings_for(config)
         except ConfigError as exc:
@@ -741,6 +746,30 @@ def on_task_failure(context) -> None:
         report_task_failure(context, config, settings)
     except Exception:
         log.exception("pgmaint failure callback could not report the failure")
+
+
+def _target_of(context) -> Config:
+    """The target whose database keeps this failure's state: one target, or (fleet mode) the task's own —
+    from the task (`pgmaint_target` in its context), its group (`<target>.…` task ids), or its `table` param."""
+    from include.pgmaint.fleet import SEPARATOR, load_fleet
+
+    fleet = load_fleet()
+    if not fleet.multi:
+        return fleet.targets[0]
+    ti = context.get("ti") or context.get("task_instance")
+    table_param = (context.get("params") or {}).get("table")
+    candidates = [context.get("pgmaint_target"), str(getattr(ti, "task_id", "")).split(".", 1)[0],
+                  str(getattr(ti, "rendered_map_index", None) or "").split(SEPARATOR, 1)[0],
+                  table_param.split(SEPARATOR, 1)[0] if isinstance(table_param, str) else None]
+    for name in candidates:
+        try:
+            config = fleet.target(name)
+        except KeyError:
+            continue
+        if isinstance(table_param, str) and table_param.startswith(f"{name}{SEPARATOR}"):
+            context["table_name"] = table_param.split(SEPARATOR, 1)[1]
+        return config
+    return fleet.targets[0]
 
 
 def report_task_failure(context, config: Config, settings: EscalationSettings, *, clock: Callable[[], datetime] = utcnow,

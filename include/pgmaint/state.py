@@ -123,6 +123,25 @@ class Journal:
             [job, table, dag_id, dag_run_id, task_id],
         ).fetchone()[0]
 
+    def record_runs(self, job: str, rows: list[tuple[str, str, dict, str | None]], *, dag_id: str | None = None,
+                    dag_run_id: str | None = None, task_id: str | None = None) -> int:
+        """Journal many finished runs in one round trip: (table, outcome, summary, error) each.
+
+        What a plan-once maintenance run writes for every table it found nothing to do for (or skipped):
+        the same row per table a per-table run writes, so `last_success` (the watchdog's cadence check)
+        still sees every table checked. Returns the number of rows written.
+        """
+        if not rows:
+            return 0
+        tables, outcomes, summaries, errors = (list(col) for col in zip(*rows))
+        self.conn.execute(
+            sql.SQL("INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id, finished_at, outcome, summary, error) "
+                    "SELECT %s, t, %s, %s, %s, clock_timestamp(), o, s::jsonb, e "
+                    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r(t, o, s, e)").format(self.schema),
+            [job, dag_id, dag_run_id, task_id, tables, outcomes, [to_json(s) for s in summaries], errors],
+        )
+        return len(rows)
+
     def record_step(self, run_id: int, step: Step, started_at: datetime, outcome: str, attempts: int,
                     error: str | None = None, blockers: list | None = None) -> None:
         rendered = step.render(self.conn)

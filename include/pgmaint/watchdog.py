@@ -592,6 +592,31 @@ def _conninfo(config: Config) -> str:
     return conninfo_from_airflow(config.connection_id)
 
 
+def per_target(fleet, check, ti=None) -> dict:
+    """Run one watchdog check for every target of the fleet; one target's error never stops the others.
+
+    Pushes XCom `result`: the check's payload (one target), or {target: payload} (several).
+    Returns {target: payload}. Raises after all targets ran if a check failed for any, naming them
+    (that target's payload is None, so escalation sees the check as not done for it).
+    """
+    from airflow.sdk.exceptions import AirflowException
+
+    results: dict = {}
+    failed: list[str] = []
+    for config in fleet.targets:
+        try:
+            results[config.target] = check(config)
+        except Exception as exc:
+            log.exception("target %s: check failed", config.target or config.connection_id)
+            results[config.target] = None
+            failed.append(f"{config.target or config.connection_id}: {type(exc).__name__}: {exc}")
+    if ti is not None:
+        ti.xcom_push(key="result", value=results if fleet.multi else results[fleet.targets[0].target])
+    if failed:
+        raise AirflowException("check failed for " + " | ".join(failed))
+    return results
+
+
 def task_check_database(config: Config, settings: EscalationSettings) -> dict:
     from include.pgmaint.state import ensure_state_schema
 
@@ -695,16 +720,17 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from include.pgmaint.cli import one_line, privilege_hint
-    from include.pgmaint.config import load_config
+    from include.pgmaint.fleet import load_target
     from include.pgmaint.escalation import settings_for
 
     parser = cli_parser()
     parser.add_argument("conninfo", metavar="CONNINFO",
                         help="libpq connection string or URI of the target database, e.g. 'host=db dbname=app user=pgmaint'")
     parser.add_argument("--config", metavar="PATH", help="pgmaint YAML config (default: $PGMAINT_CONFIG, else the demo's)")
+    parser.add_argument("--target", metavar="NAME", help="with several targets in the config: the one CONNINFO points at")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_target(args.config, args.target)
         result = run_checks(args.conninfo, config, settings_for(config))
     except Exception as exc:  # a failure to check is not a finding: its own exit status, one line
         print(f"pgmaint watchdog: could not check: {one_line(exc)}{privilege_hint(exc)}", file=sys.stderr)

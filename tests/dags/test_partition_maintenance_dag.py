@@ -36,7 +36,7 @@ def test_every_dag_file_imports_without_errors():
     assert dag.doc_md and "What stops it" in dag.doc_md
     assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
     assert [o.name for o in dag.get_task("table.request_migration").outlets] == ["pgmaint_default_rows"]
-    chain = ["table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
+    chain = ["plan", "table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
 
@@ -129,7 +129,7 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
     assert run.state == "success", _states(run)
     states = _states(run)
-    assert states.pop("select_tables") == "success" and states.pop("summarize") == "success"
+    assert states.pop("plan") == "success" and states.pop("summarize") == "success"
     requests = {k: states.pop(k) for k in list(states) if k.startswith("table.request_migration")}
     assert set(requests.values()) == {"skipped"}  # nothing waits in a DEFAULT
     assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
@@ -252,7 +252,7 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
     except ParamValidationError:
         pass
     else:
-        assert _states(bad)["table.premake[0]"] == "failed"
+        assert _states(bad)["plan"] == "failed" and "as_of: 'next tuesday'" in _xcom(bad, "plan", "result", -1)["error"]
 
     from types import SimpleNamespace
 
@@ -261,3 +261,145 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
     backfill = SimpleNamespace(run_type=SimpleNamespace(value="backfill"), logical_date=ahead)
     scheduled = SimpleNamespace(run_type=SimpleNamespace(value="scheduled"), logical_date=ahead)
     assert resolve_as_of({"as_of": None}, backfill) == ahead and resolve_as_of({"as_of": None}, scheduled) is None
+
+
+# --- plan once, map only the tables with work (issue 16) ---------------------------------------
+
+def _healthy(conn, schema: str, name: str) -> None:
+    make_table(conn, schema, name, days=range(-30, 3), anchor=TODAY)  # the whole managed window, nothing expired
+
+
+def _mapped(dag_run, task_id: str) -> dict[int, tuple[str, str]]:
+    """map index -> (rendered name, state) of a mapped task's instances (map index >= 0 only)."""
+    return {ti.map_index: (ti.rendered_map_index, ti.state) for ti in dag_run.get_task_instances()
+            if ti.task_id == task_id and ti.map_index >= 0}
+
+
+def _journal(pg_dsn: str, schema: str, dag_run) -> dict[str, tuple[str, str]]:
+    with connect(pg_dsn) as conn:
+        rows = conn.execute(sql.SQL("SELECT table_name, outcome, task_id FROM {}.runs WHERE dag_run_id = %s").format(
+            sql.Identifier(schema)), [dag_run.run_id]).fetchall()
+    return {t: (o, task) for t, o, task in rows}
+
+
+def _gate_ran_before_every_retire(dag_run, prefix: str = "") -> int:
+    """Every retire that ran was preceded, for its table, by a gate_before_retire that finished first."""
+    tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
+    checked = 0
+    for (task_id, i), ti in tis.items():
+        if task_id == f"{prefix}table.retire" and i >= 0 and ti.state == "success":
+            gate = tis[(f"{prefix}table.gate_before_retire", i)]
+            assert gate.state == "success" and gate.end_date <= ti.start_date, (i, gate.state)
+            checked += 1
+    return checked
+
+
+def test_all_healthy_tables_get_no_table_tasks_and_one_journal_write(airflow_db, pg_dsn, scratch_schema, dag_config):
+    names = [f"h{i}" for i in range(4)]
+    with connect(pg_dsn) as conn:
+        for n in names:
+            _healthy(conn, scratch_schema, n)
+    dag_config([_entry(scratch_schema, n) for n in names])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "success", _states(run)
+    states = _states(run)
+    assert states.pop("plan") == "success" and states.pop("summarize") == "success"
+    assert set(states) == {f"table.{t}" for t in ("premake", "request_migration", "gate_before_retire", "retire",
+                                                  "gate_after_retire")}  # no mapped instance: one unexpanded each
+    assert set(states.values()) == {"skipped"}, states
+    planned = _xcom(run, "plan", "result", -1)
+    assert planned["work"] == [] and planned["healthy"] == 4 and planned["journalled"] == 4
+    assert {t["status"] for t in planned["tables"].values()} == {"healthy"}
+    # the watchdog's cadence check still finds every table checked, by this run
+    assert _journal(pg_dsn, scratch_schema, run) == {f"{scratch_schema}.{n}": ("success", "plan") for n in names}
+    said = _xcom(run, "summarize", map_index=-1)
+    assert said["tables"] == 4 and said["healthy"] == 4 and not said["failed"]
+
+
+def test_only_the_tables_with_work_are_mapped_and_each_retire_is_gated(airflow_db, pg_dsn, scratch_schema, dag_config):
+    with connect(pg_dsn) as conn:
+        for n in ("h0", "h1", "h2"):
+            _healthy(conn, scratch_schema, n)
+        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=TODAY)  # no partition for today
+        make_table(conn, scratch_schema, "expired", days=range(-33, 3), anchor=TODAY)  # three days past retention
+    dag_config([_entry(scratch_schema, n) for n in ("h0", "runway", "h1", "expired", "h2")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "success", _states(run)
+    work = [f"{scratch_schema}.runway", f"{scratch_schema}.expired"]
+    assert _xcom(run, "plan", "result", -1)["work"] == work
+    for task in ("premake", "gate_before_retire", "retire", "gate_after_retire"):
+        assert _mapped(run, f"table.{task}") == {0: (work[0], "success"), 1: (work[1], "success")}, task
+    assert _gate_ran_before_every_retire(run) == 2
+    assert _xcom(run, "table.retire", "result", 1)["dropped"] == ["expired_old_67", "expired_old_68", "expired_old_69"]
+    journal = _journal(pg_dsn, scratch_schema, run)
+    assert {t: o for t, (o, _) in journal.items()} == {f"{scratch_schema}.{n}": "success"
+                                                       for n in ("h0", "h1", "h2", "runway", "expired")}
+    assert journal[f"{scratch_schema}.h1"][1] == "plan" and journal[work[0]][1].startswith("table.")
+    said = _xcom(run, "summarize", map_index=-1)
+    assert said["tables"] == 5 and said["healthy"] == 3 and set(said["created"]) == {work[0]}
+
+
+def test_a_failing_table_among_many_fails_the_run_naming_it(airflow_db, pg_dsn, scratch_schema, dag_config):
+    with connect(pg_dsn) as conn:
+        for n in ("h0", "h1", "h2", "h3"):
+            _healthy(conn, scratch_schema, n)
+        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=TODAY)
+    dag_config([_entry(scratch_schema, n) for n in ("h0", "h1", "missing", "h2", "runway", "h3")])
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "failed"
+    missing, runway = f"{scratch_schema}.missing", f"{scratch_schema}.runway"
+    planned = _xcom(run, "plan", "result", -1)
+    assert planned["work"] == [missing, runway] and planned["tables"][missing]["status"] == "failed"
+    assert "does not exist" in planned["tables"][missing]["why"] or "not" in planned["tables"][missing]["why"]
+    assert _mapped(run, "table.premake") == {0: (missing, "failed"), 1: (runway, "success")}
+    states = _states(run)
+    assert states["plan"] == "success" and states["summarize"] == "failed"
+    with connect(pg_dsn) as conn:
+        assert len([n for n in partitions(conn, scratch_schema, "runway") if n.startswith("runway_p")]) == 3
+        failures = [k for (k,) in conn.execute(sql.SQL("SELECT key FROM {}.conditions WHERE resolved_at IS NULL").format(
+            sql.Identifier(scratch_schema))).fetchall() if k.startswith("task:")]
+    assert failures == [f"task:partition_maintenance.table.premake:{missing}"]  # named, by the failed task's callback
+    assert {t for t, (o, _) in _journal(pg_dsn, scratch_schema, run).items() if o == "success"} == {
+        f"{scratch_schema}.{n}" for n in ("h0", "h1", "h2", "h3", "runway")}
+
+
+def test_two_targets_one_down_the_other_is_maintained_and_the_run_names_the_down_one(
+        airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
+    from airflow.models.pool import Pool
+
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "ev", days=range(-33, 0), anchor=TODAY)  # runway missing and three expired
+        _healthy(conn, scratch_schema, "calm")
+    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_DOWN", '{"conn_type": "postgres", "host": "127.0.0.1", "port": 9, '
+                                                    '"login": "nobody", "schema": "nothing", "extra": {"connect_timeout": "2"}}')
+    Pool.create_or_update_pool("pgmaint_down", 2, "test: the target that is down", False)
+    same = [_entry(scratch_schema, "ev"), _entry(scratch_schema, "calm")]  # the same names on both targets
+    raw = {"state_schema": scratch_schema,
+           "targets": [{"name": "up", "connection_id": "pgmaint_target", "pool": "pgmaint_target", "tables": same},
+                       {"name": "down", "connection_id": "pgmaint_down", "tables": same}]}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PGMAINT_CONFIG", str(path))
+    dag = _dagbag().dags["partition_maintenance"]
+    assert dag.get_task("up.table.premake").pool == "pgmaint_target" and dag.get_task("down.table.premake").pool == "pgmaint_down"
+    assert dag.get_task("down.plan").pool == "pgmaint_down"
+    assert dag.params.get_param("tables").schema["items"]["enum"] == [f"{t}/{scratch_schema}.{n}" for t in ("up", "down") for n in ("ev", "calm")]
+
+    run = dag.test()
+
+    assert run.state == "failed"
+    states = _states(run)
+    assert states["up.plan"] == "success" and states["down.plan"] == "failed" and states["summarize"] == "failed"
+    assert _mapped(run, "up.table.premake") == {0: (f"up/{scratch_schema}.ev", "success")}
+    assert states["down.table.premake"] == "upstream_failed"
+    assert _gate_ran_before_every_retire(run, "up.") == 1
+    assert "target down (connection pgmaint_down): cannot plan" in _xcom(run, "down.plan", "result", -1)["error"]
+    with connect(pg_dsn) as conn:
+        parts = partitions(conn, scratch_schema, "ev")
+    assert len([n for n in parts if n.startswith("ev_p")]) == 3 and "ev_old_67" not in parts

@@ -100,7 +100,7 @@ def test_maintenance_premakes_and_retires_every_table_in_parallel(seeded):
     run_id, run, states = seeded.run_and_wait("partition_maintenance", {"tables": DEMO_TABLES})
     assert run["state"] == "success", states
     assert set(states.values()) == {"success"}, states
-    assert len(states) == 2 + 2 * 4  # select_tables, summarize, and 4 tasks per table
+    assert len(states) == 2 + 2 * 4  # plan, summarize, and 4 tasks per table (both have work)
     summary = seeded.xcom("partition_maintenance", run_id, "summarize")
     assert summary["tables"] == 2 and summary["failed"] == {} and summary["skipped"] == {}, summary
     assert set(summary["created"]) == set(DEMO_TABLES) and set(summary["retired"]) == set(DEMO_TABLES), summary

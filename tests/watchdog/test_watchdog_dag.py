@@ -206,3 +206,33 @@ def test_the_watchdog_dag_pages_when_the_database_is_down_and_remembers_it_in_a_
 
     run = _dagbag().dags["partition_watchdog"].test()  # still down: the Variable remembers the page
     assert run.state == "success" and len(webhooks.pagerduty) == 1 and len(webhooks.slack) == 1
+
+
+def test_two_targets_one_down_each_is_watched_on_its_own(
+        airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch, notify_connections, webhooks, mailbox):
+    """Fleet mode (issue 16): the down target pages its canary under its own name; the other target is still
+    checked, its conditions kept in its own state schema and sent with its name."""
+    import json
+
+    with connect(pg_dsn) as conn:
+        make_table(conn, scratch_schema, "events", days=range(-3, 0), anchor=TODAY)  # no runway: critical
+    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_DOWN", json.dumps(
+        {"conn_type": "postgres", "host": "/tmp/pgmaint-no-server-here", "login": "postgres", "schema": "app"}))
+    same = [table_entry(scratch_schema, "events")]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"state_schema": scratch_schema, "escalation": escalation_block(notify_connections),
+                                    "targets": [{"name": "up", "connection_id": "pgmaint_target", "tables": same},
+                                                {"name": "down", "connection_id": "pgmaint_down", "tables": same}]}))
+    monkeypatch.setenv("PGMAINT_CONFIG", str(path))
+
+    run = _dagbag().dags["partition_watchdog"].test()
+
+    assert run.state == "success", _states(run)
+    keys = {(e["dedup_key"], e["event_action"]) for e in webhooks.pagerduty}
+    assert ("down/canary", "trigger") in keys and (f"up/runway:{scratch_schema}.events", "trigger") in keys, keys
+    assert "up/canary" not in {k for k, _ in keys}
+    with connect(pg_dsn) as conn:
+        active = {k for (k,) in conn.execute(sql.SQL("SELECT key FROM {}.conditions WHERE resolved_at IS NULL").format(
+            sql.Identifier(scratch_schema))).fetchall()}
+    assert f"runway:{scratch_schema}.events" in active and "canary" not in active  # the down target's is not here
+    assert any(m["text"].startswith("[up] ") for m in webhooks.slack), [m["text"][:60] for m in webhooks.slack]
