@@ -99,8 +99,11 @@ def test_migration_moves_the_default_rows_with_writers_paused_and_resumed(seeded
 def test_maintenance_premakes_and_retires_every_table_in_parallel(seeded):
     run_id, run, states = seeded.run_and_wait("partition_maintenance", {"tables": DEMO_TABLES})
     assert run["state"] == "success", states
-    assert set(states.values()) == {"success"}, states
-    assert len(states) == 2 + 2 * 4  # plan, summarize, and 4 tasks per table (both have work)
+    # plan, summarize, and per table with work (both have some): premake, the two gates, retire, request_migration
+    # (skipped: no table of the demo has auto_migrate)
+    assert {t: s for t, s in states.items() if s != "success"} == {
+        "table.request_migration[0]": "skipped", "table.request_migration[1]": "skipped"}, states
+    assert len(states) == 2 + 2 * 5
     summary = seeded.xcom("partition_maintenance", run_id, "summarize")
     assert summary["tables"] == 2 and summary["failed"] == {} and summary["skipped"] == {}, summary
     assert set(summary["created"]) == set(DEMO_TABLES) and set(summary["retired"]) == set(DEMO_TABLES), summary
