@@ -73,7 +73,8 @@ def _hosts(e2e, dag_id, run_id, task_id):
 def test_one_maintenance_run_uses_both_workers(ready):
     run_id, run, states = ready.run_and_wait("partition_maintenance", {"tables": TABLES})
     assert run["state"] == "success", states
-    assert set(states.values()) == {"success"}, states
+    # request_migration is skipped: no table here has auto_migrate
+    assert {s for t, s in states.items() if not t.startswith("table.request_migration")} == {"success"}, states
     summary = ready.xcom("partition_maintenance", run_id, "summarize")
     assert set(summary["created"]) == set(TABLES) and summary["failed"] == {}, summary
     hosts = _hosts(ready, "partition_maintenance", run_id, "table.premake")
