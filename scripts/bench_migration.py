@@ -662,14 +662,13 @@ def pgmaint_timers():
         timer.wrap(pg_migrate, "survey_default", "survey (GROUP BY day over the DEFAULT)"),
         timer.wrap(pg_migrate, "preflight", "preflight"),
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
-        timer.wrap(pg_migrate.Drain, "record_before", "'before' figures (count + checksum scan of the drain table)"),
-        timer.wrap(pg_migrate.Drain, "run", "drain (all batches, incl. record_before)"),
-        timer.wrap(pg_migrate.Drain, "verify", "verify (journal figures)"),
+        timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
+        timer.wrap(pg_migrate.Backfill, "_batch", "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)"),
+        timer.wrap(pg_migrate, "verify_copy", "verify the copies before the swap (one snapshot, count + checksum)"),
+        timer.wrap(pg_migrate.CutVerifier, "figures", "count at the swap (exported snapshot)"),
+        timer.wrap(pg_migrate._Run, "wait_for_old_snapshots", "wait for older snapshots"),
+        timer.wrap(pg_migrate, "drop_old_default", "drop the old DEFAULT (re-checked unchanged)"),
     ]
-    if hasattr(pg_migrate.Drain, "_batch"):
-        undo.append(timer.wrap(pg_migrate.Drain, "_batch", "one drain batch (DELETE ... RETURNING -> INSERT + journal)"))
-    if hasattr(pg_migrate, "_drop_drain"):
-        undo.append(timer.wrap(pg_migrate, "_drop_drain", "drop the emptied drain table"))
     try:
         yield timer
     finally:
