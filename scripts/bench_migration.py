@@ -901,6 +901,7 @@ def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcom
     conf = {"table": PARENT, "batch_rows": batch_rows, "max_minutes": 60}
     cmd = [str(REPO / "scripts" / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
     logfile = home.path / f"dags-test-{lay.ds.label.replace('/', '_')}-{lay.live_day}.log"
+    home.prepare()  # again, at the last moment: other users of the shared venv re-install it often (a no-op install)
     marker = home.path / ".initialised"
     migrated_before = marker.stat().st_mtime if marker.exists() else None
     started_at = datetime.now(timezone.utc)
