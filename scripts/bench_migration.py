@@ -847,6 +847,8 @@ class AirflowHome:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("AIRFLOW__DATABASE__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))}
         self.env.update({"PGMAINT_AIRFLOW_HOME": str(self.path), "PGMAINT_CONFIG": str(self.config),
+                         # the SQLite DB `dags test` uses, for `--prepare` too (else it would prepare the embedded dev DB)
+                         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.path}/airflow.db",
                          "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps({k: v for k, v in target.items() if v is not None})})
         self.prepare_seconds: float | None = None
 
@@ -1433,7 +1435,7 @@ def main() -> int:
                       "", "Environment:", ""] + environment(admin, where, partman_problem) + [""]
             header += ["Columns: wall s = the contender's call(s), end to end (DNF: did not finish; rows/s then counts the rows it "
                        "did move); pgmaint = the engine (`migrate_table`) called in this process, where it shares the Python GIL "
-                       f"with the {API_CLIENTS} API and {APP_WORKERS} application threads (its many short batches suffer from that); "
+                       f"with the {API_CLIENTS} API and {APP_WORKERS} application threads; "
                        "pgmaint-dag = the whole "
                        f"`{DAG_ID}` DAG (gates included) through `scripts/airflow dags test` in its own process; "
                        "API figures cover requests scheduled during the move, latency from the scheduled start; "
