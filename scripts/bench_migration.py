@@ -3,7 +3,9 @@
 
     .venv/bin/python scripts/bench_migration.py [--sets 1M/10d,4M/4d] [--quick] [--dsn CONNINFO]
                                                 [--live-day in-default|partitioned|both]
-                                                [--contenders pgmaint,pgmaint-dag,partman,physical] [--batch-rows 50000]
+                                                [--contenders pgmaint,pgmaint-dag,partman,partman-no-late,
+                                                              partman-api-only,physical]
+                                                [--batch-rows 50000]
                                                 [--quiet-wait 180] [--keep-cluster]
     make bench-migration [BENCH_ARGS="--quick"]
 
@@ -54,9 +56,9 @@ Contenders, each on a fresh re-seed of the same data, on the same server:
    partman-no-late  The same while the application workload makes no late inserts for the
             days being moved: each such insert, landing between partition_data_proc's DELETE
             and its ATTACH, makes the ATTACH fail, so with them it never finishes; this
-            variant gives the time to compare with where it can finish. partman-api-only
-            (not run by default): the simulated API alone, no application workload at all
-            (the application's updates, deletes and upserts can deadlock with it too).
+            variant gives the time to compare with where it can finish. partman-api-only: the
+            simulated API alone, no application workload at all (the application's updates,
+            deletes and upserts can deadlock with partition_data_proc too).
 3. physical One transaction: LOCK the parent (ACCESS EXCLUSIVE, so no write can slip in
             between a day's DELETE and its ATTACH), then for each day of the window: CREATE
             TABLE ... (LIKE parent INCLUDING ALL), INSERT ... SELECT from the DEFAULT, DELETE
@@ -1394,11 +1396,11 @@ def main() -> int:
     ap.add_argument("--sets", default="1M/10d,4M/4d", help="data sets, N/Dd comma-separated (default 1M/10d,4M/4d)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --sets 100k/5d")
     ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"), help="use this server instead of a throwaway PG15 cluster")
-    ap.add_argument("--contenders", default="pgmaint,pgmaint-dag,partman,partman-no-late,physical",
+    ap.add_argument("--contenders", default="pgmaint,pgmaint-dag,partman,partman-no-late,partman-api-only,physical",
                     help="pgmaint (the engine, in-process), pgmaint-dag (the whole DAG through `scripts/airflow dags test`), "
                          "partman, partman-no-late (the same, while the application makes no late inserts for the days "
                          "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
-                         "application workload), physical (default: all but partman-api-only)")
+                         "application workload), physical (default: all six)")
     ap.add_argument("--live-day", default="both", choices=("in-default", "partitioned", "both"),
                     help="in-default: the data runs up to now and today has no partition (API inserts go to the DEFAULT); "
                          "partitioned: the data ends at midnight and today's partition exists; both (default): run each")
