@@ -44,8 +44,16 @@ class WorkerState:
 class AppWorkload:
     def __init__(self, dsn: str, schema: str, table: str, existing: list[tuple[int, datetime]], late_days: list[datetime],
                  *, workers: int = 4, pause: float = 0.002, key: str = "ts", new_id_base: int = 50_000_000,
-                 statement_timeout_ms: int = 5000, identity_always: bool = True, seed: int = 7):
+                 statement_timeout_ms: int = 5000, identity_always: bool = True, seed: int = 7,
+                 insert_values: dict | None = None):
+        """`insert_values`: values for the table's other NOT NULL columns, given to every INSERT and upsert
+        (e.g. {"client_id": 1, "method": "GET"}); the workload itself writes only id, the key and payload."""
         self.dsn, self.parent, self.key = dsn, sql.Identifier(schema, table), sql.Identifier(key)
+        extra = dict(insert_values or {})
+        self.extra_values = list(extra.values())
+        # ", col1, col2" after (id, key, payload) and ", %s, %s" after its three placeholders
+        self.extra_cols = sql.SQL("").join(sql.SQL(", ") + sql.Identifier(c) for c in extra)
+        self.extra_params = sql.SQL(", %s" * len(extra))
         self.workers, self.pause, self.timeout_ms = workers, pause, statement_timeout_ms
         self.late_days = late_days
         self.overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if identity_always else sql.SQL("")
@@ -80,6 +88,13 @@ class AppWorkload:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def _insert(self) -> sql.Composed:
+        return sql.SQL("INSERT INTO {} (id, {}, payload{}){} VALUES (%s, %s, %s{})").format(
+            self.parent, self.key, self.extra_cols, self.overriding, self.extra_params)
+
+    def _upsert(self) -> sql.Composed:
+        return self._insert() + sql.SQL(" ON CONFLICT (id, {}) DO UPDATE SET payload = EXCLUDED.payload").format(self.key)
 
     def _run(self, w: int) -> None:
         st, rng = self.states[w], random.Random(self.rng_seed * 1000 + w)
@@ -121,25 +136,20 @@ class AppWorkload:
                         st.rows[key] = None
                     elif op == 3 and live:  # upsert of an existing row: an idempotent retry
                         key, payload = rng.choice(live), f"x{w}-{step}"
-                        c.execute(sql.SQL("INSERT INTO {} (id, {}, payload){} VALUES (%s, %s, %s) "
-                                          "ON CONFLICT (id, {}) DO UPDATE SET payload = EXCLUDED.payload").format(p, k, self.overriding, k),
-                                  [*key, payload])
+                        c.execute(self._upsert(), [*key, payload, *self.extra_values])
                         st.counts["upserts"] += 1
                         st.rows[key] = payload
                     elif op == 5:  # insert now (through an upsert, as a retrying client does)
                         next_id += 1
                         ts = datetime.now(timezone.utc)
-                        c.execute(sql.SQL("INSERT INTO {} (id, {}, payload){} VALUES (%s, %s, %s) "
-                                          "ON CONFLICT (id, {}) DO UPDATE SET payload = EXCLUDED.payload").format(p, k, self.overriding, k),
-                                  [next_id, ts, f"n{w}-{step}"])
+                        c.execute(self._upsert(), [next_id, ts, f"n{w}-{step}", *self.extra_values])
                         st.counts["inserts"] += 1
                         st.rows[(next_id, ts)] = f"n{w}-{step}"
                     elif op == 6 and self.late_days:  # a late row for a day being moved
                         next_id += 1
                         day = rng.choice(self.late_days)
                         ts = day + timedelta(seconds=rng.randrange(86_399), microseconds=rng.randrange(1_000_000))
-                        c.execute(sql.SQL("INSERT INTO {} (id, {}, payload){} VALUES (%s, %s, %s)").format(p, k, self.overriding),
-                                  [next_id, ts, f"l{w}-{step}"])
+                        c.execute(self._insert(), [next_id, ts, f"l{w}-{step}", *self.extra_values])
                         st.counts["late_inserts"] += 1
                         st.rows[(next_id, ts)] = f"l{w}-{step}"
                 except psycopg.Error as exc:

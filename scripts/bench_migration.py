@@ -3,13 +3,17 @@
 
     .venv/bin/python scripts/bench_migration.py [--sets 1M/10d,4M/4d] [--quick] [--dsn CONNINFO]
                                                 [--live-day in-default|partitioned|both]
-                                                [--contenders pgmaint,partman,physical] [--batch-rows 50000]
+                                                [--contenders pgmaint,pgmaint-dag,partman,partman-no-late,
+                                                              partman-api-only,physical]
+                                                [--batch-rows 50000]
                                                 [--quiet-wait 180] [--keep-cluster]
     make bench-migration [BENCH_ARGS="--quick"]
 
 Figures, not a timed test: exits 0 when a target is missed. Exits 1 when a contender lost
-or duplicated a row, or when pgmaint or the physical limit did not finish (pg_partman not
-finishing is a measured outcome, reported as DNF). Tables go to stdout, progress to stderr.
+or duplicated a seeded or API row, when pgmaint (engine or DAG) or the physical limit did not
+finish (pg_partman not finishing is a measured outcome, reported as DNF), or when the
+application workload noticed anything during a pgmaint move (for pg_partman and the physical
+limit its figures are measured outcomes). Tables go to stdout, progress to stderr.
 
 Server: a throwaway PostgreSQL 15 cluster from /usr/lib/postgresql/15/bin
 (scripts/pg15cluster.py: initdb as the `postgres` OS user in /tmp, shared_buffers
@@ -49,9 +53,34 @@ Contenders, each on a fresh re-seed of the same data, on the same server:
             fair on wall time; other arguments default). A failed CALL is repeated at once, up
             to 5 calls in all (what an operator would do); the wall time covers every call.
             Skipped with a reason if the extension cannot be created.
-3. physical One transaction; for each day of the window: CREATE TABLE ... (LIKE parent
-            INCLUDING ALL), INSERT ... SELECT from the DEFAULT, DELETE from the DEFAULT, ADD
-            the bound CHECK, ATTACH. No concern for locks; the day list is known in advance.
+   partman-no-late  The same while the application workload makes no late inserts for the
+            days being moved: each such insert, landing between partition_data_proc's DELETE
+            and its ATTACH, makes the ATTACH fail, so with them it never finishes; this
+            variant gives the time to compare with where it can finish. partman-api-only: the
+            simulated API alone, no application workload at all (the application's updates,
+            deletes and upserts can deadlock with partition_data_proc too).
+3. physical One transaction: LOCK the parent (ACCESS EXCLUSIVE, so no write can slip in
+            between a day's DELETE and its ATTACH), then for each day of the window: CREATE
+            TABLE ... (LIKE parent INCLUDING ALL), INSERT ... SELECT from the DEFAULT, DELETE
+            from the DEFAULT, ADD the bound CHECK, ATTACH. No concern for readers or writers
+            (they wait); the day list is known in advance.
+
+pgmaint-dag  The whole `default_partition_migration` DAG, gates included:
+            `scripts/airflow dags test default_partition_migration --conf '{"table": "bench.req",
+            "batch_rows": …}'` as a subprocess, with PGMAINT_AIRFLOW_HOME a private directory
+            under /tmp (SQLite metadata DB migrated once before anything is timed; deleted at
+            exit), AIRFLOW_CONN_PGMAINT_TARGET = the bench database, PGMAINT_CONFIG = a file
+            with the same config as contender 1. Wall time: command start to exit. Reported
+            beside it: the engine's time (the migration's row in <state_schema>.runs, and the
+            `finish` task that drops the old DEFAULT) and every task's time (Airflow's DB).
+
+Application workload (scripts/app_workload.py), beside the API during each move and the
+baseline: 4 connections, each owning ~500 of the seeded rows (ids that are multiples of
+N / 2,000, spread over every day) and the rows it inserts (ids from 50,000,000), reading
+them by key, updating, deleting, upserting, inserting at now() and late rows for the days
+being moved. It counts key reads that found nothing, UPDATEs/DELETEs that matched nothing,
+errors, and afterwards compares the table with what it wrote: rows lost, resurrected,
+payloads wrong, duplicate keys.
 
 Simulated API, running from 2 s before each move until it ends: 8 client threads, each
 paced at one request every 40 ms on a fixed schedule (25 req/s, 200 req/s in all), through
@@ -59,13 +88,15 @@ a pool of 10 connections (a queue of psycopg connections; psycopg_pool is not a 
 dependency), statement_timeout 5 s. Each client rotates inserts at now(), count(*) over the
 last minute, and a read by a random seeded id. Latency runs from the request's *scheduled*
 start (waiting for a pooled connection and any backlog included); figures cover the requests
-scheduled between the start and the end of the move. A separate session samples
+scheduled between the start and the end of the move. Its reads by id skip the rows the
+application workload owns (it deletes some). A separate session samples
 `SELECT count(*) FROM pg_locks WHERE NOT granted` every 50 ms.
 
-Verification after each contender (PASS/FAIL): the seeded rows (id <= N) read through the
-parent have the seeded count and checksum (sum(hashtextextended(t::text, 0))); every row
-the API inserted is there (count of id > N = successful inserts); and the DEFAULT holds no
-row for an in-window day.
+Verification after each contender (PASS/FAIL): the seeded rows (id <= N) the application
+workload does not own read through the parent have the seeded count and checksum
+(sum(hashtextextended(t::text, 0))); every row the API inserted is there (count of
+N < id < 50,000,000 = successful inserts); and the DEFAULT holds no row for an in-window
+day. The application workload's `check` covers its own rows.
 
 Where pgmaint's time goes: its public engine functions are wrapped with timers by this
 script (no engine file is changed), and pg_stat_statements gives each contender's
@@ -79,12 +110,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import platform
 import queue
 import random
 import re
+import shutil
+import sqlite3
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -106,6 +142,7 @@ from include.pgmaint.config import parse_config  # noqa: E402
 from include.pgmaint.db import connect  # noqa: E402
 from include.pgmaint.migrate import migrate_table  # noqa: E402
 from include.pgmaint.state import ensure_state_schema  # noqa: E402
+from app_workload import AppWorkload  # noqa: E402  (scripts/app_workload.py)
 
 BENCH_DB = "pgmaint_bench_migration"
 SCHEMA = "bench"
@@ -133,6 +170,20 @@ TARGET_MAX_MS = 100.0
 TARGET_P99_MS = 20.0
 TARGET_ERRORS = 0
 
+APP_ROWS = 2_000  # seeded rows the application workload owns (every APP_ROWS-th part of the ids, spread over the days)
+APP_WORKERS = 4
+APP_PAUSE_S = 0.005  # between one worker's statements
+APP_ID_BASE = 50_000_000  # the application's new rows get ids from here (the API's come from the sequence, after N)
+APP_INSERT_VALUES = {"client_id": 7, "method": "PUT", "path": "/api/v1/app-workload", "status": 200, "duration_ms": 1}
+
+# The application workload's statements (left out of the contenders' top statements)
+APP_QUERIES = [f'SELECT payload FROM "{SCHEMA}"."{TABLE}" WHERE id = %', f'UPDATE "{SCHEMA}"."{TABLE}" SET payload = %',
+               f'DELETE FROM "{SCHEMA}"."{TABLE}" WHERE id = %', f'INSERT INTO "{SCHEMA}"."{TABLE}" (id, "created_at", payload%',
+               'SELECT id, "created_at", payload FROM %', 'SELECT count(*) FROM (SELECT 1 FROM %']
+
+DAG_ID = "default_partition_migration"
+DAG_TIMEOUT_S = 3600
+
 API_TAG = "/* bench-api */ "
 SAMPLER_TAG = "/* bench-sampler */ "
 
@@ -159,8 +210,8 @@ def parse_sets(text: str) -> list[DataSet]:
             raise SystemExit(f"--sets: {part!r} is not like 1M/10d or 100k/5d")
         scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
         rows, days = int(float(m.group(1)) * scale), int(m.group(3))
-        if rows < 1 or days < 1 or days >= RETENTION_DAYS:
-            raise SystemExit(f"--sets: {part!r}: need rows >= 1 and 1 <= days < {RETENTION_DAYS}")
+        if rows < 10 or rows > APP_ID_BASE // 2 or days < 1 or days >= RETENTION_DAYS:
+            raise SystemExit(f"--sets: {part!r}: need 10 <= rows <= {APP_ID_BASE // 2:,} and 1 <= days < {RETENTION_DAYS}")
         out.append(DataSet(part.strip(), rows, days))
     return out
 
@@ -213,6 +264,11 @@ class Layout:
     @property
     def existing_days(self) -> list[datetime]:
         return self.pre_window_days + self.post_window_days
+
+    @property
+    def app_stride(self) -> int:
+        """The application workload owns the seeded rows whose id is a multiple of this (about APP_ROWS of them)."""
+        return max(2, self.ds.rows // APP_ROWS)
 
 
 def ts(moment: datetime) -> str:
@@ -293,9 +349,10 @@ ROW_VALUES = """
 
 @dataclass
 class Seeded:
-    rows: int
+    rows: int  # seeded rows the application workload does not own: they must come out unchanged
     checksum: int
     seconds: float
+    app_rows: list = field(default_factory=list)  # (id, created_at) of the seeded rows the application workload owns
 
 
 def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded:
@@ -350,17 +407,24 @@ def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded
                  {"t_start": lay.t_start, "t_end": lay.t_end, "n": lay.ds.rows})
     conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", [PARENT, lay.ds.rows])
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(parent))
-    n, ck = figures(conn, None)
-    in_default = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(SCHEMA, f"{TABLE}_default"))).fetchone()[0]
-    if n != lay.ds.rows or in_default != n:
-        raise RuntimeError(f"seeding went wrong: {n} rows, {in_default} in the DEFAULT, expected {lay.ds.rows}")
-    return Seeded(n, ck, time.monotonic() - t0)
+    default = sql.Identifier(SCHEMA, f"{TABLE}_default")
+    total, in_default = conn.execute(sql.SQL("SELECT (SELECT count(*) FROM {}), (SELECT count(*) FROM ONLY {})").format(
+        parent, default)).fetchone()
+    if total != lay.ds.rows or in_default != total:
+        raise RuntimeError(f"seeding went wrong: {total} rows, {in_default} in the DEFAULT, expected {lay.ds.rows}")
+    n, ck = figures(conn, lay)
+    app_rows = conn.execute(sql.SQL("SELECT id, created_at FROM ONLY {} WHERE id %% %s = 0 ORDER BY id").format(default),
+                            [lay.app_stride]).fetchall()
+    if n + len(app_rows) != total:
+        raise RuntimeError(f"seeding went wrong: {n} + {len(app_rows)} application rows != {total}")
+    return Seeded(n, ck, time.monotonic() - t0, app_rows)
 
 
-def figures(conn, max_id: int | None) -> tuple[int, int]:
-    where = sql.SQL("") if max_id is None else sql.SQL(" WHERE id <= {}").format(sql.Literal(max_id))
-    n, ck = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t").format(
-        sql.Identifier(SCHEMA, TABLE)) + where).fetchone()
+def figures(conn, lay: Layout) -> tuple[int, int]:
+    """Count and checksum of the seeded rows the application workload does not own (nobody writes them during a move)."""
+    n, ck = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t "
+                                 "WHERE id <= %s AND id %% %s <> 0").format(sql.Identifier(SCHEMA, TABLE)),
+                         [lay.ds.rows, lay.app_stride]).fetchone()
     return int(n), int(ck)
 
 
@@ -427,8 +491,8 @@ READ_SQL = API_TAG + "SELECT * FROM bench.req WHERE id = %s"
 class Api:
     """8 paced clients sharing a pool of 10; plus the pg_locks sampler."""
 
-    def __init__(self, conninfo: str, seeded_rows: int, seed: int):
-        self.conninfo, self.seeded_rows = conninfo, seeded_rows
+    def __init__(self, conninfo: str, seeded_rows: int, seed: int, app_stride: int):
+        self.conninfo, self.seeded_rows, self.app_stride = conninfo, seeded_rows, app_stride
         self.pool = ConnectionQueue(conninfo, API_POOL)
         self.stop_event = threading.Event()
         self.requests: list[Request] = []
@@ -476,7 +540,10 @@ class Api:
                     elif kind == "count":
                         conn.execute(COUNT_SQL).fetchone()
                     else:
-                        found = conn.execute(READ_SQL, [rng.randint(1, self.seeded_rows)]).fetchone() is not None
+                        rid = rng.randint(1, self.seeded_rows)
+                        if rid % self.app_stride == 0:  # not a row the application workload may have deleted
+                            rid -= 1
+                        found = conn.execute(READ_SQL, [rid]).fetchone() is not None
             except Exception as exc:  # any failure counts: timeouts, lock errors, constraint errors, broken connections
                 error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             latency = time.monotonic() - sched
@@ -572,22 +639,25 @@ class CpuMeter:
         self.pm = postmaster_pid
 
     def _ours(self) -> float:
+        """CPU of this process and its subprocesses (the DAG run), the cluster's postmaster and backends.
+
+        A process's children_* times hold only its exited (reaped) children, so nothing counts twice.
+        """
         ps = self.psutil
-        procs = [ps.Process(os.getpid())]
-        try:
+        me = ps.Process(os.getpid())
+        procs = [me]
+        with contextlib.suppress(ps.Error):
+            procs += me.children(recursive=True)
+        with contextlib.suppress(ps.Error):
             pm = ps.Process(self.pm)
             procs += [pm] + pm.children()
-        except ps.Error:
-            pm = None
         total = 0.0
         for p in procs:
             try:
                 t = p.cpu_times()
             except ps.Error:
                 continue
-            total += t.user + t.system
-            if pm is not None and p.pid == pm.pid:
-                total += t.children_user + t.children_system
+            total += t.user + t.system + t.children_user + t.children_system
         return total
 
     def _busy(self) -> float:
@@ -662,14 +732,13 @@ def pgmaint_timers():
         timer.wrap(pg_migrate, "survey_default", "survey (GROUP BY day over the DEFAULT)"),
         timer.wrap(pg_migrate, "preflight", "preflight"),
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
-        timer.wrap(pg_migrate.Drain, "record_before", "'before' figures (count + checksum scan of the drain table)"),
-        timer.wrap(pg_migrate.Drain, "run", "drain (all batches, incl. record_before)"),
-        timer.wrap(pg_migrate.Drain, "verify", "verify (journal figures)"),
+        timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
+        timer.wrap(pg_migrate.Backfill, "_batch", "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)"),
+        timer.wrap(pg_migrate, "verify_copy", "verify the copies before the swap (one snapshot, count + checksum)"),
+        timer.wrap(pg_migrate.CutVerifier, "figures", "count at the swap (exported snapshot)"),
+        timer.wrap(pg_migrate._Run, "wait_for_old_snapshots", "wait for older snapshots"),
+        timer.wrap(pg_migrate, "drop_old_default", "drop the old DEFAULT (re-checked unchanged)"),
     ]
-    if hasattr(pg_migrate.Drain, "_batch"):
-        undo.append(timer.wrap(pg_migrate.Drain, "_batch", "one drain batch (DELETE ... RETURNING -> INSERT + journal)"))
-    if hasattr(pg_migrate, "_drop_drain"):
-        undo.append(timer.wrap(pg_migrate, "_drop_drain", "drop the emptied drain table"))
     try:
         yield timer
     finally:
@@ -699,15 +768,29 @@ class Outcome:
     other_load: tuple | None = None  # (cores used by other processes, cores busy in all) during the move
     data_ok: bool = True  # no row lost or duplicated
     rows_left: int = 0  # seeded rows still in the DEFAULT afterwards
+    app: dict = field(default_factory=dict)  # the application workload's totals() and check()
+    dag: dict = field(default_factory=dict)  # pgmaint-dag: engine time from the journal, task times from Airflow's DB
+
+
+def app_clean(app: dict) -> bool:
+    """The application noticed nothing: no miss, no error, nothing lost, doubled, resurrected or wrong."""
+    return bool(app) and all(app.get(k, 0) == 0 for k in APP_BUG_FIGURES)
+
+
+APP_BUG_FIGURES = ("read_misses", "read_doubles", "stale_reads", "update_misses", "delete_misses", "errors",
+                   "duplicate_keys", "rows_lost", "rows_resurrected", "payloads_wrong")
+
+
+BENCH_CONFIG = {
+    "state_schema": STATE_SCHEMA,
+    "timezone": "UTC",
+    "tables": [{"name": PARENT, "partition_key": "created_at", "interval": "1 day", "premake": PREMAKE,
+                "retention": f"{RETENTION_DAYS} days"}],
+}
 
 
 def bench_config():
-    return parse_config({
-        "state_schema": STATE_SCHEMA,
-        "timezone": "UTC",
-        "tables": [{"name": PARENT, "partition_key": "created_at", "interval": "1 day", "premake": PREMAKE,
-                    "retention": f"{RETENTION_DAYS} days"}],
-    })
+    return parse_config(BENCH_CONFIG)
 
 
 def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -> None:
@@ -747,6 +830,114 @@ def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -
             raise RuntimeError(f"pgmaint migration {result.outcome} after {len(calls)} call(s): {result.errors or result.skipped_reason}")
     finally:
         conn.close()
+
+
+class AirflowHome:
+    """A private AIRFLOW_HOME under /tmp for `scripts/airflow dags test` (never the repo's .airflow).
+
+    The metadata DB (SQLite, as for every `dags test`) is migrated and the pools imported once,
+    before anything is timed (`scripts/airflow --prepare`), as in a deployment; deleted at exit.
+    """
+
+    def __init__(self, conninfo: str):
+        self.path = Path(tempfile.mkdtemp(prefix="pgmaint-bench-airflow-"))
+        self.config = self.path / "pgmaint-bench.yaml"
+        self.config.write_text(json.dumps(BENCH_CONFIG, indent=2) + "\n")  # JSON is YAML
+        params = conninfo_to_dict(conninfo)
+        target = {"conn_type": "postgres", "host": params.get("host"), "port": int(params.get("port") or 5432),
+                  "login": params.get("user"), "password": params.get("password"), "schema": params.get("dbname")}
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("AIRFLOW__DATABASE__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))}
+        self.env.update({"PGMAINT_AIRFLOW_HOME": str(self.path), "PGMAINT_CONFIG": str(self.config),
+                         # the SQLite DB `dags test` uses, for `--prepare` too (else it would prepare the embedded dev DB)
+                         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.path}/airflow.db",
+                         "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps({k: v for k, v in target.items() if v is not None})})
+        self.prepare_seconds: float | None = None
+
+    def prepare(self) -> None:
+        t0 = time.monotonic()
+        proc = subprocess.run([str(REPO / "scripts" / "airflow"), "--prepare"], env=self.env, capture_output=True, text=True,
+                              timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/airflow --prepare failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
+        self.prepare_seconds = time.monotonic() - t0
+
+    def task_times(self) -> tuple[dict, list[tuple]]:
+        """The last DAG run (state, start, end) and its task instances (task, state, start, end, seconds), from the SQLite DB."""
+        db = sqlite3.connect(self.path / "airflow.db")
+        try:
+            run = db.execute("SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                             [DAG_ID]).fetchone()
+            if run is None:
+                return {}, []
+            tis = db.execute("SELECT task_id, state, start_date, end_date, duration FROM task_instance "
+                             "WHERE dag_id = ? AND run_id = ? ORDER BY start_date", [DAG_ID, run[0]]).fetchall()
+        finally:
+            db.close()
+        return {"run_id": run[0], "state": run[1], "start": _utc(run[2]), "end": _utc(run[3])}, [
+            (t, st, _utc(a), _utc(b), d) for t, st, a, b, d in tis]
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _utc(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+AIRFLOW_HOME: AirflowHome | None = None
+
+
+def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -> None:
+    """The whole DAG, gates included: `scripts/airflow dags test default_partition_migration --conf …` as a subprocess.
+
+    Wall time: from starting the command to its exit (Airflow start-up, DAG parsing, every task,
+    GX import in the gates). Engine time: the migration's row in <state_schema>.runs (migrate task)
+    and the finish task (drop of the old DEFAULT); task times from the private metadata DB.
+    """
+    home = AIRFLOW_HOME
+    config = bench_config()
+    with connect(conninfo, config.lock_budget) as conn:
+        ensure_state_schema(conn, config.state_schema)  # exists in production after the first run
+    conf = {"table": PARENT, "batch_rows": batch_rows, "max_minutes": 60}
+    cmd = [str(REPO / "scripts" / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    logfile = home.path / f"dags-test-{lay.ds.label.replace('/', '_')}-{lay.live_day}.log"
+    home.prepare()  # again, at the last moment: other users of the shared venv re-install it often (a no-op install)
+    marker = home.path / ".initialised"
+    migrated_before = marker.stat().st_mtime if marker.exists() else None
+    started_at = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    with open(logfile, "w") as out:
+        proc = subprocess.run(cmd, env=home.env, stdout=out, stderr=subprocess.STDOUT, timeout=DAG_TIMEOUT_S)
+    outcome.wall = time.monotonic() - t0
+    remigrated = (marker.stat().st_mtime if marker.exists() else None) != migrated_before
+    run, tasks = home.task_times()
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        row = c.execute(sql.SQL("SELECT extract(epoch FROM finished_at - started_at), outcome, summary->>'outcome', "
+                                "(summary->>'seconds')::float8, (summary->>'rows_moved')::bigint, error FROM {}.runs "
+                                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1").format(
+            sql.Identifier(STATE_SCHEMA)), [DAG_ID]).fetchone()
+    dag = outcome.dag = {"exit": proc.returncode, "state": run.get("state"), "started_at": started_at, "run": run, "tasks": tasks,
+                         "log": str(logfile)}
+    if row:
+        dag.update(engine_journal=float(row[0]) if row[0] is not None else None, journal_outcome=row[1],
+                   engine_outcome=row[2], engine_seconds=row[3], rows_moved=row[4], engine_error=row[5])
+    by_task = {t[0]: t for t in tasks}
+    fin = by_task.get("finish")
+    dag["finish_seconds"] = fin[4] if fin else None
+    outcome.note = (f"`scripts/airflow dags test {DAG_ID}` exit {proc.returncode}, DAG run {run.get('state')}; "
+                    f"migrate: {dag.get('engine_outcome')}, {dag.get('rows_moved') or 0:,} rows, "
+                    f"engine {dag.get('engine_seconds') or 0:.2f}s (journal)")
+    if remigrated:
+        outcome.note += ("; NOTE: scripts/airflow re-ran `airflow db migrate` inside this timed run (the shared venv was "
+                         "re-installed meanwhile): the wall time includes it")
+    if proc.returncode != 0 or run.get("state") != "success":
+        tail = logfile.read_text(errors="replace").strip().splitlines()[-15:]
+        raise RuntimeError(f"DAG run {run.get('state')} (exit {proc.returncode}); {dag.get('engine_error') or ''} "
+                           f"log {logfile}: " + " / ".join(tail))
 
 
 def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
@@ -797,6 +988,9 @@ def run_physical(conninfo: str, lay: Layout, outcome: Outcome) -> None:
         conn.execute("SET statement_timeout = 0")
         t0 = time.monotonic()
         with conn.transaction():
+            # Everything first: otherwise a late insert for a day, committed between that day's DELETE and its
+            # ATTACH, makes the ATTACH's scan of the DEFAULT fail (the application workload does such inserts).
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(parent))
             for day in lay.window_days:
                 lo, hi = sql.Literal(ts(day)), sql.Literal(ts(day + timedelta(days=1)))
                 child = sql.Identifier(SCHEMA, f"{TABLE}_p{day:%Y%m%d}")
@@ -808,14 +1002,19 @@ def run_physical(conninfo: str, lay: Layout, outcome: Outcome) -> None:
                     child, sql.Identifier(f"{TABLE}_p{day:%Y%m%d}_bound"), cond))
                 conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(parent, child, lo, hi))
         outcome.wall = time.monotonic() - t0
-    outcome.note = f"one transaction, {len(lay.window_days)} days"
+    outcome.note = f"one transaction under ACCESS EXCLUSIVE on the parent, {len(lay.window_days)} days"
 
 
 def verify(conn, lay: Layout, seeded: Seeded, api_inserted: int) -> tuple[bool, bool, str, int]:
-    """(no row lost or duplicated, nothing left behind, text, seeded rows left in the DEFAULT)."""
-    n, ck = figures(conn, lay.ds.rows)
-    api_rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id > %s").format(sql.Identifier(SCHEMA, TABLE)),
-                            [lay.ds.rows]).fetchone()[0]
+    """(no row lost or duplicated, nothing left behind, text, seeded rows left in the DEFAULT).
+
+    The seeded rows the application workload owns are left out of the count and checksum (it
+    changes them legitimately; its own `check` compares them with what it wrote), and so are its
+    new rows (ids from APP_ID_BASE).
+    """
+    n, ck = figures(conn, lay)
+    api_rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id < %s").format(sql.Identifier(SCHEMA, TABLE)),
+                            [lay.ds.rows, APP_ID_BASE]).fetchone()[0]
     dflt = default_partition(conn)
     left, left_seeded = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE id <= %s) FROM ONLY {} WHERE created_at >= %s")
                                      .format(sql.Identifier(SCHEMA, dflt)), [lay.ds.rows, lay.first_window_day]).fetchone() if dflt else (0, 0)
@@ -831,9 +1030,11 @@ def verify(conn, lay: Layout, seeded: Seeded, api_inserted: int) -> tuple[bool, 
     if dflt is None:
         problems.append("no DEFAULT partition attached")
     if problems or leftovers:
-        kept = "" if problems else f"no row lost or duplicated ({n:,} seeded rows: count+checksum equal; {api_rows:,} API rows present); "
+        kept = "" if problems else (f"no row lost or duplicated ({n:,} seeded rows not owned by the application: count+checksum "
+                                    f"equal; {api_rows:,} API rows present); ")
         return not problems, not leftovers, "FAIL: " + kept + "; ".join(problems + leftovers), left_seeded
-    return True, True, f"PASS: {n:,} seeded rows, count+checksum equal; {api_rows:,} API rows all present; DEFAULT holds 0 in-window rows", 0
+    return True, True, (f"PASS: {n:,} seeded rows not owned by the application, count+checksum equal; {api_rows:,} API rows all "
+                        "present; DEFAULT holds 0 in-window rows"), 0
 
 
 def pgss_reset(conn, enabled: bool) -> None:
@@ -850,7 +1051,8 @@ def pgss_top(conn, enabled: bool, limit: int = 8) -> list[tuple]:
         FROM pg_stat_statements
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND query NOT LIKE %s AND query NOT LIKE %s AND query NOT ILIKE '%%pg_stat_statements%%'
-        ORDER BY total_exec_time DESC LIMIT %s""", [API_TAG.strip() + "%", SAMPLER_TAG.strip() + "%", limit]).fetchall()
+          AND NOT query LIKE ANY(%s)
+        ORDER BY total_exec_time DESC LIMIT %s""", [API_TAG.strip() + "%", SAMPLER_TAG.strip() + "%", APP_QUERIES, limit]).fetchall()
 
 
 def pgss_api(conn, enabled: bool) -> list[tuple]:
@@ -871,8 +1073,10 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     if METER:
         METER.wait_quiet(quiet_wait)
     pgss_reset(admin, pgss)
-    api = Api(conninfo, lay.ds.rows, seed=sum(map(ord, name)))
+    api = Api(conninfo, lay.ds.rows, seed=sum(map(ord, name)), app_stride=lay.app_stride)
     api.start()
+    app = None if name == "partman-api-only" else start_app(conninfo, lay, seeded, seed=sum(map(ord, name)),
+                                                              late=(name != "partman-no-late"))
     time.sleep(API_WARMUP_S)
     snap = METER.snapshot() if METER else None
     start = outcome.move_start = time.monotonic()
@@ -880,7 +1084,9 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     try:
         if name == "pgmaint":
             run_pgmaint(conninfo, lay, batch_rows, outcome)
-        elif name == "partman":
+        elif name == "pgmaint-dag":
+            run_pgmaint_dag(conninfo, lay, batch_rows, outcome)
+        elif name.startswith("partman"):
             run_partman(conninfo, lay, outcome)
         else:
             run_physical(conninfo, lay, outcome)
@@ -893,8 +1099,11 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     if outcome.wall is None:
         outcome.wall = end - start
     time.sleep(API_TAIL_S)
+    if app:
+        app.stop()
     api.stop()
     outcome.api = api_figures(api, start, end)
+    outcome.app = {**app.totals(), **app.check(admin)} if app else {}
     outcome.statements = pgss_top(admin, pgss)
     outcome.api_server = pgss_api(admin, pgss)
     data_ok, complete, text, outcome.rows_left = verify(admin, lay, seeded, api.inserted)
@@ -905,11 +1114,19 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     return outcome
 
 
-def baseline(conninfo: str, lay: Layout, seconds: float = 5.0) -> Outcome:
-    """The API alone on the freshly seeded table: what 'no move' looks like on this machine."""
-    outcome = Outcome("(API alone, no move)")
-    api = Api(conninfo, lay.ds.rows, seed=7)
+def start_app(conninfo: str, lay: Layout, seeded: Seeded, seed: int, late: bool = True) -> AppWorkload:
+    """late=False: no late inserts for the days being moved (what lets partition_data_proc finish)."""
+    return AppWorkload(conninfo, SCHEMA, TABLE, seeded.app_rows, lay.window_days if late else [], workers=APP_WORKERS, pause=APP_PAUSE_S,
+                       key="created_at", new_id_base=APP_ID_BASE, statement_timeout_ms=int(API_STATEMENT_TIMEOUT.rstrip("s")) * 1000,
+                       seed=seed, insert_values=APP_INSERT_VALUES).start()
+
+
+def baseline(conninfo: str, lay: Layout, seeded: Seeded, seconds: float = 5.0) -> Outcome:
+    """The API and the application workload alone on the freshly seeded table: what 'no move' looks like on this machine."""
+    outcome = Outcome("(API + application alone, no move)")
+    api = Api(conninfo, lay.ds.rows, seed=7, app_stride=lay.app_stride)
     api.start()
+    app = start_app(conninfo, lay, seeded, seed=7)
     time.sleep(API_WARMUP_S)
     snap = METER.snapshot() if METER else None
     start = time.monotonic()
@@ -917,8 +1134,11 @@ def baseline(conninfo: str, lay: Layout, seconds: float = 5.0) -> Outcome:
     end = time.monotonic()
     outcome.other_load = METER.since(snap) if METER else None
     time.sleep(API_TAIL_S)
+    app.stop()
     api.stop()
     outcome.api = api_figures(api, start, end)
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        outcome.app = {**app.totals(), **app.check(c)}
     outcome.wall = end - start
     outcome.verify = "-"
     return outcome
@@ -959,6 +1179,53 @@ def table(lay: Layout, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def app_table(outcomes: list[Outcome]) -> str:
+    """What the application workload saw: misses of its own existing rows, and the table against its model afterwards."""
+    lines = [f"Application workload ({APP_WORKERS} connections, each owning ~{APP_ROWS // APP_WORKERS:,} seeded rows and its new rows; "
+             "from 2 s before the move until 0.5 s after it). Misses: key reads / UPDATEs / DELETEs of rows that exist that "
+             "found or matched nothing; afterwards: the table compared with what the application knows it wrote.", "",
+             "| contender | statements | key reads missed | updates missed | deletes missed | read twice / stale | "
+             "upserts, inserts now, late | errors | duplicate keys | rows lost | resurrected | payloads wrong |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for o in outcomes:
+        a = o.app
+        if o.skipped or not a:
+            continue
+        lines.append(f"| {o.contender} | {a['requests']:,} | {a['read_misses']:,} of {a['reads']:,} | "
+                     f"{a['update_misses']:,} of {a['updates']:,} | {a['delete_misses']:,} of {a['deletes']:,} | "
+                     f"{a['read_doubles']} / {a['stale_reads']} | {a['upserts']:,}, {a['inserts']:,}, {a['late_inserts']:,} | "
+                     f"{a['errors']:,} | {a['duplicate_keys']:,} | {a['rows_lost']:,} | {a['rows_resurrected']:,} | "
+                     f"{a['payloads_wrong']:,} |")
+    return "\n".join(lines)
+
+
+def dag_breakdown(o: Outcome) -> list[str]:
+    """Where the whole DAG run's time goes: Airflow start-up, each task, the engine inside `migrate`."""
+    d = o.dag
+    if not d:
+        return []
+    run, tasks = d.get("run") or {}, d.get("tasks") or []
+    out = [f"pgmaint-dag: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
+           f"{o.wall:.2f}s from starting the command to its exit:", "", "| part | s |", "|---|---:|"]
+    starts = [t[2] for t in tasks if t[2]]
+    ends = [t[3] for t in tasks if t[3]]
+    if starts:
+        out.append(f"| before the first task (interpreter, Airflow import, DAG parse, run set-up) | "
+                   f"{(min(starts) - d['started_at']).total_seconds():.2f} |")
+    for task_id, state, t0, t1, secs in tasks:
+        extra = ""
+        if task_id == "migrate" and d.get("engine_journal") is not None:
+            extra = f" (engine, journal: {d['engine_journal']:.2f}s)"
+        out.append(f"| task `{task_id}` ({state}){extra} | {secs if secs is not None else float('nan'):.2f} |")
+    if ends:
+        gaps = (max(ends) - min(starts)).total_seconds() - sum(t[4] or 0 for t in tasks)
+        out.append(f"| between tasks (scheduling inside `dags test`; negative = tasks overlapped) | {gaps:.2f} |")
+        exit_at = d["started_at"] + timedelta(seconds=o.wall)
+        out.append(f"| after the last task (run wrap-up, interpreter exit) | {(exit_at - max(ends)).total_seconds():.2f} |")
+    out.append("")
+    return out
+
+
 def targets(outcomes: dict[str, Outcome]) -> list[str]:
     pg = outcomes.get("pgmaint")
     if not pg or pg.skipped or pg.api is None:
@@ -969,13 +1236,21 @@ def targets(outcomes: dict[str, Outcome]) -> list[str]:
         return "met" if ok else "MISSED"
 
     pm, ph = outcomes.get("partman"), outcomes.get("physical")
+    for variant, what in (("partman-no-late", "the same application without late inserts"),
+                          ("partman-api-only", "the simulated API alone, no application workload")):
+        alt = outcomes.get(variant)
+        if alt and not alt.skipped and alt.wall and not alt.failure and (not pm or pm.skipped or pm.failure):
+            out.append(f"- partman with the full application workload {'did not finish' if pm and pm.failure else 'not run'}; "
+                       f"ratios below use {variant} ({alt.wall:.1f}s, {what})")
+            pm = alt
     if pm and not pm.skipped and pm.wall:
         r = pg.wall / pm.wall
         if pm.failure:
-            out.append(f"- pgmaint / partman wall time: n/a: partman did not finish ({pm.rows_left:,} seeded rows left in the DEFAULT "
+            out.append(f"- pgmaint (engine, in-process) / partman wall time: n/a: partman did not finish ({pm.rows_left:,} seeded rows left in the DEFAULT "
                        f"after {pm.wall:.1f}s; pgmaint took {pg.wall:.1f}s for all of them)")
         else:
-            out.append(f"- pgmaint / partman wall time: {r:.2f}x (target <= {TARGET_VS_PARTMAN:.1f}x): {mark(r <= TARGET_VS_PARTMAN)}")
+            out.append(f"- pgmaint (engine, in-process) / {pm.contender} wall time: {r:.2f}x (target <= {TARGET_VS_PARTMAN:.1f}x): "
+                       f"{mark(r <= TARGET_VS_PARTMAN)}")
     else:
         out.append(f"- pgmaint / partman wall time: n/a (partman {'skipped: ' + pm.skipped if pm else 'not run'})")
     if ph and not ph.skipped and ph.wall:
@@ -983,6 +1258,25 @@ def targets(outcomes: dict[str, Outcome]) -> list[str]:
         out.append(f"- pgmaint / physical wall time: {r:.2f}x (target <= {TARGET_VS_PHYSICAL:.0f}x): {mark(r <= TARGET_VS_PHYSICAL)}")
     else:
         out.append("- pgmaint / physical wall time: n/a (physical not run)")
+    dag = outcomes.get("pgmaint-dag")
+    if dag and not dag.skipped and dag.dag:
+        engine = (dag.dag.get("engine_journal") or 0) + (dag.dag.get("finish_seconds") or 0)
+        if dag.failure:
+            out.append(f"- pgmaint whole DAG: did not finish ({dag.failure})")
+        elif pm and not pm.skipped and pm.wall and not pm.failure:
+            r = dag.wall / pm.wall
+            out.append(f"- pgmaint whole DAG run (gates included) / {pm.contender}: {r:.2f}x ({dag.wall:.1f}s vs {pm.wall:.1f}s; "
+                       f"target <= {TARGET_VS_PARTMAN:.1f}x): {mark(r <= TARGET_VS_PARTMAN)}; the engine inside it "
+                       f"(migrate + finish, own process) {engine:.1f}s = {engine / pm.wall:.2f}x")
+        else:
+            why = f"partman did not finish in {pm.wall:.1f}s" if pm and pm.failure else "partman not run"
+            out.append(f"- pgmaint whole DAG run / partman: n/a ({why}); the DAG finished in {dag.wall:.1f}s, "
+                       f"engine (migrate + finish) {engine:.1f}s")
+    for o in (pg, dag):
+        if o and not o.skipped and o.app:
+            bad = {k: o.app[k] for k in APP_BUG_FIGURES if o.app.get(k)}
+            out.append(f"- application during {o.contender}: misses, errors, duplicates, lost/resurrected/wrong rows "
+                       f"{'all 0' if not bad else bad} (target all 0): {mark(not bad)}")
     a = pg.api
     out.append(f"- API max stall during pgmaint: {fmt_ms(a.max_ms)} ms (target <= {TARGET_MAX_MS:.0f} ms): {mark(a.max_ms <= TARGET_MAX_MS)}")
     out.append(f"- API p99 during pgmaint: {fmt_ms(a.p99_ms)} ms (target <= {TARGET_P99_MS:.0f} ms): {mark(a.p99_ms <= TARGET_P99_MS)}")
@@ -1009,8 +1303,11 @@ def details(outcomes: list[Outcome]) -> list[str]:
             out.append("  - the same API statements, server-side execution only (pg_stat_statements, mean / max ms): " + "; ".join(
                 f"{k} {mean:.2f} / {mx:.1f}" for k, mean, mx in o.api_server))
         if a.reads:
-            why = " (rows waiting in the drain table are invisible through the parent)" if o.contender == "pgmaint" else ""
-            out.append(f"  - API reads by id during the move: {a.reads:,}, of which {a.reads_missing:,} found no row{why}")
+            out.append(f"  - API reads by id of seeded rows during the move: {a.reads:,}, of which {a.reads_missing:,} found no row")
+        if o.app.get("error_samples"):
+            out.append("  - application errors (samples): " + " | ".join(o.app["error_samples"][:3]))
+        if o.app.get("lost_sample") or o.app.get("wrong_sample"):
+            out.append(f"  - application rows lost (sample): {o.app.get('lost_sample')}; payloads wrong (sample): {o.app.get('wrong_sample')}")
         for kind, count in sorted(a.error_kinds.items(), key=lambda kv: -kv[1])[:6]:
             out.append(f"  - API error x{count}: {kind}")
         if a.slow:
@@ -1047,6 +1344,7 @@ def profile(outcomes: list[Outcome]) -> list[str]:
     for o in outcomes:
         if o.skipped or o.contender.startswith("("):
             continue
+        out += dag_breakdown(o)
         if o.phases:
             out.append(f"pgmaint phases (wall seconds, measured around the engine's functions; total {o.wall:.2f}s):")
             out.append("")
@@ -1098,7 +1396,11 @@ def main() -> int:
     ap.add_argument("--sets", default="1M/10d,4M/4d", help="data sets, N/Dd comma-separated (default 1M/10d,4M/4d)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --sets 100k/5d")
     ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"), help="use this server instead of a throwaway PG15 cluster")
-    ap.add_argument("--contenders", default="pgmaint,partman,physical")
+    ap.add_argument("--contenders", default="pgmaint,pgmaint-dag,partman,partman-no-late,partman-api-only,physical",
+                    help="pgmaint (the engine, in-process), pgmaint-dag (the whole DAG through `scripts/airflow dags test`), "
+                         "partman, partman-no-late (the same, while the application makes no late inserts for the days "
+                         "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
+                         "application workload), physical (default: all six)")
     ap.add_argument("--live-day", default="both", choices=("in-default", "partitioned", "both"),
                     help="in-default: the data runs up to now and today has no partition (API inserts go to the DEFAULT); "
                          "partitioned: the data ends at midnight and today's partition exists; both (default): run each")
@@ -1111,25 +1413,39 @@ def main() -> int:
     sets = parse_sets("100k/5d" if args.quick else args.sets)
     scenarios = ["in-default", "partitioned"] if args.live_day == "both" else [args.live_day]
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - {"pgmaint", "partman", "physical"}
+    unknown = set(contenders) - {"pgmaint", "pgmaint-dag", "partman", "partman-no-late", "partman-api-only", "physical"}
     if unknown:
         raise SystemExit(f"--contenders: unknown {sorted(unknown)}")
 
     all_ok = True
-    global METER
-    with server(args.dsn, args.keep_cluster) as (admin_conninfo, where, postmaster):
+    global METER, AIRFLOW_HOME
+    with server(args.dsn, args.keep_cluster) as (admin_conninfo, where, postmaster), contextlib.ExitStack() as stack:
         METER = CpuMeter(postmaster) if postmaster else None
         conninfo = fresh_database(admin_conninfo)
+        if "pgmaint-dag" in contenders:
+            AIRFLOW_HOME = AirflowHome(conninfo)
+            stack.callback(AIRFLOW_HOME.close)
+            log(f"preparing a private Airflow home {AIRFLOW_HOME.path} (metadata DB migrated once, not timed)")
+            AIRFLOW_HOME.prepare()
+            log(f"  ready in {AIRFLOW_HOME.prepare_seconds:.1f}s")
         with psycopg.connect(conninfo, autocommit=True, application_name="bench-admin") as admin:
             admin.execute("SET statement_timeout = 0")
             partman_problem, pgss = setup_extensions(admin)
-            if partman_problem and "partman" in contenders:
+            if partman_problem and any(c.startswith("partman") for c in contenders):
                 log(f"partman will be skipped: {partman_problem}")
             header = ["## Migration benchmark", "", f"Command: `.venv/bin/python scripts/bench_migration.py {' '.join(sys.argv[1:])}`",
                       "", "Environment:", ""] + environment(admin, where, partman_problem) + [""]
             header += ["Columns: wall s = the contender's call(s), end to end (DNF: did not finish; rows/s then counts the rows it "
-                       "did move); API figures cover requests scheduled during the move, latency from the scheduled start; "
+                       "did move); pgmaint = the engine (`migrate_table`) called in this process, where it shares the Python GIL "
+                       f"with the {API_CLIENTS} API and {APP_WORKERS} application threads; "
+                       "pgmaint-dag = the whole "
+                       f"`{DAG_ID}` DAG (gates included) through `scripts/airflow dags test` in its own process; "
+                       "API figures cover requests scheduled during the move, latency from the scheduled start; "
                        "max lock waiters = max of `count(*) FROM pg_locks WHERE NOT granted`, sampled every 50 ms.", ""]
+            if AIRFLOW_HOME:
+                header += [f"Airflow for pgmaint-dag: private AIRFLOW_HOME under {tempfile.gettempdir()}, SQLite metadata DB migrated "
+                           f"before timing ({AIRFLOW_HOME.prepare_seconds:.1f}s, once), AIRFLOW_CONN_PGMAINT_TARGET = the bench "
+                           "database, PGMAINT_CONFIG = the bench config.", ""]
             print("\n".join(header), flush=True)
             for live_day in scenarios:
                 for ds in sets:
@@ -1139,29 +1455,37 @@ def main() -> int:
                         f"({len(lay.window_days)} daily intervals), {len(lay.pre_window_days)} pre-window partitions")
                     outcomes: list[Outcome] = []
                     for i, name in enumerate(contenders):
-                        if name == "partman" and partman_problem:
+                        if name.startswith("partman") and partman_problem:
                             outcomes.append(Outcome(name, skipped=partman_problem))
                             continue
                         log(f"{label}: seeding for {name}")
-                        seeded = seed(admin, lay, partman=(name == "partman"), partman_available=not partman_problem)
-                        log(f"{label}: seeded {seeded.rows:,} rows in {seeded.seconds:.1f}s")
+                        seeded = seed(admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem)
+                        log(f"{label}: seeded {ds.rows:,} rows ({len(seeded.app_rows):,} owned by the application workload) "
+                            f"in {seeded.seconds:.1f}s")
                         if i == 0:
                             log(f"{label}: API baseline (no move)")
                             admin.execute("CHECKPOINT")
                             if METER:
                                 METER.wait_quiet(args.quiet_wait)
-                            outcomes.append(baseline(conninfo, lay))
+                            outcomes.append(baseline(conninfo, lay, seeded))
                             log(f"{label}: re-seeding for {name} (the baseline's inserts changed the table)")
-                            seeded = seed(admin, lay, partman=(name == "partman"), partman_available=not partman_problem)
+                            seeded = seed(admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem)
+                        if name == "pgmaint-dag":
+                            # scripts/airflow migrates the metadata DB again when the (shared) venv was re-installed
+                            # since: do that now, untimed, as a deployment has; the run's note says if it happened again.
+                            AIRFLOW_HOME.prepare()
                         log(f"{label}: running {name}")
                         o = run_contender(name, conninfo, admin, lay, seeded, pgss, args.batch_rows, args.quiet_wait)
                         log(f"{label}: {name}: {o.wall:.2f}s; API max {fmt_ms(o.api.max_ms)} ms, errors {o.api.errors}; {o.verify}")
+                        log(f"{label}: {name}: application: " + ", ".join(f"{k} {o.app.get(k, 0)}" for k in APP_BUG_FIGURES))
                         # A contender that did not finish is a measured outcome; lost or duplicated rows are not.
-                        if not o.data_ok or (name != "partman" and not o.verified):
+                        if not o.data_ok or (not name.startswith("partman") and not o.verified):
+                            all_ok = False
+                        if name.startswith("pgmaint") and not app_clean(o.app):  # the application must notice nothing
                             all_ok = False
                         outcomes.append(o)
                     by_name = {o.contender: o for o in outcomes}
-                    section = [table(lay, outcomes), "", "Targets (pgmaint):", ""] + targets(by_name)
+                    section = [table(lay, outcomes), "", app_table(outcomes), "", "Targets (pgmaint):", ""] + targets(by_name)
                     section += ["", "Verification and notes:", ""] + details(outcomes) + [""] + profile(outcomes)
                     print("\n".join(section), flush=True)  # each data set as soon as it is done
     return 0 if all_ok else 1
