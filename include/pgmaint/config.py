@@ -547,17 +547,22 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Read the YAML at `path`, `$PGMAINT_CONFIG`, or the demo config."""
+def read_config_file(path: str | os.PathLike | None = None) -> tuple[Path, object]:
+    """(path, parsed YAML) of `path`, `$PGMAINT_CONFIG`, or the demo config; unreadable or invalid: ConfigError."""
     path = Path(path or os.environ.get("PGMAINT_CONFIG") or DEFAULT_CONFIG_PATH)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"], str(path)) from None
     try:
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 50x faster
+        return path, yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 50x faster
     except yaml.YAMLError as exc:
         raise ConfigError([f"(file): not valid YAML: {exc}"], str(path)) from None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read the YAML at `path`, `$PGMAINT_CONFIG`, or the demo config."""
+    path, raw = read_config_file(path)
     return parse_config(raw, source=str(path))
 
 

@@ -30,7 +30,7 @@ from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.escalation import EscalationSettings
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline as table_clock, to_utc
-from include.pgmaint.watchdog import key_table
+from include.pgmaint.watchdog import _ago, key_table
 
 MAINTENANCE_DAG = "partition_maintenance"
 MIGRATION_DAG = "default_partition_migration"
@@ -161,14 +161,7 @@ def open_overview_connection(conninfo: str, config: Config):
 
 
 def _age(delta: timedelta) -> str:
-    seconds = max(int(delta.total_seconds()), 0)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+    return _ago(max(delta, timedelta(0)))  # the watchdog's words for a duration
 
 
 def _state_reads(conn, config: Config, names: list[str]) -> dict[str, Any]:
