@@ -182,4 +182,4 @@ class CutVerifier:
             pass
 
 
-__all__ = ["Backfill", "CutVerifier", "compare", "verify_copy"]
+__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot", "verify_copy"]

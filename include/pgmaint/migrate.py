@@ -34,11 +34,11 @@ from typing import Callable
 from psycopg import sql
 
 from include.pgmaint import privileges
-from include.pgmaint.backfill import Backfill, CutVerifier, compare, verify_copy
+from include.pgmaint.backfill import Backfill, CutVerifier, compare, figures_in_snapshot, verify_copy
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, GuardFailed, Statement, Step, StepFailed
-from include.pgmaint.figures import bucket_expression, checksum_expression, checksum_method, figures_query, table_columns
+from include.pgmaint.figures import bucket_expression, checksum_method, figures_query, table_columns
 from include.pgmaint.guards import CircuitBreaker, TableBusy, preflight, quoted, require_session_visibility, runner_lock
 from include.pgmaint.maintenance import RunContext
 from include.pgmaint.mirror import DefaultPartitionMigration, mirror_key, refusals
@@ -244,6 +244,14 @@ def migration_summary(result: MigrationResult) -> str:
     return f"{result.table}: migration {result.outcome}: {done}"
 
 
+def statements_for(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MigrationPlan) -> DefaultPartitionMigration:
+    """The migration's statements for `plan`; a table without a mirror key raises with the reasons."""
+    key = mirror_key(conn, facts)
+    if key is None:
+        raise RuntimeError("; ".join(refusals(conn, facts)))
+    return DefaultPartitionMigration(config, cfg, facts, plan, key, table_columns(conn, facts))
+
+
 def _facts(conn, config: Config, cfg: TableConfig) -> TableFacts:
     facts = read_catalog(conn, [cfg], config.timezone)[cfg.name]
     if not isinstance(facts, TableFacts):
@@ -277,7 +285,7 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
         for p in problems:
             log.error("%s: [dry run] cannot move rows online: %s", cfg.name, p)
         return
-    m = DefaultPartitionMigration(config, cfg, facts, plan, mirror_key(conn, facts), table_columns(conn, facts))
+    m = statements_for(conn, config, cfg, facts, plan)
     steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
     copy = Backfill(conn, m, 0)
     steps.append(Step("copy_batch", m.default_name, (
@@ -330,10 +338,7 @@ class _Run:
             self.state, assignments), [*(to_json(v) if isinstance(v, (dict, list)) else v for v in values.values()), migration_id])
 
     def migration(self, facts: TableFacts, plan: MigrationPlan) -> DefaultPartitionMigration:
-        key = mirror_key(self.conn, facts)
-        if key is None:
-            raise RuntimeError("; ".join(refusals(self.conn, facts)))
-        return DefaultPartitionMigration(self.config, self.cfg, facts, plan, key, table_columns(self.conn, facts))
+        return statements_for(self.conn, self.config, self.cfg, facts, plan)
 
     # --- the phases --------------------------------------------------------------------------
 
@@ -458,18 +463,16 @@ class _Run:
         if at_swap:
             failpoint("after_verify")
 
-    def reverify(self, m: DefaultPartitionMigration, mid: int) -> None:
+    def reverify(self, m: DefaultPartitionMigration, current: OpenMigration) -> None:
         """The run died between the swap and its count. The copies matched the DEFAULT in the check before the swap;
         if the old DEFAULT still holds exactly what it held then, no write reached it in between, so the copies
         matched it at the swap too. (With writers paused, the usual case, that holds.)"""
-        if self.conn.execute(sql.SQL("SELECT verified_at IS NOT NULL FROM {}.migrations WHERE migration_id = %s").format(self.state),
-                             [mid]).fetchone()[0]:
+        if current.verified:
             return
-        checksum = _checksum_of(self.conn, self.config, mid)
+        mid = current.migration_id
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
-            now = {b: (int(n), int(ck)) for b, n, ck in self.conn.execute(figures_query(
-                m.facts, self.cfg, self.config.timezone, checksum, m.columns, [m.q(m.old_name)])).fetchall()}
+            now = figures_in_snapshot(self.conn, m, current.checksum, [m.old_name])
         was = {b: (int(n), int(ck)) for b, n, ck in self.conn.execute(sql.SQL(
             "SELECT bucket, rows, checksum FROM {}.migration_figures WHERE migration_id = %s AND kind = 'before'").format(self.state),
             [mid]).fetchall()}
@@ -485,8 +488,8 @@ class _Run:
         conn, cfg, mid = self.conn, self.cfg, current.migration_id
         for step in m.tidy_steps():
             self.step(step)
-        self.reverify(m, mid)
-        verified = self.verified(mid)
+        self.reverify(m, current)
+        verified = journal_verification(conn, self.config, mid)
         self.result.rows_moved = verified["rows"]
         self.result.verified = verified
         if verified["mismatches"]:
@@ -496,13 +499,10 @@ class _Run:
         self.progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s) at the instant "
                       "of the swap: counts and checksums conserved")
         if finish:
-            drop_old_default(conn, self.config, m, mid, verified)
+            drop_old_default(conn, self.config, m, current, verified)
             self.progress(f"{cfg.name}: dropped the old DEFAULT {m.text(m.old_name)}")
         else:
             self.result.outcome = "swapped"  # the caller gates, then calls finish_migration
-
-    def verified(self, mid: int) -> dict:
-        return journal_verification(self.conn, self.config, mid)
 
     def wait_for_old_snapshots(self, mid: int) -> bool:
         """REPEATABLE READ / SERIALIZABLE transactions whose snapshot predates the last copy batch cannot see the copies:
@@ -510,7 +510,7 @@ class _Run:
         require_session_visibility(self.conn)  # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
         limit = min(self.deadline, time.monotonic() + self.snapshot_wait)
         while True:
-            old = self.conn.execute(
+            old = self.conn.execute(sql.SQL(
                 """SELECT pid, usename, state, extract(epoch FROM clock_timestamp() - xact_start)::int, left(query, 200)
                    FROM pg_stat_activity
                    WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
@@ -518,8 +518,7 @@ class _Run:
                      -- a snapshot kept across statements: idle in a transaction, or not its first statement
                      -- (a single READ COMMITTED statement that reads the table holds a lock the swap waits for)
                      AND (state LIKE 'idle in transaction%%' OR query_start > xact_start)
-                     AND application_name NOT LIKE 'pgmaint%%'""".replace("{}", sql.Identifier(self.config.state_schema).as_string(None)),
-                [mid]).fetchall()
+                     AND application_name NOT LIKE 'pgmaint%%'""").format(self.state), [mid]).fetchall()
             if not old:
                 return True
             if time.monotonic() >= limit:
@@ -562,11 +561,11 @@ def journal_verification(conn, config: Config, mid: int) -> dict:
     return {"intervals": len(rows), "rows": sum(r[1] or 0 for r in rows), "mismatches": mismatches}
 
 
-def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, mid: int, verified: dict) -> None:
+def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, current: OpenMigration, verified: dict) -> None:
     """Drop the detached old DEFAULT (no lock on the parent) through the lock budget: an autovacuum or a reader may hold it."""
-    state = sql.Identifier(config.state_schema)
+    state, mid = sql.Identifier(config.state_schema), current.migration_id
     old = m.q(m.old_name)
-    figures = figures_query(m.facts, m.cfg, config.timezone, _checksum_of(conn, config, mid), m.columns, [old])
+    figures = figures_query(m.facts, m.cfg, config.timezone, current.checksum, m.columns, [old])
     step = Step("drop_old_default", m.text(m.old_name), (
         # It must still hold exactly what it held at the swap: nobody wrote to it behind our back.
         Statement(sql.SQL("SELECT 1 FROM ({f}) AS now FULL JOIN (SELECT bucket, rows, checksum FROM {s}.migration_figures "
@@ -590,11 +589,6 @@ def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, mid: in
                            "is left: the next run drops it)") from exc
 
 
-def _checksum_of(conn, config: Config, mid: int) -> str:
-    return conn.execute(sql.SQL("SELECT checksum FROM {}.migrations WHERE migration_id = %s").format(
-        sql.Identifier(config.state_schema)), [mid]).fetchone()[0]
-
-
 def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
     """After the gate: check the figures once more and drop the old DEFAULT. Idempotent."""
     with runner_lock(conn, quoted(cfg.schema, cfg.table)):
@@ -604,14 +598,14 @@ def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
         if current.phase != "swapped":
             raise RuntimeError(f"{cfg.name}: migration {current.migration_id} is {current.phase}, not swapped; run the migration again")
         facts = _facts(conn, config, cfg)
-        m = DefaultPartitionMigration(config, cfg, facts, current.plan, mirror_key(conn, facts), table_columns(conn, facts))
+        m = statements_for(conn, config, cfg, facts, current.plan)
         verified = journal_verification(conn, config, current.migration_id)
         if verified["mismatches"]:
             raise RuntimeError(f"{cfg.name}: not dropping the old DEFAULT: " + "; ".join(verified["mismatches"]))
-        drop_old_default(conn, config, m, current.migration_id, verified)
+        drop_old_default(conn, config, m, current, verified)
         log.info("%s: dropped the old DEFAULT %s (migration %s)", cfg.name, m.text(m.old_name), current.migration_id)
         return {"table": cfg.name, "finished": current.migration_id, "verified": verified}
 
 
-__all__ = ["DefaultPartitionMigration", "MigrationPlan", "MigrationResult", "RangeRows", "bucket_expression",
-           "checksum_expression", "finish_migration", "migrate_table", "open_migration", "plan_migration", "survey_default"]
+__all__ = ["MigrationPlan", "MigrationResult", "RangeRows", "finish_migration", "migrate_table", "open_migration",
+           "plan_migration", "survey_default"]

@@ -673,19 +673,24 @@ def _select_tables(config: Config, names: list[str] | None) -> list[TableConfig]
     return out
 
 
-def handover(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None,
-             wait_seconds: float = 30.0) -> list[Handover]:
-    """Switch pg_partman's automatic maintenance off for configured tables (maintained_by: pgmaint), journal it, verify."""
-    from include.pgmaint.services.base import retry_lock_timeouts
+def _switch_context(conn, config: Config, tables: list[str] | None, who: str | None):
+    """(who, the chosen tables, pg_partman's schema, the journal) for a hand-over or hand-back."""
     from include.pgmaint.state import Journal, ensure_state_schema
 
-    who = who or default_who()
     chosen = _select_tables(config, tables)
     schema = partman_schema(conn)
     if schema is None:
         raise PartmanError(f"the pg_partman extension is not installed in database {conn.info.dbname!r}")
     ensure_state_schema(conn, config.state_schema)
-    journal = Journal(conn, config.state_schema)
+    return who or default_who(), chosen, schema, Journal(conn, config.state_schema)
+
+
+def handover(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None,
+             wait_seconds: float = 30.0) -> list[Handover]:
+    """Switch pg_partman's automatic maintenance off for configured tables (maintained_by: pgmaint), journal it, verify."""
+    from include.pgmaint.services.base import retry_lock_timeouts
+
+    who, chosen, schema, journal = _switch_context(conn, config, tables, who)
     current = automatic_maintenance(conn, chosen)
     results, to_switch = [], []
     for t in chosen:
@@ -769,15 +774,8 @@ def _cron_jobs(conn) -> list[tuple]:
 def handback(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None) -> list[Handover]:
     """The way back: automatic_maintenance 'on' again for the tables pgmaint took over (as the journal records)."""
     from include.pgmaint.services.base import retry_lock_timeouts
-    from include.pgmaint.state import Journal, ensure_state_schema
 
-    who = who or default_who()
-    chosen = _select_tables(config, tables)
-    schema = partman_schema(conn)
-    if schema is None:
-        raise PartmanError(f"the pg_partman extension is not installed in database {conn.info.dbname!r}")
-    ensure_state_schema(conn, config.state_schema)
-    journal = Journal(conn, config.state_schema)
+    who, chosen, schema, journal = _switch_context(conn, config, tables, who)
     last = last_handovers(conn, config)
     current = automatic_maintenance(conn, chosen)
     results, to_switch = [], []
