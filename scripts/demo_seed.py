@@ -53,7 +53,7 @@ def seed(conninfo: str, now: datetime | None = None) -> None:
         conn.execute("CREATE TABLE public.inbound_requests_default PARTITION OF public.inbound_requests DEFAULT")
         for d in range(-36, -2):  # maintenance stopped: the newest partition is for three days ago
             _partition(conn, "inbound_requests", today + timedelta(days=d))
-        # ~1 request a minute in every existing partition, and the last 2.5 days in the DEFAULT.
+        # ~1 request a minute in every existing partition; the last two days and today so far land in the DEFAULT.
         conn.execute("""
             INSERT INTO public.inbound_requests (created_at, client_id, method, path, status, duration_ms)
             SELECT ts, mod(g, 97) + 1, (ARRAY['GET','POST','PUT'])[mod(g, 3) + 1], '/api/v1/people/' || mod(g, 5000),

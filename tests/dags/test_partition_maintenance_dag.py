@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,10 @@ from psycopg import sql
 
 from include.pgmaint.db import connect
 from tests.integration.helpers import add_partition, make_table, partitions, table_exists
+from tests.wall_clock import wall_today
 
 REPO = Path(__file__).resolve().parents[2]
 # dag.test() runs on the real clock, so tables are built around the real today.
-TODAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 DAG_FILE = REPO / "dags" / "partition_maintenance.py"
 
 
@@ -111,8 +111,8 @@ def _states(dag_run) -> dict[str, str]:
 
 def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "a", days=range(-40, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-30, 0), default=False, anchor=TODAY)
+        make_table(conn, scratch_schema, "a", days=range(-40, 0), anchor=wall_today())
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), default=False, anchor=wall_today())
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -145,7 +145,7 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
 def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=TODAY)  # the retention window is complete
+        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=wall_today())  # the retention window is complete
     dag_config([_entry(scratch_schema, "missing"), _entry(scratch_schema, "good")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -162,8 +162,8 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
 
 def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "a", days=range(-30, 0), anchor=TODAY)
-        make_table(conn, scratch_schema, "b", days=range(-30, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "a", days=range(-30, 0), anchor=wall_today())
+        make_table(conn, scratch_schema, "b", days=range(-30, 0), anchor=wall_today())
     dag_config([_entry(scratch_schema, "a"), _entry(scratch_schema, "b")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -197,7 +197,7 @@ def test_retire_gate_runs_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scr
     """The steady state (issue 15, item 1): the runway is complete, so premake has nothing to do, while
     partitions are due to retire. The gate must run (and finish) before anything is detached or dropped."""
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "ev", days=range(-33, 3), anchor=TODAY)  # today and 2 ahead exist
+        make_table(conn, scratch_schema, "ev", days=range(-33, 3), anchor=wall_today())  # today and 2 ahead exist
     dag_config([_entry(scratch_schema, "ev")])
 
     run = _dagbag().dags["partition_maintenance"].test()
@@ -221,7 +221,7 @@ def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(air
         conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz, payload text) PARTITION BY RANGE (ts)").format(s(scratch_schema, "ev")))
         conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(scratch_schema, "ev_default"), s(scratch_schema, "ev")))
         for d in range(-33, 3):
-            lo = TODAY + timedelta(days=d)
+            lo = wall_today() + timedelta(days=d)
             add_partition(conn, scratch_schema, "ev", lo, lo + timedelta(days=1), f"ev_old_{d + 100}")
         conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (NULL, 'no key')").format(s(scratch_schema, "ev")))
     dag_config([_entry(scratch_schema, "ev")])
@@ -237,9 +237,9 @@ def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(air
 def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_logical_date(
         airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "ev", days=range(-30, 3), anchor=TODAY)
+        make_table(conn, scratch_schema, "ev", days=range(-30, 3), anchor=wall_today())
     dag_config([_entry(scratch_schema, "ev")])
-    ahead = TODAY + timedelta(days=20)
+    ahead = wall_today() + timedelta(days=20)
 
     run = _dagbag().dags["partition_maintenance"].test(run_conf={"as_of": ahead.isoformat()})
 
@@ -266,7 +266,7 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
 # --- plan once, map only the tables with work (issue 16) ---------------------------------------
 
 def _healthy(conn, schema: str, name: str) -> None:
-    make_table(conn, schema, name, days=range(-30, 3), anchor=TODAY)  # the whole managed window, nothing expired
+    make_table(conn, schema, name, days=range(-30, 3), anchor=wall_today())  # the whole managed window, nothing expired
 
 
 def _mapped(dag_run, task_id: str) -> dict[int, tuple[str, str]]:
@@ -322,8 +322,8 @@ def test_only_the_tables_with_work_are_mapped_and_each_retire_is_gated(airflow_d
     with connect(pg_dsn) as conn:
         for n in ("h0", "h1", "h2"):
             _healthy(conn, scratch_schema, n)
-        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=TODAY)  # no partition for today
-        make_table(conn, scratch_schema, "expired", days=range(-33, 3), anchor=TODAY)  # three days past retention
+        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=wall_today())  # no partition for today
+        make_table(conn, scratch_schema, "expired", days=range(-33, 3), anchor=wall_today())  # three days past retention
     dag_config([_entry(scratch_schema, n) for n in ("h0", "runway", "h1", "expired", "h2")])
 
     run = _dagbag().dags["partition_maintenance"].test()
@@ -347,7 +347,7 @@ def test_a_failing_table_among_many_fails_the_run_naming_it(airflow_db, pg_dsn, 
     with connect(pg_dsn) as conn:
         for n in ("h0", "h1", "h2", "h3"):
             _healthy(conn, scratch_schema, n)
-        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=wall_today())
     dag_config([_entry(scratch_schema, n) for n in ("h0", "h1", "missing", "h2", "runway", "h3")])
 
     run = _dagbag().dags["partition_maintenance"].test()
@@ -374,7 +374,7 @@ def test_two_targets_one_down_the_other_is_maintained_and_the_run_names_the_down
     from airflow.models.pool import Pool
 
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "ev", days=range(-33, 0), anchor=TODAY)  # runway missing and three expired
+        make_table(conn, scratch_schema, "ev", days=range(-33, 0), anchor=wall_today())  # runway missing and three expired
         _healthy(conn, scratch_schema, "calm")
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_DOWN", '{"conn_type": "postgres", "host": "127.0.0.1", "port": 9, '
                                                     '"login": "nobody", "schema": "nothing", "extra": {"connect_timeout": "2"}}')

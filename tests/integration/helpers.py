@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 from psycopg import sql
@@ -12,7 +13,7 @@ NOW = datetime(2026, 11, 26, 10, 30, tzinfo=timezone.utc)
 TODAY = NOW.replace(hour=0, minute=0)
 
 
-def make_table(conn, schema: str, name: str, *, days: range = range(-3, 1), default: bool = True,
+def make_table(conn, schema: str, name: str, *, days: Iterable[int] = range(-3, 1), default: bool = True,
                key: str = "ts", key_type: str = "timestamptz", anchor: datetime = TODAY) -> None:
     """A daily range-partitioned table with partitions for `anchor + d` days, d in `days`."""
     parent = sql.Identifier(schema, name)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -20,24 +20,23 @@ from include.pgmaint.db import connect
 from include.pgmaint.migrate import migrate_table
 from tests.integration.helpers import config_for, make_table, partitions, table_entry, table_exists
 from app_workload import AppWorkload, sample_rows  # scripts/app_workload.py (scripts/ is on sys.path in tests)
+from tests.wall_clock import wall_now, wall_today
 
 pytestmark = pytest.mark.pg
 REPO = Path(__file__).resolve().parents[2]
 # Migration plans around the real clock (its window is "now"), so data is built around today.
-NOW = datetime.now(timezone.utc)
-TODAY = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def seed(conn, schema: str, rows: int, days: int = 10) -> None:
     """A table whose partitions stopped `days` days ago: everything since sits in the DEFAULT."""
-    make_table(conn, schema, "ev", days=range(-days - 3, -days), anchor=TODAY)
-    start, end = TODAY - timedelta(days=days), NOW - timedelta(seconds=1)  # days + 1 intervals, today included
+    make_table(conn, schema, "ev", days=range(-days - 3, -days), anchor=wall_today())
+    start, end = wall_today() - timedelta(days=days), wall_now() - timedelta(seconds=1)  # days + 1 intervals, today included
     conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
                          "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, "ev")),
                  [start, rows, end, start, rows])
     # out of the window: older than retention, and beyond the premake horizon
     conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'old'), (%s, 'future')").format(sql.Identifier(schema, "ev")),
-                 [NOW - timedelta(days=45), NOW + timedelta(days=30)])
+                 [wall_now() - timedelta(days=45), wall_now() + timedelta(days=30)])
 
 
 def fingerprint(conn, schema: str) -> dict[str, tuple[int, int]]:
@@ -84,7 +83,7 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
         "SELECT count(*) FROM {} t JOIN pg_class c ON c.oid = t.tableoid WHERE c.relname <> 'ev_default' "
         "AND to_char(t.ts AT TIME ZONE 'UTC', 'YYYYMMDD') <> right(c.relname, 8)").format(sql.Identifier(scratch_schema, "ev"))).fetchone()[0]
     assert misplaced == 0
-    assert default_days(conn, scratch_schema) == [(NOW - timedelta(days=45)).date().isoformat(), (NOW + timedelta(days=30)).date().isoformat()]
+    assert default_days(conn, scratch_schema) == [(wall_now() - timedelta(days=45)).date().isoformat(), (wall_now() + timedelta(days=30)).date().isoformat()]
     assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {"older than the retention window", "beyond the premake horizon"}
     assert not any(table_exists(conn, scratch_schema, f"ev_default_pgmaint_{t}") for t in ("old", "next", "copy"))
     assert not leftovers(conn, scratch_schema)
@@ -319,7 +318,7 @@ def test_plain_tables_use_the_faster_record_checksum(conn, pg_dsn, scratch_schem
 def _app_seed(conn, schema: str, rows: int) -> tuple[list, list]:
     seed(conn, schema, rows, days=5)
     existing = sample_rows(conn, schema, "ev_default", 2_000)  # rows the application will work on, all in the DEFAULT
-    late_days = [TODAY - timedelta(days=d) for d in (1, 2, 4)]
+    late_days = [wall_today() - timedelta(days=d) for d in (1, 2, 4)]
     return existing, late_days
 
 
@@ -360,8 +359,8 @@ def test_an_application_working_on_its_rows_during_the_move_notices_nothing(conn
     assert result.outcome == "success", result.errors
     _assert_app_saw_nothing(app, conn)
     assert not result.verified["mismatches"]
-    assert default_days(conn, scratch_schema) == [(NOW - timedelta(days=45)).date().isoformat(),
-                                                  (NOW + timedelta(days=30)).date().isoformat()]
+    assert default_days(conn, scratch_schema) == [(wall_now() - timedelta(days=45)).date().isoformat(),
+                                                  (wall_now() + timedelta(days=30)).date().isoformat()]
     assert not leftovers(conn, scratch_schema)
     # Seen from the server: nobody waited on the migrating session long (the lock budget is 200 ms; the copy
     # batches hold SHARE on the DEFAULT ~30 ms). Margin for a noisy 2-core machine; the benchmark reports exact figures.
@@ -440,11 +439,11 @@ def test_updates_that_change_the_partition_key_are_mirrored_as_moves(conn, pg_ds
     one from an existing partition into a moved day. Each ends where its key says, once."""
     seed(conn, scratch_schema, 3_000, days=5)
     ev = sql.Identifier(scratch_schema, "ev")
-    old_day = TODAY - timedelta(days=7)  # has a partition (the table's partitions stopped 5 days ago)
+    old_day = wall_today() - timedelta(days=7)  # has a partition (the table's partitions stopped 5 days ago)
     [(kept_id,)] = conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'in a partition') RETURNING id").format(ev),
                                 [old_day + timedelta(hours=1)]).fetchall()
     a, b = conn.execute(sql.SQL("SELECT id FROM ONLY {} WHERE ts >= %s AND ts < %s ORDER BY id LIMIT 2").format(
-        sql.Identifier(scratch_schema, "ev_default")), [TODAY - timedelta(days=3), TODAY - timedelta(days=2)]).fetchall()
+        sql.Identifier(scratch_schema, "ev_default")), [wall_today() - timedelta(days=3), wall_today() - timedelta(days=2)]).fetchall()
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     done = []
 
@@ -455,7 +454,7 @@ def test_updates_that_change_the_partition_key_are_mirrored_as_moves(conn, pg_ds
                 c.execute(sql.SQL("UPDATE {} SET ts = %s, payload = 'into a partition' WHERE id = %s").format(ev),
                           [old_day + timedelta(hours=2), b[0]])
                 c.execute(sql.SQL("UPDATE {} SET ts = %s, payload = 'out of a partition' WHERE id = %s").format(ev),
-                          [TODAY - timedelta(days=4) + timedelta(hours=3), kept_id])
+                          [wall_today() - timedelta(days=4) + timedelta(hours=3), kept_id])
             done.append(True)
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500, progress=when)
@@ -464,7 +463,7 @@ def test_updates_that_change_the_partition_key_are_mirrored_as_moves(conn, pg_ds
     rows = conn.execute(sql.SQL("SELECT id, payload, c.relname, count(*) OVER (PARTITION BY id) FROM {} t "
                                 "JOIN pg_class c ON c.oid = t.tableoid WHERE id = ANY(%s)").format(ev), [[a[0], b[0], kept_id]]).fetchall()
     where = {r[0]: (r[1], r[2], r[3]) for r in rows}
-    day = lambda d: "ev_p" + (TODAY + timedelta(days=d)).strftime("%Y%m%d")  # noqa: E731
+    day = lambda d: "ev_p" + (wall_today() + timedelta(days=d)).strftime("%Y%m%d")  # noqa: E731
     assert where[a[0]] == ("moved a day", day(-2), 1)
     assert where[b[0]] == ("into a partition", "ev_old_93", 1)
     assert where[kept_id] == ("out of a partition", day(-4), 1)
@@ -513,11 +512,11 @@ def test_maintenance_waits_while_a_migration_is_open(conn, pg_dsn, scratch_schem
 def test_wall_clock_keys_and_generated_columns_move_too(conn, pg_dsn, scratch_schema, key_type):
     """`timestamp` and `date` keys live on the configured zone's wall clock; a generated column is recomputed, not copied."""
     ev = sql.Identifier(scratch_schema, "ev")
-    make_table(conn, scratch_schema, "ev", days=range(-9, -6), key_type=key_type, anchor=TODAY)
+    make_table(conn, scratch_schema, "ev", days=range(-9, -6), key_type=key_type, anchor=wall_today())
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN size int GENERATED ALWAYS AS (length(payload)) STORED").format(ev))
     conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT (%s::timestamp + g * interval '7 minutes')::{}, repeat('x', g %% 50) "
                          "FROM generate_series(0, 1200) g").format(ev, sql.SQL(key_type)),
-                 [(TODAY - timedelta(days=5)).replace(tzinfo=None)])
+                 [(wall_today() - timedelta(days=5)).replace(tzinfo=None)])
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")], timezone="America/Chicago")
 

@@ -11,12 +11,7 @@ Application writes to the new partitions after the swap are legitimate and never
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,12 +21,11 @@ from include.pgmaint.migrate import migrate_table
 from include.pgmaint.quality import run_gate
 from tests.integration.helpers import add_partition, config_for, table_entry, table_exists
 from tests.quality.conftest import create_parent
+from tests.wall_clock import wall_now, wall_today
 
 pytestmark = pytest.mark.pg
 REPO = Path(__file__).resolve().parents[2]
 # Migrations plan around the real clock (their window is "now"): data is built around today.
-NOW = datetime.now(timezone.utc)
-TODAY = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
 AFTER_MIGRATION = ["conserved", "default_clean", "contiguity"]
 
 
@@ -39,13 +33,13 @@ def seed(conn, schema: str, rows: int = 3_000) -> None:
     """Partitions stopped 6 days ago; since then rows went to the DEFAULT, plus one expired and one future row."""
     create_parent(conn, schema, "ev", primary_key=True)
     for d in range(-9, -6):
-        add_partition(conn, schema, "ev", TODAY + timedelta(days=d), TODAY + timedelta(days=d + 1), f"ev_old_{d + 100}")
-    start = TODAY - timedelta(days=6)
+        add_partition(conn, schema, "ev", wall_today() + timedelta(days=d), wall_today() + timedelta(days=d + 1), f"ev_old_{d + 100}")
+    start = wall_today() - timedelta(days=6)
     conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
                          "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, "ev")),
-                 [start, rows, NOW - timedelta(seconds=1), start, rows])
+                 [start, rows, wall_now() - timedelta(seconds=1), start, rows])
     conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'future'), (%s, 'future'), (%s, 'expired')").format(
-        sql.Identifier(schema, "ev")), [NOW + timedelta(days=20), NOW + timedelta(days=20), NOW - timedelta(days=45)])
+        sql.Identifier(schema, "ev")), [wall_now() + timedelta(days=20), wall_now() + timedelta(days=20), wall_now() - timedelta(days=45)])
 
 
 def config(schema: str):
@@ -108,7 +102,7 @@ def test_application_writes_after_the_swap_never_fail_the_gate(conn, pg_dsn, scr
 
 def test_a_journal_that_does_not_balance_fails_conservation(conn, pg_dsn, scratch_schema, migrated):
     cfg, migration = migrated
-    bucket = (TODAY - timedelta(days=3)).strftime("%Y-%m-%d 00:00:00+00")
+    bucket = (wall_today() - timedelta(days=3)).strftime("%Y-%m-%d 00:00:00+00")
     conn.execute(sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
         sql.Identifier(scratch_schema)), [bucket])
     before = conn.execute(sql.SQL("SELECT rows FROM {}.migration_figures WHERE kind = 'before' AND bucket = %s").format(

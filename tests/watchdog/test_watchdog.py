@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -21,9 +21,9 @@ from include.pgmaint.state import ensure_state_schema
 from include.pgmaint.watchdog import check_tables, watch
 from tests.integration.helpers import make_table, table_entry
 from tests.watchdog.helpers import escalation_block
+from tests.wall_clock import wall_today
 
 # The checks run on the real clock: tables are built around the real today.
-TODAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _config(schema: str, tables: list[dict], escalation: dict | None = None, **top):
@@ -40,7 +40,7 @@ def test_a_watchdog_run_on_a_healthy_database_sends_nothing(pg_dsn, scratch_sche
                                                             mailbox, clock):
     config = _config(scratch_schema, [table_entry(scratch_schema, "events")], escalation_block(notify_connections))
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "events", days=range(-40, 1), anchor=TODAY)
+        make_table(conn, scratch_schema, "events", days=range(-40, 1), anchor=wall_today())
         conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT now() - g * interval '1 hour', 'x' "
                              "FROM generate_series(0, 48) g").format(sql.Identifier(scratch_schema, "events")))
         _healthy(conn, config)
@@ -60,10 +60,14 @@ def test_seeded_problems_are_found_per_table(pg_dsn, scratch_schema):
     with connect(pg_dsn) as conn:
         ensure_state_schema(conn, scratch_schema)
         for name in ("broken", "auto"):
-            # Maintenance stopped 40 days ago: partitions end yesterday, rows piled up in the DEFAULT.
-            make_table(conn, scratch_schema, name, days=range(-40, -1), anchor=TODAY)
-            conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT now() - g * interval '1 minute', 'late' "
-                                 "FROM generate_series(0, 9) g").format(sql.Identifier(scratch_schema, name)))
+            # Maintenance stopped: partitions end two days ago, rows piled up in the DEFAULT. (Two days, not
+            # one: a gap is reported once its interval ended a cadence grace ago, which yesterday's has
+            # not in the first hours of a day.)
+            # Day -31 is left out: it ends exactly 30 days before today's midnight, so whether it counts as
+            # expired depends on the hour (expiry also waits a cadence grace).
+            make_table(conn, scratch_schema, name, days=[*range(-40, -31), *range(-30, -2)], anchor=wall_today())
+            conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT greatest(now() - g * interval '1 minute', "
+                                 "date_trunc('day', now(), 'UTC')), 'late' FROM generate_series(0, 9) g").format(sql.Identifier(scratch_schema, name)))
         result = check_tables(conn, config, settings_for(config))
 
     found = {c.key: c for c in result.conditions}
@@ -71,13 +75,13 @@ def test_seeded_problems_are_found_per_table(pg_dsn, scratch_schema):
     assert set(found) == {f"runway:{t}", f"default_rows:{t}", f"expired_attached:{t}",
                           f"runway:{scratch_schema}.auto", f"default_rows:{scratch_schema}.auto",
                           f"expired_attached:{scratch_schema}.auto",
-                          f"gaps:{t}", f"gaps:{scratch_schema}.auto"}  # yesterday has no partition either
+                          f"gaps:{t}", f"gaps:{scratch_schema}.auto"}  # the last two days have no partition either
     runway = found[f"runway:{t}"]
     assert runway.severity == "critical" and "no partition for the current 1 day interval" in runway.message
     rows = found[f"default_rows:{t}"]
     assert rows.severity == "warning" and not rows.quiet and rows.details["rows"] == 10 and rows.details["exact"]
     assert "move them with default_partition_migration for this table" in rows.message
-    assert found[f"expired_attached:{t}"].details["count"] == 10  # days -40 .. -31 are past 30 days
+    assert found[f"expired_attached:{t}"].details["count"] == 9  # days -40 .. -32 are past 30 days
     # auto_migrate: an asset event instead of an alert (a quiet condition pages only if the rows stay)
     assert result.migrate == [f"{scratch_schema}.auto"] and found[f"default_rows:{scratch_schema}.auto"].quiet
 
@@ -85,7 +89,7 @@ def test_seeded_problems_are_found_per_table(pg_dsn, scratch_schema):
 def test_missed_cadence_is_reported_from_the_journal(pg_dsn, scratch_schema):
     config = _config(scratch_schema, [table_entry(scratch_schema, "events")])  # maintenance every 15 min
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "events", days=range(-2, 1), anchor=TODAY)
+        make_table(conn, scratch_schema, "events", days=range(-2, 1), anchor=wall_today())
         _healthy(conn, config)
         s = sql.Identifier(scratch_schema)
         conn.execute(sql.SQL("UPDATE {}.runs SET started_at = now() - interval '2 hours', "
@@ -117,7 +121,7 @@ def test_a_lock_held_on_a_managed_table_is_reported_with_the_blocker_pid_and_que
     config = _config(scratch_schema, [table_entry(scratch_schema, "events")], escalation)
     table = f"{scratch_schema}.events"
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "events", days=range(-2, 1), anchor=TODAY)
+        make_table(conn, scratch_schema, "events", days=range(-2, 1), anchor=wall_today())
         _healthy(conn, config)
 
     holder = psycopg.connect(pg_dsn, application_name="nightly-report")  # a transaction left open
@@ -180,7 +184,7 @@ def test_the_canary_fails_against_a_stopped_database_and_pages(notify_connection
         dsn = info.conninfo("app")
         config = _config("pgmaint", [table_entry("public", "events")], escalation_block(notify_connections))
         with connect(dsn) as conn:
-            make_table(conn, "public", "events", days=range(-30, 4), anchor=TODAY)  # the whole 30-day window
+            make_table(conn, "public", "events", days=range(-30, 4), anchor=wall_today())  # the whole 30-day window
         spill = MemoryStore()  # in Airflow: a Variable, where state goes while the database is down
         devdb.stop_server(pgdata)
 

@@ -3,7 +3,6 @@ PostgreSQL target, notifications to the loopback servers."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ from psycopg import sql
 from include.pgmaint.db import connect
 from tests.integration.helpers import make_table, table_entry
 from tests.watchdog.helpers import escalation_block
+from tests.wall_clock import wall_today
 
 REPO = Path(__file__).resolve().parents[2]
-TODAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _dagbag():
@@ -96,10 +95,11 @@ def test_an_invalid_escalation_block_is_an_import_error_naming_the_field(tmp_pat
 def test_the_watchdog_dag_reports_seeded_problems_and_requests_migration(
         airflow_db, pg_dsn, scratch_schema, dag_config, notify_connections, webhooks, mailbox):
     with connect(pg_dsn) as conn:
-        for name in ("broken", "auto"):  # maintenance stopped: partitions end yesterday, rows in the DEFAULT
-            make_table(conn, scratch_schema, name, days=range(-40, -1), anchor=TODAY)
-            conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT now() - g * interval '1 minute', 'late' "
-                                 "FROM generate_series(0, 9) g").format(sql.Identifier(scratch_schema, name)))
+        # Maintenance stopped: partitions end two days ago (a whole day past the gap's grace), rows in the DEFAULT.
+        for name in ("broken", "auto"):
+            make_table(conn, scratch_schema, name, days=range(-40, -2), anchor=wall_today())
+            conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT greatest(now() - g * interval '1 minute', "
+                                 "date_trunc('day', now(), 'UTC')), 'late' FROM generate_series(0, 9) g").format(sql.Identifier(scratch_schema, name)))
     broken, auto = f"{scratch_schema}.broken", f"{scratch_schema}.auto"
     dag_config([table_entry(scratch_schema, "broken"), table_entry(scratch_schema, "auto", auto_migrate=True)],
                escalation_block(notify_connections))
@@ -151,7 +151,7 @@ def test_the_watchdog_dag_reports_seeded_problems_and_requests_migration(
 def test_a_failed_maintenance_task_notifies_once_through_the_callback(
         airflow_db, pg_dsn, scratch_schema, dag_config, notify_connections, webhooks, mailbox):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "good", days=range(-2, 0), anchor=TODAY)
+        make_table(conn, scratch_schema, "good", days=range(-2, 0), anchor=wall_today())
     dag_config([table_entry(scratch_schema, "missing"), table_entry(scratch_schema, "good")],
                escalation_block(notify_connections))
 
@@ -215,7 +215,7 @@ def test_two_targets_one_down_each_is_watched_on_its_own(
     import json
 
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "events", days=range(-3, 0), anchor=TODAY)  # no runway: critical
+        make_table(conn, scratch_schema, "events", days=range(-3, 0), anchor=wall_today())  # no runway: critical
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_DOWN", json.dumps(
         {"conn_type": "postgres", "host": "/tmp/pgmaint-no-server-here", "login": "postgres", "schema": "app"}))
     same = [table_entry(scratch_schema, "events")]
