@@ -50,8 +50,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, setup, task
 
-from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.escalation import on_task_failure
+from include.pgmaint.airflow.assets import DEFAULT_ROWS
+from include.pgmaint.airflow.callbacks import on_task_failure
 from include.pgmaint.fleet import load_fleet
 
 FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
@@ -96,20 +96,20 @@ def on(ref: str):
 def default_partition_migration():
     @task
     def resolve_table(params=None, triggering_asset_events=None) -> str:
-        from include.pgmaint.airflow_tasks import resolve_migration_table
+        from include.pgmaint.airflow.tasks import resolve_migration_table
 
         return resolve_migration_table(FLEET, params, triggering_asset_events)
 
     @setup
     @task
     def open_window(table: str, dag_run=None) -> dict:
-        from include.pgmaint.airflow_services import open_window as record_intent
+        from include.pgmaint.airflow.services import open_window as record_intent
 
         return record_intent(*on(table), dag_run)
 
     @task
     def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
-        from include.pgmaint.airflow_services import pause_writers as pause
+        from include.pgmaint.airflow.services import pause_writers as pause
 
         # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
         return pause(*on(table), params["pause_services"] and not params["dry_run"], dag_run,
@@ -117,31 +117,31 @@ def default_partition_migration():
 
     @task(pool=POOL)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
-        from include.pgmaint.airflow_tasks import migrate_one
+        from include.pgmaint.airflow.tasks import migrate_one
 
         return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
 
     @task(retries=1, retry_delay=timedelta(seconds=30))
     def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
-        from include.pgmaint.airflow_tasks import migration_gate
+        from include.pgmaint.airflow.tasks import migration_gate
 
         return migration_gate(*on(table), "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task
     def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
-        from include.pgmaint.airflow_tasks import finish_one
+        from include.pgmaint.airflow.tasks import finish_one
 
         return finish_one(*on(table), migrated, dry_run=params["dry_run"])
 
     @task(retries=1, retry_delay=timedelta(seconds=30))
     def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
-        from include.pgmaint.airflow_tasks import migration_gate
+        from include.pgmaint.airflow.tasks import migration_gate
 
         return migration_gate(*on(table), "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
     @task(retries=2, retry_delay=timedelta(seconds=10))
     def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
-        from include.pgmaint.airflow_services import resume_writers as resume
+        from include.pgmaint.airflow.services import resume_writers as resume
 
         return resume(*on(table), dag_run, dry_run=params["dry_run"])
 

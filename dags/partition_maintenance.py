@@ -59,8 +59,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, TaskGroup, dag, get_current_context, task, task_group
 
-from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.escalation import on_task_failure
+from include.pgmaint.airflow.assets import DEFAULT_ROWS
+from include.pgmaint.airflow.callbacks import on_task_failure
 from include.pgmaint.fleet import load_fleet
 
 FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
@@ -79,7 +79,7 @@ def maintain_target(config):
 
     @task(pool=config.pool)
     def plan(params=None, dag_run=None, ti=None) -> list[str]:
-        from include.pgmaint.airflow_tasks import plan_target
+        from include.pgmaint.airflow.tasks import plan_target
 
         return plan_target(config, params, dag_run=dag_run, ti=ti)
 
@@ -89,7 +89,7 @@ def maintain_target(config):
 
         @task(pool=config.pool, map_index_template="{{ table_ref }}")
         def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import maintain_one, resolve_as_of
+            from include.pgmaint.airflow.tasks import maintain_one, resolve_as_of
 
             return maintain_one(config, label(config, table), "premake", dry_run=params["dry_run"], dag_run=dag_run,
                                 ti=ti, as_of=resolve_as_of(params, dag_run))
@@ -107,19 +107,19 @@ def maintain_target(config):
 
         @task(pool=config.pool, map_index_template="{{ table_ref }}")
         def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import retention_gate
+            from include.pgmaint.airflow.tasks import retention_gate
 
             return retention_gate(config, label(config, table), "before_retire", premade, dry_run=params["dry_run"], ti=ti)
 
         @task(pool=config.pool, map_index_template="{{ table_ref }}")
         def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import maintain_one
+            from include.pgmaint.airflow.tasks import maintain_one
 
             return maintain_one(config, label(config, table), "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
 
         @task(pool=config.pool, map_index_template="{{ table_ref }}")
         def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
-            from include.pgmaint.airflow_tasks import retention_gate
+            from include.pgmaint.airflow.tasks import retention_gate
 
             return retention_gate(config, label(config, table), "after_retire", retired, dry_run=params["dry_run"], ti=ti)
 
@@ -155,7 +155,7 @@ def maintain_target(config):
 def partition_maintenance():
     @task(trigger_rule="all_done")
     def summarize(ti=None, dag_run=None) -> dict:
-        from include.pgmaint.airflow_tasks import summarize_results
+        from include.pgmaint.airflow.tasks import summarize_results
 
         return summarize_results(FLEET, ti, dag_run)
 

@@ -48,12 +48,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
-from include.pgmaint.assets import DEFAULT_ROWS
-from include.pgmaint.escalation import on_task_failure, settings_for
+from include.pgmaint.airflow.assets import DEFAULT_ROWS
+from include.pgmaint.airflow.callbacks import on_task_failure
 from include.pgmaint.fleet import load_fleet
 
 FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
-SETTINGS = {c.target: settings_for(c) for c in FLEET.targets}  # each target's escalation block too
 CHECKS = ("check_database", "check_tables", "check_services")
 
 
@@ -71,21 +70,21 @@ CHECKS = ("check_database", "check_tables", "check_services")
 def partition_watchdog():
     @task
     def check_database(ti=None) -> None:
-        from include.pgmaint.watchdog import per_target, task_check_database
+        from include.pgmaint.airflow.watchdog_tasks import per_target, task_check_database
 
-        per_target(FLEET, lambda c: task_check_database(c, SETTINGS[c.target]), ti)
+        per_target(FLEET, task_check_database, ti)
 
     @task
     def check_tables(ti=None) -> list[str]:
         """Pushes its findings as XCom `result`; returns the auto_migrate tables with DEFAULT rows."""
-        from include.pgmaint.watchdog import per_target, task_check_tables
+        from include.pgmaint.airflow.watchdog_tasks import per_target, task_check_tables
 
-        results = per_target(FLEET, lambda c: task_check_tables(c, SETTINGS[c.target]), ti)
+        results = per_target(FLEET, task_check_tables, ti)
         return [FLEET.ref(c, t) for c in FLEET.targets for t in (results.get(c.target) or {}).get("migrate", [])]
 
     @task
     def check_services(ti=None) -> None:
-        from include.pgmaint.watchdog import per_target, task_check_services
+        from include.pgmaint.airflow.watchdog_tasks import per_target, task_check_services
 
         per_target(FLEET, task_check_services, ti)
 
@@ -97,13 +96,12 @@ def partition_watchdog():
 
     @task(trigger_rule="all_done")
     def escalate(ti=None) -> dict:
-        from include.pgmaint.watchdog import task_escalate
+        from include.pgmaint.airflow.watchdog_tasks import task_escalate
 
         payloads = {task_id: ti.xcom_pull(task_ids=task_id, key="result") for task_id in CHECKS}
         if not FLEET.multi:
-            return task_escalate(FLEET.targets[0], SETTINGS[None], payloads, ti.dag_id)
-        return {c.target: task_escalate(c, SETTINGS[c.target], {t: (p or {}).get(c.target) for t, p in payloads.items()},
-                                        ti.dag_id)
+            return task_escalate(FLEET.targets[0], payloads, ti.dag_id)
+        return {c.target: task_escalate(c, {t: (p or {}).get(c.target) for t, p in payloads.items()}, ti.dag_id)
                 for c in FLEET.targets}
 
     database, tables, services = check_database(), check_tables(), check_services()

@@ -58,7 +58,7 @@ def _ui_base() -> str:
 
 
 def _target_conninfo(config) -> str:
-    from include.pgmaint.db import conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
 
     try:
         return conninfo_from_airflow(config.connection_id)

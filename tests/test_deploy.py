@@ -131,7 +131,7 @@ def test_every_copied_file_is_in_the_build_context_and_local_state_is_not():
             assert source.rstrip("/") in context or any(f.startswith(source.rstrip("/") + "/") for f in context), source
     for needed in ("requirements.txt", "airflow_settings.yaml", "dags/partition_maintenance.py",
                    "dags/default_partition_migration.py", "dags/partition_watchdog.py", "include/config/pgmaint.yaml",
-                   "include/pgmaint/config.py",
+                   "include/pgmaint/config/load.py",
                    "docs/deploy.md", "docs/security.md", "include/sql/roles/pgmaint_role.sql"):
         assert needed in context, needed
     assert all(f"include/sql/{p.name}" in context for p in (REPO / "include" / "sql").glob("[0-9][0-9][0-9]_*.sql"))

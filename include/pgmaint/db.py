@@ -8,7 +8,6 @@ mid-transaction. TimeZone is UTC so partition bounds read back unambiguously.
 
 from __future__ import annotations
 
-from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -44,22 +43,3 @@ def connect(conninfo: str, budget: LockBudget = LockBudget(), application_name: 
             "set them on pgmaint's database role instead (ALTER ROLE ... SET lock_timeout = '200ms')"
         )
     return conn
-
-
-def conninfo_from_airflow(conn_id: str) -> str:
-    """libpq conninfo for an Airflow connection (imported lazily: the engine runs without Airflow)."""
-    from airflow.sdk import Connection
-
-    c = Connection.get(conn_id)
-    params: dict[str, Any] = {
-        "host": c.host or None,
-        "port": c.port or None,
-        "user": c.login or None,
-        "password": c.password or None,
-        "dbname": c.schema or None,
-    }
-    extra = c.extra_dejson or {}
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs"):
-        if key in extra:
-            params[key] = extra[key]
-    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 import pendulum
 
 from include.pgmaint.naming import default_format
@@ -25,7 +25,26 @@ _UNITS = {
 
 INTERVALS = ("1 hour", "1 day", "1 week", "1 month")
 
-_DURATION = re.compile(r"^\s*(\d+)\s+(hour|day|week|month|year)s?\s*$", re.IGNORECASE)
+# Every duration in the configuration is "<count> <unit>[s]": one grammar, two vocabularies.
+_COUNT_UNIT = re.compile(r"^\s*(\d+)\s+([a-z]+?)s?\s*$", re.IGNORECASE)
+# Elapsed time (escalation timers): fixed lengths, so a timedelta.
+_ELAPSED_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def _count_unit(text: str, units, example: str) -> tuple[int, str]:
+    match = _COUNT_UNIT.match(text) if isinstance(text, str) else None
+    if not match or match.group(2).lower() not in units:
+        raise ValueError(f"{text!r} is not a duration like {example}")
+    count, unit = int(match.group(1)), match.group(2).lower()
+    if count < 1:
+        raise ValueError(f"{text!r} must be at least 1 {unit}")
+    return count, unit
+
+
+def parse_elapsed(text: str) -> timedelta:
+    """'24 hours', '30 minutes', '90 seconds', '2 days', '1 week' -> timedelta."""
+    count, unit = _count_unit(text, _ELAPSED_SECONDS, "'24 hours', '30 minutes', '90 seconds'")
+    return timedelta(seconds=count * _ELAPSED_SECONDS[unit])
 
 
 @dataclass(frozen=True)
@@ -37,13 +56,7 @@ class Duration:
 
     @classmethod
     def parse(cls, text: str) -> "Duration":
-        match = _DURATION.match(text) if isinstance(text, str) else None
-        if not match:
-            raise ValueError(f"{text!r} is not a duration like '30 days', '12 hours', '2 weeks', '3 months'")
-        count, unit = int(match.group(1)), match.group(2).lower()
-        if count < 1:
-            raise ValueError(f"{text!r} must be at least 1 {unit}")
-        return cls(count, unit)
+        return cls(*_count_unit(text, _UNITS, "'30 days', '12 hours', '2 weeks', '3 months'"))
 
     @property
     def approx_hours(self) -> int:

@@ -28,9 +28,10 @@ from urllib.parse import quote, urlencode
 
 from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.escalation import EscalationSettings
+from include.pgmaint.config import EscalationSettings
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline as table_clock, to_utc
-from include.pgmaint.watchdog import _ago, key_table
+from include.pgmaint.escalation.rendering import ago
+from include.pgmaint.watchdog.results import key_table
 
 MAINTENANCE_DAG = "partition_maintenance"
 MIGRATION_DAG = "default_partition_migration"
@@ -161,7 +162,7 @@ def open_overview_connection(conninfo: str, config: Config):
 
 
 def _age(delta: timedelta) -> str:
-    return _ago(max(delta, timedelta(0)))  # the watchdog's words for a duration
+    return ago(max(delta, timedelta(0)))  # the watchdog's words for a duration
 
 
 def _state_reads(conn, config: Config, names: list[str]) -> dict[str, Any]:
@@ -231,7 +232,7 @@ def _catalog(conn, config: Config) -> dict:
 
 def _runbook(settings: EscalationSettings, key: str, plugin_base: str) -> str:
     """The runbook section of a condition: `escalation.runbook_url` when it is a URL, else the copy the plugin serves."""
-    from include.pgmaint.escalation import anchor
+    from include.pgmaint.config.escalation_settings import anchor
 
     if "://" in settings.runbook_url:
         return settings.runbook(key)
@@ -240,7 +241,7 @@ def _runbook(settings: EscalationSettings, key: str, plugin_base: str) -> str:
 
 def _default_rows(conn, cfg: TableConfig, facts: TableFacts, settings: EscalationSettings) -> dict | None:
     """The DEFAULT's rows as the watchdog counts them (its own query, called as is)."""
-    from include.pgmaint.watchdog import _default_rows as watchdog_default_rows
+    from include.pgmaint.watchdog.tables import _default_rows as watchdog_default_rows
 
     if facts.default is None:
         return None

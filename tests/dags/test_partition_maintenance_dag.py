@@ -256,7 +256,7 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
 
     from types import SimpleNamespace
 
-    from include.pgmaint.airflow_tasks import resolve_as_of
+    from include.pgmaint.airflow.tasks import resolve_as_of
 
     backfill = SimpleNamespace(run_type=SimpleNamespace(value="backfill"), logical_date=ahead)
     scheduled = SimpleNamespace(run_type=SimpleNamespace(value="scheduled"), logical_date=ahead)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from psycopg import sql
 
-from include.pgmaint.airflow_tasks import summarize_tables
+from include.pgmaint.airflow.tasks import summarize_tables
 from include.pgmaint.db import connect
 from include.pgmaint.maintenance import run_maintenance
 from include.pgmaint.migrate import migrate_table

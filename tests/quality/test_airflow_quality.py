@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from include.pgmaint.airflow_quality import DATA_DOCS_ENV, XCOM_KEY_ON_FAILURE, gate_task
+from include.pgmaint.airflow.quality import DATA_DOCS_ENV, XCOM_KEY_ON_FAILURE, gate_task
 from tests.quality.conftest import airflow_conn_json, healthy_table, partition_names
 
 pytestmark = pytest.mark.pg

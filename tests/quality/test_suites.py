@@ -156,7 +156,7 @@ def test_importing_the_gate_modules_does_not_import_great_expectations():
     """DAG files import these at parse time; GX (~3 s, ~250 MB) must only load inside a task."""
     probe = ("import sys\n"
              "import include.pgmaint.quality, include.pgmaint.quality.suites, include.pgmaint.quality.facts\n"
-             "import include.pgmaint.airflow_quality\n"
+             "import include.pgmaint.airflow.quality\n"
              "heavy = [m for m in sys.modules if m.split('.')[0] in ('great_expectations', 'airflow', 'sqlalchemy')]\n"
              "assert not heavy, heavy[:5]\n"
              "print('ok')\n")

@@ -130,7 +130,7 @@ def notify_connections(webhooks, mailbox, monkeypatch) -> dict[str, str]:
         "PGMAINT_SLACK": {"conn_type": "slackwebhook", "host": f"{webhooks.url}/services",
                           "password": "T000/B000/XXXXXXXX"},
         # The PagerDuty events hook reads the routing key from the password; a host overrides
-        # https://events.pagerduty.com (include/pgmaint/escalation.py: send_pagerduty).
+        # https://events.pagerduty.com (include/pgmaint/airflow/notifiers.py: send_pagerduty).
         "PGMAINT_PAGERDUTY": {"conn_type": "pagerduty_events", "host": webhooks.url, "password": "test-routing-key"},
         "PGMAINT_SMTP": {"conn_type": "smtp", "host": "127.0.0.1", "port": mailbox.port,
                          "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "pgmaint@example.test",

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from psycopg import sql
 
+from include.pgmaint.airflow.failure_report import report_task_failure
 from include.pgmaint.config import ConfigError, parse_config
 from include.pgmaint.escalation import (
     Condition,
@@ -20,7 +21,6 @@ from include.pgmaint.escalation import (
     open_escalator,
     parse_escalation,
     plan,
-    report_task_failure,
     settings_for,
 )
 from include.pgmaint.execute import Blocker, LockBudgetExhausted, Step

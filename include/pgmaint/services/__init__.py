@@ -4,7 +4,7 @@ Kinds (one module each, same three operations: status, pause, resume):
 ``flag`` (a switch applications check), ``pg_partman`` (automatic maintenance
 per parent), ``pg_cron`` (named jobs), ``airflow_dag`` (another DAG, via the
 REST API v2), ``http`` (admin URLs). Ordering: ``pause_order``. Leases and the
-pause/resume logic: ``leases``. Airflow glue: ``include.pgmaint.airflow_services``.
+pause/resume logic: ``leases``. Airflow glue: ``include.pgmaint.airflow.services``.
 Documentation: docs/services.md.
 """
 

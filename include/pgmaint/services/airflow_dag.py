@@ -35,10 +35,10 @@ class ApiEndpoint:
 
 
 def endpoint_from_airflow(conn_id: str) -> ApiEndpoint:
-    """Read an Airflow connection (lazy import: the engine runs without Airflow)."""
-    from airflow.sdk import Connection
+    """Read an Airflow connection (through the Airflow package, at call time: the engine runs without Airflow)."""
+    from include.pgmaint.airflow.connections import airflow_connection
 
-    c = Connection.get(conn_id)
+    c = airflow_connection(conn_id)
     host = (c.host or "").rstrip("/")
     if not host:
         raise ServiceError(f"Airflow connection {conn_id!r} has no host")

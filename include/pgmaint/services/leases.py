@@ -114,7 +114,8 @@ def make_adapter(service: ServiceConfig, config: Config, conn, *, endpoint_for=N
 
         if open_connection is None:
             def open_connection(conn_id: str):
-                from include.pgmaint.db import connect, conninfo_from_airflow
+                from include.pgmaint.airflow.connections import conninfo_from_airflow
+                from include.pgmaint.db import connect
 
                 return connect(conninfo_from_airflow(conn_id), config.lock_budget)
         return PgCronAdapter(service, conn, open_connection)

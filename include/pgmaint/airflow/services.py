@@ -48,7 +48,8 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
     `min_lease_minutes`: make every lease at least this long (pass the run's time box plus a
     margin, so the watchdog never resumes the writers under a run that is still working).
     """
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.services.leases import pause_services
 
     writers = config.table(table).writers
@@ -70,7 +71,8 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
 
 def resume_writers(config: Config, table: str, dag_run, dry_run: bool = False) -> list[str]:
     """Teardown: resume everything this run paused, newest first. Idempotent; fine when nothing was paused."""
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.services.leases import resume_services
 
     if dry_run:  # a dry run pauses nothing, so there is nothing to resume, and it writes nothing
@@ -84,7 +86,8 @@ def resume_writers(config: Config, table: str, dag_run, dry_run: bool = False) -
 
 def resume_expired_services(config: Config) -> list[dict]:
     """For the watchdog: give back services whose lease expired; raises if one could not be resumed."""
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.services.leases import resume_expired_leases
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:

@@ -44,7 +44,8 @@ def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_r
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.maintenance import RunContext, run_maintenance
 
     context = RunContext(
@@ -75,7 +76,8 @@ def plan_target(config: Config, params: dict, *, dag_run=None, ti=None) -> list[
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.maintenance import RunContext, plan_run
 
     selected = set(params.get("tables") or [])
@@ -123,7 +125,8 @@ def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry
     """
     if dry_run:
         return {"gate": gate, "skipped": "dry run"}
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.maintenance import planned_retirements
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
@@ -132,7 +135,7 @@ def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry
     if not due and not detached:
         return {"gate": gate, "skipped": "nothing to retire: no partition is past retention (read from the catalog now)"}
     log.info("%s: gate %s: %s", table, gate, f"due to retire: {', '.join(due)}" if due else f"detached: {', '.join(detached)}")
-    from include.pgmaint.airflow_quality import gate_task
+    from include.pgmaint.airflow.quality import gate_task
 
     return gate_task(config, table, gate, RETIRE_GATES[gate], ti=ti)
 
@@ -320,7 +323,8 @@ def migrate_one(config: Config, table: str, params: dict, *, dag_run=None, ti=No
     """Run (or resume) the migration of one table's DEFAULT partition; fail the task if it failed."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.maintenance import RunContext
     from include.pgmaint.migrate import migrate_table
 
@@ -358,7 +362,7 @@ def migration_gate(config: Config, table: str, gate: str, migrated: dict, *, dry
         return {"gate": gate, "skipped": "dry run"}
     if migrated.get("outcome") != "swapped" or not migrated.get("migration_id"):
         return {"gate": gate, "skipped": f"no finished migration to check (migrate: {migrated.get('outcome')})"}
-    from include.pgmaint.airflow_quality import gate_task
+    from include.pgmaint.airflow.quality import gate_task
 
     return gate_task(config, table, gate, MIGRATION_GATE_CHECKS, migration_id=migrated["migration_id"],
                      ranges="migrated", ti=ti)
@@ -368,7 +372,8 @@ def finish_one(config: Config, table: str, migrated: dict, *, dry_run: bool) -> 
     """Drop the detached old DEFAULT once the gate passed."""
     if dry_run or migrated.get("outcome") != "swapped":
         return {"table": table, "finished": None, "skipped": "dry run" if dry_run else f"migrate: {migrated.get('outcome')}"}
-    from include.pgmaint.db import connect, conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
+    from include.pgmaint.db import connect
     from include.pgmaint.migrate import finish_migration
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:

@@ -42,7 +42,7 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.pgmaint.db import conninfo_from_airflow
+    from include.pgmaint.airflow.connections import conninfo_from_airflow
     from include.pgmaint.quality import run_gate
 
     table_cfg = config.table(table)

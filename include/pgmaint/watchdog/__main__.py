@@ -1,0 +1,5 @@
+import sys
+
+from include.pgmaint.watchdog.cli import main
+
+sys.exit(main())
