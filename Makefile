@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 PORT   ?= 8080
 
-.PHONY: help venv test demo airflow bench-maintenance devdb devdb-stop clean
+.PHONY: help venv test lint demo airflow bench-maintenance devdb devdb-stop clean
 
 help: ## list the targets
 	@echo "pgmaint make targets:"
@@ -22,8 +22,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	@touch $@
 
-test: venv ## run the tests (embedded PostgreSQL unless PGMAINT_TEST_DSN is set; extra args: PYTEST_ARGS=...)
+test: venv lint ## lint, then run the tests (embedded PostgreSQL unless PGMAINT_TEST_DSN is set; extra args: PYTEST_ARGS=...)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+lint: venv ## ruff: lint and format check (pyproject.toml); fix with .venv/bin/ruff check --fix . && .venv/bin/ruff format .
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: venv ## run the demo (scripts/demo)
 	scripts/demo

@@ -101,7 +101,7 @@ def default_partition_migration():
         return resolve_migration_table(FLEET, params, triggering_asset_events)
 
     @setup
-    @task
+    @task(multiple_outputs=False)
     def open_window(table: str, dag_run=None) -> dict:
         from include.pgmaint.airflow.services import open_window as record_intent
 
@@ -115,25 +115,25 @@ def default_partition_migration():
         return pause(*on(table), params["pause_services"] and not params["dry_run"], dag_run,
                      min_lease_minutes=int(params["max_minutes"]) + 30)
 
-    @task(pool=POOL)
+    @task(multiple_outputs=False, pool=POOL)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
         from include.pgmaint.airflow.tasks import migrate_one
 
         return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
 
-    @task(retries=1, retry_delay=timedelta(seconds=30))
+    @task(multiple_outputs=False, retries=1, retry_delay=timedelta(seconds=30))
     def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
         from include.pgmaint.airflow.tasks import migration_gate
 
         return migration_gate(*on(table), "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
 
-    @task
+    @task(multiple_outputs=False)
     def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
         from include.pgmaint.airflow.tasks import finish_one
 
         return finish_one(*on(table), migrated, dry_run=params["dry_run"])
 
-    @task(retries=1, retry_delay=timedelta(seconds=30))
+    @task(multiple_outputs=False, retries=1, retry_delay=timedelta(seconds=30))
     def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
         from include.pgmaint.airflow.tasks import migration_gate
 

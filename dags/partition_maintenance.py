@@ -87,7 +87,7 @@ def maintain_target(config):
     def maintain_table(table: str):
         """One table's chain; a failed gate stops the destructive step for that table only."""
 
-        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import maintain_one, resolve_as_of
 
@@ -105,19 +105,19 @@ def maintain_target(config):
             outlet_events[DEFAULT_ROWS].extra = {"table": FLEET.ref(config, table)}
             return table
 
-        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import retention_gate
 
             return retention_gate(config, label(config, table), "before_retire", premade, dry_run=params["dry_run"], ti=ti)
 
-        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import maintain_one
 
             return maintain_one(config, label(config, table), "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
 
-        @task(pool=config.pool, map_index_template="{{ table_ref }}")
+        @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import retention_gate
 
@@ -153,7 +153,7 @@ def maintain_target(config):
     },
 )
 def partition_maintenance():
-    @task(trigger_rule="all_done")
+    @task(multiple_outputs=False, trigger_rule="all_done")
     def summarize(ti=None, dag_run=None) -> dict:
         from include.pgmaint.airflow.tasks import summarize_results
 

@@ -94,7 +94,7 @@ def partition_watchdog():
         outlet_events[DEFAULT_ROWS].extra = {"table": table}
         return table
 
-    @task(trigger_rule="all_done")
+    @task(multiple_outputs=False, trigger_rule="all_done")
     def escalate(ti=None) -> dict:
         from include.pgmaint.airflow.watchdog_tasks import task_escalate
 

@@ -22,8 +22,9 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = REPO / "airflow_settings.yaml"

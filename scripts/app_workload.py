@@ -69,7 +69,7 @@ class AppWorkload:
 
     # --- running --------------------------------------------------------------------------------
 
-    def start(self) -> "AppWorkload":
+    def start(self) -> AppWorkload:
         self.started_at = time.monotonic()
         for w in range(self.workers):
             t = threading.Thread(target=self._run, args=(w,), name=f"app-{w}", daemon=True)

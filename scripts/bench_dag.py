@@ -41,10 +41,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
+from bench_maintenance import BENCH_SCHEMA, PREMAKE, _build_batch, day_floor, log, server, with_db  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict  # noqa: E402
-
-from bench_maintenance import BENCH_SCHEMA, PREMAKE, _build_batch, day_floor, log, server, with_db  # noqa: E402
 
 STATE_SCHEMA = "pgmaint_bench"
 TARGET_TIS, TARGET_WALL_S = 10, 30.0

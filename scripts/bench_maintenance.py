@@ -70,8 +70,8 @@ from include.pgmaint.catalog import CatalogError, read_catalog  # noqa: E402
 from include.pgmaint.config import Config, parse_config  # noqa: E402
 from include.pgmaint.db import connect  # noqa: E402
 from include.pgmaint.maintenance import plan_run, run_maintenance  # noqa: E402
-from include.pgmaint.state import Journal  # noqa: E402
 from include.pgmaint.plan import plan_maintenance  # noqa: E402
+from include.pgmaint.state import Journal  # noqa: E402
 
 BENCH_DB = "pgmaint_bench"
 BENCH_SCHEMA = "bench"
@@ -119,7 +119,7 @@ def server(dsn: str | None):
 def server_settings(admin_conninfo: str, settings: dict[str, str] | None) -> None:
     """ALTER SYSTEM SET `settings` (None: RESET them) and reload."""
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        for name, value in FAST_BUILD_SETTINGS.items():
+        for name in FAST_BUILD_SETTINGS:
             if settings is None:
                 conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
             else:

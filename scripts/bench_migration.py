@@ -133,6 +133,7 @@ for p in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(p))
 
 import psycopg  # noqa: E402
+from app_workload import AppWorkload  # noqa: E402  (scripts/app_workload.py)
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
@@ -142,7 +143,6 @@ from include.pgmaint.config import parse_config  # noqa: E402
 from include.pgmaint.db import connect  # noqa: E402
 from include.pgmaint.migrate import migrate_table  # noqa: E402
 from include.pgmaint.state import ensure_state_schema  # noqa: E402
-from app_workload import AppWorkload  # noqa: E402  (scripts/app_workload.py)
 
 BENCH_DB = "pgmaint_bench_migration"
 SCHEMA = "bench"
@@ -229,7 +229,7 @@ class Layout:
     live_day: str = "in-default"  # in-default: today has no partition (writers insert into the DEFAULT); partitioned: it has
 
     @classmethod
-    def at(cls, ds: DataSet, now: datetime, live_day: str) -> "Layout":
+    def at(cls, ds: DataSet, now: datetime, live_day: str) -> Layout:
         now = now.astimezone(timezone.utc).replace(microsecond=0)
         return cls(ds, now if live_day == "in-default" else day_floor(now), live_day)
 

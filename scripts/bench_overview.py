@@ -55,9 +55,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from fastapi.testclient import TestClient
-
     import pgmaint_partitions
+    from fastapi.testclient import TestClient
 
     with bm.server(args.dsn) as (admin, kind, embedded):
         if embedded:

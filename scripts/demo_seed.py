@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from psycopg import sql  # noqa: E402
+from psycopg import sql
 
-from include.pgmaint.db import connect  # noqa: E402
+from include.pgmaint.db import connect
 
 
 def _partition(conn, parent: str, day: datetime) -> None:

@@ -39,7 +39,6 @@ import json
 import os
 import queue
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -142,7 +141,7 @@ class Api:
         queries = {
             "insert": (sql.SQL("INSERT INTO {} (created_at, client_id, path, status) VALUES (now(), %s, '/api/v1/people', 200)")
                        .format(parent), lambda: [rng.randrange(1, 100)]),
-            "recent": (sql.SQL("SELECT count(*) FROM {} WHERE created_at > now() - interval '1 minute'").format(parent), lambda: []),
+            "recent": (sql.SQL("SELECT count(*) FROM {} WHERE created_at > now() - interval '1 minute'").format(parent), list),
             "by_id": (sql.SQL("SELECT * FROM {} WHERE id = %s").format(parent), lambda: [rng.randrange(1, self.max_id)]),
         }
         ops = list(queries)

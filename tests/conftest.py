@@ -79,12 +79,12 @@ if _SCRIPTS not in sys.path:
 import json  # noqa: E402
 import uuid  # noqa: E402
 
+import devdb  # noqa: E402  (scripts/devdb.py)
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
-import devdb  # noqa: E402  (scripts/devdb.py)
 from tests.support import announce  # noqa: E402
 
 MIN_SERVER_VERSION = 140000

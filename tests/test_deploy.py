@@ -20,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_HOME = "/opt/airflow"
 

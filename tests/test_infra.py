@@ -5,10 +5,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 import airflow_settings  # scripts/airflow_settings.py (on sys.path via conftest)
 import devdb  # scripts/devdb.py
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 from psycopg import errors, sql

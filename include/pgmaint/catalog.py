@@ -33,7 +33,7 @@ class Range:
     lower: datetime | None
     upper: datetime | None
 
-    def overlaps(self, other: "Range") -> bool:
+    def overlaps(self, other: Range) -> bool:
         lo_ok = other.upper is None or self.lower is None or self.lower < other.upper
         hi_ok = self.upper is None or other.lower is None or other.lower < self.upper
         return lo_ok and hi_ok

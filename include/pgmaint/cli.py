@@ -10,7 +10,7 @@ EXIT_USAGE = 64
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D102 - argparse API
+    def error(self, message: str):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)

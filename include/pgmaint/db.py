@@ -8,7 +8,6 @@ mid-transaction. TimeZone is UTC so partition bounds read back unambiguously.
 
 from __future__ import annotations
 
-
 import psycopg
 from psycopg.conninfo import make_conninfo
 

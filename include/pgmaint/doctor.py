@@ -12,6 +12,9 @@ from __future__ import annotations
 import sys
 
 from include.pgmaint.cli import EXIT_USAGE, Parser, one_line
+from include.pgmaint.config import ConfigError
+from include.pgmaint.db import connect
+from include.pgmaint.fleet import load_target
 from include.pgmaint.privileges import JOBS, check, ident
 
 EXIT_OK, EXIT_MISSING, EXIT_CANNOT_CHECK = 0, 1, 3
@@ -40,9 +43,6 @@ def parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from include.pgmaint.config import ConfigError
-    from include.pgmaint.fleet import load_target
-    from include.pgmaint.db import connect
 
     try:
         config = load_target(args.config, args.target)

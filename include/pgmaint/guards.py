@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg import sql
 
 from include.pgmaint.config import Preflight
@@ -190,9 +192,7 @@ class CircuitBreaker:
 
     @contextlib.contextmanager
     def watch(self, pid: int):
-        import threading
 
-        import psycopg
 
         self.tripped, self._stop = None, threading.Event()
         watcher = psycopg.connect(self.conninfo, autocommit=True, application_name="pgmaint-breaker")

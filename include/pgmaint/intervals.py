@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
 import pendulum
 
 from include.pgmaint.naming import default_format
@@ -55,7 +56,7 @@ class Duration:
     unit: str  # one of _UNITS
 
     @classmethod
-    def parse(cls, text: str) -> "Duration":
+    def parse(cls, text: str) -> Duration:
         return cls(*_count_unit(text, _UNITS, "'30 days', '12 hours', '2 weeks', '3 months'"))
 
     @property
@@ -82,7 +83,7 @@ class PartitionInterval:
     unit: str  # hour | day | week | month
 
     @classmethod
-    def parse(cls, text: str) -> "PartitionInterval":
+    def parse(cls, text: str) -> PartitionInterval:
         normalised = " ".join(str(text).lower().split()) if isinstance(text, str) else None
         if normalised not in INTERVALS:
             raise ValueError(f"{text!r} is not a supported interval; use one of {', '.join(INTERVALS)}")

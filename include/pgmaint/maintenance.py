@@ -15,9 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
-from psycopg import sql
-
 import psycopg
+from psycopg import sql
 
 from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog

@@ -257,7 +257,7 @@ class DefaultPartitionMigration:
                             f"ACCESS EXCLUSIVE on {self.next_name} (catalog only)"))
         for r in self.plan.move:
             st.append(Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(self.parent, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
-                                f"(held) catalog only: its CHECK proves the bound and no DEFAULT is attached at this instant"))
+                                "(held) catalog only: its CHECK proves the bound and no DEFAULT is attached at this instant"))
         for r in self.plan.move:  # proved the bound for ATTACH; a native partition has no such CHECK
             st.append(Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(self.q(r.partition), sql.Identifier(ddl.BOUND_CHECK)),
                                 "(held) catalog only"))

@@ -27,10 +27,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
-from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.config import EscalationSettings
-from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline as table_clock, to_utc
+from include.pgmaint.config import Config, EscalationSettings, TableConfig
 from include.pgmaint.escalation.rendering import ago
+from include.pgmaint.plan import desired_ranges, retention_cutoff
+from include.pgmaint.plan import timeline as table_clock
 from include.pgmaint.watchdog.results import key_table
 
 MAINTENANCE_DAG = "partition_maintenance"

@@ -144,7 +144,7 @@ class PartConfig:
     partition_timezone: str | None = None  # 5.4.4+
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "PartConfig":
+    def from_row(cls, row: dict[str, Any]) -> PartConfig:
         # 4.x still carries the trigger-era columns; 5.0 dropped them (and added date_trunc_interval, maintenance_order ...).
         generation = "4.x" if "optimize_trigger" in row or "upsert" in row else "5.x"
         get = lambda key, default=None: default if row.get(key) is None else row[key]  # noqa: E731
@@ -759,7 +759,7 @@ def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_s
             r.notes.append(f"pgmaint's dry run could not be made: {exc}")
         return
     for r, plan in zip(results, plans):
-        work = [s for s in plan.statements]
+        work = list(plan.statements)
         what = "nothing to do" if not work else f"{len(work)} statement(s): " + ", ".join(
             sorted({f"{s['step']} {s['target']}" for s in work}))
         r.notes.append(f"pgmaint's next partition_maintenance run (dry run now): {what}")

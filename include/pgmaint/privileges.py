@@ -34,6 +34,8 @@ from datetime import datetime
 from psycopg import sql
 
 from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.plan import retention_cutoff, timeline
+from include.pgmaint.state import latest_version
 
 log = logging.getLogger("pgmaint.privileges")
 JOBS = ("maintenance", "migration", "watchdog")
@@ -187,7 +189,6 @@ def _table_family(conn, role: str, cfg: TableConfig, ddl_jobs: tuple[str, ...], 
 
 
 def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[Missing]:
-    from include.pgmaint.state import latest_version
 
     db, create_db = conn.execute("SELECT current_database(), has_database_privilege(%s, current_database(), 'CREATE')",
                                  [role]).fetchone()
@@ -245,7 +246,6 @@ def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[M
 def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datetime) -> list[str]:
     """Partitions the migration would create for intervals already past retention (only with
     `move_out_of_window`): the next partition_maintenance retires them, rows and all. Logged as warnings."""
-    from include.pgmaint.plan import retention_cutoff, timeline
 
     now_t, tz_t = timeline(facts, now, config.timezone)
     cutoff = retention_cutoff(cfg, now_t, tz_t)

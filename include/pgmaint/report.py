@@ -11,8 +11,11 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from psycopg import sql
+
 from include.pgmaint.catalog import CatalogError, TableFacts, read_catalog
-from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.config import Config, TableConfig, load_config
+from include.pgmaint.db import connect
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline
 
 
@@ -48,7 +51,6 @@ def table_health(cfg: TableConfig, facts: TableFacts | CatalogError, now: dateti
 
 def health(conn, config: Config, now: datetime | None = None) -> list[TableHealth]:
     """Health of every configured table. Counts DEFAULT rows exactly: meant for the demo and small tables."""
-    from psycopg import sql
 
     now = now or datetime.now(timezone.utc)
     facts = read_catalog(conn, list(config.tables), config.timezone)
@@ -78,8 +80,6 @@ def render(rows: list[TableHealth], premake: dict[str, int] | None = None) -> st
 
 
 def main(argv: list[str]) -> int:
-    from include.pgmaint.config import load_config
-    from include.pgmaint.db import connect
 
     if len(argv) != 1:
         print("usage: python -m include.pgmaint.report CONNINFO   (config from $PGMAINT_CONFIG)", file=sys.stderr)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+import airflow_local  # scripts/airflow_local.py (scripts/ is on sys.path, see tests/conftest.py)
 import psycopg
 import pytest
 import yaml
@@ -26,10 +27,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import REPO, _airflow_conn_json
-from tests.watchdog.conftest import Recorder, _handler
 from tests.support import announce, loopback_http
-
-import airflow_local  # scripts/airflow_local.py (scripts/ is on sys.path, see tests/conftest.py)
+from tests.watchdog.conftest import Recorder, _handler
 
 TERMINAL = {"success", "failed"}
 

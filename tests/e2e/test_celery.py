@@ -60,7 +60,7 @@ def ready(e2e):
         make_daily_table(e2e.target_dsn, t.split(".")[1], days=range(-2, 1))
     # The race table: today's rows sit in the DEFAULT (a migration to do) and no future partitions
     # (maintenance work to do).
-    make_daily_table(e2e.target_dsn, "e2e_race", days=range(-3, 0), default_rows_days=range(0, 1), rows_per_day=500)
+    make_daily_table(e2e.target_dsn, "e2e_race", days=range(-3, 0), default_rows_days=range(1), rows_per_day=500)
     for dag_id in ("partition_maintenance", "default_partition_migration"):
         e2e.unpause(dag_id)
     return e2e

@@ -8,10 +8,9 @@ from datetime import datetime
 
 import psycopg
 import pytest
+from demo_seed import seed  # scripts/demo_seed.py
 
 from tests.e2e.conftest import e2e_config, make_daily_table, start_deployment, table_entry
-
-from demo_seed import seed  # scripts/demo_seed.py
 
 DEMO_TABLES = ["public.inbound_requests", "public.event_deltas"]
 DOOMED = "public.e2e_doomed"
@@ -145,7 +144,7 @@ def test_a_failed_task_runs_its_callback_in_the_worker(seeded):
     key = f"task:partition_maintenance.table.premake:{DOOMED}"
     texts = [m["text"] for m in seeded.webhooks.slack]
     [text] = [t for t in texts if key in t]
-    assert "table does not exist" in text and f"/dags/partition_maintenance/runs/" in text, text
+    assert "table does not exist" in text and "/dags/partition_maintenance/runs/" in text, text
     with psycopg.connect(seeded.target_dsn) as conn:
         [(streak, details)] = conn.execute("SELECT streak, details FROM pgmaint.conditions WHERE key = %s", [key]).fetchall()
     assert streak == 1 and details["run_id"] == run_id and details["map_index"] == 0

@@ -10,10 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
-from tests.e2e.conftest import drop_database, fresh_database, free_tcp_port, sqlalchemy_url
-
 from psycopg.conninfo import make_conninfo
+
+from tests.conftest import REPO
+from tests.e2e.conftest import drop_database, free_tcp_port, fresh_database, sqlalchemy_url
 
 
 def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):

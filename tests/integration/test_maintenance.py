@@ -14,8 +14,16 @@ from psycopg import sql
 from include.pgmaint.config import LockBudget, Preflight
 from include.pgmaint.db import connect
 from include.pgmaint.maintenance import run_maintenance
-from tests.integration.helpers import (NOW, TODAY, add_partition, config_for, make_table, partitions, table_entry,
-                                       table_exists)
+from tests.integration.helpers import (
+    NOW,
+    TODAY,
+    add_partition,
+    config_for,
+    make_table,
+    partitions,
+    table_entry,
+    table_exists,
+)
 
 pytestmark = pytest.mark.pg
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from app_workload import AppWorkload, sample_rows  # scripts/app_workload.py (scripts/ is on sys.path in tests)
 from psycopg import sql
 
 from include.pgmaint.db import connect
 from include.pgmaint.migrate import migrate_table
 from tests.integration.helpers import config_for, make_table, partitions, table_entry, table_exists
-from app_workload import AppWorkload, sample_rows  # scripts/app_workload.py (scripts/ is on sys.path in tests)
 from tests.wall_clock import wall_now, wall_today
 
 pytestmark = pytest.mark.pg

@@ -89,7 +89,7 @@ def test_rows_in_the_default_for_some_missed_days_need_migration_and_block_nothi
     pending = [m["partition"] for m in premade.needs_migration]
     assert pending == ["ev_p20261123", "ev_p20261125"]
     assert premade.needs_migration[0]["trigger"] == (
-        "scripts/airflow dags trigger default_partition_migration --conf '{\"table\": \"%s.ev\"}'" % scratch_schema)
+        f"scripts/airflow dags trigger default_partition_migration --conf '{{\"table\": \"{scratch_schema}.ev\"}}'")
     assert all(m["requested"] for m in premade.needs_migration)  # auto_migrate: the DAG emits the asset event
     assert premade.created == ["ev_p20261122", "ev_p20261124", "ev_p20261126", "ev_p20261127", "ev_p20261128"]
     # The gate before retire tolerates exactly those gaps and says so ...

@@ -293,7 +293,7 @@ class _Rollback(Exception):
 
 
 def test_a_table_named_by_pg_partman_4_gets_pg_partman_4_names(conn, scratch_schema):
-    make_table(conn, scratch_schema, "ev", days=range(0, 0))
+    make_table(conn, scratch_schema, "ev", days=range(0))
     for d in range(-5, 0):
         lo = TODAY + timedelta(days=d)
         add_partition(conn, scratch_schema, "ev", lo, lo + timedelta(days=1), f"ev_p{lo:%Y_%m_%d}")

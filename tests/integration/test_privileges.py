@@ -24,7 +24,6 @@ from include.pgmaint.migrate import migrate_table
 from include.pgmaint.state import ensure_state_schema
 from tests.integration.helpers import NOW, TODAY, config_for, make_table, table_entry
 
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -40,8 +40,9 @@ def _http_status(url: str, headers: dict | None = None) -> int:
 def api_server(request, demo_dsn, pg_dsn):
     """Only the API server (with the UI and the plugin) against the seeded demo database."""
     import airflow_local  # scripts/airflow_local.py
-    from tests.e2e.conftest import drop_database, fresh_database, sqlalchemy_url
     from psycopg.conninfo import make_conninfo
+
+    from tests.e2e.conftest import drop_database, fresh_database, sqlalchemy_url
 
     admin = make_conninfo(pg_dsn, dbname="postgres")
     meta_name = f"airflow_overview_{os.getpid()}"

@@ -15,8 +15,16 @@ from include.pgmaint.catalog import Partition, Range, TableFacts
 from include.pgmaint.quality import MIGRATED, run_gate
 from include.pgmaint.quality.facts import as_ranges
 from include.pgmaint.quality.runner import error_message, sqlalchemy_url
-from include.pgmaint.quality.suites import (CHECKS, MigrationFacts, Skipped, bucket_range, build_suite, check_query,
-                                            default_clean_check, retention_check)
+from include.pgmaint.quality.suites import (
+    CHECKS,
+    MigrationFacts,
+    Skipped,
+    bucket_range,
+    build_suite,
+    check_query,
+    default_clean_check,
+    retention_check,
+)
 from tests.integration.helpers import config_for, table_entry
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,6 @@ The application's `service_enabled()` works for a role with only USAGE on the st
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import psycopg
 import pytest
 from psycopg import sql

@@ -58,7 +58,7 @@ def smtp_with_auth():
     mails: list[bytes] = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             mails.append(envelope.content)
             return "250 accepted"
 

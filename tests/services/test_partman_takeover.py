@@ -151,7 +151,7 @@ def test_dual_manager_is_detected_and_maintenance_skips(conn, config):
     assert all(f"dual_manager:{t}" in found.scope for t in ADOPTABLE)
     before = {t: partition_set(conn, t) for t in ADOPTABLE}
     results = run_maintenance(conn, config)
-    assert {r.table: r.outcome for r in results} == {t: "skipped" for t in ADOPTABLE}
+    assert {r.table: r.outcome for r in results} == dict.fromkeys(ADOPTABLE, "skipped")
     assert all(r.skipped_reason.startswith("dual_manager:") for r in results)
     assert {t: partition_set(conn, t) for t in ADOPTABLE} == before
     journal = conn.execute(sql.SQL("SELECT outcome, error FROM {}.runs WHERE job = 'maintenance'")
@@ -162,12 +162,12 @@ def test_dual_manager_is_detected_and_maintenance_skips(conn, config):
 def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, config, partman_db):
     before = {t: partition_set(conn, t) for t in ADOPTABLE}
     results = partman.handover(conn, config, who="alice (change 4711)", wait_seconds=5)
-    assert {r.table: r.action for r in results} == {t: "handed_over" for t in ADOPTABLE}
+    assert {r.table: r.action for r in results} == dict.fromkeys(ADOPTABLE, "handed_over")
     assert all(not r.problems for r in results), [str(r) for r in results]
     assert all(any("skips the table" in n for n in r.notes) for r in results)
     assert all(any("nothing to do" in n for n in r.notes) for r in results)
     states = automatic(conn)
-    assert {t: states[t] for t in ADOPTABLE} == {t: "off" for t in ADOPTABLE}
+    assert {t: states[t] for t in ADOPTABLE} == dict.fromkeys(ADOPTABLE, "off")
     assert states["app.by_id"] == states["app.templated"] == "on"  # not adopted: left to pg_partman
     rows = conn.execute(sql.SQL("SELECT table_name, outcome, summary->>'who', summary->'automatic_maintenance', started_at "
                                 "FROM {}.runs WHERE job = 'partman_handover'").format(sql.Identifier(config.state_schema))).fetchall()
@@ -176,7 +176,7 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
 
     # pgmaint maintains them now, and its first run changes nothing pg_partman had made
     maintained = run_maintenance(conn, config)
-    assert {r.table: r.outcome for r in maintained} == {t: "success" for t in ADOPTABLE}
+    assert {r.table: r.outcome for r in maintained} == dict.fromkeys(ADOPTABLE, "success")
     assert all(not (r.created or r.detached or r.dropped) for r in maintained)
     assert {t: partition_set(conn, t) for t in ADOPTABLE} == before
     ensure_state_schema(conn, config.state_schema)
@@ -197,8 +197,8 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
 
     # the way back: one call; pgmaint then skips the tables again
     back = partman.handback(conn, config, who="bob")
-    assert {r.table: r.action for r in back} == {t: "handed_back" for t in ADOPTABLE}
-    assert {t: automatic(conn)[t] for t in ADOPTABLE} == {t: "on" for t in ADOPTABLE}
+    assert {r.table: r.action for r in back} == dict.fromkeys(ADOPTABLE, "handed_back")
+    assert {t: automatic(conn)[t] for t in ADOPTABLE} == dict.fromkeys(ADOPTABLE, "on")
     assert {r.outcome for r in run_maintenance(conn, config)} == {"skipped"}
     keys = {c.key for c in check_tables(conn, config, settings_for(config)).conditions}
     assert {f"dual_manager:{t}" for t in ADOPTABLE} <= keys

@@ -45,7 +45,7 @@ def test_pause_switches_off_maintenance_for_the_writers_tables_and_resume_restor
     cfg = config_for(make_config, pg15_state_schema, parents)  # parents: the tables naming the service in writers
     report = pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert report.held == ["partman"]
-    assert automatic(partman_conn, parents) == {p: "off" for p in parents}
+    assert automatic(partman_conn, parents) == dict.fromkeys(parents, "off")
 
     # pg_partman itself now leaves these parents alone
     partman_conn.execute("UPDATE partman.part_config SET premake = 6 WHERE parent_table = ANY(%s)", [parents])
@@ -59,7 +59,7 @@ def test_pause_switches_off_maintenance_for_the_writers_tables_and_resume_restor
     assert status["paused"] is True and "automatic_maintenance" in status["detail"]
 
     resume_services(partman_conn, cfg, **RUN)
-    assert automatic(partman_conn, parents) == {p: "on" for p in parents}
+    assert automatic(partman_conn, parents) == dict.fromkeys(parents, "on")
     partman_conn.execute("SELECT partman.run_maintenance()")
     assert all(partitions(partman_conn, p) > before[p] for p in parents)
 
@@ -80,7 +80,7 @@ def test_all_parents_off_by_hand_is_paused_by_someone_else(partman_conn, parents
     report = pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert report.held == [] and [o.service for o in report.left_alone] == ["partman"]
     resume_services(partman_conn, cfg, **RUN)
-    assert automatic(partman_conn, parents) == {p: "off" for p in parents}
+    assert automatic(partman_conn, parents) == dict.fromkeys(parents, "off")
 
 
 def test_explicit_parents(partman_conn, parents, pg15_state_schema, make_config):
@@ -96,7 +96,7 @@ def test_parent_not_managed_by_pg_partman_is_a_clear_error(partman_conn, parents
     cfg = config_for(make_config, pg15_state_schema, parents, parents=[parents[0], "public.not_partman"])
     with pytest.raises(ServicePauseError, match=r"not managed by pg_partman \(no row in part_config\): public.not_partman"):
         pause_services(partman_conn, cfg, ["partman"], **RUN)
-    assert automatic(partman_conn, parents) == {p: "on" for p in parents}  # nothing was changed
+    assert automatic(partman_conn, parents) == dict.fromkeys(parents, "on")  # nothing was changed
 
 
 def test_extension_absent_is_a_clear_error(target, scratch_schema, make_config):

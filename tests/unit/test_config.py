@@ -7,7 +7,8 @@ YAML file written to tmp_path, so both entry points report the same problems.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml

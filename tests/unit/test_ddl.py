@@ -46,7 +46,7 @@ def rendered(steps: list[Step]) -> list[tuple[str, str]]:
     out = []
     for step in steps:
         pairs = step.render(None)
-        assert isinstance(pairs, list) and all(isinstance(s, str) and isinstance(l, str) for s, l in pairs)
+        assert isinstance(pairs, list) and all(isinstance(s, str) and isinstance(lock, str) for s, lock in pairs)
         out += pairs
     return out
 

@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from tests.support import loopback_http
-
 from tests.watchdog.helpers import FakeClock
 
 
@@ -50,7 +49,7 @@ class Recorder:
 
 def _handler(recorder: Recorder):
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
                 body = json.loads(raw or b"{}")
@@ -105,7 +104,7 @@ def mailbox():
     received = Mailbox()
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             msg = message_from_bytes(envelope.content)
             parts = [p.get_payload(decode=True).decode(errors="replace") for p in msg.walk() if not p.is_multipart()]
             received.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), msg["Subject"] or "", "\n".join(parts)))

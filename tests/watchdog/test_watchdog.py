@@ -9,10 +9,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import devdb  # scripts/devdb.py (on sys.path via tests/conftest.py)
 import psycopg
 from psycopg import sql
 
-import devdb  # scripts/devdb.py (on sys.path via tests/conftest.py)
 from include.pgmaint.config import parse_config
 from include.pgmaint.db import connect
 from include.pgmaint.escalation import MemoryStore, settings_for
@@ -20,8 +20,8 @@ from include.pgmaint.maintenance import run_maintenance
 from include.pgmaint.state import ensure_state_schema
 from include.pgmaint.watchdog import check_tables, watch
 from tests.integration.helpers import make_table, table_entry
-from tests.watchdog.helpers import escalation_block
 from tests.wall_clock import wall_today
+from tests.watchdog.helpers import escalation_block
 
 # The checks run on the real clock: tables are built around the real today.
 

@@ -11,8 +11,8 @@ from psycopg import sql
 
 from include.pgmaint.db import connect
 from tests.integration.helpers import make_table, table_entry
-from tests.watchdog.helpers import escalation_block
 from tests.wall_clock import wall_today
+from tests.watchdog.helpers import escalation_block
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Callable
+
+from psycopg import sql
 
 from include.pgmaint.airflow.spill import spill_for
 from include.pgmaint.config import Config, EscalationSettings
@@ -15,6 +17,7 @@ from include.pgmaint.escalation.conditions import Condition
 from include.pgmaint.escalation.escalator import Evaluation, open_escalator, utcnow
 from include.pgmaint.escalation.rendering import describe_session
 from include.pgmaint.escalation.stores import MemoryStore
+from include.pgmaint.fleet import SEPARATOR, load_fleet
 
 log = logging.getLogger("pgmaint.escalation")
 
@@ -25,7 +28,6 @@ _PID = re.compile(r"pid (\d+)")
 def target_of(context) -> Config:
     """The target whose database keeps this failure's state: one target, or (fleet mode) the task's own —
     from the task (`pgmaint_target` in its context), its group (`<target>.…` task ids), or its `table` param."""
-    from include.pgmaint.fleet import SEPARATOR, load_fleet
 
     fleet = load_fleet()
     if not fleet.multi:
@@ -112,7 +114,6 @@ def _blockers_and_step(exc) -> tuple[list[dict], str | None]:
 
 def _from_journal(conn, schema: str, run_id: str | None, table: str) -> tuple[list[dict], str | None]:
     """The failed step of this DAG run for the table, and who blocked it, from the journal."""
-    from psycopg import sql
 
     try:
         row = conn.execute(sql.SQL(

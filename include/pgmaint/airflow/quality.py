@@ -41,7 +41,6 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
     "gate_summary" (a failing task has no return value).
     """
     from airflow.sdk.exceptions import AirflowFailException
-
     from include.pgmaint.airflow.connections import conninfo_from_airflow
     from include.pgmaint.quality import run_gate
 

@@ -23,6 +23,12 @@ from __future__ import annotations
 import logging
 
 from include.pgmaint.config import Config
+from include.pgmaint.db import connect
+from include.pgmaint.services.leases import (
+    pause_services,
+    resume_expired_leases,
+    resume_services,
+)
 from include.pgmaint.services.ordering import pause_order
 
 log = logging.getLogger("pgmaint.services")
@@ -49,8 +55,6 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
     margin, so the watchdog never resumes the writers under a run that is still working).
     """
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.services.leases import pause_services
 
     writers = config.table(table).writers
     if not enabled:
@@ -72,8 +76,6 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
 def resume_writers(config: Config, table: str, dag_run, dry_run: bool = False) -> list[str]:
     """Teardown: resume everything this run paused, newest first. Idempotent; fine when nothing was paused."""
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.services.leases import resume_services
 
     if dry_run:  # a dry run pauses nothing, so there is nothing to resume, and it writes nothing
         log.info("dry run: nothing was paused, nothing to resume")
@@ -87,8 +89,6 @@ def resume_writers(config: Config, table: str, dag_run, dry_run: bool = False) -
 def resume_expired_services(config: Config) -> list[dict]:
     """For the watchdog: give back services whose lease expired; raises if one could not be resumed."""
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.services.leases import resume_expired_leases
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
         return [o.as_dict() for o in resume_expired_leases(conn, config)]

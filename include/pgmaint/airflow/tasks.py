@@ -6,9 +6,20 @@ database. Airflow is imported lazily here too; the engine itself never needs it.
 
 from __future__ import annotations
 
+import functools
 import logging
+from datetime import datetime
 
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from include.pgmaint.config import Config
+from include.pgmaint.db import connect
+from include.pgmaint.maintenance import (
+    RunContext,
+    plan_run,
+    planned_retirements,
+    run_maintenance,
+)
+from include.pgmaint.migrate import finish_migration, migrate_table
 
 log = logging.getLogger("pgmaint.tasks")
 
@@ -18,9 +29,7 @@ def resolve_as_of(params: dict, dag_run=None):
 
     Retirement never uses it: it always judges retention on the wall clock.
     """
-    from datetime import datetime
 
-    from airflow.sdk.exceptions import AirflowFailException
 
     text = (params or {}).get("as_of")
     if text:
@@ -42,11 +51,8 @@ def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_r
 
     `as_of` (premake only) adds the partitions that moment needs; see `resolve_as_of`.
     """
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.maintenance import RunContext, run_maintenance
 
     context = RunContext(
         dag_id=getattr(dag_run, "dag_id", None),
@@ -74,11 +80,8 @@ def plan_target(config: Config, params: dict, *, dag_run=None, ti=None) -> list[
     planned (database down, state schema unreadable), the task fails naming the target; the other
     targets' plan tasks go on.
     """
-    from airflow.sdk.exceptions import AirflowFailException
 
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.maintenance import RunContext, plan_run
 
     selected = set(params.get("tables") or [])
     prefix = f"{config.target}/"
@@ -126,8 +129,6 @@ def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry
     if dry_run:
         return {"gate": gate, "skipped": "dry run"}
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.maintenance import planned_retirements
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
         due = planned_retirements(conn, config, config.table(table))
@@ -148,7 +149,6 @@ def summarize_results(fleet, ti, dag_run=None) -> dict:
 
     Fails the run if any table failed or a target could not be planned, naming them.
     """
-    from airflow.sdk.exceptions import AirflowFailException
 
     names: list[str] = []
     premade: list[dict | None] = []
@@ -170,8 +170,11 @@ def summarize_results(fleet, ti, dag_run=None) -> dict:
             continue
         healthy += plan["healthy"]
         work = list(plan["work"])
-        ref = lambda name: fleet.ref(config, name)  # noqa: E731
-        relabel = lambda r: r and {**r, "table": ref(r["table"])}  # noqa: E731
+        ref = functools.partial(fleet.ref, config)  # this target's table names as the summary shows them
+
+        def relabel(r, ref=ref):
+            return r and {**r, "table": ref(r["table"])}
+
         indexes = list(range(len(work)))
         got_premade = ti.xcom_pull(task_ids=f"{prefix}table.premake", key="result", map_indexes=indexes) if work else []
         got_retired = ti.xcom_pull(task_ids=f"{prefix}table.retire", key="result", map_indexes=indexes) if work else []
@@ -305,7 +308,6 @@ def _why_not_retired(retire: dict | None, state: dict[str, str | None]) -> str:
 
 def resolve_migration_table(fleet, params: dict, triggering_asset_events=None) -> str:
     """The table to migrate (`target/table` with several targets): the `table` param, else the latest watchdog asset event's."""
-    from airflow.sdk.exceptions import AirflowFailException
 
     table = params.get("table")
     if not table and triggering_asset_events:
@@ -321,12 +323,8 @@ def resolve_migration_table(fleet, params: dict, triggering_asset_events=None) -
 
 def migrate_one(config: Config, table: str, params: dict, *, dag_run=None, ti=None) -> dict:
     """Run (or resume) the migration of one table's DEFAULT partition; fail the task if it failed."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.maintenance import RunContext
-    from include.pgmaint.migrate import migrate_table
 
     conninfo = conninfo_from_airflow(config.connection_id)
     context = RunContext(dag_id=getattr(dag_run, "dag_id", None), dag_run_id=getattr(dag_run, "run_id", None),
@@ -373,8 +371,6 @@ def finish_one(config: Config, table: str, migrated: dict, *, dry_run: bool) -> 
     if dry_run or migrated.get("outcome") != "swapped":
         return {"table": table, "finished": None, "skipped": "dry run" if dry_run else f"migrate: {migrated.get('outcome')}"}
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.db import connect
-    from include.pgmaint.migrate import finish_migration
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
         return finish_migration(conn, config, config.table(table))

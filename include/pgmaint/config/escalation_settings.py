@@ -59,6 +59,33 @@ class EscalationSettings:
 _DEFAULTS = EscalationSettings()
 
 
+def _targets(raw: dict, name: str, problems: list[str]) -> tuple[Target, ...]:
+    """`escalation.notify` / `escalation.page`: where messages go (default: the log)."""
+    items = raw.get(name)
+    if items is None:
+        return getattr(_DEFAULTS, name)
+    out = []
+    if not isinstance(items, list):
+        problems.append(f"escalation.{name}: must be a list of targets")
+        return ()
+    for i, item in enumerate(items):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind not in TARGET_KINDS:
+            problems.append(f"escalation.{name}[{i}].kind: {kind!r} is not one of {', '.join(TARGET_KINDS)}")
+            continue
+        if kind in ("slack", "pagerduty") and not item.get("connection_id"):
+            problems.append(f"escalation.{name}[{i}]: kind {kind} needs connection_id (an Airflow connection)")
+            continue
+        to = item.get("to") or ()
+        to = (to,) if isinstance(to, str) else tuple(to)
+        if kind == "email" and not to:
+            problems.append(f"escalation.{name}[{i}]: kind email needs `to` (one address or a list)")
+            continue
+        out.append(Target(kind, item.get("connection_id") or ("smtp_default" if kind == "email" else None), to,
+                          item.get("from_email")))
+    return tuple(out)
+
+
 def parse_escalation(raw: dict | None, source: str = "config") -> EscalationSettings:
     """The `escalation` block (already structure-checked by config.SCHEMA) as settings.
 
@@ -68,31 +95,6 @@ def parse_escalation(raw: dict | None, source: str = "config") -> EscalationSett
     if not isinstance(raw, dict):
         raise ConfigError(["escalation: must be a mapping"], source)
     problems: list[str] = []
-
-    def targets(name: str) -> tuple[Target, ...]:
-        items = raw.get(name)
-        if items is None:
-            return getattr(_DEFAULTS, name)
-        out = []
-        if not isinstance(items, list):
-            problems.append(f"escalation.{name}: must be a list of targets")
-            return ()
-        for i, item in enumerate(items):
-            kind = item.get("kind") if isinstance(item, dict) else None
-            if kind not in TARGET_KINDS:
-                problems.append(f"escalation.{name}[{i}].kind: {kind!r} is not one of {', '.join(TARGET_KINDS)}")
-                continue
-            if kind in ("slack", "pagerduty") and not item.get("connection_id"):
-                problems.append(f"escalation.{name}[{i}]: kind {kind} needs connection_id (an Airflow connection)")
-                continue
-            to = item.get("to") or ()
-            to = (to,) if isinstance(to, str) else tuple(to)
-            if kind == "email" and not to:
-                problems.append(f"escalation.{name}[{i}]: kind email needs `to` (one address or a list)")
-                continue
-            out.append(Target(kind, item.get("connection_id") or ("smtp_default" if kind == "email" else None), to,
-                              item.get("from_email")))
-        return tuple(out)
 
     def duration(name: str) -> timedelta:
         if name not in raw:
@@ -104,8 +106,8 @@ def parse_escalation(raw: dict | None, source: str = "config") -> EscalationSett
             return getattr(_DEFAULTS, name)
 
     values: dict[str, Any] = {
-        "notify": targets("notify"),
-        "page": targets("page"),
+        "notify": _targets(raw, "notify", problems),
+        "page": _targets(raw, "page", problems),
         "page_after": duration("page_after"),
         "renotify_every": duration("renotify_every"),
         "failure_resolve_after": duration("failure_resolve_after"),

@@ -16,8 +16,8 @@ from typing import Any
 import pendulum
 import yaml
 
-from include.pgmaint.config.escalation_settings import parse_escalation
 from include.pgmaint.config.errors import ConfigError
+from include.pgmaint.config.escalation_settings import parse_escalation
 from include.pgmaint.config.model import (
     Config,
     LockBudget,
@@ -60,28 +60,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError(problems, source)  # tables refer to services: check those first
     services, service_problems = _parse_services(raw.get("services", []))
     problems += service_problems
-    service_names = {s.name for s in services}
-
-    tables: list[TableConfig] = []
-    seen: dict[tuple[str, str], str] = {}
-    for i, item in enumerate(raw["tables"]):
-        where = f"tables[{i}]"
-        if ("tables", i) in bad_items:
-            continue
-        try:
-            table = _parse_table(item, where, service_names)
-        except ConfigError as exc:
-            problems += exc.problems
-            continue
-        key = (table.schema, table.table)
-        if key in seen:
-            problems.append(f"{where}.name: duplicate table {table.name!r} (already configured as {seen[key]!r})")
-        seen[key] = table.name
-        tables.append(table)
-        if table.maintained_by == "pg_partman" and not any(
-                s.kind == "pg_partman" and s.name in table.writers for s in services):
-            problems.append(f"{where}.maintained_by: pg_partman needs a writer of kind pg_partman (so that a "
-                            "migration pauses pg_partman's maintenance of the table while it moves rows)")
+    tables = _parse_tables(raw["tables"], bad_items, services, problems)
 
     escalation = None
     if "escalation" not in {section for section, *_ in bad_items}:
@@ -106,6 +85,33 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         preflight=Preflight(**raw.get("preflight", {})),
         source=source,
     )
+
+
+def _parse_tables(items: list, bad_items: set[tuple], services: list[ServiceConfig],
+                  problems: list[str]) -> list[TableConfig]:
+    """The `tables` section (items the schema rejected are skipped); problems are appended to `problems`."""
+    service_names = {s.name for s in services}
+    tables: list[TableConfig] = []
+    seen: dict[tuple[str, str], str] = {}
+    for i, item in enumerate(items):
+        where = f"tables[{i}]"
+        if ("tables", i) in bad_items:
+            continue
+        try:
+            table = _parse_table(item, where, service_names)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        key = (table.schema, table.table)
+        if key in seen:
+            problems.append(f"{where}.name: duplicate table {table.name!r} (already configured as {seen[key]!r})")
+        seen[key] = table.name
+        tables.append(table)
+        if table.maintained_by == "pg_partman" and not any(
+                s.kind == "pg_partman" and s.name in table.writers for s in services):
+            problems.append(f"{where}.maintained_by: pg_partman needs a writer of kind pg_partman (so that a "
+                            "migration pauses pg_partman's maintenance of the table while it moves rows)")
+    return tables
 
 
 def _parse_table(item: dict[str, Any], where: str, service_names: set[str]) -> TableConfig:

@@ -27,7 +27,7 @@ class Condition:
                 "quiet": self.quiet}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Condition":
+    def from_dict(cls, d: dict) -> Condition:
         return cls(d["key"], d["severity"], d["message"], d.get("details") or {}, bool(d.get("quiet")))
 
 
@@ -61,7 +61,7 @@ class ConditionState:
         return out
 
     @classmethod
-    def from_json(cls, d: dict) -> "ConditionState":
+    def from_json(cls, d: dict) -> ConditionState:
         kw = dict(d)
         for f in ("first_seen", "last_seen", "notified_at", "paged_at", "last_page_at", "resolved_at"):
             if kw.get(f):

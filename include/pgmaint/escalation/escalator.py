@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from include.pgmaint.config import Config, EscalationSettings, LockBudget
-from include.pgmaint.airflow.connections import conninfo_from_airflow
 from include.pgmaint.db import connect
 from include.pgmaint.escalation.conditions import Condition, ConditionState, Notification
 from include.pgmaint.escalation.policy import apply_deliveries, plan
@@ -102,7 +102,11 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
     source = f"pgmaint/{config.connection_id}"
     conn = None
     try:
-        conn = connect(conninfo or conninfo_from_airflow(config.connection_id),
+        if conninfo is None:  # inside Airflow: the target's connection
+            from include.pgmaint.airflow.connections import conninfo_from_airflow
+
+            conninfo = conninfo_from_airflow(config.connection_id)
+        conn = connect(conninfo,
                        LockBudget(statement_timeout_ms=5000), application_name="pgmaint-escalation")
         ensure_state_schema(conn, config.state_schema)
         store = PgStore(conn, config.state_schema)

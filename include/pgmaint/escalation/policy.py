@@ -6,9 +6,9 @@ New: notify once. Persisting past `page_after`, or critical: page once. Still th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
-from typing import Iterable
 
 from include.pgmaint.config import EscalationSettings
 from include.pgmaint.escalation.conditions import Condition, ConditionState, Notification

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from include.pgmaint.config import EscalationSettings
 from include.pgmaint.escalation.conditions import Notification
 
-
 _TITLES = {
     ("notify", "open"): "{sev}",
     ("notify", "renotify"): "{sev} (still)",

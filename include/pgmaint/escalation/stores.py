@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from include.pgmaint.escalation.conditions import ConditionState, Notification
+from include.pgmaint.guards import waiting_lock
 
 log = logging.getLogger("pgmaint.escalation")
 
@@ -68,7 +73,6 @@ class PgStore:
                 "paged_at", "last_page_at", "resolved_at", "episodes")
 
     def __init__(self, conn, schema: str):
-        from psycopg import sql
 
         self.conn, self.schema, self._sql = conn, schema, sql
         self._ident = sql.Identifier(schema)
@@ -86,7 +90,6 @@ class PgStore:
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in self._COLUMNS[1:])
         stmt = sql.SQL("INSERT INTO {}.conditions ({}) VALUES ({}) ON CONFLICT (key) DO UPDATE SET {}").format(
             self._ident, cols, sql.SQL(", ").join(sql.Placeholder() * len(self._COLUMNS)), updates)
-        from psycopg.types.json import Jsonb
 
         with self.conn.transaction():
             for st in states:
@@ -116,7 +119,6 @@ class PgStore:
     @contextlib.contextmanager
     def locked(self, wait_seconds: float = 15.0):
         """One evaluation at a time (watchdog and failure callbacks may overlap): a session advisory lock."""
-        from include.pgmaint.guards import waiting_lock
 
         with waiting_lock(self.conn, "escalation:" + self.schema, wait_seconds=wait_seconds, on_timeout=lambda: TimeoutError(
                 f"another pgmaint evaluation kept the escalation lock for {wait_seconds:.0f}s")):

@@ -67,7 +67,7 @@ def sqlalchemy_url(conninfo: str) -> tuple[str, dict]:
     options = params.pop("options", None)
     query = {k: str(v) for k, v in params.items() if k not in ("user", "password", "dbname")}
     url_host = host
-    if host and (host.startswith("/") or host.startswith("@") or "," in host):
+    if host and (host.startswith(("/", "@")) or "," in host):
         query["host"] = host
         url_host = None
     if port and url_host is None and "," in str(port):

@@ -40,7 +40,10 @@ from datetime import datetime, timedelta, timezone
 from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, Range, TableFacts
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.ddl import bound_text
-from include.pgmaint.figures import bucket_expression, checksum_expression  # the migration computes its figures the same way
+from include.pgmaint.figures import (  # the migration computes its figures the same way
+    bucket_expression,
+    checksum_expression,
+)
 from include.pgmaint.plan import desired_ranges, retention_cutoff, timeline
 
 CHECKS = ("runway", "retention", "contiguity", "default_clean", "not_null_key", "conserved")

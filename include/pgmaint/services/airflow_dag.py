@@ -15,8 +15,9 @@ A paused DAG finishes the runs it has started; new runs wait until it is unpause
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx

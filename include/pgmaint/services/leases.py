@@ -29,17 +29,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from include.pgmaint.config import DEFAULT_LEASE_MINUTES, Config, ServiceConfig
+from include.pgmaint.db import connect
 from include.pgmaint.guards import waiting_lock
+from include.pgmaint.services.airflow_dag import (
+    AirflowDagAdapter,
+    endpoint_from_airflow,
+)
 from include.pgmaint.services.base import Actor, Adapter, ServiceError
+from include.pgmaint.services.flag import FlagAdapter
+from include.pgmaint.services.http import HttpAdapter, redact_url
 from include.pgmaint.services.ordering import pause_order
+from include.pgmaint.services.pg_cron import PgCronAdapter
+from include.pgmaint.services.pg_partman import PgPartmanAdapter, default_parents
+from include.pgmaint.state import ensure_state_schema
 
 log = logging.getLogger("pgmaint.services")
 
@@ -102,29 +113,23 @@ def make_adapter(service: ServiceConfig, config: Config, conn, *, endpoint_for=N
     """The adapter for one service. `conn` is the target DB (flags, pg_partman, pg_cron)."""
     kind = service.kind
     if kind == "flag":
-        from include.pgmaint.services.flag import FlagAdapter
 
         return FlagAdapter(service, conn, config.state_schema)
     if kind == "pg_partman":
-        from include.pgmaint.services.pg_partman import PgPartmanAdapter, default_parents
 
         return PgPartmanAdapter(service, conn, default_parents(config, service))
     if kind == "pg_cron":
-        from include.pgmaint.services.pg_cron import PgCronAdapter
 
         if open_connection is None:
             def open_connection(conn_id: str):
                 from include.pgmaint.airflow.connections import conninfo_from_airflow
-                from include.pgmaint.db import connect
 
                 return connect(conninfo_from_airflow(conn_id), config.lock_budget)
         return PgCronAdapter(service, conn, open_connection)
     if kind == "airflow_dag":
-        from include.pgmaint.services.airflow_dag import AirflowDagAdapter, endpoint_from_airflow
 
         return AirflowDagAdapter(service, endpoint_for or endpoint_from_airflow)
     if kind == "http":
-        from include.pgmaint.services.http import HttpAdapter
 
         return HttpAdapter(service)
     raise ServiceError(f"service {service.name!r}: unknown kind {kind!r}")
@@ -144,7 +149,6 @@ def _service(config: Config, name: str) -> ServiceConfig:
 def _stored_config(service: ServiceConfig) -> dict[str, Any]:
     """What a lease keeps to resume the service even if the config changes. Never a secret: no headers,
     URLs with their password replaced by *** (both come from the current config at resume)."""
-    from include.pgmaint.services.http import redact_url
 
     options = {k: redact_url(v) if k.endswith("_url") and isinstance(v, str) else v
                for k, v in service.options.items() if k != "headers"}
@@ -154,7 +158,6 @@ def _stored_config(service: ServiceConfig) -> dict[str, Any]:
 def _service_for_lease(config: Config, lease: dict) -> ServiceConfig:
     """The service as it was paused: options stored in the lease (headers, and the password of a URL that
     is still the same, from the current config)."""
-    from include.pgmaint.services.http import redact_url
 
     stored = dict((lease["service_config"] or {}).get("options", {}))
     for s in config.services:
@@ -204,7 +207,6 @@ def service_lock(conn, config: Config, name: str, wait_seconds: float = LOCK_WAI
 
 
 def _ensure_schema(conn, config: Config) -> None:
-    from include.pgmaint.state import ensure_state_schema
 
     ensure_state_schema(conn, config.state_schema)
 

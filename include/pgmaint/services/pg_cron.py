@@ -10,7 +10,8 @@ The role needs to own the jobs (or be a superuser) for ``alter_job``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from include.pgmaint.config import ServiceConfig
 from include.pgmaint.services.base import Actor, ServiceError, Snapshot, extension_schema, retry_lock_timeouts

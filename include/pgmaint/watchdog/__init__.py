@@ -42,7 +42,13 @@ from include.pgmaint.watchdog.results import (
     maintenance_interval,
     table_keys,
 )
-from include.pgmaint.watchdog.run import evaluate, open_watchdog_connection, run_checks, task_conditions_over, watch
+from include.pgmaint.watchdog.run import (
+    evaluate,
+    open_watchdog_connection,
+    run_checks,
+    task_conditions_over,
+    watch,
+)
 from include.pgmaint.watchdog.tables import check_tables
 
 __all__ = [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
+from include.pgmaint.cli import EXIT_USAGE, Parser, one_line, privilege_hint
+from include.pgmaint.escalation import settings_for
+from include.pgmaint.fleet import load_target
 from include.pgmaint.watchdog.run import run_checks
 
 EXIT_CLEAR, EXIT_WARNING, EXIT_CRITICAL, EXIT_CANNOT_CHECK = 0, 1, 2, 3
 
 
 def cli_parser():
-    from include.pgmaint.cli import EXIT_USAGE, Parser
 
     return Parser(
         prog="python -m include.pgmaint.watchdog",
@@ -22,11 +26,7 @@ def cli_parser():
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m include.pgmaint.watchdog CONNINFO`: run every check and print what it finds (see --help)."""
-    import sys
 
-    from include.pgmaint.cli import one_line, privilege_hint
-    from include.pgmaint.fleet import load_target
-    from include.pgmaint.escalation import settings_for
 
     parser = cli_parser()
     parser.add_argument("conninfo", metavar="CONNINFO",

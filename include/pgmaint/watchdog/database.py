@@ -7,8 +7,15 @@ import math
 import time
 from datetime import datetime, timedelta, timezone
 
-from include.pgmaint.config import Config, EscalationSettings
+import pendulum
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import make_conninfo
+
+from include.pgmaint.config import Config, EscalationSettings, Preflight
 from include.pgmaint.escalation import Condition, describe_session
+from include.pgmaint.execute import find_blockers
+from include.pgmaint.guards import preflight, quoted, session_visibility_problem
 from include.pgmaint.watchdog.results import CheckResult
 
 log = logging.getLogger("pgmaint.watchdog")
@@ -49,8 +56,6 @@ def lock_waits(conn, min_seconds: float, relation: str | None = None) -> list[di
 
 def check_database(conn, config: Config, settings: EscalationSettings) -> CheckResult:
     """Connection headroom and lock waits (the canary runs on its own connection: `canary`)."""
-    from include.pgmaint.config import Preflight
-    from include.pgmaint.guards import preflight, quoted, session_visibility_problem
 
     out = CheckResult(scope=["connections", "lock_waits", "session_visibility"])
     # guards.preflight computes used / usable connections as maintenance sees them; our journal table
@@ -94,12 +99,7 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
     canary_timeout_ms: if a lock on a managed table would make the API's reads queue, the
     canary queues too, gives up, and pages, naming who holds and who waits for locks there.
     """
-    import psycopg
-    from psycopg import errors, sql
-    from psycopg.conninfo import make_conninfo
 
-    from include.pgmaint.execute import find_blockers
-    from include.pgmaint.guards import quoted
 
     now = now or datetime.now(timezone.utc)
     ms = settings.canary_timeout_ms
@@ -155,7 +155,6 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
 
 def _recent_bounds(now: datetime, tz: str, key_type: str) -> tuple[str, str]:
     """The last minute, as literals of the key's type (wall clock of `tz` for timestamp and date keys)."""
-    import pendulum
 
     lo, hi = now - timedelta(minutes=1), now + timedelta(minutes=1)
     if key_type == "timestamp with time zone":

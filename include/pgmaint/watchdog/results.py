@@ -24,7 +24,7 @@ class CheckResult:
     migrate: list[str] = field(default_factory=list)  # auto_migrate tables with DEFAULT rows: emit DEFAULT_ROWS
     notes: list[str] = field(default_factory=list)  # for the log
 
-    def add(self, other: "CheckResult") -> "CheckResult":
+    def add(self, other: CheckResult) -> CheckResult:
         return CheckResult(self.conditions + other.conditions, self.scope + other.scope, self.migrate + other.migrate,
                            self.notes + other.notes)
 
@@ -33,7 +33,7 @@ class CheckResult:
                 "notes": self.notes}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "CheckResult":
+    def from_dict(cls, d: dict | None) -> CheckResult:
         if not d:
             return cls()
         return cls([Condition.from_dict(c) for c in d.get("conditions", [])], list(d.get("scope", [])),

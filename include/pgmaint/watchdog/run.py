@@ -6,7 +6,12 @@ import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 
+from psycopg import sql
+
 from include.pgmaint.config import Config, EscalationSettings
+from include.pgmaint.db import connect
+from include.pgmaint.escalation import open_escalator
+from include.pgmaint.state import ensure_state_schema
 from include.pgmaint.watchdog.database import canary, check_database
 from include.pgmaint.watchdog.leases import check_leases
 from include.pgmaint.watchdog.results import CheckResult, key_table
@@ -17,7 +22,6 @@ log = logging.getLogger("pgmaint.watchdog")
 
 def open_watchdog_connection(conninfo: str, config: Config):
     """A session for the checks: 200 ms lock_timeout, a short statement_timeout, application_name pgmaint-watchdog."""
-    from include.pgmaint.db import connect
 
     budget = replace(config.lock_budget, statement_timeout_ms=min(config.lock_budget.statement_timeout_ms, 5000))
     return connect(conninfo, budget, application_name="pgmaint-watchdog")
@@ -25,7 +29,6 @@ def open_watchdog_connection(conninfo: str, config: Config):
 
 def run_checks(conninfo: str, config: Config, settings: EscalationSettings, now: datetime | None = None) -> CheckResult:
     """All checks in one call (the DAG runs them as separate tasks): canary first, then the rest if it connects."""
-    from include.pgmaint.state import ensure_state_schema
 
     now = now or datetime.now(timezone.utc)
     result = canary(conninfo, config, settings, now)
@@ -50,7 +53,6 @@ def task_conditions_over(conn, config: Config, settings: EscalationSettings, act
     - a watchdog task: it succeeded in this run (`healthy_tasks`, as `dag.task`);
     - otherwise: no new failure for failure_resolve_after.
     """
-    from psycopg import sql
 
     over = []
     for key, st in active.items():
@@ -74,7 +76,6 @@ def task_conditions_over(conn, config: Config, settings: EscalationSettings, act
 def evaluate(results: CheckResult, config: Config, settings: EscalationSettings, *, conninfo: str | None = None,
              healthy_tasks: set[str] = frozenset(), **escalator_kwargs):
     """Send what the checks found through the escalation policy. Returns the Evaluation."""
-    from include.pgmaint.escalation import open_escalator
 
     with open_escalator(config, settings, conninfo=conninfo, **escalator_kwargs) as (esc, conn):
         now = esc.clock()

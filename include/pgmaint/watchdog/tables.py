@@ -5,19 +5,29 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from include.pgmaint.config import Config, EscalationSettings, TableConfig
+from psycopg import errors, sql
+
+from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, CatalogError, read_catalog
+from include.pgmaint.config import Config, EscalationSettings, Preflight, TableConfig
 from include.pgmaint.escalation import Condition, ago, describe_session
-from include.pgmaint.watchdog.results import MAINTENANCE_DAG, CheckResult, cadence_threshold, key_table, table_keys
+from include.pgmaint.guards import preflight, quoted
+from include.pgmaint.partman import dual_manager_conditions
+from include.pgmaint.plan import missing_ranges, timeline
+from include.pgmaint.report import table_health
+from include.pgmaint.state import Journal
+from include.pgmaint.watchdog.results import (
+    MAINTENANCE_DAG,
+    CheckResult,
+    cadence_threshold,
+    key_table,
+    table_keys,
+)
 
 log = logging.getLogger("pgmaint.watchdog")
 
 
 def check_tables(conn, config: Config, settings: EscalationSettings, now: datetime | None = None) -> CheckResult:
     """Runway, DEFAULT rows, expired partitions, cadence and long transactions for every configured table."""
-    from include.pgmaint.catalog import CatalogError, read_catalog
-    from include.pgmaint.partman import dual_manager_conditions
-    from include.pgmaint.report import table_health
-    from include.pgmaint.state import Journal
 
     now = now or datetime.now(timezone.utc)
     tz = config.timezone
@@ -62,7 +72,6 @@ def _runway(cfg: TableConfig, facts, health, late, settings: EscalationSettings)
     key = f"runway:{cfg.name}"
     ahead = max(health.runway - 1, 0, late.runway - 1)  # tolerate the minutes before maintenance's next run
     covered = max((p.range.upper for p in facts.partitions if p.range.upper is not None), default=None)
-    from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES
 
     clock = "(wall clock)" if facts.key_type in WALL_CLOCK_KEY_TYPES else "UTC"  # see plan.timeline
     until = f"; partitions end at {covered:%Y-%m-%d %H:%M} {clock}" if covered else "; no partitions at all"
@@ -94,7 +103,6 @@ def _runway(cfg: TableConfig, facts, health, late, settings: EscalationSettings)
 def _gaps(cfg: TableConfig, facts, now: datetime, late: datetime, tz: str) -> list[Condition]:
     """Intervals inside the managed window that ended before `late` (now minus the cadence grace) with no
     partition; the runway condition covers the current interval and those ahead."""
-    from include.pgmaint.plan import missing_ranges, timeline
 
     ended = timeline(facts, late, tz)[0]
     missing = [(name, rng) for name, rng in missing_ranges(cfg, facts, now, tz) if rng.upper <= ended
@@ -114,7 +122,6 @@ def _gaps(cfg: TableConfig, facts, now: datetime, late: datetime, tz: str) -> li
 
 def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -> CheckResult:
     """Rows in the DEFAULT: exact up to default_exact_count_limit (LIMIT-bounded, short timeout), else the estimate."""
-    from psycopg import errors, sql
 
     out = CheckResult()
     if facts.default is None:
@@ -157,7 +164,6 @@ def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -
 
 
 def _cadence(conn, config: Config, cfg: TableConfig, journal, threshold: timedelta, now: datetime) -> list[Condition]:
-    from psycopg import sql
 
     key = f"cadence:{cfg.name}"
     last = journal.last_success(cfg.name, "maintenance")
@@ -186,8 +192,6 @@ def _cadence(conn, config: Config, cfg: TableConfig, journal, threshold: timedel
 
 def _long_transactions(conn, cfg: TableConfig, settings: EscalationSettings) -> list[Condition]:
     """Sessions whose transaction has held a lock on the table family longer than long_transaction_seconds."""
-    from include.pgmaint.config import Preflight
-    from include.pgmaint.guards import preflight, quoted
 
     result = preflight(conn, quoted(cfg.schema, cfg.table),
                        Preflight(max_connection_usage=1.0, long_transaction_seconds=settings.long_transaction_seconds,
