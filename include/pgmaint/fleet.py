@@ -120,22 +120,8 @@ def parse_fleet(raw: Any, source: str = "config") -> Fleet:
         if not isinstance(item, dict):
             problems.append(f"{where}: must be a mapping with connection_id and tables")
             continue
-        unknown = sorted(set(item) - set(TARGET_KEYS) - set(OVERRIDABLE))
-        if unknown:
-            problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-                            f"(known: {', '.join(sorted([*TARGET_KEYS, *OVERRIDABLE]))})")
-        for key in ("connection_id", "tables"):
-            if key not in item:
-                problems.append(f"{where}.{key}: required")
-        connection_id = item.get("connection_id")
-        if "connection_id" in item and (not isinstance(connection_id, str) or not connection_id):
-            problems.append(f"{where}.connection_id: must be a non-empty string")
-            continue
-        name = item.get("name", connection_id)
-        if name is not None and (not isinstance(name, str) or not TARGET_NAME.fullmatch(name)):
-            field = "name" if "name" in item else "connection_id"
-            problems.append(f"{where}.{field}: {name!r} cannot name a target (letters, digits, _ and -, at most 50)"
-                            + ("" if "name" in item else "; set name"))
+        unknown, connection_id, name = _target_keys(item, where, problems)
+        if name is _INVALID:
             continue
         if name in names:
             problems.append(f"{where}.name: duplicate target {name!r} (already targets[{names[name]}])")
@@ -161,6 +147,31 @@ def parse_fleet(raw: Any, source: str = "config") -> Fleet:
     if problems:
         raise ConfigError(problems, source)
     return Fleet(tuple(configs), source)
+
+
+_INVALID = object()  # a target whose name or connection_id cannot be used: nothing more to check for it
+
+
+def _target_keys(item: dict, where: str, problems: list[str]) -> tuple[list[str], Any, Any]:
+    """(unknown keys, connection_id, name) of one `targets[i]` entry; problems are appended to `problems`."""
+    unknown = sorted(set(item) - set(TARGET_KEYS) - set(OVERRIDABLE))
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(sorted([*TARGET_KEYS, *OVERRIDABLE]))})")
+    for key in ("connection_id", "tables"):
+        if key not in item:
+            problems.append(f"{where}.{key}: required")
+    connection_id = item.get("connection_id")
+    if "connection_id" in item and (not isinstance(connection_id, str) or not connection_id):
+        problems.append(f"{where}.connection_id: must be a non-empty string")
+        return unknown, connection_id, _INVALID
+    name = item.get("name", connection_id)
+    if name is not None and (not isinstance(name, str) or not TARGET_NAME.fullmatch(name)):
+        field = "name" if "name" in item else "connection_id"
+        problems.append(f"{where}.{field}: {name!r} cannot name a target (letters, digits, _ and -, at most 50)"
+                        + ("" if "name" in item else "; set name"))
+        return unknown, connection_id, _INVALID
+    return unknown, connection_id, name
 
 
 def load_fleet(path: str | os.PathLike | None = None) -> Fleet:

@@ -313,6 +313,8 @@ class TableImport:
 
 def translate(row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset(), keep_partman: bool = False) -> TableImport:
     """One part_config row -> a pgmaint table entry, or the reasons it cannot be one. Pure."""
+    # whole: one check per part_config column, in the order of pg_partman's documentation; a reader
+    # compares the two lists side by side.
     out = TableImport(row.parent_table, name_format=row.datetime_string, partition_timezone=row.partition_timezone)
     interval_parts = parse_pg_interval(row.partition_interval)
     out.summary = (f"pg_partman {row.generation} {row.partition_type!r}, control {row.control} "
@@ -849,6 +851,7 @@ def status(conn, config: Config) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # whole: the command line's declarations, then one short branch per subcommand.
     from include.pgmaint.config import ConfigError, load_config
     from include.pgmaint.db import connect
 

@@ -184,28 +184,7 @@ def plan_maintenance(
         if too_old:
             notes.append(f"as_of {as_of.isoformat()}: {len(too_old)} interval(s) from {too_old[0]} lie before the retention "
                          f"cutoff (now - {cfg.retention}): not created, retirement would drop them")
-    creates: list[CreatePartition] = []
-    planned_names: set[str] = set()
-    migrations: list[NeedsMigration] = []
-    existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
-    now_t = timeline(facts, now, tz)[0]
-    for name, rng in missing if missing is not None else missing_ranges(cfg, facts, now, tz, as_of):
-        clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
-        if clash is not None:
-            if rng.upper > now_t or as_of is not None:  # a past interval inside a wider partition is no gap
-                notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
-        elif rng in default_occupied:
-            migrations.append(NeedsMigration(name, rng))
-        elif name in existing_names or name in planned_names:
-            notes.append(f"{rng}: the name {name} is already used by another partition; not created")
-        else:
-            planned_names.add(name)
-            creates.append(CreatePartition(name, rng, reuse_leftover=name in facts.leftovers))
-
-    if creates:
-        naming = name_choice(cfg, facts, timeline(facts, now, tz)[1])
-        if naming.mixed or naming.format != default_format(cfg.interval.unit):  # say so when it is not the usual
-            notes.append(naming.describe())
+    creates, migrations = _plan_creates(cfg, facts, now, tz, default_occupied, missing, as_of, notes)
 
     keep = cfg.retention_keep_table
     cutoff = retention_cutoff(cfg, *timeline(facts, now, tz))
@@ -229,6 +208,36 @@ def plan_maintenance(
         needs_migration=tuple(migrations),
         notes=tuple(notes),
     )
+
+
+def _plan_creates(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, default_occupied: frozenset[Range],
+                  missing: list[tuple[str, Range]] | None, as_of: datetime | None,
+                  notes: list[str]) -> tuple[list[CreatePartition], list[NeedsMigration]]:
+    """The partitions to create, and the missing intervals whose rows wait in the DEFAULT (why not: `notes`)."""
+    creates: list[CreatePartition] = []
+    planned_names: set[str] = set()
+    migrations: list[NeedsMigration] = []
+    existing_names = {p.name for p in facts.partitions} | ({facts.default.name} if facts.default else set())
+    now_t = timeline(facts, now, tz)[0]
+    for name, rng in missing if missing is not None else missing_ranges(cfg, facts, now, tz, as_of):
+        clash = next((p for p in facts.partitions if p.range.overlaps(rng)), None)
+        if clash is not None:
+            if rng.upper > now_t or as_of is not None:  # a past interval inside a wider partition is no gap
+                notes.append(f"{rng} overlaps existing partition {clash.name} {clash.range}; not created")
+        elif rng in default_occupied:
+            migrations.append(NeedsMigration(name, rng))
+        elif name in existing_names or name in planned_names:
+            notes.append(f"{rng}: the name {name} is already used by another partition; not created")
+        else:
+            planned_names.add(name)
+            creates.append(CreatePartition(name, rng, reuse_leftover=name in facts.leftovers))
+
+    if creates:
+        naming = name_choice(cfg, facts, timeline(facts, now, tz)[1])
+        if naming.mixed or naming.format != default_format(cfg.interval.unit):  # say so when it is not the usual
+            notes.append(naming.describe())
+    return creates, migrations
+
 
 
 def _expired(partition: Partition, cutoff: datetime | None) -> bool:

@@ -7,7 +7,8 @@
 - Engine modules do not import the Airflow package at module level (they may call it at the moment
   they need a connection or a provider's notifier).
 - DAG files import, at parse time, only the light modules listed here (the rest inside tasks).
-- No function over 60 lines without a comment saying why it stays whole (`# whole: ...`).
+- No function body over 60 lines (its docstring not counted) without a comment saying why it
+  stays whole (`# whole: ...`).
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def test_long_functions_say_why_they_stay_whole():
     for p in sorted(PKG.rglob("*.py")):
         lines = p.read_text().splitlines()
         for node in ast.walk(ast.parse("\n".join(lines))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > LONG:
-                head = "\n".join(lines[node.lineno - 1:node.body[0].end_lineno + 2])
-                if "# whole:" not in head:
-                    found.append(f"{_rel(p)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
+            length = node.end_lineno - body[0].lineno + 1
+            if length > LONG and "# whole:" not in "\n".join(lines[node.lineno - 1:body[0].end_lineno + 1]):
+                found.append(f"{_rel(p)}:{node.lineno} {node.name} ({length} lines)")
     assert found == [], "split these, or say why they stay whole (# whole: ...) near the top:\n" + "\n".join(found)
