@@ -49,7 +49,7 @@ def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema,
     from psycopg import sql
 
     from include.pgmaint.db import connect
-    from tests.integration.test_migration import fingerprint, seed
+    from tests.integration.migration.test_migration import fingerprint, seed
 
     with connect(pg_dsn) as conn:
         seed(conn, scratch_schema, 5_000)
@@ -81,7 +81,7 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow
     from include.pgmaint.db import connect
     from include.pgmaint.migrate import migrate_table
     from tests.integration.helpers import table_exists
-    from tests.integration.test_migration import seed
+    from tests.integration.migration.test_migration import seed
 
     raw = {"state_schema": scratch_schema,
            "services": [{"name": "request_logging", "kind": "flag"}],

@@ -27,8 +27,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import REPO, _airflow_conn_json
+from tests.fixtures.notify import Recorder, _handler
 from tests.support import announce, loopback_http
-from tests.watchdog.conftest import Recorder, _handler
 
 TERMINAL = {"success", "failed"}
 
