@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from psycopg import errors
+
 EXIT_USAGE = 64
 
 
@@ -24,7 +26,6 @@ def one_line(exc: BaseException) -> str:
 
 def privilege_hint(exc: BaseException) -> str:
     """A pointer to the doctor when the error is a missing privilege."""
-    from psycopg import errors
 
     if isinstance(exc, errors.InsufficientPrivilege):
         return " (python -m include.pgmaint.doctor CONNINFO lists every missing privilege with the GRANT that fixes it)"

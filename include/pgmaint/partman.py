@@ -39,9 +39,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
+import yaml
 from psycopg import sql
 
-from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES, CatalogError, read_catalog
+from include.pgmaint.config import Config, ConfigError, TableConfig, load_config, parse_config, parse_qualified_name
+from include.pgmaint.db import connect
+from include.pgmaint.escalation import Condition
+from include.pgmaint.intervals import PartitionInterval
+from include.pgmaint.plan import to_utc
+from include.pgmaint.services.base import extension_schema, retry_lock_timeouts
+from include.pgmaint.services.pg_partman import _RUNNING
+from include.pgmaint.state import Journal, ensure_state_schema
 
 log = logging.getLogger("pgmaint.partman")
 
@@ -180,13 +190,11 @@ class PartConfig:
 
 def _running_sql() -> str:
     """Is a run_maintenance() pass running (pg_partman's advisory lock held)? The services adapter's query."""
-    from include.pgmaint.services.pg_partman import _RUNNING
 
     return _RUNNING
 
 
 def partman_schema(conn) -> str | None:
-    from include.pgmaint.services.base import extension_schema
 
     return extension_schema(conn, "pg_partman")
 
@@ -406,9 +414,6 @@ def translate(row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset
 
 def misaligned(facts, interval: str, tz: str) -> list[str]:
     """Partitions whose bounds are not exactly one `interval` aligned in `tz` (pgmaint's own alignment). Pure."""
-    from include.pgmaint.catalog import WALL_CLOCK_KEY_TYPES
-    from include.pgmaint.intervals import PartitionInterval
-    from include.pgmaint.plan import to_utc
 
     step = PartitionInterval.parse(interval)
     zone = "UTC" if facts.key_type in WALL_CLOCK_KEY_TYPES else tz  # wall-clock keys: see plan.timeline
@@ -449,7 +454,6 @@ def choose_zone(server_zone: str, server_source: str, aligned: dict[str, dict[st
 
 def server_timezone(conninfo: str) -> tuple[str, str]:
     """The TimeZone a fresh session of this role in this database gets, and where it comes from."""
-    import psycopg
 
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
         conn.execute("SET statement_timeout = '5s'")
@@ -480,8 +484,6 @@ class ImportResult:
 def import_config(conn, conninfo: str, *, tables: list[str] | None = None, timezone_override: str | None = None,
                   keep_partman: bool = False) -> ImportResult:
     """Read pg_partman's configuration and translate it (reads only)."""
-    from include.pgmaint.catalog import CatalogError, read_catalog
-    from include.pgmaint.config import parse_config
 
     wanted = [_partman_name(t) for t in tables] if tables else None
     schema, version, rows, subs = read_part_config(conn, wanted)
@@ -534,7 +536,6 @@ def import_config(conn, conninfo: str, *, tables: list[str] | None = None, timez
 
 
 def _partman_name(name: str) -> str:
-    from include.pgmaint.config import parse_qualified_name
 
     try:
         return ".".join(parse_qualified_name(name))
@@ -544,7 +545,6 @@ def _partman_name(name: str) -> str:
 
 def render(result: ImportResult, *, keep_partman: bool = False) -> str:
     """The pgmaint YAML, with everything pgmaint cannot express as comments."""
-    import yaml
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -585,7 +585,6 @@ def render(result: ImportResult, *, keep_partman: bool = False) -> str:
 
 
 def _yaml_scalar(value: str) -> str:
-    import yaml
 
     return yaml.safe_dump(value, default_style=None).strip().removesuffix("...").strip()
 
@@ -627,7 +626,6 @@ def maintenance_skips(conn, tables: list[TableConfig]) -> dict[str, str]:
 
 def dual_manager_conditions(conn, tables: list[TableConfig]) -> list:
     """The watchdog's `dual_manager:<table>` conditions (warning)."""
-    from include.pgmaint.escalation import Condition
 
     ours = [t for t in tables if t.maintained_by == "pgmaint"]
     on = automatic_maintenance(conn, ours) if ours else {}
@@ -677,7 +675,6 @@ def _select_tables(config: Config, names: list[str] | None) -> list[TableConfig]
 
 def _switch_context(conn, config: Config, tables: list[str] | None, who: str | None):
     """(who, the chosen tables, pg_partman's schema, the journal) for a hand-over or hand-back."""
-    from include.pgmaint.state import Journal, ensure_state_schema
 
     chosen = _select_tables(config, tables)
     schema = partman_schema(conn)
@@ -690,7 +687,6 @@ def _switch_context(conn, config: Config, tables: list[str] | None, who: str | N
 def handover(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None,
              wait_seconds: float = 30.0) -> list[Handover]:
     """Switch pg_partman's automatic maintenance off for configured tables (maintained_by: pgmaint), journal it, verify."""
-    from include.pgmaint.services.base import retry_lock_timeouts
 
     who, chosen, schema, journal = _switch_context(conn, config, tables, who)
     current = automatic_maintenance(conn, chosen)
@@ -728,7 +724,6 @@ def handover(conn, config: Config, tables: list[str] | None = None, *, who: str 
 
 def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_seconds: float = 30.0) -> None:
     """Check that pg_partman will skip the tables from now on, and show what pgmaint's next run would do."""
-    from include.pgmaint.maintenance import run_maintenance
 
     if not results:
         return
@@ -755,6 +750,8 @@ def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_s
                 r.problems.append(f"pg_cron job {jobid} ({jobname}) calls {command.strip()!r}: run_maintenance with an "
                                   "explicit parent ignores automatic_maintenance; unschedule that job")
     try:
+        from include.pgmaint.maintenance import run_maintenance  # maintenance asks this module what to skip
+
         plans = run_maintenance(conn, config, [by_name[r.table] for r in results], dry_run=True)
     except Exception as exc:  # the hand-over itself is done; say why the preview is missing
         for r in results:
@@ -775,7 +772,6 @@ def _cron_jobs(conn) -> list[tuple]:
 
 def handback(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None) -> list[Handover]:
     """The way back: automatic_maintenance 'on' again for the tables pgmaint took over (as the journal records)."""
-    from include.pgmaint.services.base import retry_lock_timeouts
 
     who, chosen, schema, journal = _switch_context(conn, config, tables, who)
     last = last_handovers(conn, config)
@@ -822,7 +818,6 @@ def last_handovers(conn, config: Config) -> dict[str, dict]:
 
 def status(conn, config: Config) -> list[str]:
     """One line per configured table: who maintains it."""
-    from include.pgmaint.state import ensure_state_schema
 
     ensure_state_schema(conn, config.state_schema)
     on = automatic_maintenance(conn, list(config.tables))
@@ -852,8 +847,6 @@ def status(conn, config: Config) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     # whole: the command line's declarations, then one short branch per subcommand.
-    from include.pgmaint.config import ConfigError, load_config
-    from include.pgmaint.db import connect
 
     parser = argparse.ArgumentParser(prog="python -m include.pgmaint.partman",
                                      description="Take partitioned tables over from pg_partman (README: Taking over from pg_partman).")

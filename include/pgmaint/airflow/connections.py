@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg.conninfo import make_conninfo
-
 from airflow.sdk import Connection
+from psycopg.conninfo import make_conninfo
 
 
 def conninfo_from_airflow(conn_id: str) -> str:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import logging
 import os
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from include.pgmaint.config import Config
+from include.pgmaint.quality import run_gate
 
 log = logging.getLogger("pgmaint.quality")
 DATA_DOCS_ENV = "PGMAINT_DATA_DOCS_DIR"
@@ -40,9 +43,7 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
     `ti`: when given and the gate fails, the summary is pushed to XCom under key
     "gate_summary" (a failing task has no return value).
     """
-    from airflow.sdk.exceptions import AirflowFailException
     from include.pgmaint.airflow.connections import conninfo_from_airflow
-    from include.pgmaint.quality import run_gate
 
     table_cfg = config.table(table)
     result = run_gate(conninfo_from_airflow(config.connection_id), config, table_cfg, gate, list(checks),

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
 from include.pgmaint.config import Config
 from include.pgmaint.db import connect
 from include.pgmaint.maintenance import (

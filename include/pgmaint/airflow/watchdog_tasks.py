@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from airflow.sdk.exceptions import AirflowException
+
 from include.pgmaint.airflow.connections import conninfo_from_airflow
 from include.pgmaint.airflow.spill import spill_for
 from include.pgmaint.config import Config

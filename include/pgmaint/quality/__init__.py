@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 
 from include.pgmaint.catalog import CatalogError, Range
 from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts, read_pending
+from include.pgmaint.quality.runner import run_suite
 from include.pgmaint.quality.suites import CHECKS, CheckSpec, GateSuite, build_suite
 
 log = logging.getLogger("pgmaint.quality")
@@ -65,7 +67,6 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
     or ISO strings, naive = UTC), or "migrated" for the partitions migration `migration_id`
     attached; None checks that the DEFAULT is empty.
     """
-    from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts, read_pending
 
     started = time.monotonic()
     unknown = [c for c in checks if c not in CHECKS]
@@ -107,7 +108,6 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
         result.failures.append(failure_line(f"{table_cfg.name}: migration {migration_id} can be verified",
                                             "a finished or draining migration of this table in the journal", problem))
 
-    from include.pgmaint.quality.runner import run_suite
 
     timeout = 30_000
     if "conserved" in checks:  # reads the rows the migration moved, like the migration's own verification

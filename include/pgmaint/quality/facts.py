@@ -13,6 +13,7 @@ from psycopg import sql
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.db import connect
+from include.pgmaint.maintenance import migration_pending
 from include.pgmaint.quality.suites import MigrationFacts
 
 APPLICATION_NAME = "pgmaint_quality"
@@ -33,7 +34,6 @@ def read_facts(conninfo: str, config: Config, cfg: TableConfig, migration_id: in
 def read_pending(conninfo: str, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime) -> list[Range]:
     """Intervals of the managed window without a partition whose rows wait in the DEFAULT for migration
     (bounded probes, ACCESS SHARE). Raises on SQL/connection errors."""
-    from include.pgmaint.maintenance import migration_pending
 
     with connect(conninfo, config.lock_budget, application_name=APPLICATION_NAME) as conn:
         conn.execute("SET default_transaction_read_only = on")

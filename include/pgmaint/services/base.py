@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from psycopg import errors
+
 from include.pgmaint.config import ServiceConfig
 
 log = logging.getLogger("pgmaint.services")
@@ -58,7 +60,6 @@ class Adapter(Protocol):
 
 def retry_lock_timeouts(fn: Callable[[], T], what: str, total_seconds: float = 10.0) -> T:
     """Run a short statement sequence; retry it while it only fails on lock_timeout (safety rule 1)."""
-    from psycopg import errors
 
     deadline = time.monotonic() + total_seconds
     delay = 0.05
