@@ -202,6 +202,8 @@ def test_partitions_in_the_parents_tablespace_like_native_ones(conn, scratch_sch
         assert differences(relation_shape(conn, scratch_schema, "ev_native"), made) == {}
     finally:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.ev").format(sql.Identifier(scratch_schema)))
+        # DROP TABLESPACE waits for a checkpoint: on a busy machine longer than pgmaint's 10 s statement timeout.
+        conn.execute("SET statement_timeout = '5min'")
         conn.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(space)))
 
 
