@@ -61,7 +61,7 @@ def worker_hostname() -> str:
     return os.environ.get("PGMAINT_WORKER_HOSTNAME") or socket.getfqdn()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -249,7 +249,7 @@ class Deployment:
             state = json.loads(self._state_file().read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return state if _pid_alive(int(state.get("pid", 0))) and state["pid"] != os.getpid() else None
+        return state if pid_alive(int(state.get("pid", 0))) and state["pid"] != os.getpid() else None
 
     def leftovers(self) -> list[int]:
         """Component process groups of a launcher that died without stopping them."""
@@ -257,7 +257,7 @@ class Deployment:
             state = json.loads(self._state_file().read_text())
         except (FileNotFoundError, ValueError):
             return []
-        return [pid for pid in state.get("components", {}).values() if _pid_alive(pid)]
+        return [pid for pid in state.get("components", {}).values() if pid_alive(pid)]
 
     # --- REST API -----------------------------------------------------------------------------
     _token: str | None = None

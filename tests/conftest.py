@@ -32,19 +32,13 @@ REPO = Path(__file__).resolve().parent.parent
 _HOMES = REPO / ".pytest-airflow"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _make_airflow_home() -> Path:
     """A per-session AIRFLOW_HOME; removes those left by sessions that are gone."""
     import shutil
+
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.append(str(REPO / "scripts"))
+    from airflow_local import pid_alive  # stdlib only: imports no Airflow
 
     _HOMES.mkdir(exist_ok=True)
     for old in _HOMES.glob("home-*-*"):
@@ -52,7 +46,7 @@ def _make_airflow_home() -> Path:
             pid = int(old.name.split("-")[1])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"home-{os.getpid()}-", dir=_HOMES))
 
