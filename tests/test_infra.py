@@ -152,3 +152,22 @@ def test_scripts_airflow_dags_list_on_a_fresh_metadata_db_lists_the_dags(tmp_pat
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "partition_watchdog" in second.stdout
     assert "parsing dags/" not in second.stderr
+
+
+def test_scripts_airflow_backfill_create_reads_the_dags_parsed_from_dags(tmp_path):
+    """`backfill create` reads the serialized DAG (its schedule decides the runs): the wrapper parses dags/
+    into the metadata DB first when this home has not, so it works without a running DAG processor and
+    sees the current config. The dry run lists the runs and creates none: one per tick of the default
+    15-minute schedule, both ends included."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__DATABASE__")}
+    env.update(PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused")
+    env.pop("PGMAINT_CONFIG", None)  # the demo config: schedules.maintenance */15
+    out = subprocess.run([str(REPO / "scripts" / "airflow"), "backfill", "create", "--dag-id", "partition_maintenance",
+                          "--from-date", "2026-11-01T00:00:00+00:00", "--to-date", "2026-11-01T01:00:00+00:00", "--dry-run"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "scripts/airflow: parsing dags/ into the metadata DB first" in out.stderr
+    listed = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| 2026-")]
+    assert listed == [f"2026-11-01 {hm}:00+00:00" for hm in ("00:00", "00:15", "00:30", "00:45", "01:00")], out.stdout

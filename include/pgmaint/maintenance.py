@@ -126,6 +126,8 @@ def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, n
                needs migration, notes); healthy tables are only counted
       healthy  how many tables need nothing
       journalled  run rows written in the one batched insert
+      as_of    the moment premake plans for besides now (ISO 8601), or None: a backfill run shows its
+               logical date here
     """
     tables = list(tables or config.tables)
     now = now or datetime.now(timezone.utc)
@@ -140,7 +142,8 @@ def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, n
     refused = {cfg.name: privileges.problems(conn, config, cfg, "maintenance") for cfg in tables} if dry_run else {}
     facts = read_catalog(conn, [t for t in tables if not refused.get(t.name)], tz)
     skips = maintenance_skips(conn, tables)
-    out: dict = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0}
+    out: dict = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0,
+                 "as_of": as_of.isoformat() if as_of is not None else None}
     rows: list[tuple[str, str, dict, str | None]] = []
     for cfg in tables:
         f = facts.get(cfg.name)

@@ -245,6 +245,7 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
 
     assert run.state == "success", _states(run)
     assert _xcom(run, "table.premake")["created"] == [f"ev_p{ahead + timedelta(days=d):%Y%m%d}" for d in range(3)]
+    assert _xcom(run, "plan", "result", -1)["as_of"] == ahead.isoformat()  # the moment the run planned for
     from airflow.sdk.definitions.param import ParamValidationError
 
     try:  # refused by the Param's date-time format when a format checker is installed, else by the task

@@ -205,20 +205,22 @@ def utc_today() -> datetime:
     return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def make_daily_table(dsn: str, name: str, *, days: range, default_rows_days: range = range(0), rows_per_day: int = 100):
-    """public.<name>(id, created_at) partitioned by day: partitions for `days` (offsets from today),
+def make_daily_table(dsn: str, name: str, *, days: range, default_rows_days: range = range(0), rows_per_day: int = 100,
+                     schema: str = "public"):
+    """<schema>.<name>(id, created_at) partitioned by day: partitions for `days` (offsets from today),
     a DEFAULT, and `rows_per_day` rows in the DEFAULT for each day of `default_rows_days`."""
     today = utc_today()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        t = sql.Identifier("public", name)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        t = sql.Identifier(schema, name)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(t))
         conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL,"
                              " payload text, PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)").format(t))
         for off in days:
             day = today + timedelta(days=off)
             conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier("public", f"{name}_p{day:%Y%m%d}"), t, sql.Literal(day), sql.Literal(day + timedelta(days=1))))
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier("public", f"{name}_default"), t))
+                sql.Identifier(schema, f"{name}_p{day:%Y%m%d}"), t, sql.Literal(day), sql.Literal(day + timedelta(days=1))))
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), t))
         for off in default_rows_days:
             day = today + timedelta(days=off)
             conn.execute(sql.SQL("INSERT INTO {} (created_at, payload) SELECT {} + g * interval '1 second', 'row ' || g"
