@@ -11,10 +11,12 @@ max of `--repeats` loads:
   round trips  of one `gather`, counted from libpq's protocol trace (constant: not per table)
   catalog      `overview.read_partitions` alone (the two catalog queries)
   gather       `overview.gather` on a new connection, as each request opens one
-  JSON         GET /pgmaint/api/overview: connect + gather + JSON encoding (size printed)
-  page         GET /pgmaint/partitions: connect + gather + HTML (size printed)
+  JSON         GET /pgmaint/api/overview: connect + gather + JSON encoding + gzip, the app mounted as
+               Airflow's API server mounts it (inside its GZipMiddleware); sizes decoded and sent
+  page         GET /pgmaint/partitions: connect + gather + HTML + gzip (sizes printed)
   Chromium     the page's HTML laid out and painted by headless Chromium (Debian's /usr/bin/chromium
-               through playwright; skipped, with the reason, when either is missing)
+               through playwright; skipped, with the reason, when either is missing); also the page
+               with every table as a card (`?limit=`, the page's "show all" link)
 `--existing`: measure the database `pgmaint_bench` at `--dsn` as an earlier run left it (an external
 server keeps it), without rebuilding (a build of 1,000 x 60 takes minutes). `--baseline REF`:
 also time `gather` of include/pgmaint/overview.py as it is at git REF, in the same run, for a
@@ -44,6 +46,8 @@ import bench_maintenance as bm  # noqa: E402  (scripts/bench_maintenance.py: ser
 from include.pgmaint.escalation import settings_for  # noqa: E402
 from include.pgmaint.overview import gather, open_overview_connection, read_partitions  # noqa: E402
 from include.pgmaint.state import ensure_state_schema  # noqa: E402
+
+import pgmaint_partitions  # noqa: E402  (plugins/)
 
 TARGET_S = 1.0
 CHROMIUM = os.environ.get("PGMAINT_CHROMIUM", "/usr/bin/chromium")
@@ -102,6 +106,24 @@ def chromium_render(html: str, repeats: int) -> tuple[list[float] | None, str]:
     return times, f"{cells:,} timeline cells drawn"
 
 
+def airflow_like(plugin_app):
+    """The plugin's app as Airflow's API server serves it: mounted under /pgmaint, inside the core app's
+    GZipMiddleware (airflow/api_fastapi/core_api/app.py: minimum_size=1024, compresslevel=5)."""
+    from fastapi import FastAPI
+    from fastapi.middleware.gzip import GZipMiddleware
+
+    app = FastAPI()
+    app.mount(pgmaint_partitions.URL_PREFIX, plugin_app)
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
+    return app
+
+
+def size(response, what: str) -> str:
+    """Decoded size, and the bytes sent (gzip)."""
+    return (f"{len(response.content) / 1e6:.2f} MB {what}, {response.num_bytes_downloaded / 1e6:.2f} MB sent "
+            f"({response.headers.get('content-encoding', 'identity')})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", type=int, default=1000)
@@ -117,10 +139,11 @@ def main() -> int:
     if args.existing and not args.dsn:
         ap.error("--existing needs --dsn (an embedded server is deleted at exit)")
 
+    import logging
+
     from fastapi.testclient import TestClient
 
-    import pgmaint_partitions
-
+    logging.disable(logging.INFO)  # httpx logs one line per request otherwise
     load_before = load()
     with bm.server(args.dsn) as (admin, kind, embedded):
         if args.existing:
@@ -165,21 +188,27 @@ def main() -> int:
         load_config = cfgmod.load_config
         try:  # the app loads $PGMAINT_CONFIG at each request: hand it the bench config instead
             cfgmod.load_config = lambda path=None: config
-            client = TestClient(pgmaint_partitions.create_app(authorize=None, conninfo=lambda c: conninfo, ui_base=lambda: ""))
-            client.get("/api/overview")
+            client = TestClient(airflow_like(pgmaint_partitions.create_app(
+                authorize=None, conninfo=lambda c: conninfo, ui_base=lambda: "")))
+            client.get("/pgmaint/api/overview")
             responses = {}
             bm.log("timing the JSON endpoint and the page")
-            json_t = timed(lambda: responses.__setitem__("json", client.get("/api/overview")), args.repeats)
-            page_t = timed(lambda: responses.__setitem__("page", client.get("/partitions")), args.repeats)
+            json_t, page_t = [], []
+            for _ in range(args.repeats):  # interleaved: the same machine load for both
+                json_t += timed(lambda: responses.__setitem__("json", client.get("/pgmaint/api/overview")), 1)
+                page_t += timed(lambda: responses.__setitem__("page", client.get("/pgmaint/partitions")), 1)
+            responses["all"] = client.get("/pgmaint/partitions", params={"limit": args.tables})
         finally:
             cfgmod.load_config = load_config
         assert responses["json"].status_code == 200 and responses["page"].status_code == 200, responses
         assert len(data["tables"]) == args.tables and all(t["error"] is None for t in data["tables"]), \
             [t["error"] for t in data["tables"] if t["error"]][:3]
     render, render_note = (None, "skipped (--no-browser)")
+    render_all, render_all_note = (None, "skipped (--no-browser)")
     if not args.no_browser:
         bm.log("timing the page in Chromium")
         render, render_note = chromium_render(responses["page"].text, args.repeats)
+        render_all, render_all_note = chromium_render(responses["all"].text, max(1, args.repeats // 2))
 
     parts = sum(t["partitions"] for t in data["tables"])
     segments = sum(len(t["timeline"]["segments"]) for t in data["tables"])
@@ -207,11 +236,11 @@ def main() -> int:
         ratio = statistics.median(baseline) / statistics.median(gathered)
         print(row(f"`gather` as at `{args.baseline}`, same run, interleaved", baseline,
                   f"{ratio:.1f}× the current p50", target=False))
-    print(row("GET /pgmaint/api/overview (connect + gather + JSON)", json_t,
-              f"{len(responses['json'].content) / 1e6:.1f} MB JSON"))
-    print(row("GET /pgmaint/partitions (connect + gather + HTML)", page_t,
-              f"{len(responses['page'].content) / 1e6:.2f} MB HTML"))
+    print(row("GET /pgmaint/api/overview (connect + gather + JSON + gzip)", json_t, size(responses["json"], "JSON")))
+    print(row("GET /pgmaint/partitions (connect + gather + HTML + gzip)", page_t, size(responses["page"], "HTML")))
     print(row("the page in headless Chromium (layout + paint)", render, render_note, target=False))
+    print(row(f"the page with `?limit={args.tables}` (every table as a card) in Chromium", render_all,
+              f"{render_all_note}; {len(responses['all'].content) / 1e6:.1f} MB HTML", target=False))
     return 0
 
 

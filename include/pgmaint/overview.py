@@ -26,15 +26,18 @@ counts them, tests/overview/test_round_trips.py):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-from include.pgmaint.catalog import CatalogError, TableFacts, _facts as catalog_facts
+from include.pgmaint.catalog import CatalogError, Partition, TableFacts, _facts as catalog_facts, parse_bound
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.escalation import EscalationSettings
 from include.pgmaint.plan import _desired_bounds, timeline as table_clock, to_utc
@@ -67,8 +70,35 @@ class Segment(NamedTuple):  # a tuple: 60,000 of them are built per load at 1,00
     rows: int | None = None  # the planner's estimate for partitions
 
     def as_dict(self) -> dict:
+        """One segment of the JSON (`segments=partitions`): a partition, or a hole (`partitions` 0)."""
         return {"kind": self.kind, "lower": _iso_utc(self.lower), "upper": _iso_utc(self.upper), "name": self.name,
-                "rows": self.rows}
+                "last": self.name, "partitions": 0 if self.name is None else 1, "rows": self.rows}
+
+
+SEGMENT_DETAILS = ("runs", "partitions")
+
+
+def runs(segments: list[Segment]) -> list[dict]:
+    """The JSON's segments by default (`segments=runs`): each run of adjacent partitions of the same kind
+    as one segment -- its bounds, first (`name`) and `last` partition, how many `partitions`, the sum of
+    their estimated `rows` -- and each hole as itself. The same classification as one segment per
+    partition (`Segment.as_dict`), in ~5 segments per table instead of one per partition."""
+    out: list[dict] = []
+    prev: Segment | None = None
+    for seg in segments:
+        if (prev is not None and seg.name is not None and prev.name is not None and seg.kind == prev.kind
+                and seg.lower == prev.upper):
+            run = out[-1]
+            run["upper"], run["last"] = _iso_utc(seg.upper), seg.name
+            run["partitions"] += 1
+            run["rows"] += seg.rows or 0
+        else:
+            run = seg.as_dict()
+            if seg.name is not None:
+                run["rows"] = seg.rows or 0
+            out.append(run)
+        prev = seg
+    return out
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -265,31 +295,51 @@ class Partitions:
 
 
 def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
-    """The catalog facts the view draws, in two queries that take no lock: the same checks and the same
-    partitions as `catalog.read_catalog` (through its `_facts`), without what only maintenance needs
-    (leftover tables, identity columns and sequences, pgmaint's CHECK constraints: left empty)."""
+    """The catalog facts the view draws, in two queries that take no lock: the same checks (`catalog._facts`)
+    and the same partitions, bounds parsed by the same `catalog.parse_bound`, as `catalog.read_catalog`;
+    without what only maintenance needs (leftover tables, identity columns and sequences, pgmaint's
+    CHECK constraints on partitions: left empty)."""
     by_name = {t.name: t for t in tables}
     parents = conn.execute(_PARENTS_SQL, {"names": list(by_name)}).fetchall()
-    valid = {row[1]: row for row in parents if row[1] is not None and row[2] == "p"}
-    parts: dict[int, list[dict]] = {oid: [] for oid in valid}
-    relations: dict[int, tuple[str, tuple[str, str]]] = {oid: (row[0], (row[3], row[4])) for oid, row in valid.items()}
+    facts: dict[str, TableFacts | CatalogError] = {}
+    valid: dict[int, tuple] = {}  # parent oid -> (name, key type, DEFAULT's oid, partitions, default)
+    relations: dict[int, tuple[str, tuple[str, str]]] = {}
+    for name, oid, relkind, schema, table, strategy, key_count, key_column, key_type, default_oid in parents:
+        row = (name, oid is not None, relkind, schema, table, strategy, key_count, key_column, key_type,
+               [], (), (), None, None, ())  # the parent's checks only; partitions below
+        facts[name] = catalog_facts(by_name[name], row, tz)
+        if isinstance(facts[name], TableFacts):
+            valid[oid] = (name, key_type, default_oid, [], [])
+            relations[oid] = (name, (schema, table))
     defaults: dict[str, int] = {}
+    broken: dict[str, str] = {}
     if valid:
         for parent, oid, schema, name, bound, pending, estimate in conn.execute(
                 _PARTITIONS_SQL, {"parents": list(valid)}).fetchall():
-            table = valid[parent]
-            is_default = oid == table[9]
-            parts[parent].append({"schema": schema, "name": name, "bound": bound, "is_default": is_default,
-                                  "detach_pending": pending, "estimated_rows": estimate, "our_checks": ()})
-            relations[oid] = (table[0], (schema, name))
-            if is_default:
-                defaults[table[0]] = oid
-    facts = {}
-    for name, oid, relkind, schema, table, strategy, key_count, key_column, key_type, _ in parents:
-        row = (name, oid is not None, relkind, schema, table, strategy, key_count, key_column, key_type,
-               parts.get(oid, []), (), (), None, None, ())
-        facts[name] = catalog_facts(by_name[name], row, tz)
+            table, key_type, default_oid, parts, default = valid[parent]
+            relations[oid] = (table, (schema, name))
+            if oid == default_oid:
+                default.append(Partition(schema, name, None, pending, int(estimate)))
+                defaults[table] = oid
+                continue
+            try:
+                parts.append(Partition(schema, name, parse_bound(bound, key_type, tz), pending, int(estimate)))
+            except CatalogError as exc:
+                broken[table] = f"{table}: {exc}"
+    for table, _, _, parts, default in valid.values():
+        if table in broken:
+            facts[table] = CatalogError(broken[table])
+            continue
+        parts.sort(key=_by_lower)  # as catalog._facts: MINVALUE first, then by lower bound
+        facts[table] = replace(facts[table], partitions=tuple(parts), default=default[0] if default else None)
     return Partitions(facts, relations, defaults)
+
+
+_MIN = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _by_lower(p: Partition) -> tuple:
+    return (p.range.lower is not None, p.range.lower or _MIN)
 
 
 def _locked(conn, found: Partitions) -> dict[str, CatalogError]:
@@ -309,8 +359,9 @@ def _locked(conn, found: Partitions) -> dict[str, CatalogError]:
         parents = [(facts.schema, facts.table)] if isinstance(facts, TableFacts) else []
         names = [quoted(*r) for r in parents + sorted(relations - set(parents))]
         holders = "; ".join(str(b) for b in find_blockers(conn, tuple(names)))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more of its partitions" if len(names) > 3 else "")
         out[table] = CatalogError(
-            f"{table}: locked: a session holds or waits for ACCESS EXCLUSIVE on {', '.join(names)}; "
+            f"{table}: locked: a session holds or waits for ACCESS EXCLUSIVE on {shown}; "
             f"reading or maintaining the table waits for it; lock held by {holders or 'another session'}")
     return out
 
@@ -401,19 +452,56 @@ def _defaults(conn, found: Partitions, tables: list[TableConfig], settings: Esca
     return out
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector off while a load builds its ~250,000 long-lived objects (1,000 x 60):
+    in the API server, whose heap already tracks hundreds of thousands of objects, the full collections
+    those allocations trigger cost a third of a load. Reference counting still frees everything at once;
+    cycles made meanwhile (anywhere in the process) wait for the next collection, which runs as usual
+    once the collector is back on: when the last concurrent load ends, if it was on before."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None = None,
-           ui_base: str = "", plugin_base: str = "/pgmaint", tables: list[str] | None = None) -> dict:
+           ui_base: str = "", plugin_base: str = "/pgmaint", tables: list[str] | None = None,
+           segments: str = "runs") -> dict:
     """Everything the view shows, as a JSON-ready dict (see README, "The Partitions view").
 
-    `tables`: only these configured tables (unknown names raise KeyError naming them)."""
+    `tables`: only these configured tables (unknown names raise KeyError naming them). `segments`:
+    `runs` (adjacent partitions of the same kind as one segment, see `runs`) or `partitions` (one
+    segment per partition)."""
+    if segments not in SEGMENT_DETAILS:
+        raise ValueError(f"segments: {segments!r} is not one of {', '.join(SEGMENT_DETAILS)}")
+    with _gc_paused():
+        return _gather(conn, config, settings, now=now, ui_base=ui_base, plugin_base=plugin_base, tables=tables,
+                       segments=segments)
+
+
+def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None, ui_base: str,
+            plugin_base: str, tables: list[str] | None, segments: str) -> dict:
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     if tables:
         unknown = [t for t in tables if t not in config.table_names]
         if unknown:
             raise KeyError(f"not configured: {', '.join(unknown)}")
-        from dataclasses import replace
-
         config = replace(config, tables=tuple(t for t in config.tables if t.name in tables))
     names = list(config.table_names)
     found = read_partitions(conn, list(config.tables), config.timezone)
@@ -471,7 +559,7 @@ def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime 
             key=f.key_column, key_type=f.key_type, partitions=len(f.partitions),
             timeline={"start": _iso(tl["start"]), "end": _iso(tl["end"]), "now": _iso(tl["now"]),
                       "cutoff": _iso(tl["cutoff"]), "horizon": _iso(tl["horizon"]),
-                      "segments": [s.as_dict() for s in segs]},
+                      "segments": [s.as_dict() for s in segs] if segments == "partitions" else runs(segs)},
             runway={"current": has_current, "ahead": ahead, "premake": cfg.premake,
                     "missing_intervals": len(tl["missing"]), "covered_until": _iso(covered)},
             gaps=sum(1 for s in segs if s.kind == GAP),
@@ -508,4 +596,5 @@ def attention(t: dict) -> tuple:
     )
 
 
-__all__ = ["attention", "DAG_IDS", "KINDS", "Segment", "gather", "migration_trigger", "open_overview_connection", "timeline"]
+__all__ = ["attention", "DAG_IDS", "KINDS", "SEGMENT_DETAILS", "Segment", "gather", "migration_trigger",
+           "open_overview_connection", "read_partitions", "runs", "timeline"]
