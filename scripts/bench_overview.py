@@ -9,7 +9,7 @@ $PGMAINT_BENCH_DSN, else a throwaway embedded PostgreSQL), creates the state sch
 with the plugin's own app (FastAPI TestClient, authorization left out), each figure the p50 and
 max of `--repeats` loads:
   round trips  of one `gather`, counted from libpq's protocol trace (constant: not per table)
-  catalog      `overview.read_partitions` alone (the two catalog queries)
+  catalog      `overview.read_partitions` alone (the two catalog queries), on one warm connection
   gather       `overview.gather` on a new connection, as each request opens one
   JSON         GET /pgmaint/api/overview: connect + gather + JSON encoding + gzip, the app mounted as
                Airflow's API server mounts it (inside its GZipMiddleware); sizes decoded and sent
@@ -44,7 +44,7 @@ for p in (REPO, REPO / "scripts", REPO / "plugins"):
 import bench_maintenance as bm  # noqa: E402  (scripts/bench_maintenance.py: server, build, config, trace)
 
 from include.pgmaint.escalation import settings_for  # noqa: E402
-from include.pgmaint.overview import gather, open_overview_connection, read_partitions  # noqa: E402
+from include.pgmaint.overview import _gc_paused, gather, open_overview_connection, read_partitions  # noqa: E402
 from include.pgmaint.state import ensure_state_schema  # noqa: E402
 
 import pgmaint_partitions  # noqa: E402  (plugins/)
@@ -166,7 +166,8 @@ def main() -> int:
             gather(conn, config, settings)  # warm the server's caches once, as a running database would be
             with bm.traced(conn) as trace:
                 data = gather(conn, config, settings)
-            catalog = timed(lambda: read_partitions(conn, list(config.tables), config.timezone), args.repeats)
+            with _gc_paused():  # as inside gather
+                catalog = timed(lambda: read_partitions(conn, list(config.tables), config.timezone), args.repeats)
 
         def fresh_gather(fn=gather):
             with open_overview_connection(conninfo, config) as c:
@@ -229,7 +230,7 @@ def main() -> int:
     print("|---|---:|---:|---|---|")
     print(f"| round trips of one load | {trace['round_trips']} | | constant | not per table: "
           f"{len(trace['by_statement'])} distinct statements |")
-    print(row("catalog (`read_partitions`: 2 queries, no lock)", catalog, "", target=False))
+    print(row("catalog alone (`read_partitions`: 2 queries, no lock; same connection)", catalog, "", target=False))
     print(row("`gather` on a new connection (catalog, locks, DEFAULTs, state)", gathered,
               f"{segments:,} timeline segments"))
     if baseline is not None:
