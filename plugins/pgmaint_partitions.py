@@ -2,7 +2,8 @@
 
 - a FastAPI app, mounted by the API server under /pgmaint:
     GET /pgmaint/partitions             the page (server-rendered HTML)
-    GET /pgmaint/api/overview           the same data as JSON (README: "The Partitions view")
+    GET /pgmaint/api/overview           the same data as JSON (README: "The Partitions view");
+                                        ?segments=partitions for one timeline segment per partition
     GET /pgmaint/trigger/{dag_id}?conf= a prefilled trigger form, posted to Airflow's REST API as the viewer
     GET /pgmaint/runbook                docs/runbook.md as HTML (when escalation.runbook_url is that relative path)
 - an external view in the navigation (Browse → Partitions) that shows /pgmaint/partitions inside the UI.
@@ -78,7 +79,7 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
     deps = [Depends(authorize)] if authorize else []
     app = FastAPI(title="pgmaint partitions", dependencies=deps, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def overview(tables: list[str] | None = None) -> dict:
+    def overview(tables: list[str] | None = None, segments: str = "runs") -> dict:
         from include.pgmaint.config import load_config
         from include.pgmaint.escalation import settings_for
         from include.pgmaint.overview import gather, open_overview_connection
@@ -91,7 +92,7 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
         try:
             with open_overview_connection(conninfo(config), config) as conn:
                 return gather(conn, config, settings_for(config), ui_base=base, plugin_base=base + URL_PREFIX,
-                              tables=tables)
+                              tables=tables, segments=segments)
         except HTTPException:
             raise
         except KeyError as exc:
@@ -102,15 +103,18 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
                                      f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
 
     @app.get("/api/overview")
-    def api_overview(table: list[str] | None = Query(None, description="only these configured tables")) -> JSONResponse:
-        return JSONResponse(overview(table))
+    def api_overview(table: list[str] | None = Query(None, description="only these configured tables"),
+                     segments: str = Query("runs", pattern="^(runs|partitions)$",
+                                           description="runs: adjacent partitions of one kind as one segment; "
+                                                       "partitions: one segment per partition")) -> JSONResponse:
+        return JSONResponse(overview(table, segments))
 
     @app.get("/partitions", response_class=HTMLResponse)
     def page(table: list[str] | None = Query(None), limit: int = Query(50, ge=1, le=10_000)) -> HTMLResponse:
         from include.pgmaint.overview_page import render
 
         try:
-            return HTMLResponse(render(overview(table), limit=limit))
+            return HTMLResponse(render(overview(table, "partitions"), limit=limit))  # cards draw every partition
         except HTTPException as exc:
             return HTMLResponse(f"<!doctype html><h1>pgmaint partitions</h1><p>{exc.detail}</p>", exc.status_code)
 

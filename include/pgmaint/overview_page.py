@@ -78,6 +78,8 @@ def _bar(t: dict) -> str:
     for s in tl["segments"]:
         left, right = _pos(s["lower"], start, span), _pos(s["upper"], start, span)
         what = s["name"] or KINDS[s["kind"]].split(":")[0]
+        if s.get("partitions", 0) > 1:  # a run (`segments=runs`): its first and last partition
+            what = f"{s['partitions']} partitions, {s['name']} to {s['last']}"
         rows = f", ~{s['rows']:,} rows" if s.get("rows") else ""
         tip = f"{what}: {_t(s['lower'])} to {_t(s['upper'])} ({KINDS[s['kind']]}{rows})"
         parts.append(f'<div class="seg {s["kind"]}" data-kind="{s["kind"]}" title="{_e(tip)}" '

@@ -105,7 +105,18 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     assert inbound["runway"] == {"current": False, "ahead": 0, "premake": 4, "missing_intervals": 5,
                                  "covered_until": inbound["runway"]["covered_until"]}
     assert kinds(inbound)[-2:] == ["gap", "missing"]
-    assert inbound["expired_attached"] == 6 and kinds(inbound)[:6] == ["expired"] * 6
+    # By default adjacent partitions of one kind are one segment (a expired_run): the six expired ones first.
+    expired_run = inbound["timeline"]["segments"][0]
+    assert inbound["expired_attached"] == 6 and expired_run["kind"] == "expired" and expired_run["partitions"] == 6
+    assert expired_run["name"] != expired_run["last"] and expired_run["rows"] >= 0
+    # One segment per partition on request: the same classification, partition by partition.
+    detail = table(client.get("/api/overview", params={"segments": "partitions"}).json(), "public.inbound_requests")
+    assert kinds(detail)[:6] == ["expired"] * 6 and kinds(detail)[-2:] == ["gap", "missing"]
+    assert [k for s in inbound["timeline"]["segments"] for k in [s["kind"]] * max(s["partitions"], 1)] == kinds(detail)
+    assert [s["name"] for s in detail["timeline"]["segments"][:6]][::5] == [expired_run["name"], expired_run["last"]]
+    assert sum(s["rows"] or 0 for s in detail["timeline"]["segments"]) == sum(
+        s["rows"] or 0 for s in inbound["timeline"]["segments"])
+    assert client.get("/api/overview", params={"segments": "all"}).status_code == 422
     # The DEFAULT's rows, counted exactly, with their range.
     assert inbound["default"]["rows"] == exact_rows >= 2 * 24 * 60  # two whole days and today so far
     assert (inbound["default"]["min"], inbound["default"]["max"]) == (first, last)
@@ -159,14 +170,16 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     assert "DEFAULT: empty" in page and "runway: 4 of 4 partitions ahead" in page
 
 
-def test_endpoint_never_waits_for_a_locked_table(demo_dsn):
-    """A session holding ACCESS EXCLUSIVE on a parent: the view answers within its lock budget and says what it skipped."""
+@pytest.mark.parametrize("relation", ["public.inbound_requests", "public.inbound_requests_default"])
+def test_endpoint_never_waits_for_a_locked_table(demo_dsn, relation):
+    """A session holding ACCESS EXCLUSIVE on a parent (and so its partitions), or on its DEFAULT alone: the view
+    answers within its lock budget and says what it skipped."""
     client = client_for(demo_dsn)
     locked, release = threading.Event(), threading.Event()
 
     def hold():
         with psycopg.connect(demo_dsn) as c:
-            c.execute("LOCK TABLE public.inbound_requests IN ACCESS EXCLUSIVE MODE")
+            c.execute(f"LOCK TABLE {relation} IN ACCESS EXCLUSIVE MODE")
             locked.set()
             release.wait(30)
 
