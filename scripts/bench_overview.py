@@ -42,12 +42,11 @@ for p in (REPO, REPO / "scripts", REPO / "plugins"):
         sys.path.insert(0, str(p))
 
 import bench_maintenance as bm  # noqa: E402  (scripts/bench_maintenance.py: server, build, config, trace)
+import pgmaint_partitions  # noqa: E402  (plugins/)
 
 from include.pgmaint.escalation import settings_for  # noqa: E402
 from include.pgmaint.overview import _gc_paused, gather, open_overview_connection, read_partitions  # noqa: E402
 from include.pgmaint.state import ensure_state_schema  # noqa: E402
-
-import pgmaint_partitions  # noqa: E402  (plugins/)
 
 TARGET_S = 1.0
 CHROMIUM = os.environ.get("PGMAINT_CHROMIUM", "/usr/bin/chromium")
