@@ -511,6 +511,26 @@ def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime
     defaults = _defaults(conn, found, [cfg for cfg in config.tables
                                        if isinstance(facts[cfg.name], TableFacts) and facts[cfg.name].default], settings)
     state = _state_reads(conn, config, names)
+    by_table, database_conditions, leases = _state_by_table(state, config, names, now, settings, ui_base, plugin_base)
+    tables = [_table_entry(cfg, facts[cfg.name], by_table[cfg.name], defaults.get(cfg.name), now, config.timezone,
+                           segments, ui_base, plugin_base) for cfg in config.tables]
+    return {
+        "generated_at": _iso(now),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        "timezone": config.timezone,
+        "state_schema": config.state_schema,
+        "state": {"version": state["version"], "latest": state["latest"], "note": state["note"]},
+        "legend": KINDS,
+        "database_conditions": database_conditions,
+        "leases": leases,
+        "dags": {d: dag_url(ui_base, d) for d in DAG_IDS},
+        "tables": tables,
+    }
+
+
+def _state_by_table(state: dict, config: Config, names: list[str], now: datetime, settings: EscalationSettings,
+                    ui_base: str, plugin_base: str) -> tuple[dict[str, dict], list[dict], list[dict]]:
+    """The state schema's rows (conditions, leases, last runs, open migrations) filed under their tables."""
     by_table: dict[str, dict] = {n: {"conditions": [], "leases": [], "runs": {}, "migration": None} for n in names}
     database_conditions = []
     for c in state["conditions"]:
@@ -539,49 +559,37 @@ def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime
     for m in state["migrations"]:
         if m["table_name"] in by_table:
             by_table[m["table_name"]]["migration"] = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in m.items()}
+    return by_table, database_conditions, leases
 
-    tables = []
-    for cfg in config.tables:
-        f = facts[cfg.name]
-        entry: dict[str, Any] = {"name": cfg.name, "interval": str(cfg.interval), "premake": cfg.premake,
-                                 "retention": str(cfg.retention) if cfg.retention else None,
-                                 "maintained_by": cfg.maintained_by, "writers": list(cfg.writers),
-                                 "error": None, **by_table[cfg.name]}
-        if isinstance(f, CatalogError):
-            entry.update(error=str(f), timeline=None, default=None, runway=None, expired_attached=None, migrate=None)
-            tables.append(entry)
-            continue
-        tl = timeline(cfg, f, now, config.timezone)
-        segs = tl["segments"]
-        ahead = sum(1 for s in segs if s.kind == AHEAD and s.lower < tl["horizon"])
-        has_current = any(s.kind == CURRENT for s in segs)
-        covered = max((p.range.upper for p in f.partitions if p.range.upper is not None), default=None)
-        default = defaults.get(cfg.name)
-        entry.update(
-            key=f.key_column, key_type=f.key_type, partitions=len(f.partitions),
-            timeline={"start": _iso(tl["start"]), "end": _iso(tl["end"]), "now": _iso(tl["now"]),
-                      "cutoff": _iso(tl["cutoff"]), "horizon": _iso(tl["horizon"]),
-                      "segments": [s.as_dict() for s in segs] if segments == "partitions" else runs(segs)},
-            runway={"current": has_current, "ahead": ahead, "premake": cfg.premake,
-                    "missing_intervals": len(tl["missing"]), "covered_until": _iso(covered)},
-            gaps=sum(1 for s in segs if s.kind == GAP),
-            expired_attached=sum(1 for s in segs if s.kind == EXPIRED),
-            default=default,
-            migrate=migration_trigger(cfg.name, ui_base, plugin_base) if default and default["rows"] > 0 else None,
-        )
-        tables.append(entry)
-    return {
-        "generated_at": _iso(now),
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
-        "timezone": config.timezone,
-        "state_schema": config.state_schema,
-        "state": {"version": state["version"], "latest": state["latest"], "note": state["note"]},
-        "legend": KINDS,
-        "database_conditions": database_conditions,
-        "leases": leases,
-        "dags": {d: dag_url(ui_base, d) for d in DAG_IDS},
-        "tables": tables,
-    }
+
+def _table_entry(cfg: TableConfig, f, state: dict, default: dict | None, now: datetime, tz: str, segments: str,
+                 ui_base: str, plugin_base: str) -> dict:
+    """One table as the view shows it: its settings, timeline, runway, DEFAULT and state."""
+    entry: dict[str, Any] = {"name": cfg.name, "interval": str(cfg.interval), "premake": cfg.premake,
+                             "retention": str(cfg.retention) if cfg.retention else None,
+                             "maintained_by": cfg.maintained_by, "writers": list(cfg.writers),
+                             "error": None, **state}
+    if isinstance(f, CatalogError):
+        entry.update(error=str(f), timeline=None, default=None, runway=None, expired_attached=None, migrate=None)
+        return entry
+    tl = timeline(cfg, f, now, tz)
+    segs = tl["segments"]
+    ahead = sum(1 for s in segs if s.kind == AHEAD and s.lower < tl["horizon"])
+    has_current = any(s.kind == CURRENT for s in segs)
+    covered = max((p.range.upper for p in f.partitions if p.range.upper is not None), default=None)
+    entry.update(
+        key=f.key_column, key_type=f.key_type, partitions=len(f.partitions),
+        timeline={"start": _iso(tl["start"]), "end": _iso(tl["end"]), "now": _iso(tl["now"]),
+                  "cutoff": _iso(tl["cutoff"]), "horizon": _iso(tl["horizon"]),
+                  "segments": [s.as_dict() for s in segs] if segments == "partitions" else runs(segs)},
+        runway={"current": has_current, "ahead": ahead, "premake": cfg.premake,
+                "missing_intervals": len(tl["missing"]), "covered_until": _iso(covered)},
+        gaps=sum(1 for s in segs if s.kind == GAP),
+        expired_attached=sum(1 for s in segs if s.kind == EXPIRED),
+        default=default,
+        migrate=migration_trigger(cfg.name, ui_base, plugin_base) if default and default["rows"] > 0 else None,
+    )
+    return entry
 
 
 def attention(t: dict) -> tuple:
