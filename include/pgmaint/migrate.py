@@ -92,9 +92,13 @@ class MigrationResult:
         return asdict(self)
 
 
+def failpoint_armed(name: str) -> bool:
+    return os.environ.get("PGMAINT_FAILPOINT") == name
+
+
 def failpoint(name: str) -> None:
     """Fault injection for the crash-safety tests: `PGMAINT_FAILPOINT=<name>` kills this process here, like kill -9."""
-    if os.environ.get("PGMAINT_FAILPOINT") == name:
+    if failpoint_armed(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -289,7 +293,7 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
     copy = Backfill(conn, m, 0)
     steps.append(Step("copy_batch", m.default_name, (
-        Statement(copy.batch_sql, f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
+        Statement(copy.template(), f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
                                   "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
                                   f"{m.shadow_parent}; repeated per page range until every page is copied"),
     )))
@@ -408,7 +412,7 @@ class _Run:
             self.abandon(m.facts, current, "the mirror trigger is gone (dropped by someone?)")
             raise RuntimeError(f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
                                "every row is still in the DEFAULT: run again to start over")
-        copied, finished = Backfill(conn, m, mid, failpoint=failpoint).run(
+        copied, finished = Backfill(conn, m, mid, failpoint=failpoint, hold_commit=failpoint_armed("inside_batch")).run(
             expected_rows=current.plan.rows_to_move, batch_rows=self.batch_rows, deadline=self.deadline, progress=self.progress)
         if not finished:
             self._stop_early(current, "stopped at max_minutes while copying; the mirror trigger stays on, "
