@@ -171,44 +171,45 @@ def compare(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]
     return out
 
 
-def verify_copy(conn, migration, method: str, scan_timeout_ms: int) -> tuple[dict, dict, list[str]]:
-    """Before the swap, in one REPEATABLE READ snapshot: the DEFAULT and the copies hold the same rows."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{scan_timeout_ms}ms"])
-        before = figures_in_snapshot(conn, migration, method, [migration.default_name])
-        after = figures_in_snapshot(conn, migration, method, [r.partition for r in migration.plan.move] + [migration.next_name])
-    return before, after, compare(before, after)
-
-
 class CutVerifier:
-    """Holds a REPEATABLE READ transaction on the snapshot the swap exported (see module docstring)."""
+    """Holds a REPEATABLE READ transaction on a snapshot a step exported (see module docstring)."""
 
     def __init__(self, conninfo: str, budget):
         self.conn = connect(conninfo, budget, application_name="pgmaint-verify")
         self.scan_timeout_ms = budget.scan_timeout_ms
         self.snapshot: str | None = None
+        self.write_mark: str | None = None  # the DEFAULT's write mark at that instant (`DefaultPartitionMigration.write_mark`)
 
     def adopt(self, cursor) -> None:
-        """`Statement.then` of the swap's `SELECT pg_export_snapshot()`: runs inside the swap transaction."""
-        snapshot = cursor.fetchone()[0]
+        """`Statement.then` of a step's `SELECT pg_export_snapshot()[, write mark]`: runs inside that step's transaction."""
+        row = cursor.fetchone()
+        snapshot = row[0]
+        self.write_mark = row[1] if len(row) > 1 else None
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self.conn.execute("ROLLBACK")  # an earlier try of the swap was rolled back
-        # One round trip: the swap holds its locks until this returns.
+            self.conn.execute("ROLLBACK")  # an earlier try of the step was rolled back
+        # One round trip: the exporting step holds its locks until this returns.
         self.conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; "
                                   "SET LOCAL statement_timeout = {}").format(
             sql.Literal(snapshot), sql.Literal(f"{self.scan_timeout_ms}ms")))
         self.snapshot = snapshot
 
-    def figures(self, migration, method: str) -> tuple[dict, dict]:
-        """(old DEFAULT, the moved rows' new homes) as they were at the swap. Call after the swap committed:
-        names resolve in the new catalog (the old DEFAULT under its new name), rows in the swap's snapshot."""
+    def figures(self, migration, method: str, *, swapped: bool) -> tuple[dict, dict]:
+        """(the DEFAULT, the moved rows' new homes) as they were at the exported instant. Before the swap: the DEFAULT
+        and the shadows (with the replacement DEFAULT); after it committed (`swapped`), names resolve in the new
+        catalog: the old DEFAULT under its new name, the new partitions and the new DEFAULT."""
         if self.snapshot is None:
-            raise RuntimeError("the swap's snapshot was never adopted")
-        before = figures_in_snapshot(self.conn, migration, method, [migration.old_name])
-        after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [migration.default_name])
-        self.conn.execute("COMMIT")
+            raise RuntimeError("no exported snapshot was adopted")
+        default, rest = (migration.old_name, migration.default_name) if swapped else (migration.default_name, migration.next_name)
+        before = figures_in_snapshot(self.conn, migration, method, [default])
+        after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [rest])
+        self.release()
         return before, after
+
+    def release(self) -> None:
+        """End the snapshot's transaction (it holds back vacuum while open)."""
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("COMMIT")
+        self.snapshot = None
 
     def close(self) -> None:
         try:
@@ -217,4 +218,4 @@ class CutVerifier:
             pass
 
 
-__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot", "verify_copy"]
+__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot"]

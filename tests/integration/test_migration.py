@@ -95,6 +95,58 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert fingerprint(conn, scratch_schema) == before
 
 
+def _verified_how(conn, schema: str) -> str:
+    return conn.execute(sql.SQL("SELECT summary->>'verified' FROM {}.migrations").format(sql.Identifier(schema))).fetchone()[0]
+
+
+def test_without_writes_since_the_verification_the_swap_reads_no_row_again(conn, pg_dsn, scratch_schema, caplog):
+    """No write reached the DEFAULT between the verification and the swap (the write mark is unchanged), so the figures
+    verified then are the figures at the swap; the old DEFAULT's read-only guard is untouched, so its drop reads nothing."""
+    from include.pgmaint.migrate import UNWRITTEN_SINCE_CHECK
+
+    seed(conn, scratch_schema, 5_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome == "success", result.errors
+    assert result.rows_moved == 5_002 and not result.verified["mismatches"]
+    assert _verified_how(conn, scratch_schema) == UNWRITTEN_SINCE_CHECK
+    assert "reading it to compare" not in caplog.text
+    assert fingerprint(conn, scratch_schema) == before
+    assert not leftovers(conn, scratch_schema)
+
+
+def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_again(conn, pg_dsn, scratch_schema, monkeypatch):
+    """An application update and delete land in the DEFAULT after the copies were verified: the write mark moved, so the
+    rows are counted again at the instant of the swap (and still balance: the mirror replayed both writes)."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 5_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev = sql.Identifier(scratch_schema, "ev")
+    step = migrate._Run.step
+
+    def write_before_the_swap(self, s):
+        if s.action == "swap":
+            with psycopg.connect(pg_dsn, autocommit=True) as app:
+                app.execute(sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev))
+                app.execute(sql.SQL("DELETE FROM {} WHERE id = 11").format(ev))
+        return step(self, s)
+
+    monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome == "success", result.errors
+    assert result.rows_moved == 5_001 and not result.verified["mismatches"]
+    assert _verified_how(conn, scratch_schema) == "counted at the swap"
+    rows = conn.execute(sql.SQL("SELECT id, payload FROM {} WHERE id IN (10, 11)").format(ev)).fetchall()
+    assert rows == [(10, "late change")]
+    assert not leftovers(conn, scratch_schema)
+
+
 def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
     seed(conn, scratch_schema, 2_000)
     before = (fingerprint(conn, scratch_schema), partitions(conn, scratch_schema, "ev"))
