@@ -734,8 +734,9 @@ def pgmaint_timers():
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
         timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
         timer.wrap(pg_migrate.Backfill, "_batch", "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)"),
-        timer.wrap(pg_migrate, "verify_copy", "verify the copies before the swap (one snapshot, count + checksum)"),
-        timer.wrap(pg_migrate.CutVerifier, "figures", "count at the swap (exported snapshot)"),
+        timer.wrap(pg_migrate.CutVerifier, "figures", key=lambda self, m, method, *, swapped: (
+            "count at the swap (exported snapshot; only when a write reached the DEFAULT since the check)" if swapped
+            else "verify the copies before the swap (exported snapshot, count + checksum)")),
         timer.wrap(pg_migrate._Run, "wait_for_old_snapshots", "wait for older snapshots"),
         timer.wrap(pg_migrate, "drop_old_default", "drop the old DEFAULT (re-checked unchanged)"),
     ]
