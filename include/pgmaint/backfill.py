@@ -13,10 +13,11 @@ overwrites it). So a copy never overwrites or resurrects an application's change
 atomic: killed at any point, the next run resumes at the journalled page; the trigger has kept
 mirroring meanwhile.
 
-`CutVerifier`: imports the snapshot the swap exports while it holds the parent's ACCESS
-EXCLUSIVE lock, and counts, per interval, the old DEFAULT and the shadows as they were at
-that instant: the only moment where "nothing lost, nothing doubled" can be stated exactly
-while the application keeps writing.
+`CutVerifier`: imports a snapshot a step exports while it holds its lock, and counts, per
+interval, the DEFAULT and the shadows as they were at that instant: at the write cut before the
+swap (SHARE on the DEFAULT: no write in flight), and, when a write reached the DEFAULT since
+(its write mark moved), at the swap itself (the parent's ACCESS EXCLUSIVE): the moments where
+"nothing lost, nothing doubled" can be stated exactly while the application keeps writing.
 """
 
 from __future__ import annotations

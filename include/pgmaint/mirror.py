@@ -8,15 +8,20 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
              as its DEFAULT, whose CHECK excludes every range the parent will have after the
              swap. Nothing the application uses is locked.
 2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
-             into SP by the mirror key, in the writer's own transaction (SHARE ROW EXCLUSIVE
-             on D for a moment: it waits for in-flight writers, under the lock budget).
+             into SP by the mirror key (and a TRUNCATE trigger empties SP), in the writer's
+             own transaction, counting each write in a sequence (the write mark); both
+             ENABLE ALWAYS (SHARE ROW EXCLUSIVE on D for a moment: it waits for in-flight
+             writers, under the lock budget).
 3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
-             change, every row still read from D through the parent.
+             change, every row still read from D through the parent. Then a write cut
+             (SHARE on D for milliseconds, snapshot exported with the write mark) at which
+             the copies are verified against D.
 4. swap      one transaction under the lock budget and the circuit breaker: ACCESS EXCLUSIVE
              on the parent first (statements wait before they are planned), then DETACH D,
              move the shadows and D' from SP to the parent (their CHECKs prove the bounds:
-             nothing is scanned), rename. Until it commits every reader sees D; after, the
-             shadows. No instant in between.
+             nothing is scanned), rename; D becomes read-only (ALWAYS triggers that raise).
+             Until it commits every reader sees D; after, the shadows. No instant in between.
+             Unchanged write mark since the cut: the verified figures hold at the swap.
 5. tidy      drop D's exclusion CHECK, the empty SP and the trigger function; the detached
              old DEFAULT is kept until conservation is proven, then dropped.
 """
@@ -195,7 +200,8 @@ class DefaultPartitionMigration:
             # Non-transactional and contention-free: lets the swap tell that no write reached the DEFAULT since the
             # verification (`write_mark`). Counted before the write, so a write in progress is never missed.
             "  PERFORM nextval({writes});\n"
-            "  IF TG_OP = 'TRUNCATE' THEN\n"
+            "  IF TG_OP = 'TRUNCATE' THEN\n"  # the DEFAULT emptied: so are its copies (same transaction)
+            "    TRUNCATE {sp};\n"
             "    RETURN NULL;\n"
             "  END IF;\n"
             "  IF TG_OP <> 'INSERT' THEN\n"

@@ -277,6 +277,25 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
     assert fingerprint(conn, scratch_schema) == before
 
 
+def test_a_truncate_of_the_default_mid_move_empties_the_copies_too(conn, pg_dsn, scratch_schema):
+    """The application empties the DEFAULT while the copy is under way: the mirror empties the copies in the same
+    transaction, so the resumed run verifies, swaps and ends with exactly what the application left."""
+    seed(conn, scratch_schema, 20_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
+    assert first.outcome == "incomplete"
+
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(scratch_schema, "ev_default")))
+    after_truncate = fingerprint(conn, scratch_schema)
+    second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert second.outcome == "success", second.errors
+    assert second.rows_moved == 0 and not second.verified["mismatches"]
+    assert fingerprint(conn, scratch_schema) == after_truncate
+    assert_writable(conn, scratch_schema)
+    assert not leftovers(conn, scratch_schema)
+
+
 def test_readers_and_writers_are_not_blocked_while_rows_move(conn, pg_dsn, scratch_schema):
     """A simulated API inserts at now(), reads the last minute and reads by id throughout the migration."""
     seed(conn, scratch_schema, 200_000)
