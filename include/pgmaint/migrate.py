@@ -299,6 +299,7 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
                                   f"{m.shadow_parent}; repeated per page range until every page is copied"),
     )))
     steps.append(m.analyze_step())
+    steps.append(m.verify_cut_step())
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
     steps += m.tidy_steps()
     for step in steps:
@@ -311,8 +312,8 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     for s in result.statements:
         log.info("%s: [dry run] %s;  -- %s", cfg.name, s["sql"], s["lock"])
     log.info("%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
-             "(count + checksum) in one snapshot, swap, count again at the swap's instant; the old DEFAULT is dropped "
-             "after the data-quality gate", cfg.name)
+             "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant if a write "
+             "reached the DEFAULT since the cut; the old DEFAULT is dropped after the data-quality gate", cfg.name)
 
 
 class _Run:

@@ -257,6 +257,12 @@ class DefaultPartitionMigration:
         new ones back for the few milliseconds of the export), so every later write counts in the write mark."""
         d = self.q(self.default_name)
         return Step("verify_cut", self.default_name, (
+            # Made here, not under the swap's lock: the swap's read-only triggers on the old DEFAULT call it.
+            Statement(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+                self.q(self.read_only_function), sql.Literal(
+                    "BEGIN RAISE EXCEPTION 'pgmaint: %.% is the DEFAULT partition detached by a migration, kept read-only until "
+                    "the rows it held are proven conserved and it is dropped (see the migrations journal)', TG_TABLE_SCHEMA, "
+                    "TG_TABLE_NAME USING ERRCODE = 'read_only_sql_transaction'; END")), "none (our function)"),
             Statement(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(d),
                       f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
                       "breaker), holds new writes back until the snapshot is exported; reads go on"),
@@ -310,11 +316,6 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(MIRROR_TRIGGER), d), "(held) catalog only"),
             Statement(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(MIRROR_TRUNCATE_TRIGGER), d), "(held) catalog only"),
             # From now on the old DEFAULT is read-only, so "unchanged since the swap" is a catalog check when it is dropped.
-            Statement(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-                self.q(self.read_only_function), sql.Literal(
-                    "BEGIN RAISE EXCEPTION 'pgmaint: %.% is the DEFAULT partition detached by a migration, kept read-only until "
-                    "the rows it held are proven conserved and it is dropped (see the migrations journal)', TG_TABLE_SCHEMA, "
-                    "TG_TABLE_NAME USING ERRCODE = 'read_only_sql_transaction'; END")), "none (a new function)"),
             Statement(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
                 sql.Identifier(READ_ONLY_TRIGGERS[0]), d, self.q(self.read_only_function)), "(held) catalog only"),
             Statement(sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
@@ -390,6 +391,7 @@ class DefaultPartitionMigration:
                           f"ACCESS EXCLUSIVE on {self.next_name} (ours, never attached to {self.facts.table})"),
                 Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.function)), "none (our function)"),
                 Statement(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.q(self.writes)), "none (our write counter)"),
+                Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.read_only_function)), "none (our function)"),
             ), lock_targets=(self.text(self.shadow_parent),)),
         ]
 
