@@ -170,6 +170,11 @@ class DefaultPartitionMigration:
             steps.append(Step("attach_shadow", r.partition, (
                 Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(sp, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
                           f"ACCESS EXCLUSIVE on {r.partition}, SHARE UPDATE EXCLUSIVE on {self.shadow_parent} (ours, empty)"),
+                # The copy makes each shadow due for an (insert) autovacuum, whose SHARE UPDATE EXCLUSIVE the swap would
+                # queue behind, try after try (its lock timeout is shorter than the deadlock_timeout that cancels
+                # autovacuum): off until the swap, reset by `tidy_steps`.
+                Statement(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(self.q(r.partition)),
+                          f"(held) {r.partition}: no autovacuum until it is swapped in"),
             ), lock_targets=(self.text(r.partition),)))
         nxt = self.q(self.next_name)
         spans = merged_spans(self.ranges_after_swap())
@@ -355,9 +360,13 @@ class DefaultPartitionMigration:
     # --- 5. tidy, or give up before the swap ----------------------------------------------------
 
     def tidy_steps(self) -> list[Step]:
-        """After the swap: the new DEFAULT's exclusion CHECK (it would reject rows of a range retired later), the
-        empty shadow parent, the trigger function. Each idempotent."""
+        """After the swap: autovacuum back on for the new partitions, the new DEFAULT's exclusion CHECK (it would reject
+        rows of a range retired later), the empty shadow parent, the trigger function. Each idempotent."""
         return [
+            Step("enable_autovacuum", self.facts.table, tuple(
+                Statement(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(self.q(r.partition)),
+                          f"SHARE UPDATE EXCLUSIVE on {r.partition} (a storage parameter; reads and writes go on)")
+                for r in self.plan.move), lock_targets=tuple(self.text(r.partition) for r in self.plan.move)),
             Step("drop_next_default_check", self.default_name, (
                 Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(self.q(self.default_name), sql.Identifier(NEXT_DEFAULT_CHECK)),
                           f"ACCESS EXCLUSIVE on {self.default_name} (catalog only; under the lock budget and circuit breaker)"),

@@ -87,6 +87,9 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {"older than the retention window", "beyond the premake horizon"}
     assert not any(table_exists(conn, scratch_schema, f"ev_default_pgmaint_{t}") for t in ("old", "next", "copy"))
     assert not leftovers(conn, scratch_schema)
+    # the new partitions are autovacuumed like native ones (off only while they were copies)
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND reloptions IS NOT NULL",
+                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 0
     phase = conn.execute(sql.SQL("SELECT phase FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
     assert phase == [("done",)]
 
@@ -156,7 +159,8 @@ def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
 
     assert result.outcome == "dry_run" and result.rows_moved == 0 and result.rows_remaining == 2_000
     steps = [s["step"] for s in result.statements]
-    assert steps.count("create_shadow") == 2 * 11 and steps.count("attach_shadow") == 11  # CREATE + bound CHECK, ATTACH to SP
+    # CREATE + bound CHECK; ATTACH to SP + autovacuum off until the swap
+    assert steps.count("create_shadow") == 2 * 11 and steps.count("attach_shadow") == 2 * 11
     assert any(s["step"] == "mirror_writes" and "CREATE TRIGGER" in s["sql"] for s in result.statements)
     assert any(s["step"] == "copy_batch" and "ON CONFLICT DO NOTHING" in s["sql"] for s in result.statements)
     swap = [s["sql"] for s in result.statements if s["step"] == "swap"]
@@ -181,7 +185,8 @@ def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
 # right before it, or inside it where a step has an inside.
 KILL_POINTS = ["before_create_shadow_parent", "before_create_shadow", "before_attach_shadow", "before_create_next_default",
                "before_mirror_writes", "inside_batch", "after_batch", "before_analyze_shadows", "before_verify", "before_swap", "inside_swap",
-               "after_swap", "after_verify", "before_drop_next_default_check", "before_drop_shadow_parent"]
+               "after_swap", "after_verify", "before_enable_autovacuum", "before_drop_next_default_check",
+               "before_drop_shadow_parent"]
 
 
 def run_killed(pg_dsn: str, schema: str, point: str, batch_rows: int = 300) -> subprocess.CompletedProcess:
