@@ -277,6 +277,10 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
     assert fingerprint(conn, scratch_schema) == before  # nothing visible changed; the mirror trigger stays on
     copied = conn.execute(sql.SQL("SELECT rows_copied FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
     assert 0 < copied < 20_000
+    # the copies are not autovacuumed until they are swapped in (the swap would queue behind a VACUUM of them)
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
+                        "AND reloptions @> '{autovacuum_enabled=off}'",
+                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 11
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
     assert second.outcome == "success" and second.rows_moved == 20_002  # every row of the DEFAULT, out-of-window ones too
     assert fingerprint(conn, scratch_schema) == before
