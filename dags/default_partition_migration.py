@@ -17,14 +17,18 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
    - **copy** the rows in short batches (each holds row locks on ~30 ms worth of rows: only a
      DELETE of one of them waits; reads, inserts and updates never do), logging rows copied, rate
      and ETA every 10 s; every row stays in the DEFAULT, readable and writable as before;
-   - **verify** per interval (count + checksum) in one snapshot that the copies equal the DEFAULT;
+   - **verify** per interval (count + checksum) that the copies equal the DEFAULT, in a snapshot
+     taken at a write cut (SHARE on the DEFAULT for milliseconds: no write in flight);
    - **swap** in one catalog-only transaction (the parent's ACCESS EXCLUSIVE first, under a
-     200 ms lock timeout and a circuit breaker), counting the rows again at that exact instant.
+     200 ms lock timeout and a circuit breaker); the old DEFAULT becomes read-only. If a write
+     reached the DEFAULT since the cut (the mirror counts them), the rows are counted again at
+     that exact instant.
    Stops cleanly at `max_minutes` (nothing visible changed; the next run resumes the copy).
-5. **gate_before_cleanup**: a Great Expectations gate (rows and checksums conserved per interval
-   at the swap; the old DEFAULT unchanged since; no row left in the DEFAULT for a migrated
-   interval) must pass before **finish** drops the detached old DEFAULT; **gate_after_cleanup**
-   checks again.
+5. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
+   swap; no row left in the DEFAULT for a migrated interval; its expectations run as plain SQL,
+   through GX when Data Docs are asked for) must pass before **finish** drops the detached old
+   DEFAULT, in the same transaction as checking it is unchanged since the swap (its read-only
+   triggers untouched, else it is read again); **gate_after_cleanup** checks again.
 6. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order
    (retried twice; a resume that still fails fails the run, and the watchdog retries it when the
    lease expires). **fail_run_if_work_failed** marks the run failed when pausing or moving failed.

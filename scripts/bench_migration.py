@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_migration.py [--sets 1M/10d,4M/4d] [--quick] [--dsn CONNINFO]
                                                 [--live-day in-default|partitioned|both]
                                                 [--contenders pgmaint,pgmaint-dag,partman,partman-no-late,
-                                                              partman-api-only,physical]
+                                                              partman-api-only,physical,pgmaint-api-only,
+                                                              pgmaint-dag-api-only]
                                                 [--batch-rows 50000]
                                                 [--quiet-wait 180] [--keep-cluster]
     make bench-migration [BENCH_ARGS="--quick"]
@@ -58,7 +59,9 @@ Contenders, each on a fresh re-seed of the same data, on the same server:
             and its ATTACH, makes the ATTACH fail, so with them it never finishes; this
             variant gives the time to compare with where it can finish. partman-api-only: the
             simulated API alone, no application workload at all (the application's updates,
-            deletes and upserts can deadlock with partition_data_proc too).
+            deletes and upserts can deadlock with partition_data_proc too). pgmaint-api-only and
+            pgmaint-dag-api-only: pgmaint's engine and whole DAG under the same load, for a like-for-
+            like ratio (no write reaches the DEFAULT then: the swap reuses the verified figures).
 3. physical One transaction: LOCK the parent (ACCESS EXCLUSIVE, so no write can slip in
             between a day's DELETE and its ATTACH), then for each day of the window: CREATE
             TABLE ... (LIKE parent INCLUDING ALL), INSERT ... SELECT from the DEFAULT, DELETE
@@ -734,8 +737,9 @@ def pgmaint_timers():
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
         timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
         timer.wrap(pg_migrate.Backfill, "_batch", "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)"),
-        timer.wrap(pg_migrate, "verify_copy", "verify the copies before the swap (one snapshot, count + checksum)"),
-        timer.wrap(pg_migrate.CutVerifier, "figures", "count at the swap (exported snapshot)"),
+        timer.wrap(pg_migrate.CutVerifier, "figures", key=lambda self, m, method, *, swapped: (
+            "count at the swap (exported snapshot; only when a write reached the DEFAULT since the check)" if swapped
+            else "verify the copies before the swap (exported snapshot, count + checksum)")),
         timer.wrap(pg_migrate._Run, "wait_for_old_snapshots", "wait for older snapshots"),
         timer.wrap(pg_migrate, "drop_old_default", "drop the old DEFAULT (re-checked unchanged)"),
     ]
@@ -806,7 +810,7 @@ def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -
         calls = []
         with pgmaint_timers() as timer:
             t0 = time.monotonic()
-            for attempt in range(1, PGMAINT_TRIES + 1):
+            for _attempt in range(PGMAINT_TRIES):
                 if conn.closed or conn.broken:
                     conn = connect(conninfo, config.lock_budget)
                 result = migrate_table(conn, conninfo, config, config.tables[0], batch_rows=batch_rows, max_minutes=60.0,
@@ -1075,16 +1079,16 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     pgss_reset(admin, pgss)
     api = Api(conninfo, lay.ds.rows, seed=sum(map(ord, name)), app_stride=lay.app_stride)
     api.start()
-    app = None if name == "partman-api-only" else start_app(conninfo, lay, seeded, seed=sum(map(ord, name)),
+    app = None if name.endswith("-api-only") else start_app(conninfo, lay, seeded, seed=sum(map(ord, name)),
                                                               late=(name != "partman-no-late"))
     time.sleep(API_WARMUP_S)
     snap = METER.snapshot() if METER else None
     start = outcome.move_start = time.monotonic()
     failure = None
     try:
-        if name == "pgmaint":
+        if name in ("pgmaint", "pgmaint-api-only"):
             run_pgmaint(conninfo, lay, batch_rows, outcome)
-        elif name == "pgmaint-dag":
+        elif name in ("pgmaint-dag", "pgmaint-dag-api-only"):
             run_pgmaint_dag(conninfo, lay, batch_rows, outcome)
         elif name.startswith("partman"):
             run_partman(conninfo, lay, outcome)
@@ -1204,15 +1208,15 @@ def dag_breakdown(o: Outcome) -> list[str]:
     d = o.dag
     if not d:
         return []
-    run, tasks = d.get("run") or {}, d.get("tasks") or []
-    out = [f"pgmaint-dag: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
+    tasks = d.get("tasks") or []
+    out = [f"{o.contender}: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
            f"{o.wall:.2f}s from starting the command to its exit:", "", "| part | s |", "|---|---:|"]
     starts = [t[2] for t in tasks if t[2]]
     ends = [t[3] for t in tasks if t[3]]
     if starts:
         out.append(f"| before the first task (interpreter, Airflow import, DAG parse, run set-up) | "
                    f"{(min(starts) - d['started_at']).total_seconds():.2f} |")
-    for task_id, state, t0, t1, secs in tasks:
+    for task_id, state, _started, _ended, secs in tasks:
         extra = ""
         if task_id == "migrate" and d.get("engine_journal") is not None:
             extra = f" (engine, journal: {d['engine_journal']:.2f}s)"
@@ -1227,10 +1231,18 @@ def dag_breakdown(o: Outcome) -> list[str]:
 
 
 def targets(outcomes: dict[str, Outcome]) -> list[str]:
+    out = []
+    alone = outcomes.get("partman-api-only")
+    for name, what in (("pgmaint-api-only", "the engine"), ("pgmaint-dag-api-only", "the whole DAG (gates included)")):
+        o = outcomes.get(name)
+        if o and not o.skipped and o.wall and alone and not alone.skipped and alone.wall and not alone.failure:
+            r = o.wall / alone.wall
+            out.append(f"- like for like (the simulated API alone, no application workload): pgmaint {what} / partman-api-only: "
+                       f"{r:.2f}x ({o.wall:.1f}s vs {alone.wall:.1f}s; target <= {TARGET_VS_PARTMAN:.1f}x): "
+                       f"{'met' if r <= TARGET_VS_PARTMAN else 'MISSED'}{'; did not finish: ' + o.failure if o.failure else ''}")
     pg = outcomes.get("pgmaint")
     if not pg or pg.skipped or pg.api is None:
-        return ["pgmaint did not run: no targets evaluated"]
-    out = []
+        return out + ["pgmaint (with the application workload) did not run: its targets not evaluated"]
 
     def mark(ok: bool) -> str:
         return "met" if ok else "MISSED"
@@ -1346,7 +1358,7 @@ def profile(outcomes: list[Outcome]) -> list[str]:
             continue
         out += dag_breakdown(o)
         if o.phases:
-            out.append(f"pgmaint phases (wall seconds, measured around the engine's functions; total {o.wall:.2f}s):")
+            out.append(f"{o.contender} phases (wall seconds, measured around the engine's functions; total {o.wall:.2f}s):")
             out.append("")
             out.append("| phase | calls | total s | max s |")
             out.append("|---|---:|---:|---:|")
@@ -1400,7 +1412,8 @@ def main() -> int:
                     help="pgmaint (the engine, in-process), pgmaint-dag (the whole DAG through `scripts/airflow dags test`), "
                          "partman, partman-no-late (the same, while the application makes no late inserts for the days "
                          "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
-                         "application workload), physical (default: all six)")
+                         "application workload), physical (default: all six); pgmaint-api-only, pgmaint-dag-api-only: "
+                         "pgmaint's engine and whole DAG under the simulated API alone, like partman-api-only")
     ap.add_argument("--live-day", default="both", choices=("in-default", "partitioned", "both"),
                     help="in-default: the data runs up to now and today has no partition (API inserts go to the DEFAULT); "
                          "partitioned: the data ends at midnight and today's partition exists; both (default): run each")
@@ -1413,7 +1426,8 @@ def main() -> int:
     sets = parse_sets("100k/5d" if args.quick else args.sets)
     scenarios = ["in-default", "partitioned"] if args.live_day == "both" else [args.live_day]
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - {"pgmaint", "pgmaint-dag", "partman", "partman-no-late", "partman-api-only", "physical"}
+    unknown = set(contenders) - {"pgmaint", "pgmaint-dag", "partman", "partman-no-late", "partman-api-only", "physical",
+                                 "pgmaint-api-only", "pgmaint-dag-api-only"}
     if unknown:
         raise SystemExit(f"--contenders: unknown {sorted(unknown)}")
 
@@ -1422,7 +1436,7 @@ def main() -> int:
     with server(args.dsn, args.keep_cluster) as (admin_conninfo, where, postmaster), contextlib.ExitStack() as stack:
         METER = CpuMeter(postmaster) if postmaster else None
         conninfo = fresh_database(admin_conninfo)
-        if "pgmaint-dag" in contenders:
+        if any(c.startswith("pgmaint-dag") for c in contenders):
             AIRFLOW_HOME = AirflowHome(conninfo)
             stack.callback(AIRFLOW_HOME.close)
             log(f"preparing a private Airflow home {AIRFLOW_HOME.path} (metadata DB migrated once, not timed)")
@@ -1470,7 +1484,7 @@ def main() -> int:
                             outcomes.append(baseline(conninfo, lay, seeded))
                             log(f"{label}: re-seeding for {name} (the baseline's inserts changed the table)")
                             seeded = seed(admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem)
-                        if name == "pgmaint-dag":
+                        if name.startswith("pgmaint-dag"):
                             # scripts/airflow migrates the metadata DB again when the (shared) venv was re-installed
                             # since: do that now, untimed, as a deployment has; the run's note says if it happened again.
                             AIRFLOW_HOME.prepare()
@@ -1481,7 +1495,7 @@ def main() -> int:
                         # A contender that did not finish is a measured outcome; lost or duplicated rows are not.
                         if not o.data_ok or (not name.startswith("partman") and not o.verified):
                             all_ok = False
-                        if name.startswith("pgmaint") and not app_clean(o.app):  # the application must notice nothing
+                        if name.startswith("pgmaint") and not name.endswith("-api-only") and not app_clean(o.app):  # the application must notice nothing
                             all_ok = False
                         outcomes.append(o)
                     by_name = {o.contender: o for o in outcomes}

@@ -13,10 +13,11 @@ overwrites it). So a copy never overwrites or resurrects an application's change
 atomic: killed at any point, the next run resumes at the journalled page; the trigger has kept
 mirroring meanwhile.
 
-`CutVerifier`: imports the snapshot the swap exports while it holds the parent's ACCESS
-EXCLUSIVE lock, and counts, per interval, the old DEFAULT and the shadows as they were at
-that instant: the only moment where "nothing lost, nothing doubled" can be stated exactly
-while the application keeps writing.
+`CutVerifier`: imports a snapshot a step exports while it holds its lock, and counts, per
+interval, the DEFAULT and the shadows as they were at that instant: at the write cut before the
+swap (SHARE on the DEFAULT: no write in flight), and, when a write reached the DEFAULT since
+(its write mark moved), at the swap itself (the parent's ACCESS EXCLUSIVE): the moments where
+"nothing lost, nothing doubled" can be stated exactly while the application keeps writing.
 """
 
 from __future__ import annotations
@@ -41,23 +42,42 @@ BATCH_STATEMENT_TIMEOUT_MS = 80
 
 
 class Backfill:
-    def __init__(self, conn, migration, migration_id: int, *, failpoint: Callable[[str], None] = lambda name: None):
-        self.conn, self.m, self.migration_id, self.failpoint = conn, migration, migration_id, failpoint
+    def __init__(self, conn, migration, migration_id: int, *, failpoint: Callable[[str], None] = lambda name: None,
+                 hold_commit: bool = False):
+        """`hold_commit`: send COMMIT separately, after `failpoint("inside_batch")` (the crash tests kill the
+        process there); otherwise a batch is one round trip."""
+        self.conn, self.m, self.migration_id, self.failpoint, self.hold_commit = conn, migration, migration_id, failpoint, hold_commit
         cols = sql.SQL(", ").join(map(sql.Identifier, migration.writable))
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if migration.identity else sql.SQL("")
+        # RETURNING the server time since the batch's query arrived (statement_timestamp() of a multi-statement
+        # query string): how long the batch held its row locks, whatever the client's scheduling latency.
         self.batch_sql = sql.SQL("""
 WITH ins AS (
     INSERT INTO {sp} ({cols}){overriding}
-    SELECT {cols} FROM ONLY {d} WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid FOR KEY SHARE
+    SELECT {cols} FROM ONLY {d} WHERE ctid >= {lo}::tid AND ctid < {hi}::tid FOR KEY SHARE
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
 UPDATE {state}.migrations
-SET next_page = %(hi_page)s, rows_copied = rows_copied + (SELECT count(*) FROM ins), updated_at = clock_timestamp()
-WHERE migration_id = %(mid)s
-RETURNING rows_copied, (SELECT count(*) FROM ins)
-""").format(sp=migration.q(migration.shadow_parent), cols=cols, overriding=overriding,
-            d=migration.q(migration.default_name), state=migration.state)
+SET next_page = {hi_page}, rows_copied = rows_copied + (SELECT count(*) FROM ins), updated_at = clock_timestamp()
+WHERE migration_id = {mid}
+RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
+""")
+        self._parts = {"sp": migration.q(migration.shadow_parent), "cols": cols, "overriding": overriding,
+                       "d": migration.q(migration.default_name), "state": migration.state}
+        self._timeouts = sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{BATCH_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{BATCH_STATEMENT_TIMEOUT_MS}ms"))
+
+    def statement(self, lo_page: int, hi_page: int) -> sql.Composable:
+        """The batch copying pages [lo_page, hi_page): every value a literal (the whole transaction goes in one
+        simple-protocol query string)."""
+        return self.batch_sql.format(lo=sql.Literal(f"({lo_page},0)"), hi=sql.Literal(f"({hi_page},0)"),
+                                     hi_page=sql.Literal(hi_page), mid=sql.Literal(self.migration_id), **self._parts)
+
+    def template(self) -> sql.Composable:
+        """The batch statement with its per-batch values as placeholders (dry runs show it)."""
+        return self.batch_sql.format(lo=sql.Placeholder("lo"), hi=sql.Placeholder("hi"), hi_page=sql.Placeholder("hi_page"),
+                                     mid=sql.Placeholder("mid"), **self._parts)
 
     def progress_row(self) -> tuple[int, int, int]:
         return self.conn.execute(sql.SQL("SELECT next_page, total_pages, rows_copied FROM {}.migrations WHERE migration_id = %s")
@@ -65,7 +85,8 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
 
     def run(self, *, expected_rows: int, batch_rows: int, deadline: float, progress: Callable[[str], None]) -> tuple[int, bool]:
         """Copy until every page counted when mirroring began is copied, or `deadline` (monotonic).
-        Returns (rows copied by this call, finished)."""
+        Returns (rows copied by this call, finished). Batches are sized by the server time they hold their row
+        locks (target BATCH_TARGET_SECONDS), never above `batch_rows` rows."""
         next_page, total_pages, copied = self.progress_row()
         rows_per_page = max(1.0, expected_rows / max(total_pages, 1))
         pages = max(1, int(min(batch_rows, 5_000) / rows_per_page))
@@ -76,13 +97,11 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
             if batches and time.monotonic() >= deadline:  # every run copies at least one batch: it always progresses
                 return copied_here, False
             hi_page = min(total_pages, next_page + pages)
-            t0 = time.monotonic()
             done = self._batch(next_page, hi_page)
-            took = time.monotonic() - t0
             if done is None:  # too slow or locked: smaller, after a pause
                 pages = max(1, pages // 2)
                 continue
-            copied, n = done
+            copied, n, took = done
             batches += 1
             self.failpoint("after_batch")
             copied_here += n
@@ -96,27 +115,44 @@ RETURNING rows_copied, (SELECT count(*) FROM ins)
                 rate = copied_here / max(now - started, 1e-6)
                 left = max(0, total_pages - next_page)
                 eta = left * rows_per_page / rate if rate > 0 else float("inf")
-                progress(f"{self.m.cfg.name}: copied {copied:,} rows ({next_page:,} of {total_pages:,} pages), "
-                         f"{rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT meanwhile")
+                progress(f"{self.m.cfg.name}: copied {copied:,} rows ({next_page:,} of {total_pages:,} pages, {batches:,} "
+                         f"batches), {rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT meanwhile")
                 last_report = now
         return copied_here, True
 
-    def _batch(self, lo_page: int, hi_page: int) -> tuple[int, int] | None:
-        """One atomic batch; None when it waited past its lock timeout or ran past its statement timeout."""
+    def _batch(self, lo_page: int, hi_page: int) -> tuple[int, int, float] | None:
+        """One atomic batch, sent as one query string (BEGIN; timeouts; copy + journal; COMMIT): one round trip.
+        Returns (rows copied so far, rows copied by it, server seconds); None when it waited past its lock
+        timeout or ran past its statement timeout (rolled back)."""
+        parts = [sql.SQL("BEGIN"), self._timeouts, self.statement(lo_page, hi_page)]
+        if not self.hold_commit:
+            parts.append(sql.SQL("COMMIT"))
         try:
-            with self.conn.transaction():
-                self.conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                                  [f"{BATCH_LOCK_TIMEOUT_MS}ms", f"{BATCH_STATEMENT_TIMEOUT_MS}ms"])
-                copied, n = self.conn.execute(self.batch_sql, {
-                    "lo": f"({lo_page},0)", "hi": f"({hi_page},0)", "hi_page": hi_page, "mid": self.migration_id}).fetchone()
+            cur = self.conn.execute(sql.SQL("; ").join(parts))
+            while cur.description is None or len(cur.description) != 3:  # BEGIN, SET, SET: no rows
+                if not cur.nextset():
+                    raise RuntimeError("copy batch: no result from the batch statement")
+            copied, n, took = cur.fetchone()
+            if self.hold_commit:
                 self.failpoint("inside_batch")  # the batch ran but did not commit
-            return copied, n
+                self.conn.execute("COMMIT")
+            return copied, n, took
         except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
+            self._rollback()
             delay = random.uniform(0.01, 0.1)
             log.info("%s: copy batch of pages %d-%d gave way (%s); retrying smaller in %.2fs",
                      self.m.cfg.name, lo_page, hi_page, type(exc).__name__, delay)
             time.sleep(delay)
             return None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        """An error inside the explicit BEGIN leaves the session in an aborted transaction block."""
+        if not self.conn.closed and not self.conn.broken and \
+                self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("ROLLBACK")
 
 
 def figures_in_snapshot(conn, migration, method: str, relations: list[str]) -> dict[str, tuple[int, int]]:
@@ -136,44 +172,45 @@ def compare(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]
     return out
 
 
-def verify_copy(conn, migration, method: str, scan_timeout_ms: int) -> tuple[dict, dict, list[str]]:
-    """Before the swap, in one REPEATABLE READ snapshot: the DEFAULT and the copies hold the same rows."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{scan_timeout_ms}ms"])
-        before = figures_in_snapshot(conn, migration, method, [migration.default_name])
-        after = figures_in_snapshot(conn, migration, method, [r.partition for r in migration.plan.move] + [migration.next_name])
-    return before, after, compare(before, after)
-
-
 class CutVerifier:
-    """Holds a REPEATABLE READ transaction on the snapshot the swap exported (see module docstring)."""
+    """Holds a REPEATABLE READ transaction on a snapshot a step exported (see module docstring)."""
 
     def __init__(self, conninfo: str, budget):
         self.conn = connect(conninfo, budget, application_name="pgmaint-verify")
         self.scan_timeout_ms = budget.scan_timeout_ms
         self.snapshot: str | None = None
+        self.write_mark: str | None = None  # the DEFAULT's write mark at that instant (`DefaultPartitionMigration.write_mark`)
 
     def adopt(self, cursor) -> None:
-        """`Statement.then` of the swap's `SELECT pg_export_snapshot()`: runs inside the swap transaction."""
-        snapshot = cursor.fetchone()[0]
+        """`Statement.then` of a step's `SELECT pg_export_snapshot()[, write mark]`: runs inside that step's transaction."""
+        row = cursor.fetchone()
+        snapshot = row[0]
+        self.write_mark = row[1] if len(row) > 1 else None
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self.conn.execute("ROLLBACK")  # an earlier try of the swap was rolled back
-        # One round trip: the swap holds its locks until this returns.
+            self.conn.execute("ROLLBACK")  # an earlier try of the step was rolled back
+        # One round trip: the exporting step holds its locks until this returns.
         self.conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; "
                                   "SET LOCAL statement_timeout = {}").format(
             sql.Literal(snapshot), sql.Literal(f"{self.scan_timeout_ms}ms")))
         self.snapshot = snapshot
 
-    def figures(self, migration, method: str) -> tuple[dict, dict]:
-        """(old DEFAULT, the moved rows' new homes) as they were at the swap. Call after the swap committed:
-        names resolve in the new catalog (the old DEFAULT under its new name), rows in the swap's snapshot."""
+    def figures(self, migration, method: str, *, swapped: bool) -> tuple[dict, dict]:
+        """(the DEFAULT, the moved rows' new homes) as they were at the exported instant. Before the swap: the DEFAULT
+        and the shadows (with the replacement DEFAULT); after it committed (`swapped`), names resolve in the new
+        catalog: the old DEFAULT under its new name, the new partitions and the new DEFAULT."""
         if self.snapshot is None:
-            raise RuntimeError("the swap's snapshot was never adopted")
-        before = figures_in_snapshot(self.conn, migration, method, [migration.old_name])
-        after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [migration.default_name])
-        self.conn.execute("COMMIT")
+            raise RuntimeError("no exported snapshot was adopted")
+        default, rest = (migration.old_name, migration.default_name) if swapped else (migration.default_name, migration.next_name)
+        before = figures_in_snapshot(self.conn, migration, method, [default])
+        after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [rest])
+        self.release()
         return before, after
+
+    def release(self) -> None:
+        """End the snapshot's transaction (it holds back vacuum while open)."""
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("COMMIT")
+        self.snapshot = None
 
     def close(self) -> None:
         try:
@@ -182,4 +219,4 @@ class CutVerifier:
             pass
 
 
-__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot", "verify_copy"]
+__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot"]

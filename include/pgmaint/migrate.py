@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from psycopg import sql
 
 from include.pgmaint import privileges
-from include.pgmaint.backfill import Backfill, CutVerifier, compare, figures_in_snapshot, verify_copy
+from include.pgmaint.backfill import Backfill, CutVerifier, compare, figures_in_snapshot
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, GuardFailed, Statement, Step, StepFailed
@@ -47,6 +47,7 @@ from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
 log = logging.getLogger("pgmaint.migrate")
 SNAPSHOT_WAIT_SECONDS = 60.0  # how long to wait for old REPEATABLE READ snapshots before the swap
+UNWRITTEN_SINCE_CHECK = "checked before the swap; no write reached the DEFAULT between that check and the swap (write mark)"
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,13 @@ class MigrationResult:
         return asdict(self)
 
 
+def failpoint_armed(name: str) -> bool:
+    return os.environ.get("PGMAINT_FAILPOINT") == name
+
+
 def failpoint(name: str) -> None:
     """Fault injection for the crash-safety tests: `PGMAINT_FAILPOINT=<name>` kills this process here, like kill -9."""
-    if os.environ.get("PGMAINT_FAILPOINT") == name:
+    if failpoint_armed(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -289,11 +294,12 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
     copy = Backfill(conn, m, 0)
     steps.append(Step("copy_batch", m.default_name, (
-        Statement(copy.batch_sql, f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
+        Statement(copy.template(), f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
                                   "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
                                   f"{m.shadow_parent}; repeated per page range until every page is copied"),
     )))
     steps.append(m.analyze_step())
+    steps.append(m.verify_cut_step())
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
     steps += m.tidy_steps()
     for step in steps:
@@ -306,8 +312,8 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     for s in result.statements:
         log.info("%s: [dry run] %s;  -- %s", cfg.name, s["sql"], s["lock"])
     log.info("%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
-             "(count + checksum) in one snapshot, swap, count again at the swap's instant; the old DEFAULT is dropped "
-             "after the data-quality gate", cfg.name)
+             "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant if a write "
+             "reached the DEFAULT since the cut; the old DEFAULT is dropped after the data-quality gate", cfg.name)
 
 
 class _Run:
@@ -408,7 +414,7 @@ class _Run:
             self.abandon(m.facts, current, "the mirror trigger is gone (dropped by someone?)")
             raise RuntimeError(f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
                                "every row is still in the DEFAULT: run again to start over")
-        copied, finished = Backfill(conn, m, mid, failpoint=failpoint).run(
+        copied, finished = Backfill(conn, m, mid, failpoint=failpoint, hold_commit=failpoint_armed("inside_batch")).run(
             expected_rows=current.plan.rows_to_move, batch_rows=self.batch_rows, deadline=self.deadline, progress=self.progress)
         if not finished:
             self._stop_early(current, "stopped at max_minutes while copying; the mirror trigger stays on, "
@@ -418,22 +424,37 @@ class _Run:
             return False
         self.step(m.analyze_step())
         failpoint("before_verify")
-        before, after, mismatches = verify_copy(conn, m, current.checksum, self.config.lock_budget.scan_timeout_ms)
+        verifier = CutVerifier(self.conninfo, self.config.lock_budget)
+        try:
+            self.step(m.verify_cut_step(on_snapshot=verifier.adopt))
+            before, after = verifier.figures(m, current.checksum, swapped=False)
+            checked_mark = verifier.write_mark
+        finally:
+            verifier.close()
+        mismatches = compare(before, after)
         if mismatches:
             self.abandon(m.facts, current, "copies differ from the DEFAULT: " + "; ".join(mismatches))
             raise RuntimeError(f"{cfg.name}: the copies differ from the DEFAULT ({'; '.join(mismatches)}); nothing was "
                                "swapped, the copies were removed and every row is still in the DEFAULT")
-        self.record_figures(mid, before, after, at_swap=False)  # kept if the run dies between the swap and its count
+        # Kept if the run dies between the swap and its count, with the write mark they were taken at.
+        self.record_figures(mid, before, after, at_swap=False, write_mark=checked_mark)
         self.progress(f"{cfg.name}: copies verified in one snapshot ({sum(n for n, _ in before.values()):,} rows in "
                       f"{len(before)} interval(s)); swapping")
         verifier = CutVerifier(self.conninfo, self.config.lock_budget)
         try:
             self.step(m.swap_step(mid, on_snapshot=self._adopt(verifier), guard=m.partitions_unchanged_guard(current.partitions_before)))
             failpoint("after_swap")
-            before, after = verifier.figures(m, current.checksum)
+            if self.unwritten_since_check(mid):
+                # No write reached the DEFAULT between the verified instant and the swap: the figures taken then are
+                # the figures at the swap (only the mirror writes to the shadows, and only for a write to the DEFAULT).
+                verifier.release()
+                how = UNWRITTEN_SINCE_CHECK
+            else:
+                before, after = verifier.figures(m, current.checksum, swapped=True)
+                how = "counted at the swap"
         finally:
             verifier.close()
-        self.record_figures(mid, before, after, at_swap=True)
+        self.record_figures(mid, before, after, at_swap=True, how=how)
         self.progress(f"{cfg.name}: swapped: {len(current.plan.move)} partition(s) attached "
                       f"(peak sessions queued behind the swap: {self.breaker.peak_waiters}, longest wait {self.breaker.peak_wait_ms:.0f} ms)")
         return True
@@ -444,7 +465,14 @@ class _Run:
             failpoint("inside_swap")
         return then
 
-    def record_figures(self, mid: int, before: dict, after: dict, *, at_swap: bool) -> None:
+    def unwritten_since_check(self, mid: int) -> bool:
+        """The write mark journalled with the figures checked before the swap equals the one the swap journalled."""
+        return bool(self.conn.execute(sql.SQL(
+            "SELECT summary->>'write_mark_checked' = summary->>'write_mark_at_swap' FROM {}.migrations WHERE migration_id = %s").format(
+            self.state), [mid]).fetchone()[0])
+
+    def record_figures(self, mid: int, before: dict, after: dict, *, at_swap: bool, how: str | None = None,
+                       write_mark: str | None = None) -> None:
         """'before' (the DEFAULT) and 'moved' (the copies) per interval. At the swap they are the proof: verified_at is set
         when they agree. Before the swap they are the fallback if the swap's own count is lost (`reverify`)."""
         with self.conn.transaction():
@@ -453,13 +481,13 @@ class _Run:
                 for bucket, (n, ck) in figs.items():
                     self.conn.execute(sql.SQL("INSERT INTO {}.migration_figures (migration_id, kind, bucket, rows, checksum) "
                                               "VALUES (%s, %s, %s, %s, %s)").format(self.state), [mid, kind, bucket, n, ck])
-            how = "counted at the swap" if at_swap else None
             mismatches = compare(before, after)
             self.conn.execute(sql.SQL(
                 "UPDATE {}.migrations SET verified_at = CASE WHEN %(ok)s THEN clock_timestamp() END, rows_moved = %(rows)s, "
                 "summary = summary || %(summary)s::jsonb WHERE migration_id = %(m)s").format(self.state),
                 {"ok": at_swap and not mismatches, "rows": sum(n for n, _ in after.values()), "m": mid,
-                 "summary": to_json({"verified": how, "mismatches_at_swap": mismatches} if at_swap else {"verified": None})})
+                 "summary": to_json({"verified": how, "mismatches_at_swap": mismatches} if at_swap
+                                    else {"verified": None, "write_mark_checked": write_mark})})
         if at_swap:
             failpoint("after_verify")
 
@@ -470,6 +498,10 @@ class _Run:
         if current.verified:
             return
         mid = current.migration_id
+        if self.unwritten_since_check(mid):
+            self.conn.execute(sql.SQL("UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
+                                      "WHERE migration_id = %s").format(self.state), [to_json({"verified": UNWRITTEN_SINCE_CHECK}), mid])
+            return
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
             now = figures_in_snapshot(self.conn, m, current.checksum, [m.old_name])
@@ -562,24 +594,49 @@ def journal_verification(conn, config: Config, mid: int) -> dict:
 
 
 def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, current: OpenMigration, verified: dict) -> None:
-    """Drop the detached old DEFAULT (no lock on the parent) through the lock budget: an autovacuum or a reader may hold it."""
+    """Drop the detached old DEFAULT (no lock on the parent) through the lock budget: an autovacuum or a reader may hold it.
+
+    It must still hold exactly what it held at the swap (nobody wrote to it behind our back). The swap made it
+    read-only (ALWAYS triggers that refuse every write and TRUNCATE) and journalled their catalog rows: if they are
+    untouched, under the DROP's own lock, nothing can have changed and nothing is read. Otherwise (a trigger was
+    disabled or dropped, or the table rewritten, or the swap was made by an earlier version) the old DEFAULT is read
+    again and compared with the figures taken at the swap."""
     state, mid = sql.Identifier(config.state_schema), current.migration_id
     old = m.q(m.old_name)
+    executor = Executor(conn, config.lock_budget, on_event=lambda msg: log.warning("%s", msg))
     figures = figures_query(m.facts, m.cfg, config.timezone, current.checksum, m.columns, [old])
-    step = Step("drop_old_default", m.text(m.old_name), (
-        # It must still hold exactly what it held at the swap: nobody wrote to it behind our back.
+    tail = (
+        Statement(sql.SQL("DROP TABLE {}").format(old), f"ACCESS EXCLUSIVE on the detached {m.old_name} only (held)"),
+        Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(m.q(m.read_only_function)), "none (our function)"),
+        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = summary || {}::jsonb "
+                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(mid)),
+                  "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
+    )
+    lock = Statement(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
+                     f"ACCESS EXCLUSIVE on the detached {m.old_name} only (nothing can write to it until the drop commits)")
+    untouched = Step("drop_old_default", m.text(m.old_name), (
+        lock,
+        Statement(sql.SQL("SELECT 1 WHERE ({now}) IS DISTINCT FROM (SELECT summary->>'read_only_mark' FROM {s}.migrations "
+                          "WHERE migration_id = {m}) OR ({now}) IS NULL").format(now=m.read_only_mark(m.old_name), s=state, m=sql.Literal(mid)),
+                  "none (catalog read: the read-only triggers the swap created stand untouched)", expect_no_rows=True),
+    ) + tail, lock_targets=(m.text(m.old_name),))
+    reread = Step("drop_old_default", m.text(m.old_name), (
+        lock,
         Statement(sql.SQL("SELECT 1 FROM ({f}) AS now FULL JOIN (SELECT bucket, rows, checksum FROM {s}.migration_figures "
                           "WHERE migration_id = {m} AND kind = 'before') AS was USING (bucket) "
                           "WHERE now.rows IS DISTINCT FROM was.rows OR now.checksum IS DISTINCT FROM was.checksum").format(
             f=figures, s=state, m=sql.Literal(mid)),
-            f"ACCESS SHARE on {m.old_name} (reads it: unchanged since the swap)", expect_no_rows=True, scan=True),
-        Statement(sql.SQL("DROP TABLE {}").format(old), f"ACCESS EXCLUSIVE on the detached {m.old_name} only"),
-        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = summary || {}::jsonb "
-                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(mid)),
-                  "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
-    ), lock_targets=(m.text(m.old_name),))
+            f"(held) reads {m.old_name}: unchanged since the swap", expect_no_rows=True, scan=True),
+    ) + tail, lock_targets=(m.text(m.old_name),))
     try:
-        Executor(conn, config.lock_budget, on_event=lambda msg: log.warning("%s", msg)).run(step)
+        try:
+            executor.run(untouched)
+        except StepFailed as exc:
+            if not isinstance(exc.__cause__, GuardFailed):
+                raise
+            log.warning("%s: the read-only guard of %s is not as the swap left it; reading it to compare with the figures "
+                        "taken at the swap", m.cfg.name, m.text(m.old_name))
+            executor.run(reread)
     except StepFailed as exc:
         if isinstance(exc.__cause__, GuardFailed):
             raise RuntimeError(f"not dropping {m.text(m.old_name)}: it no longer holds what it held at the swap (someone "

@@ -8,15 +8,20 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
              as its DEFAULT, whose CHECK excludes every range the parent will have after the
              swap. Nothing the application uses is locked.
 2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
-             into SP by the mirror key, in the writer's own transaction (SHARE ROW EXCLUSIVE
-             on D for a moment: it waits for in-flight writers, under the lock budget).
+             into SP by the mirror key (and a TRUNCATE trigger empties SP), in the writer's
+             own transaction, counting each write in a sequence (the write mark); both
+             ENABLE ALWAYS (SHARE ROW EXCLUSIVE on D for a moment: it waits for in-flight
+             writers, under the lock budget).
 3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
-             change, every row still read from D through the parent.
+             change, every row still read from D through the parent. Then a write cut
+             (SHARE on D for milliseconds, snapshot exported with the write mark) at which
+             the copies are verified against D.
 4. swap      one transaction under the lock budget and the circuit breaker: ACCESS EXCLUSIVE
              on the parent first (statements wait before they are planned), then DETACH D,
              move the shadows and D' from SP to the parent (their CHECKs prove the bounds:
-             nothing is scanned), rename. Until it commits every reader sees D; after, the
-             shadows. No instant in between.
+             nothing is scanned), rename; D becomes read-only (ALWAYS triggers that raise).
+             Until it commits every reader sees D; after, the shadows. No instant in between.
+             Unchanged write mark since the cut: the verified figures hold at the swap.
 5. tidy      drop D's exclusion CHECK, the empty SP and the trigger function; the detached
              old DEFAULT is kept until conservation is proven, then dropped.
 """
@@ -36,6 +41,8 @@ from include.pgmaint.guards import quoted
 from include.pgmaint.plan import CreatePartition, fit_identifier, timeline
 
 MIRROR_TRIGGER = "pgmaint_mirror"
+MIRROR_TRUNCATE_TRIGGER = "pgmaint_mirror_truncate"  # counts a TRUNCATE of the DEFAULT as a write
+READ_ONLY_TRIGGERS = ("pgmaint_read_only", "pgmaint_read_only_truncate")  # on the detached old DEFAULT until it is dropped
 NEXT_DEFAULT_CHECK = "pgmaint_excl_next"  # "pgmaint_excl*" on a DEFAULT: maintenance drops it if left behind
 
 
@@ -111,6 +118,8 @@ class DefaultPartitionMigration:
         self.next_name = fit_identifier(facts.default.name, "_pgmaint_next")
         self.old_name = fit_identifier(facts.default.name, "_pgmaint_old")
         self.function = fit_identifier(facts.table, "_pgmaint_mirror")
+        self.writes = fit_identifier(facts.default.name, "_pgmaint_writes")  # the mirror's write counter (a sequence)
+        self.read_only_function = fit_identifier(facts.table, "_pgmaint_read_only")
         self.columns = [c for c, _, _ in columns]
         self.writable = [c for c, generated, _ in columns if not generated]
         self.identity = any(always for _, _, always in columns)
@@ -161,6 +170,11 @@ class DefaultPartitionMigration:
             steps.append(Step("attach_shadow", r.partition, (
                 Statement(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(sp, self.q(r.partition), sql.SQL("FOR VALUES ") + self._bounds(r.range)),
                           f"ACCESS EXCLUSIVE on {r.partition}, SHARE UPDATE EXCLUSIVE on {self.shadow_parent} (ours, empty)"),
+                # The copy makes each shadow due for an (insert) autovacuum, whose SHARE UPDATE EXCLUSIVE the swap would
+                # queue behind, try after try (its lock timeout is shorter than the deadlock_timeout that cancels
+                # autovacuum): off until the swap, reset by `tidy_steps`.
+                Statement(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(self.q(r.partition)),
+                          f"(held) {r.partition}: no autovacuum until it is swapped in"),
             ), lock_targets=(self.text(r.partition),)))
         nxt = self.q(self.next_name)
         spans = merged_spans(self.ranges_after_swap())
@@ -188,6 +202,13 @@ class DefaultPartitionMigration:
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if self.identity else sql.SQL("")
         body = sql.SQL(
             "BEGIN\n"
+            # Non-transactional and contention-free: lets the swap tell that no write reached the DEFAULT since the
+            # verification (`write_mark`). Counted before the write, so a write in progress is never missed.
+            "  PERFORM nextval({writes});\n"
+            "  IF TG_OP = 'TRUNCATE' THEN\n"  # the DEFAULT emptied: so are its copies (same transaction)
+            "    TRUNCATE {sp};\n"
+            "    RETURN NULL;\n"
+            "  END IF;\n"
             "  IF TG_OP <> 'INSERT' THEN\n"
             "    DELETE FROM {sp} WHERE ({keys}) = ({old_keys});\n"
             "  END IF;\n"
@@ -195,7 +216,7 @@ class DefaultPartitionMigration:
             "    INSERT INTO {sp} ({cols}){overriding} VALUES ({new_vals}) ON CONFLICT ({keys}) {on_conflict};\n"
             "  END IF;\n"
             "  RETURN NULL;\n"
-            "END").format(sp=sp, keys=keys, old_keys=old_keys, cols=cols, overriding=overriding, new_vals=new_vals,
+            "END").format(writes=sql.Literal(self.text(self.writes)), sp=sp, keys=keys, old_keys=old_keys, cols=cols, overriding=overriding, new_vals=new_vals,
                           on_conflict=on_conflict)
         return body
 
@@ -204,6 +225,8 @@ class DefaultPartitionMigration:
         every row committed before it lies in the pages counted here."""
         d = self.q(self.default_name)
         return Step("mirror_writes", self.default_name, (
+            Statement(sql.SQL("CREATE SEQUENCE {} AS bigint").format(self.q(self.writes)),
+                      "none (a new sequence: the mirror counts the DEFAULT's writes in it)"),
             # SECURITY DEFINER: the application's roles write to D and may hold no privilege on our shadow tables.
             Statement(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
                               "SET search_path = pg_catalog, pg_temp AS {}").format(self.q(self.function), sql.Literal(body)),
@@ -211,11 +234,55 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
                 sql.Identifier(MIRROR_TRIGGER), d, self.q(self.function)),
                 f"SHARE ROW EXCLUSIVE on {self.default_name}: waits for in-flight writers (lock budget), reads go on"),
+            Statement(sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(MIRROR_TRUNCATE_TRIGGER), d, self.q(self.function)), "(held) catalog only"),
+            # ALWAYS: also for writers running with session_replication_role = replica (logical replication's apply).
+            Statement(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}, ENABLE ALWAYS TRIGGER {}").format(
+                d, sql.Identifier(MIRROR_TRIGGER), sql.Identifier(MIRROR_TRUNCATE_TRIGGER)), "(held) catalog only"),
             Statement(sql.SQL("UPDATE {}.migrations SET phase = 'copying', next_page = 0, "
                               "total_pages = pg_relation_size({}) / current_setting('block_size')::int, updated_at = clock_timestamp() "
                               "WHERE migration_id = {}").format(self.state, sql.Literal(self.text(self.default_name)), sql.Literal(migration_id)),
                       "ROW EXCLUSIVE on the journal (same transaction: copying starts when mirroring does)"),
         ), lock_targets=(self.text(self.default_name),), strong_lock=True)
+
+    def write_mark(self) -> sql.Composable:
+        """A text that changes whenever a write may have reached the DEFAULT: the mirror's write counter, and the
+        catalog rows of its triggers (disabling or re-enabling one rewrites its row). NULL when the mirror is not
+        in place as this version builds it (both triggers ALWAYS, the counter): then nothing is inferred from it."""
+        return sql.SQL(
+            "SELECT CASE WHEN w.seq IS NOT NULL AND t.n = 2 AND t.always THEN t.mark || '|' || coalesce(pg_sequence_last_value(w.seq), 0) END "
+            "FROM (SELECT to_regclass({seq}) AS seq) AS w, "
+            "(SELECT count(*) AS n, bool_and(tgenabled = 'A') AS always, string_agg(tgname || ':' || xmin::text, ',' ORDER BY tgname) AS mark "
+            "FROM pg_trigger WHERE tgrelid = to_regclass({d}) AND tgname IN ({a}, {b})) AS t").format(
+            seq=sql.Literal(self.text(self.writes)), d=sql.Literal(self.text(self.default_name)),
+            a=sql.Literal(MIRROR_TRIGGER), b=sql.Literal(MIRROR_TRUNCATE_TRIGGER))
+
+    def verify_cut_step(self, on_snapshot=None) -> Step:
+        """The instant the copies are verified at: no write to the DEFAULT is in flight (SHARE waits for them and holds
+        new ones back for the few milliseconds of the export), so every later write counts in the write mark."""
+        d = self.q(self.default_name)
+        return Step("verify_cut", self.default_name, (
+            # Made here, not under the swap's lock: the swap's read-only triggers on the old DEFAULT call it.
+            Statement(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+                self.q(self.read_only_function), sql.Literal(
+                    "BEGIN RAISE EXCEPTION 'pgmaint: %.% is the DEFAULT partition detached by a migration, kept read-only until "
+                    "the rows it held are proven conserved and it is dropped (see the migrations journal)', TG_TABLE_SCHEMA, "
+                    "TG_TABLE_NAME USING ERRCODE = 'read_only_sql_transaction'; END")), "none (our function)"),
+            Statement(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(d),
+                      f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
+                      "breaker), holds new writes back until the snapshot is exported; reads go on"),
+            Statement(sql.SQL("SELECT pg_export_snapshot(), ({})").format(self.write_mark()),
+                      "none (exports this instant's snapshot for the verification, with the write mark)", then=on_snapshot),
+        ), lock_targets=(self.text(self.default_name),), strong_lock=True)
+
+    def read_only_mark(self, name: str) -> sql.Composable:
+        """The detached old DEFAULT `name` cannot have changed while this text is unchanged: its read-only triggers
+        (ALWAYS) stand, untouched since the swap (catalog row versions), on the same file. NULL if not so."""
+        return sql.SQL(
+            "SELECT pg_relation_filenode(c.oid)::text || '|' || string_agg(t.tgname || ':' || t.xmin::text, ',' ORDER BY t.tgname) "
+            "FROM pg_class c, pg_trigger t WHERE c.oid = to_regclass({n}) AND t.tgrelid = c.oid AND t.tgname IN ({a}, {b}) "
+            "GROUP BY c.oid HAVING count(*) = 2 AND bool_and(t.tgenabled = 'A')").format(
+            n=sql.Literal(self.text(name)), a=sql.Literal(READ_ONLY_TRIGGERS[0]), b=sql.Literal(READ_ONLY_TRIGGERS[1]))
 
     def analyze_step(self) -> Step:
         """Statistics for the shadows before they go live: never analyzed, a freshly attached partition gets plans
@@ -239,6 +306,9 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("LOCK TABLE ONLY {}, {} IN ACCESS EXCLUSIVE MODE").format(d, sp),
                       f"ACCESS EXCLUSIVE on {self.default_name} and {self.shadow_parent} (no writer can reach them now)"),
         ]
+        st.append(Statement(sql.SQL("UPDATE {}.migrations SET summary = summary || jsonb_build_object('write_mark_at_swap', ({})) "
+                                    "WHERE migration_id = {}").format(self.state, self.write_mark(), sql.Literal(migration_id)),
+                            "ROW EXCLUSIVE on the journal (no write can reach the DEFAULT any more: its write mark now)"))
         if guard is not None:
             st.append(Statement(guard, "none (catalog read: the parent's partitions are still those the shadows were built for)",
                                 expect_no_rows=True))
@@ -249,6 +319,14 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.parent, d),
                       f"(held) catalog only: {self.default_name} leaves the parent"),
             Statement(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(MIRROR_TRIGGER), d), "(held) catalog only"),
+            Statement(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(MIRROR_TRUNCATE_TRIGGER), d), "(held) catalog only"),
+            # From now on the old DEFAULT is read-only, so "unchanged since the swap" is a catalog check when it is dropped.
+            Statement(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(READ_ONLY_TRIGGERS[0]), d, self.q(self.read_only_function)), "(held) catalog only"),
+            Statement(sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(READ_ONLY_TRIGGERS[1]), d, self.q(self.read_only_function)), "(held) catalog only"),
+            Statement(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}, ENABLE ALWAYS TRIGGER {}").format(
+                d, sql.Identifier(READ_ONLY_TRIGGERS[0]), sql.Identifier(READ_ONLY_TRIGGERS[1])), "(held) catalog only"),
         ]
         for r in self.plan.move:
             st.append(Statement(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sp, self.q(r.partition)),
@@ -271,8 +349,9 @@ class DefaultPartitionMigration:
             Statement(sql.SQL("COMMENT ON TABLE {} IS {}").format(self.q(self.old_name), sql.Literal(
                 f"pgmaint: {self.cfg.name}'s DEFAULT partition before migration {migration_id}; dropped once "
                 f"its rows are proven conserved (see {self.config.state_schema}.migrations)")), "(held) catalog only"),
-            Statement(sql.SQL("UPDATE {}.migrations SET phase = 'swapped', swapped_at = clock_timestamp(), updated_at = clock_timestamp() "
-                              "WHERE migration_id = {}").format(self.state, sql.Literal(migration_id)),
+            Statement(sql.SQL("UPDATE {}.migrations SET phase = 'swapped', swapped_at = clock_timestamp(), updated_at = clock_timestamp(), "
+                              "summary = summary || jsonb_build_object('read_only_mark', ({})) "
+                              "WHERE migration_id = {}").format(self.state, self.read_only_mark(self.old_name), sql.Literal(migration_id)),
                       "ROW EXCLUSIVE on the journal (same transaction as the swap)"),
         ]
         targets = tuple(self.text(n) for n in (f.table, self.default_name))
@@ -281,9 +360,13 @@ class DefaultPartitionMigration:
     # --- 5. tidy, or give up before the swap ----------------------------------------------------
 
     def tidy_steps(self) -> list[Step]:
-        """After the swap: the new DEFAULT's exclusion CHECK (it would reject rows of a range retired later), the
-        empty shadow parent, the trigger function. Each idempotent."""
+        """After the swap: autovacuum back on for the new partitions, the new DEFAULT's exclusion CHECK (it would reject
+        rows of a range retired later), the empty shadow parent, the trigger function. Each idempotent."""
         return [
+            Step("enable_autovacuum", self.facts.table, tuple(
+                Statement(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(self.q(r.partition)),
+                          f"SHARE UPDATE EXCLUSIVE on {r.partition} (a storage parameter; reads and writes go on)")
+                for r in self.plan.move), lock_targets=tuple(self.text(r.partition) for r in self.plan.move)),
             Step("drop_next_default_check", self.default_name, (
                 Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(self.q(self.default_name), sql.Identifier(NEXT_DEFAULT_CHECK)),
                           f"ACCESS EXCLUSIVE on {self.default_name} (catalog only; under the lock budget and circuit breaker)"),
@@ -292,6 +375,7 @@ class DefaultPartitionMigration:
                 Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.shadow_parent)),
                           f"ACCESS EXCLUSIVE on {self.shadow_parent} only (ours, no partitions left)"),
                 Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.function)), "none (our function)"),
+                Statement(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.q(self.writes)), "none (our write counter)"),
             ), lock_targets=(self.text(self.shadow_parent),)),
         ]
 
@@ -299,12 +383,14 @@ class DefaultPartitionMigration:
         """Before the swap: remove the trigger, the shadows and the replacement DEFAULT. The DEFAULT keeps every row,
         as it did all along; nothing the application sees changes."""
         d = self.q(self.default_name)
-        trigger_exists = sql.SQL("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname = {}").format(
-            sql.Literal(self.text(self.default_name)), sql.Literal(MIRROR_TRIGGER))
+        trigger_exists = sql.SQL("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass({}) AND tgname IN ({}, {})").format(
+            sql.Literal(self.text(self.default_name)), sql.Literal(MIRROR_TRIGGER), sql.Literal(MIRROR_TRUNCATE_TRIGGER))
         return [
             Step("drop_mirror_trigger", self.default_name, (
                 Statement(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(MIRROR_TRIGGER), d),
                           f"ACCESS EXCLUSIVE on {self.default_name} (catalog only; under the lock budget and circuit breaker)"),
+                Statement(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(MIRROR_TRUNCATE_TRIGGER), d),
+                          "(held) catalog only"),
             ), lock_targets=(self.text(self.default_name),), strong_lock=True),
             Step("drop_shadows", self.shadow_parent, (
                 Statement(trigger_exists, "none (catalog read: the trigger is gone)", expect_no_rows=True),
@@ -313,6 +399,8 @@ class DefaultPartitionMigration:
                 Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.next_name)),
                           f"ACCESS EXCLUSIVE on {self.next_name} (ours, never attached to {self.facts.table})"),
                 Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.function)), "none (our function)"),
+                Statement(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.q(self.writes)), "none (our write counter)"),
+                Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.read_only_function)), "none (our function)"),
             ), lock_targets=(self.text(self.shadow_parent),)),
         ]
 

@@ -71,7 +71,8 @@ def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema,
 
 
 def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
-    """A row deleted from the detached old DEFAULT behind the migration's back (it must stay as it was at the swap):
+    """A row deleted from the detached old DEFAULT behind the migration's back, its read-only trigger disabled (it must
+    stay as it was at the swap):
     the gate passes (the figures balanced at the swap) but the drop re-reads it and refuses: the old DEFAULT is kept,
     the writer paused for the run is resumed, and the run is failed."""
     import yaml
@@ -93,6 +94,7 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow
         swapped = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
         assert swapped.outcome == "swapped"
         old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
+        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old))  # its guard, tampered with
         conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old))
     path = tmp_path / "pgmaint.yaml"
     path.write_text(yaml.safe_dump(raw))

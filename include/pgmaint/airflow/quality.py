@@ -34,7 +34,7 @@ def task_value(result) -> dict:
 
 
 def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migration_id: int | None = None,
-              ranges=None, ti=None) -> dict:
+              ranges=None, ti=None, evaluator: str = "gx") -> dict:
     """Run gate `gate` (checks: names from quality.CHECKS) on `table`; see the module docstring.
 
     `ranges`: for `default_clean`, a list of (lower, upper) ISO strings/datetimes, or "migrated"
@@ -42,12 +42,14 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
     Data Docs are written under $PGMAINT_DATA_DOCS_DIR/<table>/<gate>/ when that is set.
     `ti`: when given and the gate fails, the summary is pushed to XCom under key
     "gate_summary" (a failing task has no return value).
+    `evaluator`: see `quality.run_gate` ("sql": the same checks without importing GX).
     """
     from include.pgmaint.airflow.connections import conninfo_from_airflow
 
     table_cfg = config.table(table)
     result = run_gate(conninfo_from_airflow(config.connection_id), config, table_cfg, gate, list(checks),
-                      migration_id=migration_id, ranges=ranges, data_docs_dir=os.environ.get(DATA_DOCS_ENV) or None)
+                      migration_id=migration_id, ranges=ranges, data_docs_dir=os.environ.get(DATA_DOCS_ENV) or None,
+                      evaluator=evaluator)
     value = task_value(result)
     passed = sum(1 for e in result.summary.get("expectations", []) if e["success"])
     log.info("%s: gate %s: %d expectation(s) passed, %d failed, %d could not be evaluated, %d skipped (%.2fs)",

@@ -6,7 +6,8 @@
 `run_gate` reads the facts it needs (catalog, migration journal) with psycopg, builds the
 checks as plain SQL with `suites` (pure functions), and evaluates them with Great
 Expectations (`runner`, which imports GX lazily: importing this package never imports
-GX, so DAG files that import it parse fast). It never raises for database trouble:
+GX, so DAG files that import it parse fast), or runs the same queries directly
+(`evaluator="sql"`: same verdicts, no GX import, no Data Docs). It never raises for database trouble:
 failed expectations land in `failures`, expectations that could not be evaluated (SQL or
 connection errors) in `errors`.
 """
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from include.pgmaint.catalog import CatalogError, Range
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts, read_pending
-from include.pgmaint.quality.runner import run_suite
+from include.pgmaint.quality.runner import run_suite, run_suite_sql
 from include.pgmaint.quality.suites import CHECKS, CheckSpec, GateSuite, build_suite
 
 log = logging.getLogger("pgmaint.quality")
@@ -60,8 +61,12 @@ def _observed(problems: list[str], count: int | None) -> str:
 def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, checks: list[str], *,
              now: datetime | None = None, migration_id: int | None = None,
              ranges: list[tuple[datetime, datetime]] | list[Range] | str | None = None,
-             data_docs_dir: str | None = None) -> GateResult:
+             data_docs_dir: str | None = None, evaluator: str = "gx") -> GateResult:
     """Evaluate `checks` (names from `suites.CHECKS`) for one table; see the module docstring.
+
+    `evaluator`: "gx" (Great Expectations validates the suite) or "sql" (`runner.run_suite_sql`: the same
+    queries and verdicts without importing GX, which costs seconds per task process); Data Docs are built by
+    GX, so asking for them (`data_docs_dir`) always uses GX.
 
     `ranges` (for `default_clean`): (lower, upper) pairs on the table's timeline (datetimes
     or ISO strings, naive = UTC), or "migrated" for the partitions migration `migration_id`
@@ -74,6 +79,8 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
         raise ValueError(f"unknown or no checks {unknown or checks}; known: {', '.join(CHECKS)}")
     if ("conserved" in checks or ranges == MIGRATED) and migration_id is None:
         raise ValueError("the conserved check and ranges='migrated' need a migration_id")
+    if evaluator not in ("gx", "sql"):
+        raise ValueError(f"evaluator must be 'gx' or 'sql', not {evaluator!r}")
     if isinstance(ranges, str) and ranges != MIGRATED:
         raise ValueError(f"ranges must be a list of (lower, upper) pairs, None, or {MIGRATED!r}")
     now = now or datetime.now(timezone.utc)
@@ -112,7 +119,10 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
     timeout = 30_000
     if "conserved" in checks:  # reads the rows the migration moved, like the migration's own verification
         timeout = max(timeout, config.lock_budget.scan_timeout_ms)
-    outcome = run_suite(conninfo, suite, gate, statement_timeout_ms=timeout, data_docs_dir=data_docs_dir)
+    if evaluator == "sql" and not data_docs_dir:
+        outcome = run_suite_sql(conninfo, suite, statement_timeout_ms=timeout)
+    else:
+        outcome = run_suite(conninfo, suite, gate, statement_timeout_ms=timeout, data_docs_dir=data_docs_dir)
     for spec in suite.checks:
         got = outcome.checks.get(spec.key)
         if got is None:

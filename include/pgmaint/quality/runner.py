@@ -203,6 +203,37 @@ def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_m
         _dispose(datasource)
 
 
+def run_suite_sql(conninfo: str, suite: GateSuite, *, statement_timeout_ms: int = 30_000) -> RunOutcome:
+    """Evaluate every check of `suite` as GX's `UnexpectedRowsExpectation` does, without importing GX: the same
+    query with `{batch}` replaced by `(<asset query>) AS subselect`, in a read-only session with the same timeouts;
+    the check passes when it returns no row, and its rows are the problems. No Data Docs. Never raises for
+    SQL/connection problems (they come back as errors)."""
+    import psycopg
+
+    outcomes: dict[str, CheckOutcome] = {}
+    if not suite.checks:
+        return RunOutcome(outcomes)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, application_name="pgmaint_quality", connect_timeout=10,
+                               options=session_options(statement_timeout_ms, conninfo_to_dict(conninfo).get("options")))
+    except psycopg.Error as exc:
+        return RunOutcome(outcomes, error=f"could not connect: {_first_line(str(exc))}")
+    with conn:
+        for spec in suite.checks:
+            query = spec.query.replace("{batch}", f"({suite.assets[spec.asset]}) AS subselect")
+            try:
+                cur = conn.execute(query)
+                names = [c.name for c in cur.description]
+                rows = [dict(zip(names, r)) for r in cur.fetchall()]
+            except psycopg.Error as exc:
+                if conn.broken:
+                    return RunOutcome(outcomes, error=f"{type(exc).__name__}: {_first_line(str(exc))}")
+                outcomes[spec.key] = CheckOutcome(spec.key, False, error=_first_line(str(exc)))
+                continue
+            outcomes[spec.key] = CheckOutcome(spec.key, not rows, len(rows), [str(r.get("problem")) for r in rows])
+    return RunOutcome(outcomes)
+
+
 def _dispose(datasource) -> None:
     """Close the data source's connection pool (a worker may run many gates)."""
     if datasource is None:

@@ -81,12 +81,67 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {"older than the retention window", "beyond the premake horizon"}
     assert not any(table_exists(conn, scratch_schema, f"ev_default_pgmaint_{t}") for t in ("old", "next", "copy"))
     assert not leftovers(conn, scratch_schema)
+    # the new partitions are autovacuumed like native ones (off only while they were copies)
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND reloptions IS NOT NULL",
+                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 0
     phase = conn.execute(sql.SQL("SELECT phase FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
     assert phase == [("done",)]
 
     again = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
     assert again.outcome == "success" and again.rows_moved == 0 and again.partitions == []
     assert fingerprint(conn, scratch_schema) == before
+
+
+def _verified_how(conn, schema: str) -> str:
+    return conn.execute(sql.SQL("SELECT summary->>'verified' FROM {}.migrations").format(sql.Identifier(schema))).fetchone()[0]
+
+
+def test_without_writes_since_the_verification_the_swap_reads_no_row_again(conn, pg_dsn, scratch_schema, caplog):
+    """No write reached the DEFAULT between the verification and the swap (the write mark is unchanged), so the figures
+    verified then are the figures at the swap; the old DEFAULT's read-only guard is untouched, so its drop reads nothing."""
+    from include.pgmaint.migrate import UNWRITTEN_SINCE_CHECK
+
+    seed(conn, scratch_schema, 5_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome == "success", result.errors
+    assert result.rows_moved == 5_002 and not result.verified["mismatches"]
+    assert _verified_how(conn, scratch_schema) == UNWRITTEN_SINCE_CHECK
+    assert "reading it to compare" not in caplog.text
+    assert fingerprint(conn, scratch_schema) == before
+    assert not leftovers(conn, scratch_schema)
+
+
+def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_again(conn, pg_dsn, scratch_schema, monkeypatch):
+    """An application update and delete land in the DEFAULT after the copies were verified: the write mark moved, so the
+    rows are counted again at the instant of the swap (and still balance: the mirror replayed both writes)."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 5_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev = sql.Identifier(scratch_schema, "ev")
+    step = migrate._Run.step
+
+    def write_before_the_swap(self, s):
+        if s.action == "swap":
+            with psycopg.connect(pg_dsn, autocommit=True) as app:
+                app.execute(sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev))
+                app.execute(sql.SQL("DELETE FROM {} WHERE id = 11").format(ev))
+        return step(self, s)
+
+    monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome == "success", result.errors
+    assert result.rows_moved == 5_001 and not result.verified["mismatches"]
+    assert _verified_how(conn, scratch_schema) == "counted at the swap"
+    rows = conn.execute(sql.SQL("SELECT id, payload FROM {} WHERE id IN (10, 11)").format(ev)).fetchall()
+    assert rows == [(10, "late change")]
+    assert not leftovers(conn, scratch_schema)
 
 
 def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
@@ -98,7 +153,8 @@ def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
 
     assert result.outcome == "dry_run" and result.rows_moved == 0 and result.rows_remaining == 2_000
     steps = [s["step"] for s in result.statements]
-    assert steps.count("create_shadow") == 2 * 11 and steps.count("attach_shadow") == 11  # CREATE + bound CHECK, ATTACH to SP
+    # CREATE + bound CHECK; ATTACH to SP + autovacuum off until the swap
+    assert steps.count("create_shadow") == 2 * 11 and steps.count("attach_shadow") == 2 * 11
     assert any(s["step"] == "mirror_writes" and "CREATE TRIGGER" in s["sql"] for s in result.statements)
     assert any(s["step"] == "copy_batch" and "ON CONFLICT DO NOTHING" in s["sql"] for s in result.statements)
     swap = [s["sql"] for s in result.statements if s["step"] == "swap"]
@@ -123,7 +179,8 @@ def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
 # right before it, or inside it where a step has an inside.
 KILL_POINTS = ["before_create_shadow_parent", "before_create_shadow", "before_attach_shadow", "before_create_next_default",
                "before_mirror_writes", "inside_batch", "after_batch", "before_analyze_shadows", "before_verify", "before_swap", "inside_swap",
-               "after_swap", "after_verify", "before_drop_next_default_check", "before_drop_shadow_parent"]
+               "after_swap", "after_verify", "before_enable_autovacuum", "before_drop_next_default_check",
+               "before_drop_shadow_parent"]
 
 
 def run_killed(pg_dsn: str, schema: str, point: str, batch_rows: int = 300) -> subprocess.CompletedProcess:
@@ -214,9 +271,32 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
     assert fingerprint(conn, scratch_schema) == before  # nothing visible changed; the mirror trigger stays on
     copied = conn.execute(sql.SQL("SELECT rows_copied FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
     assert 0 < copied < 20_000
+    # the copies are not autovacuumed until they are swapped in (the swap would queue behind a VACUUM of them)
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
+                        "AND reloptions @> '{autovacuum_enabled=off}'",
+                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 11
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
     assert second.outcome == "success" and second.rows_moved == 20_002  # every row of the DEFAULT, out-of-window ones too
     assert fingerprint(conn, scratch_schema) == before
+
+
+def test_a_truncate_of_the_default_mid_move_empties_the_copies_too(conn, pg_dsn, scratch_schema):
+    """The application empties the DEFAULT while the copy is under way: the mirror empties the copies in the same
+    transaction, so the resumed run verifies, swaps and ends with exactly what the application left."""
+    seed(conn, scratch_schema, 20_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
+    assert first.outcome == "incomplete"
+
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(scratch_schema, "ev_default")))
+    after_truncate = fingerprint(conn, scratch_schema)
+    second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert second.outcome == "success", second.errors
+    assert second.rows_moved == 0 and not second.verified["mismatches"]
+    assert fingerprint(conn, scratch_schema) == after_truncate
+    assert_writable(conn, scratch_schema)
+    assert not leftovers(conn, scratch_schema)
 
 
 def test_readers_and_writers_are_not_blocked_while_rows_move(conn, pg_dsn, scratch_schema):

@@ -4,8 +4,9 @@ means for it.
 A copy-first migration counts, per interval, the rows of the DEFAULT and of their new partitions at the instant
 of its swap (the swap's exported snapshot). The check:
 * journal - per interval, 'before' = 'moved' (rows and checksums) in the migration journal.
-The detached old DEFAULT, kept until then, must still hold exactly the 'before' figures when it is dropped: the
-DROP re-reads it in its own transaction, so a row deleted from it behind the migration's back stops the drop.
+The detached old DEFAULT, kept until then, must still hold exactly the 'before' figures when it is dropped: the swap
+makes it read-only, and the DROP re-reads it under its lock when that guard was tampered with, so a row deleted from
+it behind the migration's back stops the drop.
 Application writes to the new partitions after the swap are legitimate and never fail the gate.
 """
 
@@ -119,15 +120,34 @@ def test_a_journal_that_does_not_balance_fails_conservation(conn, pg_dsn, scratc
                          f"{before - 1} in their new partitions (1 lost)")
 
 
+def test_the_old_default_is_read_only_until_it_is_dropped(conn, pg_dsn, scratch_schema, swapped):
+    """The swap makes the detached old DEFAULT refuse every write (so "unchanged since the swap" is a catalog check
+    when it is dropped), for replication sessions too."""
+    from psycopg import errors
+
+    old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
+    for statement in (sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old),
+                      sql.SQL("UPDATE {} SET payload = 'changed'").format(old),
+                      sql.SQL("INSERT INTO {} (ts, payload) VALUES (now() - interval '45 days', 'sneaked in')").format(old),
+                      sql.SQL("TRUNCATE {}").format(old)):
+        with pytest.raises(errors.ReadOnlySqlTransaction, match="kept read-only"):
+            with conn.transaction():
+                conn.execute("SET LOCAL session_replication_role = replica")
+                conn.execute(statement)
+
+
 def test_a_row_deleted_from_the_old_default_behind_the_migrations_back_stops_its_drop(conn, pg_dsn, scratch_schema, swapped):
-    """The gate proves the figures balance at the swap; the DROP re-reads the old DEFAULT in its own transaction and
-    refuses if it no longer holds what was counted."""
+    """The gate proves the figures balance at the swap. Someone who disables the old DEFAULT's read-only trigger to
+    delete a row changes its catalog row: the DROP then re-reads the old DEFAULT under its lock and refuses, since it
+    no longer holds what was counted."""
     from include.pgmaint.migrate import finish_migration
 
     cfg, migration = swapped
     old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old))
     conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {} WHERE payload <> 'expired' "
                          "AND payload <> 'future')").format(old, old))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_read_only").format(old))
 
     assert gate(pg_dsn, cfg, migration.migration_id, ["conserved"]).success  # the journal still balances
     with pytest.raises(RuntimeError, match="no longer holds what it held at the swap"):
@@ -143,3 +163,35 @@ def test_a_migration_of_another_table_or_none_at_all_fails_the_gate(conn, pg_dsn
     assert result.failures == [f"{scratch_schema}.ev: migration {migration.migration_id + 100} can be verified: expected a "
                                "finished or draining migration of this table in the journal, observed migration "
                                f"{migration.migration_id + 100} is not in {scratch_schema}.migrations"]
+
+
+def _verdicts(result) -> tuple:
+    return (result.success, result.failures, result.errors,
+            [(e["key"], e["success"], e["observed_value"], e["error"]) for e in result.summary["expectations"]])
+
+
+def test_the_sql_evaluator_reaches_the_verdicts_great_expectations_reaches(conn, pg_dsn, scratch_schema, migrated):
+    """The migration's gates run their expectations without importing GX (evaluator "sql"): on the same suites, a
+    pass, a data failure (a journal that does not balance, rows left in a migrated range) and an unreachable server
+    come out exactly as GX reports them."""
+    cfg, migration = migrated
+    checks = ["conserved", "default_clean", "contiguity", "not_null_key"]
+
+    def both(dsn=pg_dsn, ranges="migrated"):
+        return [run_gate(dsn, cfg, cfg.tables[0], "after_migration", checks, migration_id=migration.migration_id,
+                         ranges=ranges, evaluator=e) for e in ("gx", "sql")]
+
+    gx, direct = both()
+    assert gx.success and _verdicts(gx) == _verdicts(direct)
+
+    bucket = (wall_today() - timedelta(days=3)).strftime("%Y-%m-%d 00:00:00+00")
+    conn.execute(sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
+        sql.Identifier(scratch_schema)), [bucket])
+    expired = (wall_now() - timedelta(days=50), wall_now() - timedelta(days=40))  # the seeded expired row stayed in the DEFAULT
+    gx, direct = both(ranges=[expired])
+    assert not gx.success and len(gx.failures) == 2 and _verdicts(gx) == _verdicts(direct)
+
+    gx, direct = both(pg_dsn + " port=1")
+    assert gx.errors and not gx.failures and _verdicts(gx)[0:2] == _verdicts(direct)[0:2]
+    assert all(line.split(": not evaluated: ")[0] == other.split(": not evaluated: ")[0]
+               for line, other in zip(gx.errors, direct.errors))
