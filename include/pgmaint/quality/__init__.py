@@ -74,15 +74,7 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
     """
 
     started = time.monotonic()
-    unknown = [c for c in checks if c not in CHECKS]
-    if unknown or not checks:
-        raise ValueError(f"unknown or no checks {unknown or checks}; known: {', '.join(CHECKS)}")
-    if ("conserved" in checks or ranges == MIGRATED) and migration_id is None:
-        raise ValueError("the conserved check and ranges='migrated' need a migration_id")
-    if evaluator not in ("gx", "sql"):
-        raise ValueError(f"evaluator must be 'gx' or 'sql', not {evaluator!r}")
-    if isinstance(ranges, str) and ranges != MIGRATED:
-        raise ValueError(f"ranges must be a list of (lower, upper) pairs, None, or {MIGRATED!r}")
+    _check_arguments(checks, migration_id, ranges, evaluator)
     now = now or datetime.now(timezone.utc)
     result = GateResult(gate, table_cfg.name, success=False)
 
@@ -115,7 +107,6 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
         result.failures.append(failure_line(f"{table_cfg.name}: migration {migration_id} can be verified",
                                             "a finished or draining migration of this table in the journal", problem))
 
-
     timeout = 30_000
     if "conserved" in checks:  # reads the rows the migration moved, like the migration's own verification
         timeout = max(timeout, config.lock_budget.scan_timeout_ms)
@@ -123,6 +114,28 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
         outcome = run_suite_sql(conninfo, suite, statement_timeout_ms=timeout)
     else:
         outcome = run_suite(conninfo, suite, gate, statement_timeout_ms=timeout, data_docs_dir=data_docs_dir)
+    _record_verdicts(result, suite, outcome)
+    result.docs_path = outcome.docs_path
+    if result.docs_path:
+        log.info("%s: Data Docs for gate %s: %s", table_cfg.name, gate, result.docs_path)
+    return _finish(result, suite, started, checks, outcome)
+
+
+def _check_arguments(checks: list[str], migration_id: int | None, ranges, evaluator: str) -> None:
+    """A caller's mistake is a ValueError before anything is read."""
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown or not checks:
+        raise ValueError(f"unknown or no checks {unknown or checks}; known: {', '.join(CHECKS)}")
+    if ("conserved" in checks or ranges == MIGRATED) and migration_id is None:
+        raise ValueError("the conserved check and ranges='migrated' need a migration_id")
+    if evaluator not in ("gx", "sql"):
+        raise ValueError(f"evaluator must be 'gx' or 'sql', not {evaluator!r}")
+    if isinstance(ranges, str) and ranges != MIGRATED:
+        raise ValueError(f"ranges must be a list of (lower, upper) pairs, None, or {MIGRATED!r}")
+
+
+def _record_verdicts(result: GateResult, suite: GateSuite, outcome) -> None:
+    """Each check's verdict into `result`: not evaluated is an error (retryable), a failed check a failure."""
     for spec in suite.checks:
         got = outcome.checks.get(spec.key)
         if got is None:
@@ -131,10 +144,6 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
             result.errors.append(f"{spec.description}: not evaluated: {got.error}")
         elif not got.success:
             result.failures.append(failure_line(spec.description, spec.expected, _observed(got.problems, got.observed)))
-    result.docs_path = outcome.docs_path
-    if result.docs_path:
-        log.info("%s: Data Docs for gate %s: %s", table_cfg.name, gate, result.docs_path)
-    return _finish(result, suite, started, checks, outcome)
 
 
 def _finish(result: GateResult, suite: GateSuite | None, started: float, checks: list[str], outcome=None) -> GateResult:

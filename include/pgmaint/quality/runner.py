@@ -146,30 +146,8 @@ def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_m
                 DATASOURCE, connection_string="${" + URL_VARIABLE + "}", kwargs={"connect_args": connect_args})
         except Exception as exc:  # TestConnectionError: add_postgres connects straight away
             return RunOutcome(outcomes, error=f"could not connect: {_first_line(str(exc))}")
-        definitions = []
-        for asset_name, query in suite.assets.items():
-            specs = [s for s in suite.checks if s.asset == asset_name]
-            asset = datasource.add_query_asset(asset_name, query=query)
-            batch = asset.add_batch_definition_whole_table(asset_name)
-            expectations = [gx.expectations.UnexpectedRowsExpectation(
-                unexpected_rows_query=s.query, description=s.description,
-                meta={"pgmaint_key": s.key, "check": s.check, "expected": s.expected}) for s in specs]
-            gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{gate}.{asset_name}", expectations=expectations))
-            definitions.append(context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"{gate}.{asset_name}", data=batch, suite=gx_suite)))
-        actions = []
-        docs_base = None
-        if data_docs_dir:
-            from great_expectations.checkpoint import UpdateDataDocsAction
-
-            docs_base = Path(data_docs_dir) / suite.table / gate
-            shutil.rmtree(docs_base, ignore_errors=True)  # the folder shows the latest run of this gate
-            context.add_data_docs_site(DOCS_SITE, {
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_base)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            })
-            actions.append(UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
+        definitions = _validation_definitions(gx, context, datasource, suite, gate)
+        actions, docs_base = _data_docs(context, suite, gate, data_docs_dir)
         # COMPLETE: our queries return problem descriptions (catalog/journal facts), never user rows.
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=f"pgmaint.{gate}", validation_definitions=definitions, actions=actions, result_format="COMPLETE"))
@@ -181,17 +159,7 @@ def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_m
             log.warning("%s: building Data Docs failed (%s); validating without them", suite.table, exc)
             checkpoint.actions = []
             result = checkpoint.run()
-        for run in result.run_results.values():
-            for er in run.results:
-                key = er.expectation_config.meta["pgmaint_key"]
-                message = error_message(er.exception_info)
-                if message:
-                    outcomes[key] = CheckOutcome(key, False, error=message)
-                    continue
-                details = (er.result or {}).get("details") or {}
-                rows = details.get("unexpected_rows") or []
-                outcomes[key] = CheckOutcome(key, bool(er.success), (er.result or {}).get("observed_value"),
-                                             [str(r.get("problem")) for r in rows])
+        outcomes.update(_outcomes(result))
         docs_path = None
         if docs_base is not None and (docs_base / "index.html").exists():
             docs_path = str(docs_base / "index.html")
@@ -201,6 +169,55 @@ def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_m
         return RunOutcome(outcomes, error=f"{type(exc).__name__}: {_first_line(str(exc))}")
     finally:
         _dispose(datasource)
+
+
+def _validation_definitions(gx, context, datasource, suite: GateSuite, gate: str) -> list:
+    """One validation definition per query asset: its checks as UnexpectedRowsExpectations."""
+    definitions = []
+    for asset_name, query in suite.assets.items():
+        specs = [s for s in suite.checks if s.asset == asset_name]
+        asset = datasource.add_query_asset(asset_name, query=query)
+        batch = asset.add_batch_definition_whole_table(asset_name)
+        expectations = [gx.expectations.UnexpectedRowsExpectation(
+            unexpected_rows_query=s.query, description=s.description,
+            meta={"pgmaint_key": s.key, "check": s.check, "expected": s.expected}) for s in specs]
+        gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{gate}.{asset_name}", expectations=expectations))
+        definitions.append(context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{gate}.{asset_name}", data=batch, suite=gx_suite)))
+    return definitions
+
+
+def _data_docs(context, suite: GateSuite, gate: str, data_docs_dir: str | None) -> tuple[list, Path | None]:
+    """The checkpoint's actions and the Data Docs folder of this gate (none without `data_docs_dir`)."""
+    if not data_docs_dir:
+        return [], None
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    docs_base = Path(data_docs_dir) / suite.table / gate
+    shutil.rmtree(docs_base, ignore_errors=True)  # the folder shows the latest run of this gate
+    context.add_data_docs_site(DOCS_SITE, {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_base)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return [UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])], docs_base
+
+
+def _outcomes(result) -> dict[str, CheckOutcome]:
+    """Each expectation's verdict, by pgmaint check key (an expectation that raised is an error, not a failure)."""
+    outcomes = {}
+    for run in result.run_results.values():
+        for er in run.results:
+            key = er.expectation_config.meta["pgmaint_key"]
+            message = error_message(er.exception_info)
+            if message:
+                outcomes[key] = CheckOutcome(key, False, error=message)
+                continue
+            details = (er.result or {}).get("details") or {}
+            rows = details.get("unexpected_rows") or []
+            outcomes[key] = CheckOutcome(key, bool(er.success), (er.result or {}).get("observed_value"),
+                                         [str(r.get("problem")) for r in rows])
+    return outcomes
 
 
 def run_suite_sql(conninfo: str, suite: GateSuite, *, statement_timeout_ms: int = 30_000) -> RunOutcome:

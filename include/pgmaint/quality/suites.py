@@ -397,6 +397,29 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
     if migration.method == "copy":
         return copied_checks(config, cfg, facts, migration)
     mid = migration.migration_id
+    journal, left = _drain_journal_query(config, cfg, facts, migration)
+    in_place, ranged = _in_place_query(config, cfg, facts, migration)
+    state = f"{config.state_schema}.migration_figures"
+    return [
+        CheckSpec(
+            "conserved", "conserved.journal", FIGURES,
+            f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum before "
+            "= moved + still in the drain table)",
+            f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and "
+            f"checksum equal the 'moved' ones plus {left}",
+            check_query(journal)),
+        CheckSpec(
+            "conserved", "conserved.in_place", FIGURES,
+            f"{cfg.name}: the rows migration {mid} moved are still in the table (per interval, at least the rows moved in)",
+            f"at least the moved rows in all {len(ranged) + ('NULL' in migration.moved_buckets)} interval(s), "
+            "same checksum where the count is unchanged",
+            check_query(in_place)),
+    ]
+
+
+def _drain_journal_query(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> tuple[str, str]:
+    """The journal check of a drain-design migration: before = moved + still in the drain table, per bucket;
+    and how the expectation words what is left behind."""
     if migration.drain_table:
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
         remaining = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
@@ -425,6 +448,11 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
         "ELSE ' (same count, checksums differ)' END AS problem "
         "FROM s WHERE before_rows <> moved_rows + left_rows OR before_sum <> moved_sum + left_sum ORDER BY bucket"
     )
+    return journal, left
+
+
+def _in_place_query(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> tuple[str, list[str]]:
+    """The in-place check: per moved bucket, the table still holds at least the rows moved in; and those buckets."""
     key, parent = ident(facts.key_column), f"{ident(facts.schema)}.{ident(facts.table)}"
     digest = f"count(*) AS rows, coalesce(sum({checksum_expression(migration.checksum, 't').as_string(None)}), 0) AS checksum"
     branches = []
@@ -449,22 +477,7 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
         "FROM f, live WHERE f.bucket = live.bucket "
         "AND (live.rows < f.rows OR (live.rows = f.rows AND live.checksum <> f.checksum)) ORDER BY f.bucket"
     )
-    state = f"{config.state_schema}.migration_figures"
-    return [
-        CheckSpec(
-            "conserved", "conserved.journal", FIGURES,
-            f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum before "
-            "= moved + still in the drain table)",
-            f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and "
-            f"checksum equal the 'moved' ones plus {left}",
-            check_query(journal)),
-        CheckSpec(
-            "conserved", "conserved.in_place", FIGURES,
-            f"{cfg.name}: the rows migration {mid} moved are still in the table (per interval, at least the rows moved in)",
-            f"at least the moved rows in all {len(ranged) + ('NULL' in migration.moved_buckets)} interval(s), "
-            "same checksum where the count is unchanged",
-            check_query(in_place)),
-    ]
+    return in_place, ranged
 
 
 def copied_checks(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> list[CheckSpec]:
