@@ -80,21 +80,50 @@ def on(ref: str):
     tags=["pgmaint", "partitions", "migration"],
     default_args={"retries": 0, "on_failure_callback": on_task_failure},
     params={
-        "table": Param(None, type=["null", "string"], enum=[None, *FLEET.table_refs], title="Table",
-                       description="The configured table whose DEFAULT partition to migrate (target/table with several targets) "
-                                   "(empty when triggered by the watchdog's asset event)."),
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Survey the DEFAULT and print every statement with its lock; move nothing, pause nothing."),
-        "batch_rows": Param(50_000, type="integer", minimum=100, maximum=1_000_000, title="Rows per batch",
-                            description="Upper bound on rows moved per transaction (batches also adapt to stay under ~1 s)."),
-        "max_minutes": Param(60, type="number", minimum=1, maximum=1440, title="Time box (minutes)",
-                             description="Stop cleanly after this long; the next run resumes where this one stopped."),
-        "pause_services": Param(True, type="boolean", title="Pause writers",
-                                description="Pause the table's `writers` services for the run and resume them after."),
-        "move_out_of_window": Param(False, type="boolean", title="Move rows outside the window",
-                                    description="Also move rows older than retention or beyond the premake horizon. "
-                                                "Partitions made for rows past retention are dropped by the next "
-                                                "partition_maintenance (unless retention_keep_table): the dry run warns."),
+        "table": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *FLEET.table_refs],
+            title="Table",
+            description="The configured table whose DEFAULT partition to migrate (target/table with several targets) "
+            "(empty when triggered by the watchdog's asset event).",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Survey the DEFAULT and print every statement with its lock; move nothing, pause nothing.",
+        ),
+        "batch_rows": Param(
+            50_000,
+            type="integer",
+            minimum=100,
+            maximum=1_000_000,
+            title="Rows per batch",
+            description="Upper bound on rows moved per transaction (batches also adapt to stay under ~1 s).",
+        ),
+        "max_minutes": Param(
+            60,
+            type="number",
+            minimum=1,
+            maximum=1440,
+            title="Time box (minutes)",
+            description="Stop cleanly after this long; the next run resumes where this one stopped.",
+        ),
+        "pause_services": Param(
+            True,
+            type="boolean",
+            title="Pause writers",
+            description="Pause the table's `writers` services for the run and resume them after.",
+        ),
+        "move_out_of_window": Param(
+            False,
+            type="boolean",
+            title="Move rows outside the window",
+            description="Also move rows older than retention or beyond the premake horizon. "
+            "Partitions made for rows past retention are dropped by the next "
+            "partition_maintenance (unless retention_keep_table): the dry run warns.",
+        ),
     },
 )
 def default_partition_migration():
@@ -116,8 +145,12 @@ def default_partition_migration():
         from include.pgmaint.airflow.services import pause_writers as pause
 
         # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
-        return pause(*on(table), params["pause_services"] and not params["dry_run"], dag_run,
-                     min_lease_minutes=int(params["max_minutes"]) + 30)
+        return pause(
+            *on(table),
+            params["pause_services"] and not params["dry_run"],
+            dag_run,
+            min_lease_minutes=int(params["max_minutes"]) + 30,
+        )
 
     @task(multiple_outputs=False, pool=POOL)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:

@@ -91,8 +91,15 @@ def maintain_target(config):
         def premake(table: str, params=None, dag_run=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import maintain_one, resolve_as_of
 
-            return maintain_one(config, label(config, table), "premake", dry_run=params["dry_run"], dag_run=dag_run,
-                                ti=ti, as_of=resolve_as_of(params, dag_run))
+            return maintain_one(
+                config,
+                label(config, table),
+                "premake",
+                dry_run=params["dry_run"],
+                dag_run=dag_run,
+                ti=ti,
+                as_of=resolve_as_of(params, dag_run),
+            )
 
         @task(outlets=[DEFAULT_ROWS], map_index_template="{{ table_ref }}")
         def request_migration(table: str, premade: dict, outlet_events=None) -> str:
@@ -101,7 +108,9 @@ def maintain_target(config):
 
             label(config, table)
             if not any(m.get("requested") for m in premade.get("needs_migration", [])):
-                raise AirflowSkipException("nothing to request: no interval waits in the DEFAULT, or auto_migrate is off")
+                raise AirflowSkipException(
+                    "nothing to request: no interval waits in the DEFAULT, or auto_migrate is off"
+                )
             outlet_events[DEFAULT_ROWS].extra = {"table": FLEET.ref(config, table)}
             return table
 
@@ -109,19 +118,25 @@ def maintain_target(config):
         def gate_before_retire(table: str, premade: dict, params=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import retention_gate
 
-            return retention_gate(config, label(config, table), "before_retire", premade, dry_run=params["dry_run"], ti=ti)
+            return retention_gate(
+                config, label(config, table), "before_retire", premade, dry_run=params["dry_run"], ti=ti
+            )
 
         @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def retire(table: str, checked: dict, params=None, dag_run=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import maintain_one
 
-            return maintain_one(config, label(config, table), "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti)
+            return maintain_one(
+                config, label(config, table), "retire", dry_run=params["dry_run"], dag_run=dag_run, ti=ti
+            )
 
         @task(multiple_outputs=False, pool=config.pool, map_index_template="{{ table_ref }}")
         def gate_after_retire(table: str, retired: dict, params=None, ti=None) -> dict:
             from include.pgmaint.airflow.tasks import retention_gate
 
-            return retention_gate(config, label(config, table), "after_retire", retired, dry_run=params["dry_run"], ti=ti)
+            return retention_gate(
+                config, label(config, table), "after_retire", retired, dry_run=params["dry_run"], ti=ti
+            )
 
         premade = premake(table)
         request_migration(table, premade)
@@ -141,15 +156,29 @@ def maintain_target(config):
     tags=["pgmaint", "partitions"],
     default_args={"retries": 0, "on_failure_callback": on_task_failure},
     params={
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Print every statement and the lock it would take; execute nothing."),
-        "tables": Param([], type="array", title="Tables",
-                        items={"type": "string", "enum": FLEET.table_refs}, uniqueItems=True,
-                        description="Configured tables to maintain (target/table with several targets); empty means all."),
-        "as_of": Param(None, type=["null", "string"], format="date-time", title="As of",
-                       description="Also create the partitions this moment needs (its interval and `premake` after it), "
-                                   "e.g. to load history. Retirement always uses the wall clock; intervals already past "
-                                   "retention are never created. Backfill runs use their logical date."),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Print every statement and the lock it would take; execute nothing.",
+        ),
+        "tables": Param(
+            [],
+            type="array",
+            title="Tables",
+            items={"type": "string", "enum": FLEET.table_refs},
+            uniqueItems=True,
+            description="Configured tables to maintain (target/table with several targets); empty means all.",
+        ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="As of",
+            description="Also create the partitions this moment needs (its interval and `premake` after it), "
+            "e.g. to load history. Retirement always uses the wall clock; intervals already past "
+            "retention are never created. Backfill runs use their logical date.",
+        ),
     },
 )
 def partition_maintenance():

@@ -101,8 +101,10 @@ def partition_watchdog():
         payloads = {task_id: ti.xcom_pull(task_ids=task_id, key="result") for task_id in CHECKS}
         if not FLEET.multi:
             return task_escalate(FLEET.targets[0], payloads, ti.dag_id)
-        return {c.target: task_escalate(c, {t: (p or {}).get(c.target) for t, p in payloads.items()}, ti.dag_id)
-                for c in FLEET.targets}
+        return {
+            c.target: task_escalate(c, {t: (p or {}).get(c.target) for t, p in payloads.items()}, ti.dag_id)
+            for c in FLEET.targets
+        }
 
     database, tables, services = check_database(), check_tables(), check_services()
     request_migration.expand(table=tables)

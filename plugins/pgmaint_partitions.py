@@ -73,8 +73,11 @@ def _target_conninfo(config) -> str:
         return make_conninfo("", **{k: v for k, v in params.items() if v})
 
 
-def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_readers_of_pgmaint_dags,
-               conninfo: Callable[[object], str] = _target_conninfo, ui_base: Callable[[], str] = _ui_base) -> FastAPI:
+def create_app(
+    authorize: Callable[[Request], Awaitable[None]] | None = airflow_readers_of_pgmaint_dags,
+    conninfo: Callable[[object], str] = _target_conninfo,
+    ui_base: Callable[[], str] = _ui_base,
+) -> FastAPI:
     """The plugin's app. `authorize=None` only for tests of the endpoint itself."""
     deps = [Depends(authorize)] if authorize else []
     app = FastAPI(title="pgmaint partitions", dependencies=deps, docs_url=None, redoc_url=None, openapi_url=None)
@@ -91,22 +94,36 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
         base = ui_base()
         try:
             with open_overview_connection(conninfo(config), config) as conn:
-                return gather(conn, config, settings_for(config), ui_base=base, plugin_base=base + URL_PREFIX,
-                              tables=tables, segments=segments)
+                return gather(
+                    conn,
+                    config,
+                    settings_for(config),
+                    ui_base=base,
+                    plugin_base=base + URL_PREFIX,
+                    tables=tables,
+                    segments=segments,
+                )
         except HTTPException:
             raise
         except KeyError as exc:
             raise HTTPException(404, f"table: {exc.args[0]}") from None
         except Exception as exc:  # unreachable database, timeout, privilege: say so, never hang
             log.warning("pgmaint partitions: cannot read the target database: %s", exc)
-            raise HTTPException(503, f"cannot read the target database ({config.connection_id}): "
-                                     f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+            raise HTTPException(
+                503,
+                f"cannot read the target database ({config.connection_id}): "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            ) from None
 
     @app.get("/api/overview")
-    def api_overview(table: list[str] | None = Query(None, description="only these configured tables"),
-                     segments: str = Query("runs", pattern="^(runs|partitions)$",
-                                           description="runs: adjacent partitions of one kind as one segment; "
-                                                       "partitions: one segment per partition")) -> JSONResponse:
+    def api_overview(
+        table: list[str] | None = Query(None, description="only these configured tables"),
+        segments: str = Query(
+            "runs",
+            pattern="^(runs|partitions)$",
+            description="runs: adjacent partitions of one kind as one segment; partitions: one segment per partition",
+        ),
+    ) -> JSONResponse:
         return JSONResponse(overview(table, segments))
 
     @app.get("/partitions", response_class=HTMLResponse)
@@ -139,9 +156,11 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
 
         text = (REPO / "docs" / "runbook.md").read_text()
         body = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
-        return HTMLResponse("<!doctype html><html><head><meta charset='utf-8'><title>pgmaint runbook</title>"
-                            "<style>body{font:14px/1.5 system-ui,sans-serif;max-width:960px;margin:16px auto}"
-                            "code,pre{background:#f5f5f5}</style></head><body>" + body + "</body></html>")
+        return HTMLResponse(
+            "<!doctype html><html><head><meta charset='utf-8'><title>pgmaint runbook</title>"
+            "<style>body{font:14px/1.5 system-ui,sans-serif;max-width:960px;margin:16px auto}"
+            "code,pre{background:#f5f5f5}</style></head><body>" + body + "</body></html>"
+        )
 
     return app
 
@@ -149,11 +168,12 @@ def create_app(authorize: Callable[[Request], Awaitable[None]] | None = airflow_
 class PgmaintPartitionsPlugin(AirflowPlugin):
     name = "pgmaint_partitions"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "pgmaint partitions"}]
-    external_views = [{
-        "name": "Partitions",
-        "href": URL_PREFIX.lstrip("/") + "/partitions",
-        "url_route": "pgmaint-partitions",
-        "destination": "nav",
-        "category": "browse",
-    }]
-
+    external_views = [
+        {
+            "name": "Partitions",
+            "href": URL_PREFIX.lstrip("/") + "/partitions",
+            "url_route": "pgmaint-partitions",
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]

@@ -15,6 +15,7 @@ Importable (tests/e2e): `Deployment(...)` with `start()`, `wait_healthy()`, `sto
 `api(method, path, json=...)` (REST API v2 with a JWT from /auth/token). `executor="CeleryExecutor"`
 with `celery_workers=N` and `broker_url` adds N `airflow celery worker`s, each its own hostname.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,20 +112,22 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "PGMAINT_AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__EXECUTOR": self.executor,
-            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.airflow_local.worker_hostname",
-            # Unpaused by hand (UI, API): a scheduled DAG must not start before its config is right.
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        })
+        env.update(
+            {
+                "PGMAINT_AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "scripts.airflow_local.worker_hostname",
+                # Unpaused by hand (UI, API): a scheduled DAG must not start before its config is right.
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            }
+        )
         if self.executor == "CeleryExecutor":
             if not self.broker_url:
                 raise DeploymentError("CeleryExecutor needs a broker_url (redis://...)")
@@ -149,9 +152,12 @@ class Deployment:
             name = f"worker{i}"
             comps[name] = (
                 ["celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", str(self.worker_concurrency)],
-                {"PGMAINT_WORKER_HOSTNAME": name, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                 # no shared local disk between tasks: each worker has its own scratch space
-                 "TMPDIR": str(self._scratch(name))},
+                {
+                    "PGMAINT_WORKER_HOSTNAME": name,
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                    # no shared local disk between tasks: each worker has its own scratch space
+                    "TMPDIR": str(self._scratch(name)),
+                },
             )
         return comps
 
@@ -174,9 +180,15 @@ class Deployment:
         for name, (args, extra) in self.components().items():
             log = open(self.log_dir / f"{name}.log", "ab")
             # Own session: Ctrl-C reaches only this launcher, which then stops each component in turn.
-            self.procs[name] = subprocess.Popen([str(WRAPPER), *args], env={**base, **extra}, stdout=log,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True, cwd=REPO)
+            self.procs[name] = subprocess.Popen(
+                [str(WRAPPER), *args],
+                env={**base, **extra},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO,
+            )
             log.close()
         self._write_state()
 
@@ -240,8 +252,9 @@ class Deployment:
         return self.home / "airflow-local.json"
 
     def _write_state(self) -> None:
-        self._state_file().write_text(json.dumps({"pid": os.getpid(), "port": self.port,
-                                                  "components": {n: p.pid for n, p in self.procs.items()}}))
+        self._state_file().write_text(
+            json.dumps({"pid": os.getpid(), "port": self.port, "components": {n: p.pid for n, p in self.procs.items()}})
+        )
 
     def running_instance(self) -> dict | None:
         """The state of another launcher still running on this AIRFLOW_HOME, else None."""
@@ -275,8 +288,12 @@ class Deployment:
 
     def _request(self, method: str, path: str, json_body=None, headers=None) -> tuple[int, dict]:
         data = json.dumps(json_body).encode() if json_body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 raw = r.read()
@@ -293,8 +310,19 @@ def _metadata_url(env: dict[str, str]) -> str:
     """The metadata DB URL scripts/airflow will use (asks it: it may start the embedded PostgreSQL)."""
     if env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         return env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "scripts" / "devdb.py"), "env", "--start",
-                          "--metadata-db", "airflow"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "python"),
+            str(REPO / "scripts" / "devdb.py"),
+            "env",
+            "--start",
+            "--metadata-db",
+            "airflow",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for line in out.stdout.splitlines():
         if line.startswith("export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="):
             import shlex
@@ -304,9 +332,15 @@ def _metadata_url(env: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="airflow_local.py", description="Run a whole Airflow on this machine for pgmaint.")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("PGMAINT_AIRFLOW_PORT", 8080)),
-                    help="API server and UI port (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog="airflow_local.py", description="Run a whole Airflow on this machine for pgmaint."
+    )
+    ap.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PGMAINT_AIRFLOW_PORT", 8080)),
+        help="API server and UI port (default: %(default)s)",
+    )
     ap.add_argument("--parallelism", type=int, default=8, help="task instances running at once (default: %(default)s)")
     args = ap.parse_args(argv)
 
@@ -315,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     other = d.running_instance()
     if other:
         d.port = other["port"]
-        print(f"airflow: already running (launcher pid {other['pid']}): {d.base_url}  "
-              f"login: {ADMIN} / {d.admin_password()}  (stop it with Ctrl-C in its terminal)")
+        print(
+            f"airflow: already running (launcher pid {other['pid']}): {d.base_url}  "
+            f"login: {ADMIN} / {d.admin_password()}  (stop it with Ctrl-C in its terminal)"
+        )
         return 0
     for pgid in d.leftovers():  # a launcher killed with SIGKILL left its components running
         print(f"airflow: stopping components left by a previous run (process group {pgid})")
@@ -325,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         except ProcessLookupError:
             pass
     if port_in_use(args.port):
-        print(f"airflow: port {args.port} is in use by another program; choose another: "
-              f"make airflow PORT=8081 (or --port)", file=sys.stderr)
+        print(
+            f"airflow: port {args.port} is in use by another program; choose another: "
+            f"make airflow PORT=8081 (or --port)",
+            file=sys.stderr,
+        )
         return 1
 
     stopping = False
@@ -337,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print(f"airflow: starting api-server, scheduler (LocalExecutor, parallelism {args.parallelism}), dag-processor, "
-          f"triggerer; logs in {d.log_dir}")
+    print(
+        f"airflow: starting api-server, scheduler (LocalExecutor, parallelism {args.parallelism}), dag-processor, "
+        f"triggerer; logs in {d.log_dir}"
+    )
     try:
         d.start()
         deadline = time.monotonic() + 300
@@ -350,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             if d.dead() or time.monotonic() > deadline:
-                raise DeploymentError("not healthy: " + "; ".join(
-                    f"{n} exited with {c}:\n{d.log_tail(n)}" for n, c in d.dead().items()) or "timed out after 300 s")
+                raise DeploymentError(
+                    "not healthy: " + "; ".join(f"{n} exited with {c}:\n{d.log_tail(n)}" for n, c in d.dead().items())
+                    or "timed out after 300 s"
+                )
             time.sleep(1)
         if not stopping:
             print(f"\nairflow: ready: {d.base_url}   login: {ADMIN} / {d.admin_password()}")

@@ -14,6 +14,7 @@ malformed entry. Astro's rules are kept: connections need `conn_type` or `conn_u
 `conn_uri` is used only when no other conn_* field is set, `conn_extra` is a map
 serialised to JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ class SettingsError(ValueError):
 def expand(value: Any, where: str, environ: Mapping[str, str]) -> Any:
     """Expand ${VAR} / ${VAR:-default} in strings, recursively in lists/maps."""
     if isinstance(value, str):
+
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in environ and (environ[name] != "" or default is None):
@@ -89,7 +91,9 @@ def load(path: Path | str = DEFAULT_FILE) -> dict[str, list[dict[str, Any]]]:
                 raise SettingsError(f"{where}: must be a mapping, got {type(entry).__name__}")
             unknown = sorted(set(entry) - allowed)
             if unknown:
-                raise SettingsError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+                raise SettingsError(
+                    f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+                )
         out[key] = entries
     return out
 
@@ -171,13 +175,16 @@ def env_exports(settings: dict[str, list[dict[str, Any]]], environ: Mapping[str,
         if isinstance(value, (dict, list)):
             value = json.dumps(expand(value, f"{where} ({key}).variable_value", environ))
         else:
-            value = expand(str(value) if not isinstance(value, str) else value,
-                           f"{where} ({key}).variable_value", environ)
+            value = expand(
+                str(value) if not isinstance(value, str) else value, f"{where} ({key}).variable_value", environ
+            )
         out[name] = value
     return out
 
 
-def pools_json(settings: dict[str, list[dict[str, Any]]], environ: Mapping[str, str] = os.environ) -> dict[str, dict[str, Any]]:
+def pools_json(
+    settings: dict[str, list[dict[str, Any]]], environ: Mapping[str, str] = os.environ
+) -> dict[str, dict[str, Any]]:
     """Pools in the format of `airflow pools import`."""
     pools: dict[str, dict[str, Any]] = {}
     for i, entry in enumerate(settings.get("pools", [])):

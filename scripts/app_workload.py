@@ -29,8 +29,20 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 from psycopg import sql
 
-COUNTERS = ("reads", "read_misses", "read_doubles", "stale_reads", "updates", "update_misses", "deletes", "delete_misses",
-            "upserts", "inserts", "late_inserts", "errors")
+COUNTERS = (
+    "reads",
+    "read_misses",
+    "read_doubles",
+    "stale_reads",
+    "updates",
+    "update_misses",
+    "deletes",
+    "delete_misses",
+    "upserts",
+    "inserts",
+    "late_inserts",
+    "errors",
+)
 
 
 @dataclass
@@ -42,10 +54,23 @@ class WorkerState:
 
 
 class AppWorkload:
-    def __init__(self, dsn: str, schema: str, table: str, existing: list[tuple[int, datetime]], late_days: list[datetime],
-                 *, workers: int = 4, pause: float = 0.002, key: str = "ts", new_id_base: int = 50_000_000,
-                 statement_timeout_ms: int = 5000, identity_always: bool = True, seed: int = 7,
-                 insert_values: dict | None = None):
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        table: str,
+        existing: list[tuple[int, datetime]],
+        late_days: list[datetime],
+        *,
+        workers: int = 4,
+        pause: float = 0.002,
+        key: str = "ts",
+        new_id_base: int = 50_000_000,
+        statement_timeout_ms: int = 5000,
+        identity_always: bool = True,
+        seed: int = 7,
+        insert_values: dict | None = None,
+    ):
         """`insert_values`: values for the table's other NOT NULL columns, given to every INSERT and upsert
         (e.g. {"client_id": 1, "method": "GET"}); the workload itself writes only id, the key and payload."""
         self.dsn, self.parent, self.key = dsn, sql.Identifier(schema, table), sql.Identifier(key)
@@ -91,10 +116,13 @@ class AppWorkload:
 
     def _insert(self) -> sql.Composed:
         return sql.SQL("INSERT INTO {} (id, {}, payload{}){} VALUES (%s, %s, %s{})").format(
-            self.parent, self.key, self.extra_cols, self.overriding, self.extra_params)
+            self.parent, self.key, self.extra_cols, self.overriding, self.extra_params
+        )
 
     def _upsert(self) -> sql.Composed:
-        return self._insert() + sql.SQL(" ON CONFLICT (id, {}) DO UPDATE SET payload = EXCLUDED.payload").format(self.key)
+        return self._insert() + sql.SQL(" ON CONFLICT (id, {}) DO UPDATE SET payload = EXCLUDED.payload").format(
+            self.key
+        )
 
     def _run(self, w: int) -> None:
         st, rng = self.states[w], random.Random(self.rng_seed * 1000 + w)
@@ -111,7 +139,9 @@ class AppWorkload:
                 try:
                     if op in (0, 4) and live:  # key read
                         key = rng.choice(live)
-                        got = c.execute(sql.SQL("SELECT payload FROM {} WHERE id = %s AND {} = %s").format(p, k), list(key)).fetchall()
+                        got = c.execute(
+                            sql.SQL("SELECT payload FROM {} WHERE id = %s AND {} = %s").format(p, k), list(key)
+                        ).fetchall()
                         st.counts["reads"] += 1
                         if not got:
                             st.counts["read_misses"] += 1
@@ -121,7 +151,10 @@ class AppWorkload:
                             st.counts["stale_reads"] += 1
                     elif op == 1 and live:  # update
                         key, payload = rng.choice(live), f"u{w}-{step}"
-                        n = c.execute(sql.SQL("UPDATE {} SET payload = %s WHERE id = %s AND {} = %s").format(p, k), [payload, *key]).rowcount
+                        n = c.execute(
+                            sql.SQL("UPDATE {} SET payload = %s WHERE id = %s AND {} = %s").format(p, k),
+                            [payload, *key],
+                        ).rowcount
                         st.counts["updates"] += 1
                         if n != 1:
                             st.counts["update_misses"] += 1
@@ -129,7 +162,9 @@ class AppWorkload:
                             st.rows[key] = payload
                     elif op == 2 and live and step % 3 == 0:  # delete (less often than the rest)
                         key = rng.choice(live)
-                        n = c.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND {} = %s").format(p, k), list(key)).rowcount
+                        n = c.execute(
+                            sql.SQL("DELETE FROM {} WHERE id = %s AND {} = %s").format(p, k), list(key)
+                        ).rowcount
                         st.counts["deletes"] += 1
                         if n != 1:
                             st.counts["delete_misses"] += 1
@@ -181,8 +216,10 @@ class AppWorkload:
         found: dict = {}
         duplicates = 0
         for i in range(0, len(ids), 5000):
-            rows = conn.execute(sql.SQL("SELECT id, {}, payload FROM {} WHERE id = ANY(%s)").format(self.key, self.parent),
-                                [ids[i:i + 5000]]).fetchall()
+            rows = conn.execute(
+                sql.SQL("SELECT id, {}, payload FROM {} WHERE id = ANY(%s)").format(self.key, self.parent),
+                [ids[i : i + 5000]],
+            ).fetchall()
             for row_id, ts, payload in rows:
                 if (row_id, ts) in found:
                     duplicates += 1
@@ -190,15 +227,31 @@ class AppWorkload:
         lost = [k for k, v in expected.items() if v is not None and k not in found]
         resurrected = [k for k, v in expected.items() if v is None and k in found]
         wrong = [k for k, v in expected.items() if v not in (None, "seed") and k in found and found[k] != v]
-        dup_keys = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY id, {} HAVING count(*) > 1) d")
-                                .format(self.parent, self.key)).fetchone()[0]
-        return {"rows_expected": sum(1 for v in expected.values() if v is not None), "rows_lost": len(lost),
-                "rows_resurrected": len(resurrected), "payloads_wrong": len(wrong),
-                "duplicate_keys": int(dup_keys) + duplicates, "lost_sample": lost[:3], "wrong_sample": wrong[:3]}
+        dup_keys = conn.execute(
+            sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY id, {} HAVING count(*) > 1) d").format(
+                self.parent, self.key
+            )
+        ).fetchone()[0]
+        return {
+            "rows_expected": sum(1 for v in expected.values() if v is not None),
+            "rows_lost": len(lost),
+            "rows_resurrected": len(resurrected),
+            "payloads_wrong": len(wrong),
+            "duplicate_keys": int(dup_keys) + duplicates,
+            "lost_sample": lost[:3],
+            "wrong_sample": wrong[:3],
+        }
 
 
-def sample_rows(conn, schema: str, table: str, n: int, key: str = "ts", where: sql.Composable | None = None) -> list[tuple]:
+def sample_rows(
+    conn, schema: str, table: str, n: int, key: str = "ts", where: sql.Composable | None = None
+) -> list[tuple]:
     """(id, key) of up to `n` rows spread over the table (read through the given relation)."""
-    return conn.execute(sql.SQL("SELECT id, {} FROM {} {} ORDER BY md5(id::text) LIMIT %s").format(
-        sql.Identifier(key), sql.Identifier(schema, table), sql.SQL("WHERE ") + where if where is not None else sql.SQL("")),
-        [n]).fetchall()
+    return conn.execute(
+        sql.SQL("SELECT id, {} FROM {} {} ORDER BY md5(id::text) LIMIT %s").format(
+            sql.Identifier(key),
+            sql.Identifier(schema, table),
+            sql.SQL("WHERE ") + where if where is not None else sql.SQL(""),
+        ),
+        [n],
+    ).fetchall()

@@ -22,6 +22,7 @@ every statement in autocommit, so that is the number of round trips, plus connec
 against the same tables, for before/after figures; `--max-tables-repo` bounds the sizes tried there
 (the per-table DAG needs ~4 task instances per table). A benchmark, not a test: it prints figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,13 @@ RUNNER = textwrap.dedent("""
 
 def _conn_json(conninfo: str) -> str:
     p = {k: v for k, v in conninfo_to_dict(conninfo).items() if v is not None}
-    c = {"conn_type": "postgres", "host": p.pop("host", None), "login": p.pop("user", None),
-         "password": p.pop("password", None), "schema": p.pop("dbname", None)}
+    c = {
+        "conn_type": "postgres",
+        "host": p.pop("host", None),
+        "login": p.pop("user", None),
+        "password": p.pop("password", None),
+        "schema": p.pop("dbname", None),
+    }
     if "port" in p:
         c["port"] = int(p.pop("port"))
     return json.dumps({k: v for k, v in c.items() if v is not None})
@@ -107,10 +113,20 @@ def break_some(conninfo: str, n_tables: int, n_parts: int) -> int:
     k = max(1, n_tables // 100)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for i in range(0, n_tables, max(1, n_tables // k))[:k]:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(BENCH_SCHEMA, f"t{i:04d}_part_{n_parts - 1:02d}")))
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier(BENCH_SCHEMA, f"t{i:04d}_part_{n_parts - 1:02d}")
+                )
+            )
             # a partition premake re-creates gets pgmaint's name: drop that too on a second round
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(
-                BENCH_SCHEMA, f"t{i:04d}_p{day_floor(datetime.now(timezone.utc)) + timedelta(days=PREMAKE):%Y%m%d}")))
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.Identifier(
+                        BENCH_SCHEMA,
+                        f"t{i:04d}_p{day_floor(datetime.now(timezone.utc)) + timedelta(days=PREMAKE):%Y%m%d}",
+                    )
+                )
+            )
     return k
 
 
@@ -118,35 +134,62 @@ def statements(admin: str, dbnames: list[str]) -> int:
     time.sleep(1.2)  # backends flush their statistics at exit and when idle for a second
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        return conn.execute("SELECT coalesce(sum(xact_commit + xact_rollback), 0)::bigint FROM pg_stat_database "
-                            "WHERE datname = ANY(%s)", [dbnames]).fetchone()[0]
+        return conn.execute(
+            "SELECT coalesce(sum(xact_commit + xact_rollback), 0)::bigint FROM pg_stat_database "
+            "WHERE datname = ANY(%s)",
+            [dbnames],
+        ).fetchone()[0]
 
 
 def config_for(n_tables: int, n_parts: int, targets: list[tuple[str, str]]) -> dict:
     retention = f"{n_parts - PREMAKE - 1} days"
-    tables = [{"name": f"{BENCH_SCHEMA}.t{i:04d}", "partition_key": "ts", "interval": "1 day", "premake": PREMAKE,
-               "retention": retention} for i in range(n_tables)]
+    tables = [
+        {
+            "name": f"{BENCH_SCHEMA}.t{i:04d}",
+            "partition_key": "ts",
+            "interval": "1 day",
+            "premake": PREMAKE,
+            "retention": retention,
+        }
+        for i in range(n_tables)
+    ]
     shared = {"timezone": "UTC", "state_schema": STATE_SCHEMA, "schedules": {"maintenance": "*/15 * * * *"}}
     if len(targets) == 1:
         return {**shared, "connection_id": targets[0][1], "pool": targets[0][1], "tables": tables}
-    return {**shared, "targets": [{"name": name, "connection_id": conn_id, "tables": tables} for name, conn_id in targets]}
+    return {
+        **shared,
+        "targets": [{"name": name, "connection_id": conn_id, "tables": tables} for name, conn_id in targets],
+    }
 
 
 def run_dags(repo: Path, home: Path, config_path: Path, env_conns: dict, pools: list[str], runs: list) -> dict:
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", "PGMAINT_CONFIG": str(config_path),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"), "PYTHONPATH": str(repo),
-           "BENCH_POOLS": json.dumps(pools), **env_conns}
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(repo), json.dumps(runs)], env=env, capture_output=True,
-                         text=True, timeout=7200)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "PGMAINT_CONFIG": str(config_path),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "PYTHONPATH": str(repo),
+        "BENCH_POOLS": json.dumps(pools),
+        **env_conns,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(repo), json.dumps(runs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH-RESULT ")), None)
     if line is None:
         raise RuntimeError(f"DAG runner failed:\n{out.stderr[-4000:]}")
     return json.loads(line.removeprefix("BENCH-RESULT "))
 
 
-def scenario(admin: str, repo: Path, label: str, n_tables: int, n_targets: int, n_parts: int, today: datetime,
-             watchdog: bool) -> list[dict]:
+def scenario(
+    admin: str, repo: Path, label: str, n_tables: int, n_targets: int, n_parts: int, today: datetime, watchdog: bool
+) -> list[dict]:
     per_target = n_tables // n_targets
     dbs = [f"pgmaint_dag_{i}" for i in range(n_targets)]
     log(f"{label}: building {n_targets} database(s) x {per_target} tables x {n_parts} partitions")
@@ -165,21 +208,41 @@ def scenario(admin: str, repo: Path, label: str, n_tables: int, n_targets: int, 
         for what, (dag_id, conf) in plan:
             before = statements(admin, dbs)
             got = run_dags(repo, home, config_path, conns, pools, [[dag_id, conf]])
-            rows.append({"scenario": label, "run": f"maintenance, {what}", **next(iter(got.values())),
-                         "statements": statements(admin, dbs) - before})
+            rows.append(
+                {
+                    "scenario": label,
+                    "run": f"maintenance, {what}",
+                    **next(iter(got.values())),
+                    "statements": statements(admin, dbs) - before,
+                }
+            )
         broken = sum(break_some(ci, per_target, n_parts) for ci in conninfos)
         before = statements(admin, dbs)
         got = run_dags(repo, home, config_path, conns, pools, [["partition_maintenance", None]])
-        rows.append({"scenario": label, "run": f"maintenance, {broken} table(s) with work", **next(iter(got.values())),
-                     "statements": statements(admin, dbs) - before})
+        rows.append(
+            {
+                "scenario": label,
+                "run": f"maintenance, {broken} table(s) with work",
+                **next(iter(got.values())),
+                "statements": statements(admin, dbs) - before,
+            }
+        )
         if watchdog:
             before = statements(admin, dbs)
             got = run_dags(repo, home, config_path, conns, pools, [["partition_watchdog", None]])
-            rows.append({"scenario": label, "run": "watchdog", **next(iter(got.values())),
-                         "statements": statements(admin, dbs) - before})
+            rows.append(
+                {
+                    "scenario": label,
+                    "run": "watchdog",
+                    **next(iter(got.values())),
+                    "statements": statements(admin, dbs) - before,
+                }
+            )
     for row in rows:
-        log(f"  {row['run']}: {row['state']}, {row['tis']} task instances ({row['executed']} executed), "
-            f"{row['wall']:.1f} s, {row['statements']} statements")
+        log(
+            f"  {row['run']}: {row['state']}, {row['tis']} task instances ({row['executed']} executed), "
+            f"{row['wall']:.1f} s, {row['statements']} statements"
+        )
     return rows
 
 
@@ -209,12 +272,16 @@ def main() -> int:
     print("| scenario | run | state | task instances (executed) | wall s | statements on the targets |")
     print("|---|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['scenario']} | {r['run']} | {r['state']} | {r['tis']} ({r['executed']}) | {r['wall']:.1f} | {r['statements']} |")
+        print(
+            f"| {r['scenario']} | {r['run']} | {r['state']} | {r['tis']} ({r['executed']}) | {r['wall']:.1f} | {r['statements']} |"
+        )
     healthy_1000 = [r for r in rows if r["scenario"].startswith("1000 table") and r["run"].endswith("healthy")]
     for r in healthy_1000:
         ok = r["tis"] <= TARGET_TIS and r["wall"] <= TARGET_WALL_S
-        print(f"\n{r['scenario']}, healthy: {r['tis']} task instances (target ≤ {TARGET_TIS}), {r['wall']:.1f} s "
-              f"(target ≤ {TARGET_WALL_S:g} s): {'ok' if ok else 'MISSED'}")
+        print(
+            f"\n{r['scenario']}, healthy: {r['tis']} task instances (target ≤ {TARGET_TIS}), {r['wall']:.1f} s "
+            f"(target ≤ {TARGET_WALL_S:g} s): {'ok' if ok else 'MISSED'}"
+        )
     return 0
 
 

@@ -38,6 +38,7 @@ the last three. Tracing costs time (libpq formats every message, including the
 catalog query's multi-megabyte result), so timings come from untraced runs and
 counts from a separate, identical traced run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,13 @@ def log(msg: str) -> None:
 # Build-time settings of the throwaway embedded server only (never applied to --dsn):
 # creating ~250k relations is dominated by WAL, checkpoints and fsyncs. All are reset
 # (and a CHECKPOINT taken) before anything is measured.
-FAST_BUILD_SETTINGS = {"fsync": "off", "full_page_writes": "off", "autovacuum": "off",
-                       "max_wal_size": "8GB", "checkpoint_timeout": "1h"}
+FAST_BUILD_SETTINGS = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "autovacuum": "off",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "1h",
+}
 
 
 @contextlib.contextmanager
@@ -123,7 +129,9 @@ def server_settings(admin_conninfo: str, settings: dict[str, str] | None) -> Non
             if settings is None:
                 conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
             else:
-                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(settings[name])))
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(settings[name]))
+                )
         conn.execute("SELECT pg_reload_conf()")
         if settings is None:
             time.sleep(0.5)  # let the postmaster and its children pick up the reload
@@ -187,8 +195,10 @@ def build(conninfo: str, n_tables: int, n_parts: int, today: datetime, workers: 
     batch = 50
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_build_batch, conninfo, range(lo, min(lo + batch, n_tables)), n_parts, first)
-                   for lo in range(0, n_tables, batch)]
+        futures = [
+            pool.submit(_build_batch, conninfo, range(lo, min(lo + batch, n_tables)), n_parts, first)
+            for lo in range(0, n_tables, batch)
+        ]
         for fut in as_completed(futures):
             fut.result()
             done += 1
@@ -228,8 +238,13 @@ def bench_config(n_tables: int, n_parts: int, statement_timeout_ms: int | None =
         "timezone": TZ,
         "state_schema": STATE_SCHEMA,
         "tables": [
-            {"name": f"{BENCH_SCHEMA}.t{i:04d}", "partition_key": "ts", "interval": "1 day",
-             "premake": PREMAKE, "retention": retention}
+            {
+                "name": f"{BENCH_SCHEMA}.t{i:04d}",
+                "partition_key": "ts",
+                "interval": "1 day",
+                "premake": PREMAKE,
+                "retention": retention,
+            }
             for i in range(n_tables)
         ],
     }
@@ -273,7 +288,7 @@ def parse_trace(trace: str, known: dict[str, str] | None = None) -> dict:
     kinds: Counter[str] = Counter()
     sent = ready = 0
     for idx, (side, kind, _, end) in enumerate(msgs):
-        body = trace[end: msgs[idx + 1][2] if idx + 1 < len(msgs) else len(trace)].strip()
+        body = trace[end : msgs[idx + 1][2] if idx + 1 < len(msgs) else len(trace)].strip()
         if side == "B":
             ready += kind == "ReadyForQuery"
             continue
@@ -342,8 +357,10 @@ def measure_plan(config: Config, facts: dict, now: datetime) -> dict:
     busy = [p for p in plans if not p.is_noop]
     if busy:
         p = busy[0]
-        raise SystemExit(f"the benchmark tables are not a no-op for the plan: {p.table}: creates "
-                         f"{[c.name for c in p.creates]}, retires {[r.name for r in p.retires]}")
+        raise SystemExit(
+            f"the benchmark tables are not a no-op for the plan: {p.table}: creates "
+            f"{[c.name for c in p.creates]}, retires {[r.name for r in p.retires]}"
+        )
     return {"times": times}
 
 
@@ -392,7 +409,8 @@ def noop_runs(conninfo: str, config: Config, now: datetime, trace_inline: bool) 
                 out[run]["trace"] = traced_run["trace"]
                 out[run]["error"] = out[run]["error"] or traced_run["error"]
         out["journal_rows"] = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.runs").format(sql.Identifier(STATE_SCHEMA))).fetchone()[0]
+            sql.SQL("SELECT count(*) FROM {}.runs").format(sql.Identifier(STATE_SCHEMA))
+        ).fetchone()[0]
     return out
 
 
@@ -438,8 +456,11 @@ def profile_noop(conninfo: str, config: Config, now: datetime) -> dict:
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("cumulative").print_stats(30)
     stats.sort_stats("tottime").print_stats(15)
-    text = buf.getvalue().replace(str(REPO) + "/", "").replace(
-        str(Path(psycopg.__file__).resolve().parent.parent) + "/", "")
+    text = (
+        buf.getvalue()
+        .replace(str(REPO) + "/", "")
+        .replace(str(Path(psycopg.__file__).resolve().parent.parent) + "/", "")
+    )
     return {"s": elapsed, "text": text}
 
 
@@ -506,20 +527,28 @@ def measure_parse(repeats: int = 3) -> list[dict]:
     files = sorted((REPO / "dags").glob("*.py"))
     with tempfile.TemporaryDirectory(prefix="pgmaint-bench-airflow-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PGMAINT_"))}
-        env.update({
-            "PYTHONPATH": str(REPO),
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "PGMAINT_CONFIG": str(DEMO_CONFIG),
-            # An unreachable target (TEST-NET-1, RFC 5737): parse must not try it.
-            "AIRFLOW_CONN_PGMAINT_TARGET": "postgresql://bench:bench@192.0.2.1:5432/nowhere?connect_timeout=1",
-        })
+        env.update(
+            {
+                "PYTHONPATH": str(REPO),
+                "AIRFLOW_HOME": home,
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "PGMAINT_CONFIG": str(DEMO_CONFIG),
+                # An unreachable target (TEST-NET-1, RFC 5737): parse must not try it.
+                "AIRFLOW_CONN_PGMAINT_TARGET": "postgresql://bench:bench@192.0.2.1:5432/nowhere?connect_timeout=1",
+            }
+        )
         for path in files:
             runs = []
             for _ in range(repeats):
-                proc = subprocess.run([sys.executable, "-c", _PARSE_CHILD, str(path)], env=env, cwd=str(REPO),
-                                      capture_output=True, text=True, timeout=300)
+                proc = subprocess.run(
+                    [sys.executable, "-c", _PARSE_CHILD, str(path)],
+                    env=env,
+                    cwd=str(REPO),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 if proc.returncode != 0 or not proc.stdout.strip():
                     runs.append({"error": f"child exited {proc.returncode}: {proc.stderr.strip()[-800:]}"})
                     continue
@@ -538,10 +567,12 @@ def verdict(ok: bool | None) -> str:
 def machine_info(conninfo: str, kind: str) -> list[str]:
     with psycopg.connect(conninfo) as conn:
         version = conn.execute("SELECT version()").fetchone()[0]
-        settings = dict(conn.execute(
-            "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
-            "('shared_buffers', 'max_locks_per_transaction', 'synchronous_commit', 'fsync', 'max_connections')"
-        ).fetchall())
+        settings = dict(
+            conn.execute(
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
+                "('shared_buffers', 'max_locks_per_transaction', 'synchronous_commit', 'fsync', 'max_connections')"
+            ).fetchall()
+        )
     cpu = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -556,13 +587,21 @@ def machine_info(conninfo: str, kind: str) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tables", type=int, default=1000)
     ap.add_argument("--partitions", type=int, default=60)
-    ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"),
-                    help="conninfo/URI of a server to use (default: $PGMAINT_BENCH_DSN, else embedded pgserver)")
-    ap.add_argument("--profile", action="store_true",
-                    help="cProfile one more no-op run and print the top entries (always done when a run misses its target)")
+    ap.add_argument(
+        "--dsn",
+        default=os.environ.get("PGMAINT_BENCH_DSN"),
+        help="conninfo/URI of a server to use (default: $PGMAINT_BENCH_DSN, else embedded pgserver)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile one more no-op run and print the top entries (always done when a run misses its target)",
+    )
     ap.add_argument("--no-profile", action="store_true", help="never profile")
     ap.add_argument("--parse-repeats", type=int, default=3)
     ap.add_argument("--build-workers", type=int, default=2, help="parallel sessions creating the tables")
@@ -613,39 +652,84 @@ def main() -> int:
         info = machine_info(conninfo, kind)
 
     rows: list[tuple[str, str, str, bool | None]] = []
-    rows.append(("catalog: round trips (`read_catalog`, all tables)", str(cat["round_trips"]), "1",
-                 cat["round_trips"] == 1))
+    rows.append(
+        ("catalog: round trips (`read_catalog`, all tables)", str(cat["round_trips"]), "1", cat["round_trips"] == 1)
+    )
     timeout_s = cat["timeout_ms"] / 1000
     if cat["error"]:
-        rows.append((f"catalog: seconds in an engine session (statement_timeout {timeout_s:g} s)",
-                     f"canceled after {cat['first_s']:.1f} s: {cat['error']}", f"< {timeout_s:g} s", False))
+        rows.append(
+            (
+                f"catalog: seconds in an engine session (statement_timeout {timeout_s:g} s)",
+                f"canceled after {cat['first_s']:.1f} s: {cat['error']}",
+                f"< {timeout_s:g} s",
+                False,
+            )
+        )
         rows.append(("catalog: seconds without statement_timeout", f"{cat['times'][0]:.1f}", "—", None))
     else:
-        rows.append(("catalog: seconds (median of 3)", f"{statistics.median(cat['times']):.2f}",
-                     f"< {timeout_s:g} s", statistics.median(cat["times"]) < timeout_s))
+        rows.append(
+            (
+                "catalog: seconds (median of 3)",
+                f"{statistics.median(cat['times']):.2f}",
+                f"< {timeout_s:g} s",
+                statistics.median(cat["times"]) < timeout_s,
+            )
+        )
     plan_s = statistics.median(plan["times"])
-    rows.append((f"plan: seconds for {n} tables (pure, median of 3)", f"{plan_s:.3f}", f"≤ {TARGET_PLAN_S:g} s",
-                 plan_s <= TARGET_PLAN_S))
-    for key, label in (("default", f"statement_timeout {timeout_s:g} s, as configured"),
-                       ("long", f"statement_timeout raised to {long_timeout_ms // 1000} s")):
+    rows.append(
+        (
+            f"plan: seconds for {n} tables (pure, median of 3)",
+            f"{plan_s:.3f}",
+            f"≤ {TARGET_PLAN_S:g} s",
+            plan_s <= TARGET_PLAN_S,
+        )
+    )
+    for key, label in (
+        ("default", f"statement_timeout {timeout_s:g} s, as configured"),
+        ("long", f"statement_timeout raised to {long_timeout_ms // 1000} s"),
+    ):
         if key not in noop:
             continue
         for run, what in ((1, "1st, creates state schema"), (2, "2nd")):
             r = noop[key][run]
             measured = f"{r['s']:.2f}" if not r["error"] else f"FAILED after {r['s']:.1f} s: {r['error']}"
-            rows.append((f"no-op run #{run} ({what}; {label}): wall seconds", measured, f"≤ {TARGET_NOOP_S:g} s",
-                         not r["error"] and r["s"] <= TARGET_NOOP_S))
+            rows.append(
+                (
+                    f"no-op run #{run} ({what}; {label}): wall seconds",
+                    measured,
+                    f"≤ {TARGET_NOOP_S:g} s",
+                    not r["error"] and r["s"] <= TARGET_NOOP_S,
+                )
+            )
             if not r["error"] and r.get("trace"):
                 rt = r["trace"]["round_trips"]
                 rows.append((f"no-op run #{run}: round trips (per table)", f"{rt} ({rt / n:.1f})", "—", None))
     rows.append((f"plan task (`plan_run`, all {n} tables, no-op): wall seconds", f"{once['s']:.2f}", "—", None))
     rows.append(("plan task: round trips", str(once["round_trips"]), "a handful", once["round_trips"] <= 10))
-    rows.append((f"journal of {n} no-op tables: one batched insert, seconds", f"{once['batched_s']:.3f}",
-                 "≤ 0.5 s", once["batched_s"] <= 0.5))
-    rows.append((f"journal of {n} no-op tables the per-table way (start + finish: {2 * n} round trips), seconds",
-                 f"{once['per_table_s']:.3f}", "—", None))
-    rows.append((f"watchdog cadence reads (`last_success`) for {n} tables after it, seconds",
-                 f"{once['last_success_s']:.3f}", "—", None))
+    rows.append(
+        (
+            f"journal of {n} no-op tables: one batched insert, seconds",
+            f"{once['batched_s']:.3f}",
+            "≤ 0.5 s",
+            once["batched_s"] <= 0.5,
+        )
+    )
+    rows.append(
+        (
+            f"journal of {n} no-op tables the per-table way (start + finish: {2 * n} round trips), seconds",
+            f"{once['per_table_s']:.3f}",
+            "—",
+            None,
+        )
+    )
+    rows.append(
+        (
+            f"watchdog cadence reads (`last_success`) for {n} tables after it, seconds",
+            f"{once['last_success_s']:.3f}",
+            "—",
+            None,
+        )
+    )
     for p in parses:
         good = [r for r in p["runs"] if "parse_s" in r]
         errors = [r.get("error") for r in p["runs"] if r.get("error")]
@@ -653,14 +737,17 @@ def main() -> int:
         db_mods = sorted({m for r in good for m in r["db_modules_after"]})
         if good:
             times = [r["parse_s"] for r in good]
-            measured = (f"{statistics.median(times):.3f} s (max {max(times):.3f} of {len(times)}; "
-                        f"`import airflow.sdk` before it: {statistics.median(r['baseline_s'] for r in good):.2f} s)")
+            measured = (
+                f"{statistics.median(times):.3f} s (max {max(times):.3f} of {len(times)}; "
+                f"`import airflow.sdk` before it: {statistics.median(r['baseline_s'] for r in good):.2f} s)"
+            )
         else:
             measured = "n/a"
         clean = not connects and not db_mods and not errors
         dags = sorted({d for r in good for d in r.get("dags", [])})
-        measured += "; " + ("no DB connection" if clean else
-                            f"connects {connects}, DB modules {db_mods}, errors {errors}")
+        measured += "; " + (
+            "no DB connection" if clean else f"connects {connects}, DB modules {db_mods}, errors {errors}"
+        )
         measured += f"; DAGs: {', '.join(dags) or 'none found'}"
         ok = bool(good) and clean and statistics.median(r["parse_s"] for r in good) <= TARGET_PARSE_S
         rows.append((f"DAG parse: `{p['file']}`", measured, f"≤ {TARGET_PARSE_S:g} s, no DB connection", ok))
@@ -668,9 +755,11 @@ def main() -> int:
     print()
     print(f"## pgmaint maintenance benchmark — {n} tables × {args.partitions} daily partitions")
     print()
-    print(f"{cat['partitions']} partitions and {cat['defaults']} (empty) DEFAULT partitions found by the catalog; "
-          f"interval 1 day, premake {PREMAKE}, retention {retention}: every run must create and retire nothing "
-          f"(asserted for every table).")
+    print(
+        f"{cat['partitions']} partitions and {cat['defaults']} (empty) DEFAULT partitions found by the catalog; "
+        f"interval 1 day, premake {PREMAKE}, retention {retention}: every run must create and retire nothing "
+        f"(asserted for every table)."
+    )
     print()
     print("| figure | measured | target | ok? |")
     print("|---|---|---|---|")
@@ -678,23 +767,33 @@ def main() -> int:
         print(f"| {figure} | {measured.replace('|', '/')} | {target} | {verdict(ok)} |")
     print()
     settle = f"; {built['reset']:.1f} s restoring server settings + CHECKPOINT" if "reset" in built else ""
-    print(f"- build: {built['total']:.1f} s ({built['create']:.1f} s CREATE with {args.build_workers} sessions, one "
-          f"transaction per table; {built['vacuum']:.1f} s VACUUM ANALYZE of the catalogs{settle}); "
-          f"{built['relations']} tables and indexes in schema `{BENCH_SCHEMA}`, {built['all_relations']} rows in "
-          f"pg_class (with TOAST); partitions from {built['first']:%Y-%m-%d} to "
-          f"{(today + timedelta(days=PREMAKE + 1)):%Y-%m-%d} (exclusive)")
+    print(
+        f"- build: {built['total']:.1f} s ({built['create']:.1f} s CREATE with {args.build_workers} sessions, one "
+        f"transaction per table; {built['vacuum']:.1f} s VACUUM ANALYZE of the catalogs{settle}); "
+        f"{built['relations']} tables and indexes in schema `{BENCH_SCHEMA}`, {built['all_relations']} rows in "
+        f"pg_class (with TOAST); partitions from {built['first']:%Y-%m-%d} to "
+        f"{(today + timedelta(days=PREMAKE + 1)):%Y-%m-%d} (exclusive)"
+    )
     if embedded:
-        print(f"- build used {', '.join(f'{k}={v}' for k, v in FAST_BUILD_SETTINGS.items())} on the throwaway "
-              "server; all were reset before measuring")
+        print(
+            f"- build used {', '.join(f'{k}={v}' for k, v in FAST_BUILD_SETTINGS.items())} on the throwaway "
+            "server; all were reset before measuring"
+        )
     measured_runs = noop.get("long", noop["default"])
-    print(f"- no-op runs: {measured_runs['journal_rows']} rows in `{STATE_SCHEMA}.runs` after the last pair "
-          "(one journal row per table and run)")
+    print(
+        f"- no-op runs: {measured_runs['journal_rows']} rows in `{STATE_SCHEMA}.runs` after the last pair "
+        "(one journal row per table and run)"
+    )
     if noop["default"]["trace_inline"]:
-        print("- round trips: libpq protocol messages (Query + Sync) counted from the timed runs themselves "
-              "(runs this slow make the tracing cost negligible)")
+        print(
+            "- round trips: libpq protocol messages (Query + Sync) counted from the timed runs themselves "
+            "(runs this slow make the tracing cost negligible)"
+        )
     else:
-        print("- round trips: libpq protocol messages (Query + Sync) counted from identical traced runs; "
-              "timings come from untraced runs")
+        print(
+            "- round trips: libpq protocol messages (Query + Sync) counted from identical traced runs; "
+            "timings come from untraced runs"
+        )
     for line in info:
         print(line)
     missed = [r[0] for r in rows if r[3] is False]

@@ -108,6 +108,7 @@ statements (calls, total and max time, rows, WAL) and the API statements' server
 Noise: before each measurement the script waits (up to --quiet-wait s) until other processes
 on the machine use < 0.3 cores, and reports the cores they used during each move.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -162,7 +163,9 @@ API_STATEMENT_TIMEOUT = "5s"
 API_WARMUP_S = 2.0
 API_TAIL_S = 0.5
 LOCK_SAMPLE_S = 0.050
-QUIET_CORES = 0.3  # before each measurement, wait (up to --quiet-wait s) until other processes use fewer cores than this
+QUIET_CORES = (
+    0.3  # before each measurement, wait (up to --quiet-wait s) until other processes use fewer cores than this
+)
 
 PARTMAN_TRIES = 5  # calls of partition_data_proc before giving up
 PGMAINT_TRIES = 2  # calls of migrate_table (a DAG task retry)
@@ -180,9 +183,14 @@ APP_ID_BASE = 50_000_000  # the application's new rows get ids from here (the AP
 APP_INSERT_VALUES = {"client_id": 7, "method": "PUT", "path": "/api/v1/app-workload", "status": 200, "duration_ms": 1}
 
 # The application workload's statements (left out of the contenders' top statements)
-APP_QUERIES = [f'SELECT payload FROM "{SCHEMA}"."{TABLE}" WHERE id = %', f'UPDATE "{SCHEMA}"."{TABLE}" SET payload = %',
-               f'DELETE FROM "{SCHEMA}"."{TABLE}" WHERE id = %', f'INSERT INTO "{SCHEMA}"."{TABLE}" (id, "created_at", payload%',
-               'SELECT id, "created_at", payload FROM %', 'SELECT count(*) FROM (SELECT 1 FROM %']
+APP_QUERIES = [
+    f'SELECT payload FROM "{SCHEMA}"."{TABLE}" WHERE id = %',
+    f'UPDATE "{SCHEMA}"."{TABLE}" SET payload = %',
+    f'DELETE FROM "{SCHEMA}"."{TABLE}" WHERE id = %',
+    f'INSERT INTO "{SCHEMA}"."{TABLE}" (id, "created_at", payload%',
+    'SELECT id, "created_at", payload FROM %',
+    "SELECT count(*) FROM (SELECT 1 FROM %",
+]
 
 DAG_ID = "default_partition_migration"
 DAG_TIMEOUT_S = 3600
@@ -214,7 +222,9 @@ def parse_sets(text: str) -> list[DataSet]:
         scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
         rows, days = int(float(m.group(1)) * scale), int(m.group(3))
         if rows < 10 or rows > APP_ID_BASE // 2 or days < 1 or days >= RETENTION_DAYS:
-            raise SystemExit(f"--sets: {part!r}: need 10 <= rows <= {APP_ID_BASE // 2:,} and 1 <= days < {RETENTION_DAYS}")
+            raise SystemExit(
+                f"--sets: {part!r}: need 10 <= rows <= {APP_ID_BASE // 2:,} and 1 <= days < {RETENTION_DAYS}"
+            )
         out.append(DataSet(part.strip(), rows, days))
     return out
 
@@ -229,7 +239,9 @@ class Layout:
 
     ds: DataSet
     t_end: datetime  # rows span [t_end - days, t_end)
-    live_day: str = "in-default"  # in-default: today has no partition (writers insert into the DEFAULT); partitioned: it has
+    live_day: str = (
+        "in-default"  # in-default: today has no partition (writers insert into the DEFAULT); partitioned: it has
+    )
 
     @classmethod
     def at(cls, ds: DataSet, now: datetime, live_day: str) -> Layout:
@@ -325,7 +337,9 @@ def setup_extensions(conn) -> tuple[str | None, bool]:
         if not version.startswith("4."):
             partman_problem = f"pg_partman {version} installed; this benchmark drives the 4.x API (4.7.2)"
     except psycopg.Error as exc:
-        partman_problem = f"CREATE EXTENSION pg_partman failed: {str(exc).strip()} (apt-get install -y postgresql-15-partman)"
+        partman_problem = (
+            f"CREATE EXTENSION pg_partman failed: {str(exc).strip()} (apt-get install -y postgresql-15-partman)"
+        )
     pgss = True
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -367,7 +381,8 @@ def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STATE_SCHEMA)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
-    conn.execute(sql.SQL("""
+    conn.execute(
+        sql.SQL("""
         CREATE TABLE {} (
             id          bigint GENERATED ALWAYS AS IDENTITY,
             created_at  timestamptz NOT NULL,
@@ -378,18 +393,27 @@ def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded
             duration_ms int NOT NULL,
             payload     text,
             PRIMARY KEY (id, created_at)
-        ) PARTITION BY RANGE (created_at)""").format(parent))
-    conn.execute(sql.SQL("CREATE INDEX {} ON {} (created_at)").format(sql.Identifier(f"{TABLE}_created_at_idx"), parent))
+        ) PARTITION BY RANGE (created_at)""").format(parent)
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX {} ON {} (created_at)").format(sql.Identifier(f"{TABLE}_created_at_idx"), parent)
+    )
     first = lay.pre_window_days[0]
     if partman:
         # Register with pg_partman while the table is empty (create_parent makes a DEFAULT and
         # partitions up to now + premake), then drop what the failed maintenance never made.
-        conn.execute("SELECT partman.create_parent(p_parent_table => %s, p_control => 'created_at', p_type => 'native', "
-                     "p_interval => 'daily', p_premake => %s, p_start_partition => %s)", [PARENT, PREMAKE, ts(first)])
-        rows = conn.execute("""
+        conn.execute(
+            "SELECT partman.create_parent(p_parent_table => %s, p_control => 'created_at', p_type => 'native', "
+            "p_interval => 'daily', p_premake => %s, p_start_partition => %s)",
+            [PARENT, PREMAKE, ts(first)],
+        )
+        rows = conn.execute(
+            """
             SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = %s::regclass""", [PARENT]).fetchall()
+            WHERE i.inhparent = %s::regclass""",
+            [PARENT],
+        ).fetchall()
         names = {r[0] for r in rows}
         for day in lay.existing_days:
             if f"{TABLE}_p{day:%Y_%m_%d}" not in names:
@@ -400,24 +424,39 @@ def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, name)))
     else:
         for day in lay.existing_days:
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier(SCHEMA, f"{TABLE}_p{day:%Y_%m_%d}"), parent,
-                sql.Literal(ts(day)), sql.Literal(ts(day + timedelta(days=1)))))
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(SCHEMA, f"{TABLE}_default"), parent))
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(SCHEMA, f"{TABLE}_p{day:%Y_%m_%d}"),
+                    parent,
+                    sql.Literal(ts(day)),
+                    sql.Literal(ts(day + timedelta(days=1))),
+                )
+            )
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+                sql.Identifier(SCHEMA, f"{TABLE}_default"), parent
+            )
+        )
     # The rows, in id (= time) order, as an append-only log has them.
-    conn.execute(sql.SQL("INSERT INTO {} (id, created_at, client_id, method, path, status, duration_ms, payload) "
-                         "OVERRIDING SYSTEM VALUE SELECT " + ROW_VALUES + " FROM generate_series(1, %(n)s::bigint) g").format(parent),
-                 {"t_start": lay.t_start, "t_end": lay.t_end, "n": lay.ds.rows})
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, created_at, client_id, method, path, status, duration_ms, payload) "
+            "OVERRIDING SYSTEM VALUE SELECT " + ROW_VALUES + " FROM generate_series(1, %(n)s::bigint) g"
+        ).format(parent),
+        {"t_start": lay.t_start, "t_end": lay.t_end, "n": lay.ds.rows},
+    )
     conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", [PARENT, lay.ds.rows])
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(parent))
     default = sql.Identifier(SCHEMA, f"{TABLE}_default")
-    total, in_default = conn.execute(sql.SQL("SELECT (SELECT count(*) FROM {}), (SELECT count(*) FROM ONLY {})").format(
-        parent, default)).fetchone()
+    total, in_default = conn.execute(
+        sql.SQL("SELECT (SELECT count(*) FROM {}), (SELECT count(*) FROM ONLY {})").format(parent, default)
+    ).fetchone()
     if total != lay.ds.rows or in_default != total:
         raise RuntimeError(f"seeding went wrong: {total} rows, {in_default} in the DEFAULT, expected {lay.ds.rows}")
     n, ck = figures(conn, lay)
-    app_rows = conn.execute(sql.SQL("SELECT id, created_at FROM ONLY {} WHERE id %% %s = 0 ORDER BY id").format(default),
-                            [lay.app_stride]).fetchall()
+    app_rows = conn.execute(
+        sql.SQL("SELECT id, created_at FROM ONLY {} WHERE id %% %s = 0 ORDER BY id").format(default), [lay.app_stride]
+    ).fetchall()
     if n + len(app_rows) != total:
         raise RuntimeError(f"seeding went wrong: {n} + {len(app_rows)} application rows != {total}")
     return Seeded(n, ck, time.monotonic() - t0, app_rows)
@@ -425,16 +464,22 @@ def seed(conn, lay: Layout, *, partman: bool, partman_available: bool) -> Seeded
 
 def figures(conn, lay: Layout) -> tuple[int, int]:
     """Count and checksum of the seeded rows the application workload does not own (nobody writes them during a move)."""
-    n, ck = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t "
-                                 "WHERE id <= %s AND id %% %s <> 0").format(sql.Identifier(SCHEMA, TABLE)),
-                         [lay.ds.rows, lay.app_stride]).fetchone()
+    n, ck = conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t WHERE id <= %s AND id %% %s <> 0"
+        ).format(sql.Identifier(SCHEMA, TABLE)),
+        [lay.ds.rows, lay.app_stride],
+    ).fetchone()
     return int(n), int(ck)
 
 
 def default_partition(conn) -> str | None:
-    row = conn.execute("""
+    row = conn.execute(
+        """
         SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""", [PARENT]).fetchone()
+        WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""",
+        [PARENT],
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -460,8 +505,12 @@ class ConnectionQueue:
             self.q.put(self._new())
 
     def _new(self):
-        return psycopg.connect(self.conninfo, autocommit=True, application_name="bench-api",
-                               options=f"-c statement_timeout={API_STATEMENT_TIMEOUT}")
+        return psycopg.connect(
+            self.conninfo,
+            autocommit=True,
+            application_name="bench-api",
+            options=f"-c statement_timeout={API_STATEMENT_TIMEOUT}",
+        )
 
     @contextlib.contextmanager
     def connection(self):
@@ -485,8 +534,10 @@ class ConnectionQueue:
                 self.q.get_nowait().close()
 
 
-INSERT_SQL = (API_TAG + "INSERT INTO bench.req (created_at, client_id, method, path, status, duration_ms, payload) "
-              "VALUES (now(), %s, %s, %s, %s, %s, %s)")
+INSERT_SQL = (
+    API_TAG + "INSERT INTO bench.req (created_at, client_id, method, path, status, duration_ms, payload) "
+    "VALUES (now(), %s, %s, %s, %s, %s, %s)"
+)
 COUNT_SQL = API_TAG + "SELECT count(*) FROM bench.req WHERE created_at > now() - interval '1 minute'"
 READ_SQL = API_TAG + "SELECT * FROM bench.req WHERE id = %s"
 
@@ -509,7 +560,9 @@ class Api:
     def start(self) -> None:
         t0 = time.monotonic() + 0.05
         for i in range(API_CLIENTS):
-            th = threading.Thread(target=self._client, args=(i, t0 + i * API_PERIOD_S / API_CLIENTS), name=f"api-{i}", daemon=True)
+            th = threading.Thread(
+                target=self._client, args=(i, t0 + i * API_PERIOD_S / API_CLIENTS), name=f"api-{i}", daemon=True
+            )
             self._threads.append(th)
         self._threads.append(threading.Thread(target=self._sampler, name="lock-sampler", daemon=True))
         for th in self._threads:
@@ -537,9 +590,17 @@ class Api:
             try:
                 with self.pool.connection() as conn:
                     if kind == "insert":
-                        conn.execute(INSERT_SQL, [rng.randint(1, 1024), rng.choice(("GET", "GET", "POST", "PUT")),
-                                                  f"/api/v1/orders/{rng.randint(1, 65535)}", 200, rng.randint(1, 2000),
-                                                  rng.randbytes(50).hex()])
+                        conn.execute(
+                            INSERT_SQL,
+                            [
+                                rng.randint(1, 1024),
+                                rng.choice(("GET", "GET", "POST", "PUT")),
+                                f"/api/v1/orders/{rng.randint(1, 65535)}",
+                                200,
+                                rng.randint(1, 2000),
+                                rng.randbytes(50).hex(),
+                            ],
+                        )
                     elif kind == "count":
                         conn.execute(COUNT_SQL).fetchone()
                     else:
@@ -561,9 +622,11 @@ class Api:
             nxt = time.monotonic()
             while not self.stop_event.is_set():
                 try:
-                    n, av = c.execute(SAMPLER_TAG + "SELECT count(*) FILTER (WHERE NOT granted), "
-                                      "(SELECT string_agg(query, '; ') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                                      "AND query <> '') FROM pg_locks").fetchone()
+                    n, av = c.execute(
+                        SAMPLER_TAG + "SELECT count(*) FILTER (WHERE NOT granted), "
+                        "(SELECT string_agg(query, '; ') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                        "AND query <> '') FROM pg_locks"
+                    ).fetchone()
                     now = time.monotonic()
                     self.lock_samples.append((now, int(n)))
                     if av:
@@ -616,13 +679,22 @@ def api_figures(api: Api, start: float, end: float) -> ApiFigures:
         if k_lat:
             by_kind[kind] = (len(k_lat), percentile(k_lat, 0.5), percentile(k_lat, 0.99), k_lat[-1])
     return ApiFigures(
-        requests=len(reqs), errors=len(errors),
-        p50_ms=percentile(lat, 0.50), p99_ms=percentile(lat, 0.99), max_ms=lat[-1] if lat else float("nan"),
-        over_100ms=sum(1 for x in lat if x > 100), over_1s=sum(1 for x in lat if x > 1000),
-        max_lock_waiters=max(samples, default=0), lock_samples=len(samples),
-        reads=len(reads), reads_missing=sum(1 for r in reads if r.found is False), error_kinds=kinds,
-        autovacuum=sorted({q for t, q in api.autovacuum if start <= t <= end + API_TAIL_S}), by_kind=by_kind,
-        slow=[(r.sched, r.latency * 1000, r.kind) for r in reqs if r.latency > 0.1])
+        requests=len(reqs),
+        errors=len(errors),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        max_ms=lat[-1] if lat else float("nan"),
+        over_100ms=sum(1 for x in lat if x > 100),
+        over_1s=sum(1 for x in lat if x > 1000),
+        max_lock_waiters=max(samples, default=0),
+        lock_samples=len(samples),
+        reads=len(reads),
+        reads_missing=sum(1 for r in reads if r.found is False),
+        error_kinds=kinds,
+        autovacuum=sorted({q for t, q in api.autovacuum if start <= t <= end + API_TAIL_S}),
+        by_kind=by_kind,
+        slow=[(r.sched, r.latency * 1000, r.kind) for r in reqs if r.latency > 0.1],
+    )
 
 
 # --- CPU used by other processes on this machine ------------------------------------------------
@@ -690,7 +762,9 @@ class CpuMeter:
             other, _ = self.since(snap)
             if other < cores or time.monotonic() >= deadline:
                 if other >= cores:
-                    log(f"  machine still busy (other processes use {other:.2f} cores); going ahead after {max_wait:.0f}s")
+                    log(
+                        f"  machine still busy (other processes use {other:.2f} cores); going ahead after {max_wait:.0f}s"
+                    )
                 return other
             log(f"  other processes use {other:.2f} cores; waiting for a quieter machine")
 
@@ -736,10 +810,20 @@ def pgmaint_timers():
         timer.wrap(pg_migrate, "preflight", "preflight"),
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
         timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
-        timer.wrap(pg_migrate.Backfill, "_batch", "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)"),
-        timer.wrap(pg_migrate.CutVerifier, "figures", key=lambda self, m, method, *, swapped: (
-            "count at the swap (exported snapshot; only when a write reached the DEFAULT since the check)" if swapped
-            else "verify the copies before the swap (exported snapshot, count + checksum)")),
+        timer.wrap(
+            pg_migrate.Backfill,
+            "_batch",
+            "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)",
+        ),
+        timer.wrap(
+            pg_migrate.CutVerifier,
+            "figures",
+            key=lambda self, m, method, *, swapped: (
+                "count at the swap (exported snapshot; only when a write reached the DEFAULT since the check)"
+                if swapped
+                else "verify the copies before the swap (exported snapshot, count + checksum)"
+            ),
+        ),
         timer.wrap(pg_migrate._Run, "wait_for_old_snapshots", "wait for older snapshots"),
         timer.wrap(pg_migrate, "drop_old_default", "drop the old DEFAULT (re-checked unchanged)"),
     ]
@@ -781,15 +865,32 @@ def app_clean(app: dict) -> bool:
     return bool(app) and all(app.get(k, 0) == 0 for k in APP_BUG_FIGURES)
 
 
-APP_BUG_FIGURES = ("read_misses", "read_doubles", "stale_reads", "update_misses", "delete_misses", "errors",
-                   "duplicate_keys", "rows_lost", "rows_resurrected", "payloads_wrong")
+APP_BUG_FIGURES = (
+    "read_misses",
+    "read_doubles",
+    "stale_reads",
+    "update_misses",
+    "delete_misses",
+    "errors",
+    "duplicate_keys",
+    "rows_lost",
+    "rows_resurrected",
+    "payloads_wrong",
+)
 
 
 BENCH_CONFIG = {
     "state_schema": STATE_SCHEMA,
     "timezone": "UTC",
-    "tables": [{"name": PARENT, "partition_key": "created_at", "interval": "1 day", "premake": PREMAKE,
-                "retention": f"{RETENTION_DAYS} days"}],
+    "tables": [
+        {
+            "name": PARENT,
+            "partition_key": "created_at",
+            "interval": "1 day",
+            "premake": PREMAKE,
+            "retention": f"{RETENTION_DAYS} days",
+        }
+    ],
 }
 
 
@@ -813,8 +914,9 @@ def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -
             for _attempt in range(PGMAINT_TRIES):
                 if conn.closed or conn.broken:
                     conn = connect(conninfo, config.lock_budget)
-                result = migrate_table(conn, conninfo, config, config.tables[0], batch_rows=batch_rows, max_minutes=60.0,
-                                       progress=progress)
+                result = migrate_table(
+                    conn, conninfo, config, config.tables[0], batch_rows=batch_rows, max_minutes=60.0, progress=progress
+                )
                 calls.append(result)
                 if result.outcome == "success":
                     break
@@ -822,16 +924,21 @@ def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -
         outcome.phases = {k: (len(v), sum(v), max(v)) for k, v in timer.phases.items()}
         outcome.spans = timer.spans
         first = calls[0]
-        outcome.note = (f"outcome {result.outcome}, {sum(c.rows_moved for c in calls):,} rows into {len(first.partitions)} partitions, "
-                        f"engine-reported {sum(c.seconds for c in calls):.2f}s")
+        outcome.note = (
+            f"outcome {result.outcome}, {sum(c.rows_moved for c in calls):,} rows into {len(first.partitions)} partitions, "
+            f"engine-reported {sum(c.seconds for c in calls):.2f}s"
+        )
         if len(calls) > 1:
-            outcome.note += (f"; NEEDED {len(calls)} CALLS: " + " | ".join(
+            outcome.note += f"; NEEDED {len(calls)} CALLS: " + " | ".join(
                 f"call {i}: {c.outcome} after {c.seconds:.1f}s, {c.rows_moved:,} rows moved, errors {c.errors}"
-                for i, c in enumerate(calls, 1)))
+                for i, c in enumerate(calls, 1)
+            )
         if first.left_in_default:
             outcome.note += f"; left in DEFAULT: {first.left_in_default}"
         if result.outcome != "success":
-            raise RuntimeError(f"pgmaint migration {result.outcome} after {len(calls)} call(s): {result.errors or result.skipped_reason}")
+            raise RuntimeError(
+                f"pgmaint migration {result.outcome} after {len(calls)} call(s): {result.errors or result.skipped_reason}"
+            )
     finally:
         conn.close()
 
@@ -848,38 +955,61 @@ class AirflowHome:
         self.config = self.path / "pgmaint-bench.yaml"
         self.config.write_text(json.dumps(BENCH_CONFIG, indent=2) + "\n")  # JSON is YAML
         params = conninfo_to_dict(conninfo)
-        target = {"conn_type": "postgres", "host": params.get("host"), "port": int(params.get("port") or 5432),
-                  "login": params.get("user"), "password": params.get("password"), "schema": params.get("dbname")}
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("AIRFLOW__DATABASE__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))}
-        self.env.update({"PGMAINT_AIRFLOW_HOME": str(self.path), "PGMAINT_CONFIG": str(self.config),
-                         # the SQLite DB `dags test` uses, for `--prepare` too (else it would prepare the embedded dev DB)
-                         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.path}/airflow.db",
-                         "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps({k: v for k, v in target.items() if v is not None})})
+        target = {
+            "conn_type": "postgres",
+            "host": params.get("host"),
+            "port": int(params.get("port") or 5432),
+            "login": params.get("user"),
+            "password": params.get("password"),
+            "schema": params.get("dbname"),
+        }
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW__DATABASE__", "AIRFLOW_CONN_", "AIRFLOW_HOME"))
+        }
+        self.env.update(
+            {
+                "PGMAINT_AIRFLOW_HOME": str(self.path),
+                "PGMAINT_CONFIG": str(self.config),
+                # the SQLite DB `dags test` uses, for `--prepare` too (else it would prepare the embedded dev DB)
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.path}/airflow.db",
+                "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps({k: v for k, v in target.items() if v is not None}),
+            }
+        )
         self.prepare_seconds: float | None = None
 
     def prepare(self) -> None:
         t0 = time.monotonic()
-        proc = subprocess.run([str(REPO / "scripts" / "airflow"), "--prepare"], env=self.env, capture_output=True, text=True,
-                              timeout=900)
+        proc = subprocess.run(
+            [str(REPO / "scripts" / "airflow"), "--prepare"], env=self.env, capture_output=True, text=True, timeout=900
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"scripts/airflow --prepare failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
+            raise RuntimeError(
+                f"scripts/airflow --prepare failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}"
+            )
         self.prepare_seconds = time.monotonic() - t0
 
     def task_times(self) -> tuple[dict, list[tuple]]:
         """The last DAG run (state, start, end) and its task instances (task, state, start, end, seconds), from the SQLite DB."""
         db = sqlite3.connect(self.path / "airflow.db")
         try:
-            run = db.execute("SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                             [DAG_ID]).fetchone()
+            run = db.execute(
+                "SELECT run_id, state, start_date, end_date FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                [DAG_ID],
+            ).fetchone()
             if run is None:
                 return {}, []
-            tis = db.execute("SELECT task_id, state, start_date, end_date, duration FROM task_instance "
-                             "WHERE dag_id = ? AND run_id = ? ORDER BY start_date", [DAG_ID, run[0]]).fetchall()
+            tis = db.execute(
+                "SELECT task_id, state, start_date, end_date, duration FROM task_instance "
+                "WHERE dag_id = ? AND run_id = ? ORDER BY start_date",
+                [DAG_ID, run[0]],
+            ).fetchall()
         finally:
             db.close()
         return {"run_id": run[0], "state": run[1], "start": _utc(run[2]), "end": _utc(run[3])}, [
-            (t, st, _utc(a), _utc(b), d) for t, st, a, b, d in tis]
+            (t, st, _utc(a), _utc(b), d) for t, st, a, b, d in tis
+        ]
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -920,28 +1050,50 @@ def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcom
     remigrated = (marker.stat().st_mtime if marker.exists() else None) != migrated_before
     run, tasks = home.task_times()
     with psycopg.connect(conninfo, autocommit=True) as c:
-        row = c.execute(sql.SQL("SELECT extract(epoch FROM finished_at - started_at), outcome, summary->>'outcome', "
-                                "(summary->>'seconds')::float8, (summary->>'rows_moved')::bigint, error FROM {}.runs "
-                                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1").format(
-            sql.Identifier(STATE_SCHEMA)), [DAG_ID]).fetchone()
-    dag = outcome.dag = {"exit": proc.returncode, "state": run.get("state"), "started_at": started_at, "run": run, "tasks": tasks,
-                         "log": str(logfile)}
+        row = c.execute(
+            sql.SQL(
+                "SELECT extract(epoch FROM finished_at - started_at), outcome, summary->>'outcome', "
+                "(summary->>'seconds')::float8, (summary->>'rows_moved')::bigint, error FROM {}.runs "
+                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1"
+            ).format(sql.Identifier(STATE_SCHEMA)),
+            [DAG_ID],
+        ).fetchone()
+    dag = outcome.dag = {
+        "exit": proc.returncode,
+        "state": run.get("state"),
+        "started_at": started_at,
+        "run": run,
+        "tasks": tasks,
+        "log": str(logfile),
+    }
     if row:
-        dag.update(engine_journal=float(row[0]) if row[0] is not None else None, journal_outcome=row[1],
-                   engine_outcome=row[2], engine_seconds=row[3], rows_moved=row[4], engine_error=row[5])
+        dag.update(
+            engine_journal=float(row[0]) if row[0] is not None else None,
+            journal_outcome=row[1],
+            engine_outcome=row[2],
+            engine_seconds=row[3],
+            rows_moved=row[4],
+            engine_error=row[5],
+        )
     by_task = {t[0]: t for t in tasks}
     fin = by_task.get("finish")
     dag["finish_seconds"] = fin[4] if fin else None
-    outcome.note = (f"`scripts/airflow dags test {DAG_ID}` exit {proc.returncode}, DAG run {run.get('state')}; "
-                    f"migrate: {dag.get('engine_outcome')}, {dag.get('rows_moved') or 0:,} rows, "
-                    f"engine {dag.get('engine_seconds') or 0:.2f}s (journal)")
+    outcome.note = (
+        f"`scripts/airflow dags test {DAG_ID}` exit {proc.returncode}, DAG run {run.get('state')}; "
+        f"migrate: {dag.get('engine_outcome')}, {dag.get('rows_moved') or 0:,} rows, "
+        f"engine {dag.get('engine_seconds') or 0:.2f}s (journal)"
+    )
     if remigrated:
-        outcome.note += ("; NOTE: scripts/airflow re-ran `airflow db migrate` inside this timed run (the shared venv was "
-                         "re-installed meanwhile): the wall time includes it")
+        outcome.note += (
+            "; NOTE: scripts/airflow re-ran `airflow db migrate` inside this timed run (the shared venv was "
+            "re-installed meanwhile): the wall time includes it"
+        )
     if proc.returncode != 0 or run.get("state") != "success":
         tail = logfile.read_text(errors="replace").strip().splitlines()[-15:]
-        raise RuntimeError(f"DAG run {run.get('state')} (exit {proc.returncode}); {dag.get('engine_error') or ''} "
-                           f"log {logfile}: " + " / ".join(tail))
+        raise RuntimeError(
+            f"DAG run {run.get('state')} (exit {proc.returncode}); {dag.get('engine_error') or ''} "
+            f"log {logfile}: " + " / ".join(tail)
+        )
 
 
 def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
@@ -974,8 +1126,10 @@ def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
                 log(f"  partman: attempt {attempt} failed: {failures[-1]}")
         outcome.wall = time.monotonic() - t0
     batches = [(n, t) for n, t in zip(notices, stamps) if n.startswith("Batch:")]
-    outcome.note = (f"partition_data_proc(p_wait => 0): {len(batches)} committed batches (one day per transaction), "
-                    f"{len(failures) + (0 if len(failures) == PARTMAN_TRIES else 1)} call(s)")
+    outcome.note = (
+        f"partition_data_proc(p_wait => 0): {len(batches)} committed batches (one day per transaction), "
+        f"{len(failures) + (0 if len(failures) == PARTMAN_TRIES else 1)} call(s)"
+    )
     if batches:
         outcome.note += f"; last committed batch at {batches[-1][1] - t0:.2f}s"
     if failures:
@@ -1000,11 +1154,22 @@ def run_physical(conninfo: str, lay: Layout, outcome: Outcome) -> None:
                 child = sql.Identifier(SCHEMA, f"{TABLE}_p{day:%Y%m%d}")
                 cond = sql.SQL("created_at >= {} AND created_at < {}").format(lo, hi)
                 conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(child, parent))
-                conn.execute(sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM ONLY {} WHERE {}").format(child, default, cond))
+                conn.execute(
+                    sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE SELECT * FROM ONLY {} WHERE {}").format(
+                        child, default, cond
+                    )
+                )
                 conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE {}").format(default, cond))
-                conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-                    child, sql.Identifier(f"{TABLE}_p{day:%Y%m%d}_bound"), cond))
-                conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(parent, child, lo, hi))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+                        child, sql.Identifier(f"{TABLE}_p{day:%Y%m%d}_bound"), cond
+                    )
+                )
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                        parent, child, lo, hi
+                    )
+                )
         outcome.wall = time.monotonic() - t0
     outcome.note = f"one transaction under ACCESS EXCLUSIVE on the parent, {len(lay.window_days)} days"
 
@@ -1017,11 +1182,21 @@ def verify(conn, lay: Layout, seeded: Seeded, api_inserted: int) -> tuple[bool, 
     new rows (ids from APP_ID_BASE).
     """
     n, ck = figures(conn, lay)
-    api_rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id < %s").format(sql.Identifier(SCHEMA, TABLE)),
-                            [lay.ds.rows, APP_ID_BASE]).fetchone()[0]
+    api_rows = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id < %s").format(sql.Identifier(SCHEMA, TABLE)),
+        [lay.ds.rows, APP_ID_BASE],
+    ).fetchone()[0]
     dflt = default_partition(conn)
-    left, left_seeded = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE id <= %s) FROM ONLY {} WHERE created_at >= %s")
-                                     .format(sql.Identifier(SCHEMA, dflt)), [lay.ds.rows, lay.first_window_day]).fetchone() if dflt else (0, 0)
+    left, left_seeded = (
+        conn.execute(
+            sql.SQL("SELECT count(*), count(*) FILTER (WHERE id <= %s) FROM ONLY {} WHERE created_at >= %s").format(
+                sql.Identifier(SCHEMA, dflt)
+            ),
+            [lay.ds.rows, lay.first_window_day],
+        ).fetchone()
+        if dflt
+        else (0, 0)
+    )
     problems, leftovers = [], []
     if n != seeded.rows:
         problems.append(f"seeded rows {n:,} != {seeded.rows:,}")
@@ -1034,11 +1209,24 @@ def verify(conn, lay: Layout, seeded: Seeded, api_inserted: int) -> tuple[bool, 
     if dflt is None:
         problems.append("no DEFAULT partition attached")
     if problems or leftovers:
-        kept = "" if problems else (f"no row lost or duplicated ({n:,} seeded rows not owned by the application: count+checksum "
-                                    f"equal; {api_rows:,} API rows present); ")
+        kept = (
+            ""
+            if problems
+            else (
+                f"no row lost or duplicated ({n:,} seeded rows not owned by the application: count+checksum "
+                f"equal; {api_rows:,} API rows present); "
+            )
+        )
         return not problems, not leftovers, "FAIL: " + kept + "; ".join(problems + leftovers), left_seeded
-    return True, True, (f"PASS: {n:,} seeded rows not owned by the application, count+checksum equal; {api_rows:,} API rows all "
-                        "present; DEFAULT holds 0 in-window rows"), 0
+    return (
+        True,
+        True,
+        (
+            f"PASS: {n:,} seeded rows not owned by the application, count+checksum equal; {api_rows:,} API rows all "
+            "present; DEFAULT holds 0 in-window rows"
+        ),
+        0,
+    )
 
 
 def pgss_reset(conn, enabled: bool) -> None:
@@ -1049,29 +1237,35 @@ def pgss_reset(conn, enabled: bool) -> None:
 def pgss_top(conn, enabled: bool, limit: int = 8) -> list[tuple]:
     if not enabled:
         return []
-    return conn.execute("""
+    return conn.execute(
+        """
         SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(max_exec_time::numeric, 1) AS max_ms,
                rows, round(wal_bytes / 1048576.0, 1) AS wal_mb, regexp_replace(left(query, 400), '\\s+', ' ', 'g')
         FROM pg_stat_statements
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND query NOT LIKE %s AND query NOT LIKE %s AND query NOT ILIKE '%%pg_stat_statements%%'
           AND NOT query LIKE ANY(%s)
-        ORDER BY total_exec_time DESC LIMIT %s""", [API_TAG.strip() + "%", SAMPLER_TAG.strip() + "%", APP_QUERIES, limit]).fetchall()
+        ORDER BY total_exec_time DESC LIMIT %s""",
+        [API_TAG.strip() + "%", SAMPLER_TAG.strip() + "%", APP_QUERIES, limit],
+    ).fetchall()
 
 
 def pgss_api(conn, enabled: bool) -> list[tuple]:
     if not enabled:
         return []
-    rows = conn.execute("""
+    rows = conn.execute(
+        """
         SELECT CASE WHEN query LIKE %s THEN 'insert' WHEN query LIKE %s THEN 'count' ELSE 'read' END,
                sum(total_exec_time) / greatest(sum(calls), 1), max(max_exec_time)
         FROM pg_stat_statements WHERE query LIKE %s GROUP BY 1 ORDER BY 1""",
-                        [API_TAG.strip() + " INSERT%", API_TAG.strip() + " SELECT count%", API_TAG.strip() + "%"]).fetchall()
+        [API_TAG.strip() + " INSERT%", API_TAG.strip() + " SELECT count%", API_TAG.strip() + "%"],
+    ).fetchall()
     return [(k, float(m), float(x)) for k, m, x in rows]
 
 
-def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, pgss: bool, batch_rows: int,
-                  quiet_wait: float) -> Outcome:
+def run_contender(
+    name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, pgss: bool, batch_rows: int, quiet_wait: float
+) -> Outcome:
     outcome = Outcome(name, seeded=seeded)
     admin.execute("CHECKPOINT")
     if METER:
@@ -1079,8 +1273,11 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
     pgss_reset(admin, pgss)
     api = Api(conninfo, lay.ds.rows, seed=sum(map(ord, name)), app_stride=lay.app_stride)
     api.start()
-    app = None if name.endswith("-api-only") else start_app(conninfo, lay, seeded, seed=sum(map(ord, name)),
-                                                              late=(name != "partman-no-late"))
+    app = (
+        None
+        if name.endswith("-api-only")
+        else start_app(conninfo, lay, seeded, seed=sum(map(ord, name)), late=(name != "partman-no-late"))
+    )
     time.sleep(API_WARMUP_S)
     snap = METER.snapshot() if METER else None
     start = outcome.move_start = time.monotonic()
@@ -1120,9 +1317,20 @@ def run_contender(name: str, conninfo: str, admin, lay: Layout, seeded: Seeded, 
 
 def start_app(conninfo: str, lay: Layout, seeded: Seeded, seed: int, late: bool = True) -> AppWorkload:
     """late=False: no late inserts for the days being moved (what lets partition_data_proc finish)."""
-    return AppWorkload(conninfo, SCHEMA, TABLE, seeded.app_rows, lay.window_days if late else [], workers=APP_WORKERS, pause=APP_PAUSE_S,
-                       key="created_at", new_id_base=APP_ID_BASE, statement_timeout_ms=int(API_STATEMENT_TIMEOUT.rstrip("s")) * 1000,
-                       seed=seed, insert_values=APP_INSERT_VALUES).start()
+    return AppWorkload(
+        conninfo,
+        SCHEMA,
+        TABLE,
+        seeded.app_rows,
+        lay.window_days if late else [],
+        workers=APP_WORKERS,
+        pause=APP_PAUSE_S,
+        key="created_at",
+        new_id_base=APP_ID_BASE,
+        statement_timeout_ms=int(API_STATEMENT_TIMEOUT.rstrip("s")) * 1000,
+        seed=seed,
+        insert_values=APP_INSERT_VALUES,
+    ).start()
 
 
 def baseline(conninfo: str, lay: Layout, seeded: Seeded, seconds: float = 5.0) -> Outcome:
@@ -1157,19 +1365,24 @@ def fmt_ms(x: float) -> str:
 
 SCENARIO_TEXT = {
     "in-default": "live day in the DEFAULT: rows span the {days} days ending at the start of the run; today has no partition, "
-                  "so the API's inserts at now() also land in the DEFAULT until today's partition exists",
+    "so the API's inserts at now() also land in the DEFAULT until today's partition exists",
     "partitioned": "live day partitioned: rows span the {days} full days before today; today's partition (and {premake} "
-                   "premade ones) exist, so the API's inserts at now() land there",
+    "premade ones) exist, so the API's inserts at now() land there",
 }
 
 
 def table(lay: Layout, outcomes: list[Outcome]) -> str:
     ds = lay.ds
-    lines = [f"### {ds.rows:,} DEFAULT rows over {ds.days} days ({ds.label}), {lay.live_day}", "",
-             SCENARIO_TEXT[lay.live_day].format(days=ds.days, premake=PREMAKE) + f" ({len(lay.window_days)} daily intervals to move, "
-             f"{len(lay.pre_window_days)} partitions before the window).", "",
-             "| contender | wall s | rows/s | API requests | errors | p50 ms | p99 ms | max ms | >100 ms | >1 s | max lock waiters |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {ds.rows:,} DEFAULT rows over {ds.days} days ({ds.label}), {lay.live_day}",
+        "",
+        SCENARIO_TEXT[lay.live_day].format(days=ds.days, premake=PREMAKE)
+        + f" ({len(lay.window_days)} daily intervals to move, "
+        f"{len(lay.pre_window_days)} partitions before the window).",
+        "",
+        "| contender | wall s | rows/s | API requests | errors | p50 ms | p99 ms | max ms | >100 ms | >1 s | max lock waiters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for o in outcomes:
         if o.skipped:
             lines.append(f"| {o.contender} | skipped: {o.skipped} | | | | | | | | | |")
@@ -1178,28 +1391,35 @@ def table(lay: Layout, outcomes: list[Outcome]) -> str:
         idle = o.contender.startswith("(")
         wall = f"({o.wall:.1f})" if idle else f"{o.wall:.2f}" + (" DNF" if o.failure else "")
         rate = "-" if idle else f"{(ds.rows - o.rows_left) / o.wall:,.0f}"
-        lines.append(f"| {o.contender} | {wall} | {rate} | {a.requests:,} | {a.errors:,} | {fmt_ms(a.p50_ms)} | {fmt_ms(a.p99_ms)} | "
-                     f"{fmt_ms(a.max_ms)} | {a.over_100ms:,} | {a.over_1s:,} | {a.max_lock_waiters} |")
+        lines.append(
+            f"| {o.contender} | {wall} | {rate} | {a.requests:,} | {a.errors:,} | {fmt_ms(a.p50_ms)} | {fmt_ms(a.p99_ms)} | "
+            f"{fmt_ms(a.max_ms)} | {a.over_100ms:,} | {a.over_1s:,} | {a.max_lock_waiters} |"
+        )
     return "\n".join(lines)
 
 
 def app_table(outcomes: list[Outcome]) -> str:
     """What the application workload saw: misses of its own existing rows, and the table against its model afterwards."""
-    lines = [f"Application workload ({APP_WORKERS} connections, each owning ~{APP_ROWS // APP_WORKERS:,} seeded rows and its new rows; "
-             "from 2 s before the move until 0.5 s after it). Misses: key reads / UPDATEs / DELETEs of rows that exist that "
-             "found or matched nothing; afterwards: the table compared with what the application knows it wrote.", "",
-             "| contender | statements | key reads missed | updates missed | deletes missed | read twice / stale | "
-             "upserts, inserts now, late | errors | duplicate keys | rows lost | resurrected | payloads wrong |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Application workload ({APP_WORKERS} connections, each owning ~{APP_ROWS // APP_WORKERS:,} seeded rows and its new rows; "
+        "from 2 s before the move until 0.5 s after it). Misses: key reads / UPDATEs / DELETEs of rows that exist that "
+        "found or matched nothing; afterwards: the table compared with what the application knows it wrote.",
+        "",
+        "| contender | statements | key reads missed | updates missed | deletes missed | read twice / stale | "
+        "upserts, inserts now, late | errors | duplicate keys | rows lost | resurrected | payloads wrong |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for o in outcomes:
         a = o.app
         if o.skipped or not a:
             continue
-        lines.append(f"| {o.contender} | {a['requests']:,} | {a['read_misses']:,} of {a['reads']:,} | "
-                     f"{a['update_misses']:,} of {a['updates']:,} | {a['delete_misses']:,} of {a['deletes']:,} | "
-                     f"{a['read_doubles']} / {a['stale_reads']} | {a['upserts']:,}, {a['inserts']:,}, {a['late_inserts']:,} | "
-                     f"{a['errors']:,} | {a['duplicate_keys']:,} | {a['rows_lost']:,} | {a['rows_resurrected']:,} | "
-                     f"{a['payloads_wrong']:,} |")
+        lines.append(
+            f"| {o.contender} | {a['requests']:,} | {a['read_misses']:,} of {a['reads']:,} | "
+            f"{a['update_misses']:,} of {a['updates']:,} | {a['delete_misses']:,} of {a['deletes']:,} | "
+            f"{a['read_doubles']} / {a['stale_reads']} | {a['upserts']:,}, {a['inserts']:,}, {a['late_inserts']:,} | "
+            f"{a['errors']:,} | {a['duplicate_keys']:,} | {a['rows_lost']:,} | {a['rows_resurrected']:,} | "
+            f"{a['payloads_wrong']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -1209,13 +1429,20 @@ def dag_breakdown(o: Outcome) -> list[str]:
     if not d:
         return []
     tasks = d.get("tasks") or []
-    out = [f"{o.contender}: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
-           f"{o.wall:.2f}s from starting the command to its exit:", "", "| part | s |", "|---|---:|"]
+    out = [
+        f"{o.contender}: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
+        f"{o.wall:.2f}s from starting the command to its exit:",
+        "",
+        "| part | s |",
+        "|---|---:|",
+    ]
     starts = [t[2] for t in tasks if t[2]]
     ends = [t[3] for t in tasks if t[3]]
     if starts:
-        out.append(f"| before the first task (interpreter, Airflow import, DAG parse, run set-up) | "
-                   f"{(min(starts) - d['started_at']).total_seconds():.2f} |")
+        out.append(
+            f"| before the first task (interpreter, Airflow import, DAG parse, run set-up) | "
+            f"{(min(starts) - d['started_at']).total_seconds():.2f} |"
+        )
     for task_id, state, _started, _ended, secs in tasks:
         extra = ""
         if task_id == "migrate" and d.get("engine_journal") is not None:
@@ -1225,7 +1452,9 @@ def dag_breakdown(o: Outcome) -> list[str]:
         gaps = (max(ends) - min(starts)).total_seconds() - sum(t[4] or 0 for t in tasks)
         out.append(f"| between tasks (scheduling inside `dags test`; negative = tasks overlapped) | {gaps:.2f} |")
         exit_at = d["started_at"] + timedelta(seconds=o.wall)
-        out.append(f"| after the last task (run wrap-up, interpreter exit) | {(exit_at - max(ends)).total_seconds():.2f} |")
+        out.append(
+            f"| after the last task (run wrap-up, interpreter exit) | {(exit_at - max(ends)).total_seconds():.2f} |"
+        )
     out.append("")
     return out
 
@@ -1237,9 +1466,11 @@ def targets(outcomes: dict[str, Outcome]) -> list[str]:
         o = outcomes.get(name)
         if o and not o.skipped and o.wall and alone and not alone.skipped and alone.wall and not alone.failure:
             r = o.wall / alone.wall
-            out.append(f"- like for like (the simulated API alone, no application workload): pgmaint {what} / partman-api-only: "
-                       f"{r:.2f}x ({o.wall:.1f}s vs {alone.wall:.1f}s; target <= {TARGET_VS_PARTMAN:.1f}x): "
-                       f"{'met' if r <= TARGET_VS_PARTMAN else 'MISSED'}{'; did not finish: ' + o.failure if o.failure else ''}")
+            out.append(
+                f"- like for like (the simulated API alone, no application workload): pgmaint {what} / partman-api-only: "
+                f"{r:.2f}x ({o.wall:.1f}s vs {alone.wall:.1f}s; target <= {TARGET_VS_PARTMAN:.1f}x): "
+                f"{'met' if r <= TARGET_VS_PARTMAN else 'MISSED'}{'; did not finish: ' + o.failure if o.failure else ''}"
+            )
     pg = outcomes.get("pgmaint")
     if not pg or pg.skipped or pg.api is None:
         return out + ["pgmaint (with the application workload) did not run: its targets not evaluated"]
@@ -1248,26 +1479,36 @@ def targets(outcomes: dict[str, Outcome]) -> list[str]:
         return "met" if ok else "MISSED"
 
     pm, ph = outcomes.get("partman"), outcomes.get("physical")
-    for variant, what in (("partman-no-late", "the same application without late inserts"),
-                          ("partman-api-only", "the simulated API alone, no application workload")):
+    for variant, what in (
+        ("partman-no-late", "the same application without late inserts"),
+        ("partman-api-only", "the simulated API alone, no application workload"),
+    ):
         alt = outcomes.get(variant)
         if alt and not alt.skipped and alt.wall and not alt.failure and (not pm or pm.skipped or pm.failure):
-            out.append(f"- partman with the full application workload {'did not finish' if pm and pm.failure else 'not run'}; "
-                       f"ratios below use {variant} ({alt.wall:.1f}s, {what})")
+            out.append(
+                f"- partman with the full application workload {'did not finish' if pm and pm.failure else 'not run'}; "
+                f"ratios below use {variant} ({alt.wall:.1f}s, {what})"
+            )
             pm = alt
     if pm and not pm.skipped and pm.wall:
         r = pg.wall / pm.wall
         if pm.failure:
-            out.append(f"- pgmaint (engine, in-process) / partman wall time: n/a: partman did not finish ({pm.rows_left:,} seeded rows left in the DEFAULT "
-                       f"after {pm.wall:.1f}s; pgmaint took {pg.wall:.1f}s for all of them)")
+            out.append(
+                f"- pgmaint (engine, in-process) / partman wall time: n/a: partman did not finish ({pm.rows_left:,} seeded rows left in the DEFAULT "
+                f"after {pm.wall:.1f}s; pgmaint took {pg.wall:.1f}s for all of them)"
+            )
         else:
-            out.append(f"- pgmaint (engine, in-process) / {pm.contender} wall time: {r:.2f}x (target <= {TARGET_VS_PARTMAN:.1f}x): "
-                       f"{mark(r <= TARGET_VS_PARTMAN)}")
+            out.append(
+                f"- pgmaint (engine, in-process) / {pm.contender} wall time: {r:.2f}x (target <= {TARGET_VS_PARTMAN:.1f}x): "
+                f"{mark(r <= TARGET_VS_PARTMAN)}"
+            )
     else:
         out.append(f"- pgmaint / partman wall time: n/a (partman {'skipped: ' + pm.skipped if pm else 'not run'})")
     if ph and not ph.skipped and ph.wall:
         r = pg.wall / ph.wall
-        out.append(f"- pgmaint / physical wall time: {r:.2f}x (target <= {TARGET_VS_PHYSICAL:.0f}x): {mark(r <= TARGET_VS_PHYSICAL)}")
+        out.append(
+            f"- pgmaint / physical wall time: {r:.2f}x (target <= {TARGET_VS_PHYSICAL:.0f}x): {mark(r <= TARGET_VS_PHYSICAL)}"
+        )
     else:
         out.append("- pgmaint / physical wall time: n/a (physical not run)")
     dag = outcomes.get("pgmaint-dag")
@@ -1277,21 +1518,31 @@ def targets(outcomes: dict[str, Outcome]) -> list[str]:
             out.append(f"- pgmaint whole DAG: did not finish ({dag.failure})")
         elif pm and not pm.skipped and pm.wall and not pm.failure:
             r = dag.wall / pm.wall
-            out.append(f"- pgmaint whole DAG run (gates included) / {pm.contender}: {r:.2f}x ({dag.wall:.1f}s vs {pm.wall:.1f}s; "
-                       f"target <= {TARGET_VS_PARTMAN:.1f}x): {mark(r <= TARGET_VS_PARTMAN)}; the engine inside it "
-                       f"(migrate + finish, own process) {engine:.1f}s = {engine / pm.wall:.2f}x")
+            out.append(
+                f"- pgmaint whole DAG run (gates included) / {pm.contender}: {r:.2f}x ({dag.wall:.1f}s vs {pm.wall:.1f}s; "
+                f"target <= {TARGET_VS_PARTMAN:.1f}x): {mark(r <= TARGET_VS_PARTMAN)}; the engine inside it "
+                f"(migrate + finish, own process) {engine:.1f}s = {engine / pm.wall:.2f}x"
+            )
         else:
             why = f"partman did not finish in {pm.wall:.1f}s" if pm and pm.failure else "partman not run"
-            out.append(f"- pgmaint whole DAG run / partman: n/a ({why}); the DAG finished in {dag.wall:.1f}s, "
-                       f"engine (migrate + finish) {engine:.1f}s")
+            out.append(
+                f"- pgmaint whole DAG run / partman: n/a ({why}); the DAG finished in {dag.wall:.1f}s, "
+                f"engine (migrate + finish) {engine:.1f}s"
+            )
     for o in (pg, dag):
         if o and not o.skipped and o.app:
             bad = {k: o.app[k] for k in APP_BUG_FIGURES if o.app.get(k)}
-            out.append(f"- application during {o.contender}: misses, errors, duplicates, lost/resurrected/wrong rows "
-                       f"{'all 0' if not bad else bad} (target all 0): {mark(not bad)}")
+            out.append(
+                f"- application during {o.contender}: misses, errors, duplicates, lost/resurrected/wrong rows "
+                f"{'all 0' if not bad else bad} (target all 0): {mark(not bad)}"
+            )
     a = pg.api
-    out.append(f"- API max stall during pgmaint: {fmt_ms(a.max_ms)} ms (target <= {TARGET_MAX_MS:.0f} ms): {mark(a.max_ms <= TARGET_MAX_MS)}")
-    out.append(f"- API p99 during pgmaint: {fmt_ms(a.p99_ms)} ms (target <= {TARGET_P99_MS:.0f} ms): {mark(a.p99_ms <= TARGET_P99_MS)}")
+    out.append(
+        f"- API max stall during pgmaint: {fmt_ms(a.max_ms)} ms (target <= {TARGET_MAX_MS:.0f} ms): {mark(a.max_ms <= TARGET_MAX_MS)}"
+    )
+    out.append(
+        f"- API p99 during pgmaint: {fmt_ms(a.p99_ms)} ms (target <= {TARGET_P99_MS:.0f} ms): {mark(a.p99_ms <= TARGET_P99_MS)}"
+    )
     out.append(f"- API errors during pgmaint: {a.errors} (target {TARGET_ERRORS}): {mark(a.errors <= TARGET_ERRORS)}")
     return out
 
@@ -1301,25 +1552,41 @@ def details(outcomes: list[Outcome]) -> list[str]:
     for o in outcomes:
         if o.skipped:
             continue
-        load = (f" Other processes on this machine used {o.other_load[0]:.2f} cores on average during the move "
-                f"(all processes: {o.other_load[1]:.2f} of {os.cpu_count()}).") if o.other_load else ""
+        load = (
+            (
+                f" Other processes on this machine used {o.other_load[0]:.2f} cores on average during the move "
+                f"(all processes: {o.other_load[1]:.2f} of {os.cpu_count()})."
+            )
+            if o.other_load
+            else ""
+        )
         if o.contender.startswith("("):
             out.append(f"- **{o.contender}**: 5 s of API traffic on the freshly seeded table.{load}")
             continue
         out.append(f"- **{o.contender}**: {o.verify}. {o.note}.{load}")
         a = o.api
         if a.by_kind:
-            out.append("  - API latency by request kind (p50 / p99 / max ms): " + "; ".join(
-                f"{k} {fmt_ms(p50)} / {fmt_ms(p99)} / {fmt_ms(mx)}" for k, (n, p50, p99, mx) in a.by_kind.items()))
+            out.append(
+                "  - API latency by request kind (p50 / p99 / max ms): "
+                + "; ".join(
+                    f"{k} {fmt_ms(p50)} / {fmt_ms(p99)} / {fmt_ms(mx)}" for k, (n, p50, p99, mx) in a.by_kind.items()
+                )
+            )
         if o.api_server:
-            out.append("  - the same API statements, server-side execution only (pg_stat_statements, mean / max ms): " + "; ".join(
-                f"{k} {mean:.2f} / {mx:.1f}" for k, mean, mx in o.api_server))
+            out.append(
+                "  - the same API statements, server-side execution only (pg_stat_statements, mean / max ms): "
+                + "; ".join(f"{k} {mean:.2f} / {mx:.1f}" for k, mean, mx in o.api_server)
+            )
         if a.reads:
-            out.append(f"  - API reads by id of seeded rows during the move: {a.reads:,}, of which {a.reads_missing:,} found no row")
+            out.append(
+                f"  - API reads by id of seeded rows during the move: {a.reads:,}, of which {a.reads_missing:,} found no row"
+            )
         if o.app.get("error_samples"):
             out.append("  - application errors (samples): " + " | ".join(o.app["error_samples"][:3]))
         if o.app.get("lost_sample") or o.app.get("wrong_sample"):
-            out.append(f"  - application rows lost (sample): {o.app.get('lost_sample')}; payloads wrong (sample): {o.app.get('wrong_sample')}")
+            out.append(
+                f"  - application rows lost (sample): {o.app.get('lost_sample')}; payloads wrong (sample): {o.app.get('wrong_sample')}"
+            )
         for kind, count in sorted(a.error_kinds.items(), key=lambda kv: -kv[1])[:6]:
             out.append(f"  - API error x{count}: {kind}")
         if a.slow:
@@ -1344,8 +1611,10 @@ def slow_episodes(o: Outcome, gap: float = 0.5, limit: int = 6) -> list[str]:
         inner = [sp for sp in o.spans if sp[1] <= t + worst[1] / 1000 and sp[2] >= t]
         phase = min(inner, key=lambda sp: sp[2] - sp[1])[0] if inner else None
         kinds = sorted({k for _, _, k in ep})
-        out.append(f"t+{t - o.move_start:.1f}s: {len(ep)} ({'/'.join(kinds)}), worst {worst[1]:.0f} ms"
-                   + (f", during {phase}" if phase else ""))
+        out.append(
+            f"t+{t - o.move_start:.1f}s: {len(ep)} ({'/'.join(kinds)}), worst {worst[1]:.0f} ms"
+            + (f", during {phase}" if phase else "")
+        )
     if len(episodes) > limit:
         out.append(f"... {len(episodes) - limit} more episodes")
     return out
@@ -1358,7 +1627,9 @@ def profile(outcomes: list[Outcome]) -> list[str]:
             continue
         out += dag_breakdown(o)
         if o.phases:
-            out.append(f"{o.contender} phases (wall seconds, measured around the engine's functions; total {o.wall:.2f}s):")
+            out.append(
+                f"{o.contender} phases (wall seconds, measured around the engine's functions; total {o.wall:.2f}s):"
+            )
             out.append("")
             out.append("| phase | calls | total s | max s |")
             out.append("|---|---:|---:|---:|")
@@ -1366,22 +1637,28 @@ def profile(outcomes: list[Outcome]) -> list[str]:
                 out.append(f"| {name} | {calls} | {total:.3f} | {mx:.3f} |")
             out.append("")
         if o.statements:
-            out.append(f"{o.contender}: top statements by server time (pg_stat_statements; nested statements included):")
+            out.append(
+                f"{o.contender}: top statements by server time (pg_stat_statements; nested statements included):"
+            )
             out.append("")
             out.append("| calls | total s | max ms | rows | WAL MB | statement |")
             out.append("|---:|---:|---:|---:|---:|---|")
             for calls, total, mx, rows, wal, q in o.statements:
                 q = q.replace("|", "\\|")
-                out.append(f"| {calls} | {total} | {mx} | {rows:,} | {wal} | `{q[:160]}{'…' if len(q) > 160 else ''}` |")
+                out.append(
+                    f"| {calls} | {total} | {mx} | {rows:,} | {wal} | `{q[:160]}{'…' if len(q) > 160 else ''}` |"
+                )
             out.append("")
     return out
 
 
 def environment(conn, where: str, partman_problem: str | None) -> list[str]:
     version = conn.execute("SHOW server_version").fetchone()[0]
-    settings = dict(conn.execute("""SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN
+    settings = dict(
+        conn.execute("""SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN
         ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'synchronous_commit', 'fsync', 'work_mem',
-         'maintenance_work_mem', 'wal_level')""").fetchall())
+         'maintenance_work_mem', 'wal_level')""").fetchall()
+    )
     partman = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
     mem = ""
     with contextlib.suppress(Exception):
@@ -1404,30 +1681,55 @@ def environment(conn, where: str, partman_problem: str | None) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sets", default="1M/10d,4M/4d", help="data sets, N/Dd comma-separated (default 1M/10d,4M/4d)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --sets 100k/5d")
-    ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"), help="use this server instead of a throwaway PG15 cluster")
-    ap.add_argument("--contenders", default="pgmaint,pgmaint-dag,partman,partman-no-late,partman-api-only,physical",
-                    help="pgmaint (the engine, in-process), pgmaint-dag (the whole DAG through `scripts/airflow dags test`), "
-                         "partman, partman-no-late (the same, while the application makes no late inserts for the days "
-                         "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
-                         "application workload), physical (default: all six); pgmaint-api-only, pgmaint-dag-api-only: "
-                         "pgmaint's engine and whole DAG under the simulated API alone, like partman-api-only")
-    ap.add_argument("--live-day", default="both", choices=("in-default", "partitioned", "both"),
-                    help="in-default: the data runs up to now and today has no partition (API inserts go to the DEFAULT); "
-                         "partitioned: the data ends at midnight and today's partition exists; both (default): run each")
-    ap.add_argument("--batch-rows", type=int, default=50_000, help="pgmaint batch_rows (default 50,000, the engine default)")
-    ap.add_argument("--quiet-wait", type=float, default=180.0,
-                    help="before each measurement wait up to this many seconds for other processes on the machine to use "
-                         f"< {QUIET_CORES} cores (default 180; 0: do not wait)")
+    ap.add_argument(
+        "--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"), help="use this server instead of a throwaway PG15 cluster"
+    )
+    ap.add_argument(
+        "--contenders",
+        default="pgmaint,pgmaint-dag,partman,partman-no-late,partman-api-only,physical",
+        help="pgmaint (the engine, in-process), pgmaint-dag (the whole DAG through `scripts/airflow dags test`), "
+        "partman, partman-no-late (the same, while the application makes no late inserts for the days "
+        "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
+        "application workload), physical (default: all six); pgmaint-api-only, pgmaint-dag-api-only: "
+        "pgmaint's engine and whole DAG under the simulated API alone, like partman-api-only",
+    )
+    ap.add_argument(
+        "--live-day",
+        default="both",
+        choices=("in-default", "partitioned", "both"),
+        help="in-default: the data runs up to now and today has no partition (API inserts go to the DEFAULT); "
+        "partitioned: the data ends at midnight and today's partition exists; both (default): run each",
+    )
+    ap.add_argument(
+        "--batch-rows", type=int, default=50_000, help="pgmaint batch_rows (default 50,000, the engine default)"
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=180.0,
+        help="before each measurement wait up to this many seconds for other processes on the machine to use "
+        f"< {QUIET_CORES} cores (default 180; 0: do not wait)",
+    )
     ap.add_argument("--keep-cluster", action="store_true", help="leave the throwaway cluster's data directory in place")
     args = ap.parse_args()
     sets = parse_sets("100k/5d" if args.quick else args.sets)
     scenarios = ["in-default", "partitioned"] if args.live_day == "both" else [args.live_day]
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - {"pgmaint", "pgmaint-dag", "partman", "partman-no-late", "partman-api-only", "physical",
-                                 "pgmaint-api-only", "pgmaint-dag-api-only"}
+    unknown = set(contenders) - {
+        "pgmaint",
+        "pgmaint-dag",
+        "partman",
+        "partman-no-late",
+        "partman-api-only",
+        "physical",
+        "pgmaint-api-only",
+        "pgmaint-dag-api-only",
+    }
     if unknown:
         raise SystemExit(f"--contenders: unknown {sorted(unknown)}")
 
@@ -1447,35 +1749,57 @@ def main() -> int:
             partman_problem, pgss = setup_extensions(admin)
             if partman_problem and any(c.startswith("partman") for c in contenders):
                 log(f"partman will be skipped: {partman_problem}")
-            header = ["## Migration benchmark", "", f"Command: `.venv/bin/python scripts/bench_migration.py {' '.join(sys.argv[1:])}`",
-                      "", "Environment:", ""] + environment(admin, where, partman_problem) + [""]
-            header += ["Columns: wall s = the contender's call(s), end to end (DNF: did not finish; rows/s then counts the rows it "
-                       "did move); pgmaint = the engine (`migrate_table`) called in this process, where it shares the Python GIL "
-                       f"with the {API_CLIENTS} API and {APP_WORKERS} application threads; "
-                       "pgmaint-dag = the whole "
-                       f"`{DAG_ID}` DAG (gates included) through `scripts/airflow dags test` in its own process; "
-                       "API figures cover requests scheduled during the move, latency from the scheduled start; "
-                       "max lock waiters = max of `count(*) FROM pg_locks WHERE NOT granted`, sampled every 50 ms.", ""]
+            header = (
+                [
+                    "## Migration benchmark",
+                    "",
+                    f"Command: `.venv/bin/python scripts/bench_migration.py {' '.join(sys.argv[1:])}`",
+                    "",
+                    "Environment:",
+                    "",
+                ]
+                + environment(admin, where, partman_problem)
+                + [""]
+            )
+            header += [
+                "Columns: wall s = the contender's call(s), end to end (DNF: did not finish; rows/s then counts the rows it "
+                "did move); pgmaint = the engine (`migrate_table`) called in this process, where it shares the Python GIL "
+                f"with the {API_CLIENTS} API and {APP_WORKERS} application threads; "
+                "pgmaint-dag = the whole "
+                f"`{DAG_ID}` DAG (gates included) through `scripts/airflow dags test` in its own process; "
+                "API figures cover requests scheduled during the move, latency from the scheduled start; "
+                "max lock waiters = max of `count(*) FROM pg_locks WHERE NOT granted`, sampled every 50 ms.",
+                "",
+            ]
             if AIRFLOW_HOME:
-                header += [f"Airflow for pgmaint-dag: private AIRFLOW_HOME under {tempfile.gettempdir()}, SQLite metadata DB migrated "
-                           f"before timing ({AIRFLOW_HOME.prepare_seconds:.1f}s, once), AIRFLOW_CONN_PGMAINT_TARGET = the bench "
-                           "database, PGMAINT_CONFIG = the bench config.", ""]
+                header += [
+                    f"Airflow for pgmaint-dag: private AIRFLOW_HOME under {tempfile.gettempdir()}, SQLite metadata DB migrated "
+                    f"before timing ({AIRFLOW_HOME.prepare_seconds:.1f}s, once), AIRFLOW_CONN_PGMAINT_TARGET = the bench "
+                    "database, PGMAINT_CONFIG = the bench config.",
+                    "",
+                ]
             print("\n".join(header), flush=True)
             for live_day in scenarios:
                 for ds in sets:
                     lay = Layout.at(ds, datetime.now(timezone.utc), live_day)
                     label = f"{ds.label} {live_day}"
-                    log(f"data set {label}: {ds.rows:,} rows from {ts(lay.t_start)} to {ts(lay.t_end)} "
-                        f"({len(lay.window_days)} daily intervals), {len(lay.pre_window_days)} pre-window partitions")
+                    log(
+                        f"data set {label}: {ds.rows:,} rows from {ts(lay.t_start)} to {ts(lay.t_end)} "
+                        f"({len(lay.window_days)} daily intervals), {len(lay.pre_window_days)} pre-window partitions"
+                    )
                     outcomes: list[Outcome] = []
                     for i, name in enumerate(contenders):
                         if name.startswith("partman") and partman_problem:
                             outcomes.append(Outcome(name, skipped=partman_problem))
                             continue
                         log(f"{label}: seeding for {name}")
-                        seeded = seed(admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem)
-                        log(f"{label}: seeded {ds.rows:,} rows ({len(seeded.app_rows):,} owned by the application workload) "
-                            f"in {seeded.seconds:.1f}s")
+                        seeded = seed(
+                            admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem
+                        )
+                        log(
+                            f"{label}: seeded {ds.rows:,} rows ({len(seeded.app_rows):,} owned by the application workload) "
+                            f"in {seeded.seconds:.1f}s"
+                        )
                         if i == 0:
                             log(f"{label}: API baseline (no move)")
                             admin.execute("CHECKPOINT")
@@ -1483,23 +1807,34 @@ def main() -> int:
                                 METER.wait_quiet(args.quiet_wait)
                             outcomes.append(baseline(conninfo, lay, seeded))
                             log(f"{label}: re-seeding for {name} (the baseline's inserts changed the table)")
-                            seeded = seed(admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem)
+                            seeded = seed(
+                                admin, lay, partman=name.startswith("partman"), partman_available=not partman_problem
+                            )
                         if name.startswith("pgmaint-dag"):
                             # scripts/airflow migrates the metadata DB again when the (shared) venv was re-installed
                             # since: do that now, untimed, as a deployment has; the run's note says if it happened again.
                             AIRFLOW_HOME.prepare()
                         log(f"{label}: running {name}")
                         o = run_contender(name, conninfo, admin, lay, seeded, pgss, args.batch_rows, args.quiet_wait)
-                        log(f"{label}: {name}: {o.wall:.2f}s; API max {fmt_ms(o.api.max_ms)} ms, errors {o.api.errors}; {o.verify}")
-                        log(f"{label}: {name}: application: " + ", ".join(f"{k} {o.app.get(k, 0)}" for k in APP_BUG_FIGURES))
+                        log(
+                            f"{label}: {name}: {o.wall:.2f}s; API max {fmt_ms(o.api.max_ms)} ms, errors {o.api.errors}; {o.verify}"
+                        )
+                        log(
+                            f"{label}: {name}: application: "
+                            + ", ".join(f"{k} {o.app.get(k, 0)}" for k in APP_BUG_FIGURES)
+                        )
                         # A contender that did not finish is a measured outcome; lost or duplicated rows are not.
                         if not o.data_ok or (not name.startswith("partman") and not o.verified):
                             all_ok = False
-                        if name.startswith("pgmaint") and not name.endswith("-api-only") and not app_clean(o.app):  # the application must notice nothing
+                        if (
+                            name.startswith("pgmaint") and not name.endswith("-api-only") and not app_clean(o.app)
+                        ):  # the application must notice nothing
                             all_ok = False
                         outcomes.append(o)
                     by_name = {o.contender: o for o in outcomes}
-                    section = [table(lay, outcomes), "", app_table(outcomes), "", "Targets (pgmaint):", ""] + targets(by_name)
+                    section = [table(lay, outcomes), "", app_table(outcomes), "", "Targets (pgmaint):", ""] + targets(
+                        by_name
+                    )
                     section += ["", "Verification and notes:", ""] + details(outcomes) + [""] + profile(outcomes)
                     print("\n".join(section), flush=True)  # each data set as soon as it is done
     return 0 if all_ok else 1

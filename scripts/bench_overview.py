@@ -23,6 +23,7 @@ also time `gather` of include/pgmaint/overview.py as it is at git REF, in the sa
 side-by-side ratio. Prints the load average before and after: the figures are wall times.
 A benchmark, not a test: a missed target is reported, not failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,12 @@ def load() -> str:
 
 def baseline_gather(ref: str):
     """`gather` of include/pgmaint/overview.py at git `ref`, loaded as its own module."""
-    text = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:include/pgmaint/overview.py"],
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{ref}:include/pgmaint/overview.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp(prefix="pgmaint-bench-baseline-")) / "overview_baseline.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("overview_baseline", path)
@@ -88,14 +93,19 @@ def chromium_render(html: str, repeats: int) -> tuple[list[float] | None, str]:
     except ImportError:
         return None, "skipped: the playwright package is not installed"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
             def once():
                 page.set_content(html, wait_until="load")
-                page.evaluate("() => new Promise(r => { document.body.offsetHeight; requestAnimationFrame(() => r()); })")
+                page.evaluate(
+                    "() => new Promise(r => { document.body.offsetHeight; requestAnimationFrame(() => r()); })"
+                )
 
             once()  # warm the renderer
             times = timed(once, repeats)
@@ -119,17 +129,24 @@ def airflow_like(plugin_app):
 
 def size(response, what: str) -> str:
     """Decoded size, and the bytes sent (gzip)."""
-    return (f"{len(response.content) / 1e6:.2f} MB {what}, {response.num_bytes_downloaded / 1e6:.2f} MB sent "
-            f"({response.headers.get('content-encoding', 'identity')})")
+    return (
+        f"{len(response.content) / 1e6:.2f} MB {what}, {response.num_bytes_downloaded / 1e6:.2f} MB sent "
+        f"({response.headers.get('content-encoding', 'identity')})"
+    )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tables", type=int, default=1000)
     ap.add_argument("--partitions", type=int, default=60)
     ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"))
-    ap.add_argument("--existing", action="store_true",
-                    help="with --dsn: measure the pgmaint_bench database an earlier run left there, no rebuild")
+    ap.add_argument(
+        "--existing",
+        action="store_true",
+        help="with --dsn: measure the pgmaint_bench database an earlier run left there, no rebuild",
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline", metavar="GIT_REF", help="also time gather() as it is at this git ref")
@@ -188,8 +205,11 @@ def main() -> int:
         load_config = cfgmod.load_config
         try:  # the app loads $PGMAINT_CONFIG at each request: hand it the bench config instead
             cfgmod.load_config = lambda path=None: config
-            client = TestClient(airflow_like(pgmaint_partitions.create_app(
-                authorize=None, conninfo=lambda c: conninfo, ui_base=lambda: "")))
+            client = TestClient(
+                airflow_like(
+                    pgmaint_partitions.create_app(authorize=None, conninfo=lambda c: conninfo, ui_base=lambda: "")
+                )
+            )
             client.get("/pgmaint/api/overview")
             responses = {}
             bm.log("timing the JSON endpoint and the page")
@@ -201,8 +221,9 @@ def main() -> int:
         finally:
             cfgmod.load_config = load_config
         assert responses["json"].status_code == 200 and responses["page"].status_code == 200, responses
-        assert len(data["tables"]) == args.tables and all(t["error"] is None for t in data["tables"]), \
-            [t["error"] for t in data["tables"] if t["error"]][:3]
+        assert len(data["tables"]) == args.tables and all(t["error"] is None for t in data["tables"]), [
+            t["error"] for t in data["tables"] if t["error"]
+        ][:3]
     render, render_note = (None, "skipped (--no-browser)")
     render_all, render_all_note = (None, "skipped (--no-browser)")
     if not args.no_browser:
@@ -221,26 +242,47 @@ def main() -> int:
         verdict = (f"≤ {TARGET_S:.0f} s: " + ("ok" if p50 <= TARGET_S else "**MISSED**")) if target else "—"
         return f"| {name} | {p50:.3f} | {max(xs):.3f} | {verdict} | {extra} |"
 
-    print(f"\n{args.tables:,} tables × {args.partitions} partitions: {parts:,} attached partitions, {defaults} DEFAULTs "
-          f"(counted), {relations:,} relations in pg_class; {kind}; p50 and max of {args.repeats} loads "
-          f"(of {len(gathered)} for gather); load average (1/5/15 min) {load_before} before, {load()} after, "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\n{args.tables:,} tables × {args.partitions} partitions: {parts:,} attached partitions, {defaults} DEFAULTs "
+        f"(counted), {relations:,} relations in pg_class; {kind}; p50 and max of {args.repeats} loads "
+        f"(of {len(gathered)} for gather); load average (1/5/15 min) {load_before} before, {load()} after, "
+        f"{os.cpu_count()} cores\n"
+    )
     print("| figure | p50 s | max s | target | notes |")
     print("|---|---:|---:|---|---|")
-    print(f"| round trips of one load | {trace['round_trips']} | | constant | not per table: "
-          f"{len(trace['by_statement'])} distinct statements |")
+    print(
+        f"| round trips of one load | {trace['round_trips']} | | constant | not per table: "
+        f"{len(trace['by_statement'])} distinct statements |"
+    )
     print(row("catalog alone (`read_partitions`: 2 queries, no lock; same connection)", catalog, "", target=False))
-    print(row("`gather` on a new connection (catalog, locks, DEFAULTs, state)", gathered,
-              f"{segments:,} timeline segments"))
+    print(
+        row(
+            "`gather` on a new connection (catalog, locks, DEFAULTs, state)",
+            gathered,
+            f"{segments:,} timeline segments",
+        )
+    )
     if baseline is not None:
         ratio = statistics.median(baseline) / statistics.median(gathered)
-        print(row(f"`gather` as at `{args.baseline}`, same run, interleaved", baseline,
-                  f"{ratio:.1f}× the current p50", target=False))
+        print(
+            row(
+                f"`gather` as at `{args.baseline}`, same run, interleaved",
+                baseline,
+                f"{ratio:.1f}× the current p50",
+                target=False,
+            )
+        )
     print(row("GET /pgmaint/api/overview (connect + gather + JSON + gzip)", json_t, size(responses["json"], "JSON")))
     print(row("GET /pgmaint/partitions (connect + gather + HTML + gzip)", page_t, size(responses["page"], "HTML")))
     print(row("the page in headless Chromium (layout + paint)", render, render_note, target=False))
-    print(row(f"the page with `?limit={args.tables}` (every table as a card) in Chromium", render_all,
-              f"{render_all_note}; {len(responses['all'].content) / 1e6:.1f} MB HTML", target=False))
+    print(
+        row(
+            f"the page with `?limit={args.tables}` (every table as a card) in Chromium",
+            render_all,
+            f"{render_all_note}; {len(responses['all'].content) / 1e6:.1f} MB HTML",
+            target=False,
+        )
+    )
     return 0
 
 

@@ -27,6 +27,7 @@ database's share); `peak MB` = peak Python heap allocated during one run, measur
 Process-wide figures (GX import seconds, max RSS from resource.getrusage) are printed below
 the table: RSS is a high-water mark for the whole process, so it cannot be split per gate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,27 +128,53 @@ def seed_big(dsn: str, rows: int):
         c.execute("SET synchronous_commit = off")
         c.execute("DROP SCHEMA IF EXISTS bench CASCADE")
         c.execute("CREATE SCHEMA bench")
-        c.execute("CREATE TABLE bench.big_events (id bigint NOT NULL, ts timestamptz NOT NULL, client_id int NOT NULL, "
-                  "payload text NOT NULL) PARTITION BY RANGE (ts)")
+        c.execute(
+            "CREATE TABLE bench.big_events (id bigint NOT NULL, ts timestamptz NOT NULL, client_id int NOT NULL, "
+            "payload text NOT NULL) PARTITION BY RANGE (ts)"
+        )
         c.execute("CREATE TABLE bench.big_events_default PARTITION OF bench.big_events DEFAULT")
         for d in range(-26, 4):
             lo = today + timedelta(days=d)
-            c.execute(sql.SQL("CREATE TABLE {} PARTITION OF bench.big_events FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier("bench", f"big_events_p{lo:%Y%m%d}"), sql.Literal(lo.isoformat()),
-                sql.Literal((lo + timedelta(days=1)).isoformat())))
+            c.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF bench.big_events FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier("bench", f"big_events_p{lo:%Y%m%d}"),
+                    sql.Literal(lo.isoformat()),
+                    sql.Literal((lo + timedelta(days=1)).isoformat()),
+                )
+            )
         t0 = time.monotonic()
         # 30 days x per_day rows into the partitions; default_rows over days -29..-27 into the DEFAULT
         for d in range(-26, 4):
-            c.execute("INSERT INTO bench.big_events SELECT g, %s::timestamptz + (g - 1) * (interval '1 day' / %s), g %% 1000, "
-                      "'p' || (g %% 977) FROM generate_series(1, %s) g", [today + timedelta(days=d), per_day, per_day])
-        c.execute("INSERT INTO bench.big_events SELECT g, %s::timestamptz + (g - 1) * (interval '3 days' / %s), g %% 1000, "
-                  "'d' || (g %% 977) FROM generate_series(1, %s) g", [today - timedelta(days=29), default_rows, default_rows])
-        log(f"10M: {per_day * 30:,} rows in 30 partitions + {default_rows:,} in the DEFAULT loaded in {time.monotonic() - t0:.0f}s")
+            c.execute(
+                "INSERT INTO bench.big_events SELECT g, %s::timestamptz + (g - 1) * (interval '1 day' / %s), g %% 1000, "
+                "'p' || (g %% 977) FROM generate_series(1, %s) g",
+                [today + timedelta(days=d), per_day, per_day],
+            )
+        c.execute(
+            "INSERT INTO bench.big_events SELECT g, %s::timestamptz + (g - 1) * (interval '3 days' / %s), g %% 1000, "
+            "'d' || (g %% 977) FROM generate_series(1, %s) g",
+            [today - timedelta(days=29), default_rows, default_rows],
+        )
+        log(
+            f"10M: {per_day * 30:,} rows in 30 partitions + {default_rows:,} in the DEFAULT loaded in {time.monotonic() - t0:.0f}s"
+        )
         c.execute("CREATE INDEX ON bench.big_events (ts)")
         c.execute("VACUUM ANALYZE bench.big_events")
         log(f"10M: indexed and analyzed after {time.monotonic() - t0:.0f}s")
-    config = parse_config({"state_schema": "pgmaint", "tables": [
-        {"name": "bench.big_events", "partition_key": "ts", "interval": "1 day", "premake": 3, "retention": "30 days"}]})
+    config = parse_config(
+        {
+            "state_schema": "pgmaint",
+            "tables": [
+                {
+                    "name": "bench.big_events",
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 3,
+                    "retention": "30 days",
+                }
+            ],
+        }
+    )
     return config, config.tables[0]
 
 
@@ -159,7 +186,9 @@ def migrate_big(dsn: str, config, cfg) -> int:
     with connect(dsn) as conn:
         result = migrate_table(conn, dsn, config, cfg, batch_rows=100_000, progress=lambda m: None)
     assert result.outcome == "success", result.errors
-    log(f"10M: migrated {result.rows_moved:,} DEFAULT rows into {len(result.partitions)} partitions in {time.monotonic() - t0:.0f}s")
+    log(
+        f"10M: migrated {result.rows_moved:,} DEFAULT rows into {len(result.partitions)} partitions in {time.monotonic() - t0:.0f}s"
+    )
     return result.migration_id
 
 
@@ -172,17 +201,35 @@ def seed_many(dsn: str, count: int):
         with c.transaction():
             for d in range(-(count - 5), 5):
                 lo = today + timedelta(days=d)
-                c.execute(sql.SQL("CREATE TABLE {} PARTITION OF bench.many_parts FOR VALUES FROM ({}) TO ({})").format(
-                    sql.Identifier("bench", f"many_parts_p{lo:%Y%m%d}"), sql.Literal(lo.isoformat()),
-                    sql.Literal((lo + timedelta(days=1)).isoformat())))
-    config = parse_config({"state_schema": "pgmaint", "tables": [
-        {"name": "bench.many_parts", "partition_key": "ts", "interval": "1 day", "premake": 4, "retention": "3000 days"}]})
+                c.execute(
+                    sql.SQL("CREATE TABLE {} PARTITION OF bench.many_parts FOR VALUES FROM ({}) TO ({})").format(
+                        sql.Identifier("bench", f"many_parts_p{lo:%Y%m%d}"),
+                        sql.Literal(lo.isoformat()),
+                        sql.Literal((lo + timedelta(days=1)).isoformat()),
+                    )
+                )
+    config = parse_config(
+        {
+            "state_schema": "pgmaint",
+            "tables": [
+                {
+                    "name": "bench.many_parts",
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 4,
+                    "retention": "3000 days",
+                }
+            ],
+        }
+    )
     return config, config.tables[0]
 
 
 def table_size(dsn: str, cfg) -> tuple[int, int]:
     with psycopg.connect(dsn) as c:
-        parts = c.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass(%s)", [cfg.name]).fetchone()[0]
+        parts = c.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass(%s)", [cfg.name]).fetchone()[
+            0
+        ]
         rows = c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(cfg.schema, cfg.table))).fetchone()[0]
     return rows, parts
 
@@ -218,8 +265,14 @@ def measure(dsn, config, cfg, label, checks, *, repeat, migration_id=None, range
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     verdict = "pass" if last.success else ("error" if last.errors and not last.failures else "fail")
-    return {"label": label, "seconds": statistics.median(seconds), "sql_ms": sql_ms(dsn, config, cfg, checks, repeat=repeat, **kwargs),
-            "peak_mb": peak / 2**20, "verdict": verdict, "errors": last.errors}
+    return {
+        "label": label,
+        "seconds": statistics.median(seconds),
+        "sql_ms": sql_ms(dsn, config, cfg, checks, repeat=repeat, **kwargs),
+        "peak_mb": peak / 2**20,
+        "verdict": verdict,
+        "errors": last.errors,
+    }
 
 
 def main(argv=None) -> int:
@@ -251,8 +304,23 @@ def main(argv=None) -> int:
             if check == "default_clean":
                 kw = {"migration_id": mid, "ranges": "migrated"}
             results.append(("demo", rows, parts, measure(dsn, config, cfg, check, [check], repeat=args.repeat, **kw)))
-        results.append(("demo", rows, parts, measure(dsn, config, cfg, "full gate (all 6)", ALL_CHECKS, repeat=args.repeat,
-                                                     migration_id=mid, ranges="migrated")))
+        results.append(
+            (
+                "demo",
+                rows,
+                parts,
+                measure(
+                    dsn,
+                    config,
+                    cfg,
+                    "full gate (all 6)",
+                    ALL_CHECKS,
+                    repeat=args.repeat,
+                    migration_id=mid,
+                    ranges="migrated",
+                ),
+            )
+        )
 
         # 10M, before and after migrating its DEFAULT
         config, cfg = seed_big(dsn, args.rows)
@@ -261,34 +329,104 @@ def main(argv=None) -> int:
         in_default = f"{label} ({args.rows - (args.rows * 9 // 10) // 30 * 30:,} rows in DEFAULT)"
         for check in ("runway", "retention", "contiguity", "not_null_key"):
             results.append((in_default, rows, parts, measure(dsn, config, cfg, check, [check], repeat=args.repeat)))
-        results.append((in_default, rows, parts, measure(
-            dsn, config, cfg, "default_clean (DEFAULT empty?)", ["default_clean"], repeat=args.repeat)))
+        results.append(
+            (
+                in_default,
+                rows,
+                parts,
+                measure(dsn, config, cfg, "default_clean (DEFAULT empty?)", ["default_clean"], repeat=args.repeat),
+            )
+        )
         mid = migrate_big(dsn, config, cfg)
         rows, parts = table_size(dsn, cfg)
         moved = f"{label} (after migration)"
-        results.append((moved, rows, parts, measure(dsn, config, cfg, "default_clean (migrated ranges)", ["default_clean"],
-                                                    repeat=args.repeat, migration_id=mid, ranges="migrated")))
-        results.append((moved, rows, parts, measure(dsn, config, cfg, "conserved (moved rows re-read)", ["conserved"],
-                                                    repeat=args.repeat, migration_id=mid)))
-        results.append((moved, rows, parts, measure(dsn, config, cfg, "full gate (all 6)", ALL_CHECKS, repeat=args.repeat,
-                                                    migration_id=mid, ranges="migrated")))
-        results.append((moved, rows, parts, measure(dsn, config, cfg, "full gate without conserved",
-                                                    [c for c in ALL_CHECKS if c != "conserved"], repeat=args.repeat,
-                                                    migration_id=mid, ranges="migrated")))
+        results.append(
+            (
+                moved,
+                rows,
+                parts,
+                measure(
+                    dsn,
+                    config,
+                    cfg,
+                    "default_clean (migrated ranges)",
+                    ["default_clean"],
+                    repeat=args.repeat,
+                    migration_id=mid,
+                    ranges="migrated",
+                ),
+            )
+        )
+        results.append(
+            (
+                moved,
+                rows,
+                parts,
+                measure(
+                    dsn,
+                    config,
+                    cfg,
+                    "conserved (moved rows re-read)",
+                    ["conserved"],
+                    repeat=args.repeat,
+                    migration_id=mid,
+                ),
+            )
+        )
+        results.append(
+            (
+                moved,
+                rows,
+                parts,
+                measure(
+                    dsn,
+                    config,
+                    cfg,
+                    "full gate (all 6)",
+                    ALL_CHECKS,
+                    repeat=args.repeat,
+                    migration_id=mid,
+                    ranges="migrated",
+                ),
+            )
+        )
+        results.append(
+            (
+                moved,
+                rows,
+                parts,
+                measure(
+                    dsn,
+                    config,
+                    cfg,
+                    "full gate without conserved",
+                    [c for c in ALL_CHECKS if c != "conserved"],
+                    repeat=args.repeat,
+                    migration_id=mid,
+                    ranges="migrated",
+                ),
+            )
+        )
 
         # many partitions
         config, cfg = seed_many(dsn, args.partitions)
         rows, parts = table_size(dsn, cfg)
         for check in ("runway", "retention", "contiguity"):
-            results.append((f"{parts}p (empty)", rows, parts, measure(dsn, config, cfg, check, [check], repeat=args.repeat)))
+            results.append(
+                (f"{parts}p (empty)", rows, parts, measure(dsn, config, cfg, check, [check], repeat=args.repeat))
+            )
 
     print("\n| data set | rows | partitions | check | gate s | SQL ms | peak MB (tracemalloc) | verdict |")
     print("|---|---:|---:|---|---:|---:|---:|---|")
     for dataset, rows, parts, r in results:
-        print(f"| {dataset} | {rows:,} | {parts} | {r['label']} | {r['seconds']:.3f} | {r['sql_ms']:.1f} | "
-              f"{r['peak_mb']:.1f} | {r['verdict']} |")
-    print(f"\nGX import: {gx_import_s:.1f} s, max RSS {rss0:.0f} MB before -> {rss_gx:.0f} MB after; "
-          f"max RSS at the end: {rss_mb():.0f} MB (resource.getrusage ru_maxrss, whole process).")
+        print(
+            f"| {dataset} | {rows:,} | {parts} | {r['label']} | {r['seconds']:.3f} | {r['sql_ms']:.1f} | "
+            f"{r['peak_mb']:.1f} | {r['verdict']} |"
+        )
+    print(
+        f"\nGX import: {gx_import_s:.1f} s, max RSS {rss0:.0f} MB before -> {rss_gx:.0f} MB after; "
+        f"max RSS at the end: {rss_mb():.0f} MB (resource.getrusage ru_maxrss, whole process)."
+    )
     print(f"Repeat: {args.repeat} (median). `gate s` is run_gate's own `seconds` (GX imported beforehand).")
     errors = [r for *_, r in results if r["errors"]]
     for r in errors:

@@ -15,6 +15,7 @@ longest reader stall, and the sessions that queued behind the swap. Figures, not
 Database: `--dsn` (a role that may CREATE DATABASE; `pgmaint_bench_swap` is recreated there),
 else the embedded dev PostgreSQL (`make devdb`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,27 +45,50 @@ def build(dsn: str, existing: int, moved: int, now: datetime) -> None:
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("DROP SCHEMA IF EXISTS s CASCADE; DROP SCHEMA IF EXISTS st CASCADE; CREATE SCHEMA s")
-        c.execute("CREATE TABLE s.t (id bigint GENERATED ALWAYS AS IDENTITY, ts timestamptz NOT NULL, v text, "
-                  "PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+        c.execute(
+            "CREATE TABLE s.t (id bigint GENERATED ALWAYS AS IDENTITY, ts timestamptz NOT NULL, v text, "
+            "PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)"
+        )
         c.execute("CREATE INDEX ON s.t (ts)")
         c.execute("CREATE TABLE s.t_default PARTITION OF s.t DEFAULT")
         for d in range(existing):
             lo = today - timedelta(days=moved + existing - 1 - d)
-            c.execute(sql.SQL("CREATE TABLE {} PARTITION OF s.t FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier("s", f"t_old{d}"), sql.Literal(lo.isoformat()), sql.Literal((lo + timedelta(days=1)).isoformat())))
+            c.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF s.t FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier("s", f"t_old{d}"),
+                    sql.Literal(lo.isoformat()),
+                    sql.Literal((lo + timedelta(days=1)).isoformat()),
+                )
+            )
         first = today - timedelta(days=moved - 1)
         minutes = int((now - first).total_seconds() // 60)
-        c.execute("INSERT INTO s.t (ts, v) SELECT %s::timestamptz + g * interval '1 minute', 'x' FROM generate_series(0, %s) g",
-                  [first, minutes - 1])
+        c.execute(
+            "INSERT INTO s.t (ts, v) SELECT %s::timestamptz + g * interval '1 minute', 'x' FROM generate_series(0, %s) g",
+            [first, minutes - 1],
+        )
         c.execute("VACUUM ANALYZE s.t")
 
 
 def one(dsn: str, existing: int, moved: int) -> tuple[float, float, int]:
     now = datetime.now(timezone.utc)
     build(dsn, existing, moved, now)
-    cfg = parse_config({"state_schema": "st", "tables": [{"name": "s.t", "partition_key": "ts", "interval": "1 day",
-                                                          "premake": 2, "retention": f"{existing + moved + 5} days"}]})
-    keys = psycopg.connect(dsn, autocommit=True).execute("SELECT id, ts FROM s.t ORDER BY random() LIMIT 500").fetchall()
+    cfg = parse_config(
+        {
+            "state_schema": "st",
+            "tables": [
+                {
+                    "name": "s.t",
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 2,
+                    "retention": f"{existing + moved + 5} days",
+                }
+            ],
+        }
+    )
+    keys = (
+        psycopg.connect(dsn, autocommit=True).execute("SELECT id, ts FROM s.t ORDER BY random() LIMIT 500").fetchall()
+    )
     stalls: list[float] = []
     stop = threading.Event()
 
@@ -125,8 +149,11 @@ def main() -> int:
     for case in args.cases.split(","):
         existing, moved = (int(x) for x in case.split("x"))
         runs = [one(dsn, existing, moved) for _ in range(args.repeat)]
-        print(f"| {existing} | {moved} | {1000 * statistics.median(r[0] for r in runs):.1f} | "
-              f"{1000 * statistics.median(r[1] for r in runs):.1f} | {max(r[2] for r in runs)} |", flush=True)
+        print(
+            f"| {existing} | {moved} | {1000 * statistics.median(r[0] for r in runs):.1f} | "
+            f"{1000 * statistics.median(r[1] for r in runs):.1f} | {max(r[2] for r in runs)} |",
+            flush=True,
+        )
     return 0
 
 

@@ -27,9 +27,14 @@ from include.pgmaint.db import connect
 
 def _partition(conn, parent: str, day: datetime) -> None:
     name = f"{parent}_p{day:%Y%m%d}"
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("public", name), sql.Identifier("public", parent),
-        sql.Literal(day.isoformat()), sql.Literal((day + timedelta(days=1)).isoformat())))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", name),
+            sql.Identifier("public", parent),
+            sql.Literal(day.isoformat()),
+            sql.Literal((day + timedelta(days=1)).isoformat()),
+        )
+    )
 
 
 def seed(conninfo: str, now: datetime | None = None) -> None:
@@ -54,12 +59,14 @@ def seed(conninfo: str, now: datetime | None = None) -> None:
         for d in range(-36, -2):  # maintenance stopped: the newest partition is for three days ago
             _partition(conn, "inbound_requests", today + timedelta(days=d))
         # ~1 request a minute in every existing partition; the last two days and today so far land in the DEFAULT.
-        conn.execute("""
+        conn.execute(
+            """
             INSERT INTO public.inbound_requests (created_at, client_id, method, path, status, duration_ms)
             SELECT ts, mod(g, 97) + 1, (ARRAY['GET','POST','PUT'])[mod(g, 3) + 1], '/api/v1/people/' || mod(g, 5000),
                    (ARRAY[200,200,200,201,404,500])[mod(g, 6) + 1], 5 + mod(g * 7919, 400)
             FROM generate_series(%s::timestamptz, %s::timestamptz, interval '1 minute') WITH ORDINALITY AS s(ts, g)""",
-            [today - timedelta(days=36), now])
+            [today - timedelta(days=36), now],
+        )
 
         conn.execute("""
             CREATE TABLE public.event_deltas (
@@ -72,18 +79,23 @@ def seed(conninfo: str, now: datetime | None = None) -> None:
         conn.execute("CREATE TABLE public.event_deltas_default PARTITION OF public.event_deltas DEFAULT")
         for d in range(-34, 2):  # one day of runway left
             _partition(conn, "event_deltas", today + timedelta(days=d))
-        conn.execute("""
+        conn.execute(
+            """
             INSERT INTO public.event_deltas (occurred_at, entity, change)
             SELECT ts, (ARRAY['person','class','enrollment'])[mod(g, 3) + 1], jsonb_build_object('seq', g)
             FROM generate_series(%s::timestamptz, %s::timestamptz, interval '2 minutes') WITH ORDINALITY AS s(ts, g)""",
-            [today - timedelta(days=34), now])
+            [today - timedelta(days=34), now],
+        )
         # A partition dropped by hand during an earlier clean-up: that day's late events landed in the DEFAULT.
         lost_day = today - timedelta(days=5)
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", f"event_deltas_p{lost_day:%Y%m%d}")))
-        conn.execute("""
+        conn.execute(
+            """
             INSERT INTO public.event_deltas (occurred_at, entity, change)
             SELECT %s::timestamptz + g * interval '10 minutes', 'person', jsonb_build_object('late', g)
-            FROM generate_series(1, 120) g""", [lost_day])
+            FROM generate_series(1, 120) g""",
+            [lost_day],
+        )
     with connect(conninfo) as conn:
         conn.execute("ANALYZE public.inbound_requests, public.event_deltas")
 

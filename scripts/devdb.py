@@ -25,6 +25,7 @@ Importable API (used by tests/conftest.py)::
     ensure_database(info.conninfo(), "mydb")
     stop_server(pgdata)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,17 +65,16 @@ class ServerInfo:
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """libpq keyword/value conninfo for ``dbname``."""
-        return (
-            f"host={_q(str(self.socket_dir))} port={self.port} "
-            f"user={_q(self.user)} dbname={_q(dbname)}"
-        )
+        return f"host={_q(str(self.socket_dir))} port={self.port} user={_q(self.user)} dbname={_q(dbname)}"
 
     def sqlalchemy_url(self, dbname: str) -> str:
         """SQLAlchemy URL (psycopg2; Airflow derives its asyncpg URL from it) over the unix socket."""
         from urllib.parse import quote
 
-        return (f"postgresql+psycopg2://{quote(self.user, safe='')}@/{quote(dbname, safe='')}"
-                f"?host={quote(str(self.socket_dir), safe='/')}&port={self.port}")
+        return (
+            f"postgresql+psycopg2://{quote(self.user, safe='')}@/{quote(dbname, safe='')}"
+            f"?host={quote(str(self.socket_dir), safe='/')}&port={self.port}"
+        )
 
     def env(self, dbname: str = DEMO_DB) -> dict[str, str]:
         return {
@@ -234,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print conninfo if running (exit 0), else exit 3")
     p_env = sub.add_parser("env", help="print shell export lines for PGMAINT_DEV_*")
     p_env.add_argument("--start", action="store_true", help="start the server (quietly) if it is not running")
-    p_env.add_argument("--metadata-db", metavar="NAME",
-                       help="also create database NAME if missing and export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for it")
+    p_env.add_argument(
+        "--metadata-db",
+        metavar="NAME",
+        help="also create database NAME if missing and export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for it",
+    )
     args = ap.parse_args(argv)
 
     try:

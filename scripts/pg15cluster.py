@@ -19,6 +19,7 @@ directory is a fresh temporary directory under /tmp owned by that user; the
 server listens on a unix socket inside it and on 127.0.0.1:<free port>.
 Authentication is `trust` (local, throwaway).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,11 +128,28 @@ def start(settings: dict[str, str] | None = None, *, port: int | None = None, pa
         os.chown(pgdata, pw.pw_uid, pw.pw_gid)
     os.chmod(pgdata, 0o700)
     try:
-        _as_postgres([PG_BIN / "initdb", "-D", pgdata, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                      "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C", "--no-sync"])
+        _as_postgres(
+            [
+                PG_BIN / "initdb",
+                "-D",
+                pgdata,
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C",
+                "--no-sync",
+            ]
+        )
         port = port or _free_port()
-        conf = {**BENCH_SETTINGS, **(settings or {}), "port": str(port),
-                "unix_socket_directories": f"'{pgdata}'", "listen_addresses": "'127.0.0.1'"}
+        conf = {
+            **BENCH_SETTINGS,
+            **(settings or {}),
+            "port": str(port),
+            "unix_socket_directories": f"'{pgdata}'",
+            "listen_addresses": "'127.0.0.1'",
+        }
         with open(pgdata / "postgresql.auto.conf", "a") as f:
             for key, value in conf.items():
                 v = value if value.startswith("'") else f"'{value}'"

@@ -19,6 +19,7 @@ Fixtures (names are a contract; tests use them as-is):
 Tests that use ``pg_dsn`` (directly or through another fixture) get the ``pg`` marker
 automatically, so ``pytest -m 'not pg'`` runs the rest.
 """
+
 from __future__ import annotations
 
 import os
@@ -114,9 +115,7 @@ def _create_database(admin_conninfo: str, dbname: str) -> None:
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
         version = conn.info.server_version
         if version < MIN_SERVER_VERSION:
-            raise pytest.UsageError(
-                f"PGMAINT_TEST_DSN: PostgreSQL {version} is too old; pgmaint needs >= 14"
-            )
+            raise pytest.UsageError(f"PGMAINT_TEST_DSN: PostgreSQL {version} is too old; pgmaint needs >= 14")
         ident = sql.Identifier(dbname)
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))

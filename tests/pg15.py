@@ -77,8 +77,11 @@ class Server:
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(_as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Server:
@@ -113,9 +116,24 @@ def start(dbname: str = "pgmaint", *, partman: bool = True, cron: bool = True) -
     server = Server(root=root, port=_free_port(), dbname=dbname)
     try:
         out = subprocess.run(
-            _as_postgres([str(BIN / "initdb"), "-D", str(server.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                          "--locale=C", "--no-sync"]),
-            capture_output=True, text=True, timeout=120)
+            _as_postgres(
+                [
+                    str(BIN / "initdb"),
+                    "-D",
+                    str(server.data),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode != 0:
             raise Unavailable(f"initdb failed: {out.stderr.strip()[-500:]}")
         settings = [
@@ -133,8 +151,13 @@ def start(dbname: str = "pgmaint", *, partman: bool = True, cron: bool = True) -
         with open(server.data / "postgresql.conf", "a") as f:
             f.write("\n# pgmaint tests\n" + "\n".join(settings) + "\n")
         out = subprocess.run(
-            _as_postgres([str(BIN / "pg_ctl"), "-D", str(server.data), "-l", str(root / "server.log"), "-w", "-t", "60", "start"]),
-            capture_output=True, text=True, timeout=90)
+            _as_postgres(
+                [str(BIN / "pg_ctl"), "-D", str(server.data), "-l", str(root / "server.log"), "-w", "-t", "60", "start"]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         if out.returncode != 0:
             log = (root / "server.log").read_text()[-1000:] if (root / "server.log").exists() else ""
             raise Unavailable(f"pg_ctl start failed: {out.stderr.strip()[-500:]} {log}")
@@ -152,4 +175,3 @@ def start(dbname: str = "pgmaint", *, partman: bool = True, cron: bool = True) -
         server.stop()
         raise
     return server
-

@@ -114,7 +114,10 @@ def test_it_installs_exactly_the_pinned_requirements_txt():
     assert f"--chown=airflow:0 requirements.txt {IMAGE_HOME}/requirements.txt" in copies
     # the requirements COPY comes before the install, the project after it (code changes keep the package layer)
     order = [w + " " + a for w, a in steps if w in ("COPY", "RUN")]
-    assert order.index(f"RUN {runs[0]}") == order.index(f"COPY --chown=airflow:0 requirements.txt {IMAGE_HOME}/requirements.txt") + 1
+    assert (
+        order.index(f"RUN {runs[0]}")
+        == order.index(f"COPY --chown=airflow:0 requirements.txt {IMAGE_HOME}/requirements.txt") + 1
+    )
     assert len(requirement_pins()) > 100  # the whole freeze, not a hand-picked subset
 
 
@@ -128,10 +131,18 @@ def test_every_copied_file_is_in_the_build_context_and_local_state_is_not():
             if source == ".":
                 continue
             assert source.rstrip("/") in context or any(f.startswith(source.rstrip("/") + "/") for f in context), source
-    for needed in ("requirements.txt", "airflow_settings.yaml", "dags/partition_maintenance.py",
-                   "dags/default_partition_migration.py", "dags/partition_watchdog.py", "include/config/pgmaint.yaml",
-                   "include/pgmaint/config/load.py",
-                   "docs/deploy.md", "docs/security.md", "include/sql/roles/pgmaint_role.sql"):
+    for needed in (
+        "requirements.txt",
+        "airflow_settings.yaml",
+        "dags/partition_maintenance.py",
+        "dags/default_partition_migration.py",
+        "dags/partition_watchdog.py",
+        "include/config/pgmaint.yaml",
+        "include/pgmaint/config/load.py",
+        "docs/deploy.md",
+        "docs/security.md",
+        "include/sql/roles/pgmaint_role.sql",
+    ):
         assert needed in context, needed
     assert all(f"include/sql/{p.name}" in context for p in (REPO / "include" / "sql").glob("[0-9][0-9][0-9]_*.sql"))
     for never in (".venv/", ".airflow/", ".pgmaint/", ".pytest-airflow/", ".git/", "tests/"):
@@ -148,24 +159,36 @@ def test_the_context_laid_out_as_in_the_image_parses_the_dags_and_runs_the_docto
         shutil.copy2(REPO / rel, home / rel)
     env = {k: v.replace(IMAGE_HOME, str(home)) for k, v in env_of_image().items()}
     assert set(env) >= {"AIRFLOW_HOME", "PYTHONPATH", "PGMAINT_CONFIG", "AIRFLOW__CORE__DAGS_FOLDER"}
-    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), LANG="C.UTF-8",
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/airflow.db")
+    env.update(
+        PATH=os.environ["PATH"],
+        HOME=str(tmp_path),
+        LANG="C.UTF-8",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/airflow.db",
+    )
     probe = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 import include.pgmaint
 from include.pgmaint.state import migrations
-bag = DagBag(dag_folder={str(home / 'dags')!r})
+bag = DagBag(dag_folder={str(home / "dags")!r})
 print(json.dumps({{"pgmaint": list(include.pgmaint.__path__)[0], "dags": sorted(bag.dags), "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
-                  "migrations": [name for _, name, _ in migrations()], "repo_on_path": [p for p in sys.path if p.startswith({str(REPO)!r}) and not p.startswith({str(REPO / '.venv')!r})]}}))
+                  "migrations": [name for _, name, _ in migrations()], "repo_on_path": [p for p in sys.path if p.startswith({str(REPO)!r}) and not p.startswith({str(REPO / ".venv")!r})]}}))
 """
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["pgmaint"].startswith(str(home)) and seen["repo_on_path"] == [], seen
     assert seen["errors"] == {}
     assert seen["dags"] == ["default_partition_migration", "partition_maintenance", "partition_watchdog"]
     assert seen["migrations"] == sorted(p.name for p in (REPO / "include" / "sql").glob("[0-9][0-9][0-9]_*.sql"))
-    doctor = subprocess.run([sys.executable, "-m", "include.pgmaint.doctor", "--help"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    doctor = subprocess.run(
+        [sys.executable, "-m", "include.pgmaint.doctor", "--help"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert doctor.returncode == 0 and "CONNINFO" in doctor.stdout, doctor.stderr[-2000:]

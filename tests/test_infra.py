@@ -1,4 +1,5 @@
 """Checks of the test/dev infrastructure itself: fixtures, devdb, settings loader."""
+
 from __future__ import annotations
 
 import json
@@ -102,8 +103,14 @@ airflow:
     [
         ("airflow:\n  pools:\n    - pool_name: p\n      pool_slot: four\n", "pool_slot: must be an integer"),
         ("airflow:\n  pools:\n    - pool_slot: 1\n", "pools[0].pool_name: required"),
-        ("airflow:\n  connections:\n    - conn_id: c\n      conn_type: x\n      conn_port: abc\n", "conn_port: must be an integer"),
-        ("airflow:\n  connections:\n    - conn_id: c\n      conn_type: x\n      conn_host: ${NOPE}\n", "conn_host: environment variable NOPE is not set"),
+        (
+            "airflow:\n  connections:\n    - conn_id: c\n      conn_type: x\n      conn_port: abc\n",
+            "conn_port: must be an integer",
+        ),
+        (
+            "airflow:\n  connections:\n    - conn_id: c\n      conn_type: x\n      conn_host: ${NOPE}\n",
+            "conn_host: environment variable NOPE is not set",
+        ),
         ("airflow:\n  connections:\n    - conn_id: c\n      conn_typo: x\n", "unknown field(s) conn_typo"),
         ("airflow:\n  variables:\n    - variable_name: v\n", "variable_value: required"),
     ],
@@ -125,7 +132,10 @@ def test_scripts_airflow_uses_the_session_home(airflow_db):
     env = {**os.environ, "PGMAINT_AIRFLOW_HOME": str(home)}
     out = subprocess.run(
         [str(REPO / "scripts" / "airflow"), "pools", "get", "pgmaint_target", "-o", "json"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     [pool] = json.loads(out.stdout)
@@ -140,8 +150,9 @@ def test_scripts_airflow_dags_list_on_a_fresh_metadata_db_lists_the_dags(tmp_pat
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__DATABASE__")}
-    env.update(PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"),
-               AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused")  # dags list never connects to it
+    env.update(
+        PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused"
+    )  # dags list never connects to it
     command = [str(REPO / "scripts" / "airflow"), "dags", "list", "-o", "plain"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -164,9 +175,24 @@ def test_scripts_airflow_backfill_create_reads_the_dags_parsed_from_dags(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__DATABASE__")}
     env.update(PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused")
     env.pop("PGMAINT_CONFIG", None)  # the demo config: schedules.maintenance */15
-    out = subprocess.run([str(REPO / "scripts" / "airflow"), "backfill", "create", "--dag-id", "partition_maintenance",
-                          "--from-date", "2026-11-01T00:00:00+00:00", "--to-date", "2026-11-01T01:00:00+00:00", "--dry-run"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            str(REPO / "scripts" / "airflow"),
+            "backfill",
+            "create",
+            "--dag-id",
+            "partition_maintenance",
+            "--from-date",
+            "2026-11-01T00:00:00+00:00",
+            "--to-date",
+            "2026-11-01T01:00:00+00:00",
+            "--dry-run",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "scripts/airflow: parsing dags/ into the metadata DB first" in out.stderr
     listed = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| 2026-")]

@@ -42,11 +42,24 @@ BATCH_STATEMENT_TIMEOUT_MS = 80
 
 
 class Backfill:
-    def __init__(self, conn, migration, migration_id: int, *, failpoint: Callable[[str], None] = lambda name: None,
-                 hold_commit: bool = False):
+    def __init__(
+        self,
+        conn,
+        migration,
+        migration_id: int,
+        *,
+        failpoint: Callable[[str], None] = lambda name: None,
+        hold_commit: bool = False,
+    ):
         """`hold_commit`: send COMMIT separately, after `failpoint("inside_batch")` (the crash tests kill the
         process there); otherwise a batch is one round trip."""
-        self.conn, self.m, self.migration_id, self.failpoint, self.hold_commit = conn, migration, migration_id, failpoint, hold_commit
+        self.conn, self.m, self.migration_id, self.failpoint, self.hold_commit = (
+            conn,
+            migration,
+            migration_id,
+            failpoint,
+            hold_commit,
+        )
         cols = sql.SQL(", ").join(map(sql.Identifier, migration.writable))
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if migration.identity else sql.SQL("")
         # RETURNING the server time since the batch's query arrived (statement_timestamp() of a multi-statement
@@ -63,27 +76,49 @@ SET next_page = {hi_page}, rows_copied = rows_copied + (SELECT count(*) FROM ins
 WHERE migration_id = {mid}
 RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
 """)
-        self._parts = {"sp": migration.q(migration.shadow_parent), "cols": cols, "overriding": overriding,
-                       "d": migration.q(migration.default_name), "state": migration.state}
+        self._parts = {
+            "sp": migration.q(migration.shadow_parent),
+            "cols": cols,
+            "overriding": overriding,
+            "d": migration.q(migration.default_name),
+            "state": migration.state,
+        }
         self._timeouts = sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
-            sql.Literal(f"{BATCH_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{BATCH_STATEMENT_TIMEOUT_MS}ms"))
+            sql.Literal(f"{BATCH_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{BATCH_STATEMENT_TIMEOUT_MS}ms")
+        )
 
     def statement(self, lo_page: int, hi_page: int) -> sql.Composable:
         """The batch copying pages [lo_page, hi_page): every value a literal (the whole transaction goes in one
         simple-protocol query string)."""
-        return self.batch_sql.format(lo=sql.Literal(f"({lo_page},0)"), hi=sql.Literal(f"({hi_page},0)"),
-                                     hi_page=sql.Literal(hi_page), mid=sql.Literal(self.migration_id), **self._parts)
+        return self.batch_sql.format(
+            lo=sql.Literal(f"({lo_page},0)"),
+            hi=sql.Literal(f"({hi_page},0)"),
+            hi_page=sql.Literal(hi_page),
+            mid=sql.Literal(self.migration_id),
+            **self._parts,
+        )
 
     def template(self) -> sql.Composable:
         """The batch statement with its per-batch values as placeholders (dry runs show it)."""
-        return self.batch_sql.format(lo=sql.Placeholder("lo"), hi=sql.Placeholder("hi"), hi_page=sql.Placeholder("hi_page"),
-                                     mid=sql.Placeholder("mid"), **self._parts)
+        return self.batch_sql.format(
+            lo=sql.Placeholder("lo"),
+            hi=sql.Placeholder("hi"),
+            hi_page=sql.Placeholder("hi_page"),
+            mid=sql.Placeholder("mid"),
+            **self._parts,
+        )
 
     def progress_row(self) -> tuple[int, int, int]:
-        return self.conn.execute(sql.SQL("SELECT next_page, total_pages, rows_copied FROM {}.migrations WHERE migration_id = %s")
-                                 .format(self.m.state), [self.migration_id]).fetchone()
+        return self.conn.execute(
+            sql.SQL("SELECT next_page, total_pages, rows_copied FROM {}.migrations WHERE migration_id = %s").format(
+                self.m.state
+            ),
+            [self.migration_id],
+        ).fetchone()
 
-    def run(self, *, expected_rows: int, batch_rows: int, deadline: float, progress: Callable[[str], None]) -> tuple[int, bool]:
+    def run(
+        self, *, expected_rows: int, batch_rows: int, deadline: float, progress: Callable[[str], None]
+    ) -> tuple[int, bool]:
         """Copy until every page counted when mirroring began is copied, or `deadline` (monotonic).
         Returns (rows copied by this call, finished). Batches are sized by the server time they hold their row
         locks (target BATCH_TARGET_SECONDS), never above `batch_rows` rows."""
@@ -115,8 +150,10 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
                 rate = copied_here / max(now - started, 1e-6)
                 left = max(0, total_pages - next_page)
                 eta = left * rows_per_page / rate if rate > 0 else float("inf")
-                progress(f"{self.m.cfg.name}: copied {copied:,} rows ({next_page:,} of {total_pages:,} pages, {batches:,} "
-                         f"batches), {rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT meanwhile")
+                progress(
+                    f"{self.m.cfg.name}: copied {copied:,} rows ({next_page:,} of {total_pages:,} pages, {batches:,} "
+                    f"batches), {rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT meanwhile"
+                )
                 last_report = now
         return copied_here, True
 
@@ -140,8 +177,14 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
         except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
             self._rollback()
             delay = random.uniform(0.01, 0.1)
-            log.info("%s: copy batch of pages %d-%d gave way (%s); retrying smaller in %.2fs",
-                     self.m.cfg.name, lo_page, hi_page, type(exc).__name__, delay)
+            log.info(
+                "%s: copy batch of pages %d-%d gave way (%s); retrying smaller in %.2fs",
+                self.m.cfg.name,
+                lo_page,
+                hi_page,
+                type(exc).__name__,
+                delay,
+            )
             time.sleep(delay)
             return None
         except BaseException:
@@ -150,14 +193,23 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
 
     def _rollback(self) -> None:
         """An error inside the explicit BEGIN leaves the session in an aborted transaction block."""
-        if not self.conn.closed and not self.conn.broken and \
-                self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if (
+            not self.conn.closed
+            and not self.conn.broken
+            and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        ):
             self.conn.execute("ROLLBACK")
 
 
 def figures_in_snapshot(conn, migration, method: str, relations: list[str]) -> dict[str, tuple[int, int]]:
-    query = figures_query(migration.facts, migration.cfg, migration.config.timezone, method, migration.columns,
-                          [migration.q(r) for r in relations])
+    query = figures_query(
+        migration.facts,
+        migration.cfg,
+        migration.config.timezone,
+        method,
+        migration.columns,
+        [migration.q(r) for r in relations],
+    )
     return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query).fetchall()}
 
 
@@ -166,7 +218,9 @@ def compare(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]
     for bucket in sorted(set(before) | set(after)):
         (n0, c0), (n1, c1) = before.get(bucket, (0, 0)), after.get(bucket, (0, 0))
         if n0 != n1:
-            out.append(f"{bucket}: {n0} row(s) in the DEFAULT, {n1} in the copies ({abs(n0 - n1)} {'missing' if n1 < n0 else 'extra'})")
+            out.append(
+                f"{bucket}: {n0} row(s) in the DEFAULT, {n1} in the copies ({abs(n0 - n1)} {'missing' if n1 < n0 else 'extra'})"
+            )
         elif c0 != c1:
             out.append(f"{bucket}: {n0} row(s) on both sides, checksums differ")
     return out
@@ -179,7 +233,9 @@ class CutVerifier:
         self.conn = connect(conninfo, budget, application_name="pgmaint-verify")
         self.scan_timeout_ms = budget.scan_timeout_ms
         self.snapshot: str | None = None
-        self.write_mark: str | None = None  # the DEFAULT's write mark at that instant (`DefaultPartitionMigration.write_mark`)
+        self.write_mark: str | None = (
+            None  # the DEFAULT's write mark at that instant (`DefaultPartitionMigration.write_mark`)
+        )
 
     def adopt(self, cursor) -> None:
         """`Statement.then` of a step's `SELECT pg_export_snapshot()[, write mark]`: runs inside that step's transaction."""
@@ -189,9 +245,12 @@ class CutVerifier:
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.conn.execute("ROLLBACK")  # an earlier try of the step was rolled back
         # One round trip: the exporting step holds its locks until this returns.
-        self.conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; "
-                                  "SET LOCAL statement_timeout = {}").format(
-            sql.Literal(snapshot), sql.Literal(f"{self.scan_timeout_ms}ms")))
+        self.conn.execute(
+            sql.SQL(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; "
+                "SET LOCAL statement_timeout = {}"
+            ).format(sql.Literal(snapshot), sql.Literal(f"{self.scan_timeout_ms}ms"))
+        )
         self.snapshot = snapshot
 
     def figures(self, migration, method: str, *, swapped: bool) -> tuple[dict, dict]:
@@ -200,7 +259,9 @@ class CutVerifier:
         catalog: the old DEFAULT under its new name, the new partitions and the new DEFAULT."""
         if self.snapshot is None:
             raise RuntimeError("no exported snapshot was adopted")
-        default, rest = (migration.old_name, migration.default_name) if swapped else (migration.default_name, migration.next_name)
+        default, rest = (
+            (migration.old_name, migration.default_name) if swapped else (migration.default_name, migration.next_name)
+        )
         before = figures_in_snapshot(self.conn, migration, method, [default])
         after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [rest])
         self.release()

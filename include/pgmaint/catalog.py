@@ -197,8 +197,23 @@ def read_catalog(conn, tables: list[TableConfig], tz: str) -> dict[str, TableFac
 
 
 def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
-    (name, found, relkind, schema, table, strategy, key_count, key_column, key_type, parts, leftovers,
-     identity_columns, tablespace, access_method, strays) = row
+    (
+        name,
+        found,
+        relkind,
+        schema,
+        table,
+        strategy,
+        key_count,
+        key_column,
+        key_type,
+        parts,
+        leftovers,
+        identity_columns,
+        tablespace,
+        access_method,
+        strays,
+    ) = row
     if not found:
         return CatalogError(f"{name}: table does not exist (or is not visible to this role)")
     if relkind != "p":
@@ -206,24 +221,49 @@ def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
     if strategy != "r":
         return CatalogError(f"{name}: table is partitioned by {'list' if strategy == 'l' else 'hash'}, not by range")
     if key_count != 1 or key_column is None:
-        return CatalogError(f"{name}: partition key must be one plain column; it has {key_count} column(s) or an expression")
+        return CatalogError(
+            f"{name}: partition key must be one plain column; it has {key_count} column(s) or an expression"
+        )
     if key_column != cfg.partition_key:
-        return CatalogError(f"{name}: table is range-partitioned on {key_column!r}, not on the configured key {cfg.partition_key!r}")
+        return CatalogError(
+            f"{name}: table is range-partitioned on {key_column!r}, not on the configured key {cfg.partition_key!r}"
+        )
     if key_type not in SUPPORTED_KEY_TYPES:
-        return CatalogError(f"{name}: partition key {key_column!r} has type {key_type}; supported: {', '.join(SUPPORTED_KEY_TYPES)}")
+        return CatalogError(
+            f"{name}: partition key {key_column!r} has type {key_type}; supported: {', '.join(SUPPORTED_KEY_TYPES)}"
+        )
     if key_type == "date" and cfg.interval.unit == "hour":
         return CatalogError(f"{name}: hourly partitions need a timestamp key; {key_column!r} is a date")
     partitions, default = [], None
     try:
         for p in parts:
             if p["is_default"]:
-                default = Partition(p["schema"], p["name"], None, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"]))
+                default = Partition(
+                    p["schema"], p["name"], None, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"])
+                )
                 continue
             rng = parse_bound(p["bound"], key_type, tz)
-            partitions.append(Partition(p["schema"], p["name"], rng, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"])))
+            partitions.append(
+                Partition(
+                    p["schema"], p["name"], rng, p["detach_pending"], int(p["estimated_rows"]), tuple(p["our_checks"])
+                )
+            )
     except CatalogError as exc:
         return CatalogError(f"{name}: {exc}")
-    partitions.sort(key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc)))
-    return TableFacts(name, schema, table, key_column, key_type, tuple(partitions), default, tuple(leftovers),
-                      tuple(identity_columns), tablespace, access_method,
-                      tuple(StrayIdentity(x["table"], x["column"], x["sequence"]) for x in strays))
+    partitions.sort(
+        key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc))
+    )
+    return TableFacts(
+        name,
+        schema,
+        table,
+        key_column,
+        key_type,
+        tuple(partitions),
+        default,
+        tuple(leftovers),
+        tuple(identity_columns),
+        tablespace,
+        access_method,
+        tuple(StrayIdentity(x["table"], x["column"], x["sequence"]) for x in strays),
+    )

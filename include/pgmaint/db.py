@@ -25,7 +25,9 @@ def session_options(budget: LockBudget) -> str:
     )
 
 
-def connect(conninfo: str, budget: LockBudget = LockBudget(), application_name: str = APPLICATION_NAME) -> psycopg.Connection:
+def connect(
+    conninfo: str, budget: LockBudget = LockBudget(), application_name: str = APPLICATION_NAME
+) -> psycopg.Connection:
     conn = psycopg.connect(
         make_conninfo(conninfo, application_name=application_name, options=session_options(budget)),
         autocommit=True,

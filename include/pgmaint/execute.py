@@ -65,7 +65,9 @@ class Blocker:
 
     def __str__(self) -> str:
         age = f"{self.xact_seconds:.1f}s" if self.xact_seconds is not None else "?"
-        return f"pid {self.pid} holds {self.mode} on {self.relation} ({self.state}, transaction age {age}): {self.query!r}"
+        return (
+            f"pid {self.pid} holds {self.mode} on {self.relation} ({self.state}, transaction age {age}): {self.query!r}"
+        )
 
 
 @dataclass
@@ -138,8 +140,16 @@ def _batches(statements: tuple[Statement, ...]) -> list[Statement]:
 class Executor:
     """Runs `Step`s under a `LockBudget`. Needs an autocommit connection."""
 
-    def __init__(self, conn: psycopg.Connection, budget: LockBudget, *, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None, on_event: Callable[[str], None] | None = None, breaker=None):
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        budget: LockBudget,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        on_event: Callable[[str], None] | None = None,
+        breaker=None,
+    ):
         if budget.lock_timeout_ms <= 0 or budget.max_lock_timeout_ms <= 0 or budget.statement_timeout_ms <= 0:
             raise UnguardedStatement("refusing to execute without positive lock_timeout and statement_timeout")
         if not conn.autocommit:
@@ -168,11 +178,15 @@ class Executor:
                 return StepResult(step, attempt, time.monotonic() - started, blockers)
             except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
                 if isinstance(exc, errors.QueryCanceled) and not tripped:
-                    raise StepFailed(step, f"{step.action} {step.target}: cancelled by statement_timeout: {exc}", attempt) from exc
+                    raise StepFailed(
+                        step, f"{step.action} {step.target}: cancelled by statement_timeout: {exc}", attempt
+                    ) from exc
                 if tripped:
                     self.on_event(f"{step.action} {step.target}: circuit breaker cancelled us: {tripped}")
                 blockers = find_blockers(self.conn, step.lock_targets) or blockers
-                delay = self.rng.uniform(0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (attempt - 1)))
+                delay = self.rng.uniform(
+                    0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (attempt - 1))
+                )
                 elapsed = time.monotonic() - started
                 if elapsed + delay > budget.total_seconds:
                     held = "; ".join(map(str, blockers)) or "no holder visible any more (lock released meanwhile)"
@@ -193,14 +207,16 @@ class Executor:
             except GuardFailed as exc:
                 raise StepFailed(step, f"{step.action} {step.target}: {exc}", attempt) from exc
             except psycopg.Error as exc:
-                raise StepFailed(step, f"{step.action} {step.target}: {type(exc).__name__}: {exc}".strip(), attempt) from exc
+                raise StepFailed(
+                    step, f"{step.action} {step.target}: {type(exc).__name__}: {exc}".strip(), attempt
+                ) from exc
 
     def _attempt(self, step: Step, lock_ms: int) -> None:
         conn = self.conn
         if step.transactional:
             with conn.transaction():
                 self._set_timeouts(lock_ms, self.budget.statement_timeout_ms, local=True)
-                for st in (_batches(step.statements) if step.batched else step.statements):
+                for st in _batches(step.statements) if step.batched else step.statements:
                     self._execute(st, local=True)
             return
         # Outside a transaction block: session-level settings, restored afterwards.
@@ -219,7 +235,9 @@ class Executor:
             [f"{lock_ms}ms", local, f"{statement_ms}ms", local],
         ).fetchone()
         if row is None or row[0] in ("0", "") or row[1] in ("0", ""):
-            raise UnguardedStatement(f"timeouts not in effect (lock_timeout={row and row[0]}, statement_timeout={row and row[1]})")
+            raise UnguardedStatement(
+                f"timeouts not in effect (lock_timeout={row and row[0]}, statement_timeout={row and row[1]})"
+            )
 
     def _execute(self, st: Statement, *, local: bool) -> None:
         conn = self.conn
@@ -231,4 +249,6 @@ class Executor:
         if st.then is not None:
             st.then(cur)
         if st.scan:
-            conn.execute("SELECT set_config('statement_timeout', %s, %s)", [f"{self.budget.statement_timeout_ms}ms", local])
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, %s)", [f"{self.budget.statement_timeout_ms}ms", local]
+            )

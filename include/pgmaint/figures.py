@@ -29,8 +29,11 @@ def checksum_method(conn, facts: TableFacts) -> str:
     column's hash function even for NULL values."""
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("SELECT hash_record_extended(json_populate_record(NULL::{}, '{{}}'), 0)").format(
-                sql.Identifier(facts.schema, facts.table)))
+            conn.execute(
+                sql.SQL("SELECT hash_record_extended(json_populate_record(NULL::{}, '{{}}'), 0)").format(
+                    sql.Identifier(facts.schema, facts.table)
+                )
+            )
         return "record"
     except errors.UndefinedFunction:
         return "text"
@@ -45,8 +48,9 @@ def checksum_expression(method: str, alias: str) -> sql.Composable:
     raise ValueError(f"unknown checksum method {method!r}")
 
 
-def figures_query(facts: TableFacts, cfg: TableConfig, tz: str, method: str, columns: list[str],
-                  relations: list[sql.Composable]) -> sql.Composable:
+def figures_query(
+    facts: TableFacts, cfg: TableConfig, tz: str, method: str, columns: list[str], relations: list[sql.Composable]
+) -> sql.Composable:
     """`bucket, rows, checksum` per interval over the rows of `relations` (ONLY each).
 
     Rows are read as the same explicit column list from every relation, so a table whose
@@ -54,9 +58,10 @@ def figures_query(facts: TableFacts, cfg: TableConfig, tz: str, method: str, col
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM ONLY {}").format(cols, r) for r in relations)
-    return sql.SQL("SELECT coalesce({b}::text, 'NULL') AS bucket, count(*) AS rows, coalesce(sum({ck}), 0) AS checksum "
-                   "FROM ({u}) AS m GROUP BY 1").format(
-        b=bucket_expression(facts, cfg, tz, alias="m"), ck=checksum_expression(method, "m"), u=union)
+    return sql.SQL(
+        "SELECT coalesce({b}::text, 'NULL') AS bucket, count(*) AS rows, coalesce(sum({ck}), 0) AS checksum "
+        "FROM ({u}) AS m GROUP BY 1"
+    ).format(b=bucket_expression(facts, cfg, tz, alias="m"), ck=checksum_expression(method, "m"), u=union)
 
 
 def table_columns(conn, facts: TableFacts) -> list[tuple[str, bool, bool]]:
@@ -64,7 +69,8 @@ def table_columns(conn, facts: TableFacts) -> list[tuple[str, bool, bool]]:
     rows = conn.execute(
         """SELECT attname, attgenerated <> '', attidentity = 'a' FROM pg_attribute
            WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
-        [sql.Identifier(facts.schema, facts.table).as_string(None)]).fetchall()
+        [sql.Identifier(facts.schema, facts.table).as_string(None)],
+    ).fetchall()
     return [(r[0], bool(r[1]), bool(r[2])) for r in rows]
 
 

@@ -67,7 +67,9 @@ class Fleet:
         for config in self.targets:
             if config.target == name:
                 return config
-        raise KeyError(f"target {name!r} is not configured (configured: {', '.join(str(c.target) for c in self.targets)})")
+        raise KeyError(
+            f"target {name!r} is not configured (configured: {', '.join(str(c.target) for c in self.targets)})"
+        )
 
     def resolve(self, ref: str) -> tuple[Config, TableConfig]:
         """`target/table` (or a bare table name when it is unambiguous) -> (the target's Config, the table)."""
@@ -80,8 +82,10 @@ class Fleet:
             return found[0]
         if not found:
             raise KeyError(f"table {ref!r} is not configured (configured: {', '.join(self.table_refs)})")
-        raise KeyError(f"table {ref!r} is configured on several targets ({', '.join(str(c.target) for c, _ in found)}): "
-                       f"write it as target{SEPARATOR}table")
+        raise KeyError(
+            f"table {ref!r} is configured on several targets ({', '.join(str(c.target) for c, _ in found)}): "
+            f"write it as target{SEPARATOR}table"
+        )
 
     def for_connection(self, connection_id: str) -> Config:
         for config in self.targets:
@@ -96,6 +100,7 @@ def _first_field(problem: str) -> str:
 
 def parse_fleet(raw: Any, source: str = "config") -> Fleet:
     """Validate a parsed YAML document: the single-target form, or `targets: [...]`."""
+    # whole: the checks of a `targets:` file in the order README's fleet section lists them.
     if not (isinstance(raw, dict) and "targets" in raw):
         return Fleet((parse_config(raw, source),), source)  # target None: names, keys and messages as before
     problems: list[str] = []
@@ -104,12 +109,17 @@ def parse_fleet(raw: Any, source: str = "config") -> Fleet:
         problems.append(f"(top level): {', '.join(clash)} cannot sit beside targets: move them into each target")
     unknown = sorted(set(raw) - {"targets", *OVERRIDABLE, *SHARED_ONLY})
     if unknown:
-        problems.append(f"(top level): unknown key(s) {', '.join(map(repr, unknown))} "
-                        f"(known with targets: {', '.join(sorted(['targets', *OVERRIDABLE, *SHARED_ONLY]))})")
+        problems.append(
+            f"(top level): unknown key(s) {', '.join(map(repr, unknown))} "
+            f"(known with targets: {', '.join(sorted(['targets', *OVERRIDABLE, *SHARED_ONLY]))})"
+        )
     items = raw["targets"]
     if not isinstance(items, list) or not items:
-        raise ConfigError(problems + ["targets: must be a non-empty list of targets "
-                                      "({connection_id, tables, name?, pool?, services?})"], source)
+        raise ConfigError(
+            problems
+            + ["targets: must be a non-empty list of targets ({connection_id, tables, name?, pool?, services?})"],
+            source,
+        )
     shared = {k: v for k, v in raw.items() if k in OVERRIDABLE or k in SHARED_ONLY}
     configs: list[Config] = []
     names: dict[str, int] = {}
@@ -126,8 +136,10 @@ def parse_fleet(raw: Any, source: str = "config") -> Fleet:
         if name in names:
             problems.append(f"{where}.name: duplicate target {name!r} (already targets[{names[name]}])")
         if connection_id in connections:
-            problems.append(f"{where}.connection_id: {connection_id!r} is already targets[{connections[connection_id]}]'s "
-                            "(one target per database)")
+            problems.append(
+                f"{where}.connection_id: {connection_id!r} is already targets[{connections[connection_id]}]'s "
+                "(one target per database)"
+            )
         if name is None or unknown or "tables" not in item:
             continue
         names[name], connections[connection_id] = i, i
@@ -156,8 +168,10 @@ def _target_keys(item: dict, where: str, problems: list[str]) -> tuple[list[str]
     """(unknown keys, connection_id, name) of one `targets[i]` entry; problems are appended to `problems`."""
     unknown = sorted(set(item) - set(TARGET_KEYS) - set(OVERRIDABLE))
     if unknown:
-        problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-                        f"(known: {', '.join(sorted([*TARGET_KEYS, *OVERRIDABLE]))})")
+        problems.append(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted([*TARGET_KEYS, *OVERRIDABLE]))})"
+        )
     for key in ("connection_id", "tables"):
         if key not in item:
             problems.append(f"{where}.{key}: required")
@@ -168,8 +182,10 @@ def _target_keys(item: dict, where: str, problems: list[str]) -> tuple[list[str]
     name = item.get("name", connection_id)
     if name is not None and (not isinstance(name, str) or not TARGET_NAME.fullmatch(name)):
         field = "name" if "name" in item else "connection_id"
-        problems.append(f"{where}.{field}: {name!r} cannot name a target (letters, digits, _ and -, at most 50)"
-                        + ("" if "name" in item else "; set name"))
+        problems.append(
+            f"{where}.{field}: {name!r} cannot name a target (letters, digits, _ and -, at most 50)"
+            + ("" if "name" in item else "; set name")
+        )
         return unknown, connection_id, _INVALID
     return unknown, connection_id, name
 
@@ -185,9 +201,13 @@ def load_target(path: str | os.PathLike | None = None, target: str | None = None
     fleet = load_fleet(path)
     if target is None:
         if fleet.multi:
-            raise ConfigError([f"targets: this file lists {len(fleet.targets)} targets "
-                               f"({', '.join(str(c.target) for c in fleet.targets)}): choose one with --target NAME"],
-                              fleet.source)
+            raise ConfigError(
+                [
+                    f"targets: this file lists {len(fleet.targets)} targets "
+                    f"({', '.join(str(c.target) for c in fleet.targets)}): choose one with --target NAME"
+                ],
+                fleet.source,
+            )
         return fleet.targets[0]
     try:
         return fleet.target(target)

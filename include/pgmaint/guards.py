@@ -39,7 +39,9 @@ class TableBusy(Exception):
 @contextlib.contextmanager
 def runner_lock(conn, table_qualified: str):
     """Hold the per-table runner lock for the duration of the block, or raise `TableBusy`."""
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", _lock_args(table_qualified)).fetchone()[0]
+    got = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", _lock_args(table_qualified)
+    ).fetchone()[0]
     if not got:
         holder = conn.execute(
             """SELECT a.pid, a.application_name, left(a.query, 200), a.backend_start
@@ -48,7 +50,11 @@ def runner_lock(conn, table_qualified: str):
                  AND l.classid::int = hashtext(%s) AND l.objid::int = hashtext(%s) AND l.objsubid = 2""",
             _lock_args(table_qualified),
         ).fetchone()
-        who = f"pid {holder[0]} ({holder[1]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})" if holder else "another session"
+        who = (
+            f"pid {holder[0]} ({holder[1]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})"
+            if holder
+            else "another session"
+        )
         raise TableBusy(f"{table_qualified}: another pgmaint run holds this table's runner lock: {who}")
     try:
         yield
@@ -92,9 +98,11 @@ def session_visibility_problem(conn) -> str | None:
     if ok:
         return None
     name = sql.Identifier(role).as_string(None)
-    return (f"role {role!r} lacks the privileges of pg_read_all_stats: other roles' transactions, states and queries "
-            "are hidden from it in pg_stat_activity, so pgmaint cannot see a long transaction it would queue behind "
-            f"(fix: GRANT pg_monitor TO {name}; or GRANT pg_read_all_stats TO {name})")
+    return (
+        f"role {role!r} lacks the privileges of pg_read_all_stats: other roles' transactions, states and queries "
+        "are hidden from it in pg_stat_activity, so pgmaint cannot see a long transaction it would queue behind "
+        f"(fix: GRANT pg_monitor TO {name}; or GRANT pg_read_all_stats TO {name})"
+    )
 
 
 def require_session_visibility(conn) -> None:
@@ -157,7 +165,9 @@ def preflight(conn, table_qualified: str, limits: Preflight, *, require_visibili
         )
     if len(waiting) > limits.allow_waiting_sessions:
         for h in waiting:
-            result.problems.append(f"waiting session: pid {h['pid']} is waiting for {h['mode']} on {h['relation']}: {h['query']!r}")
+            result.problems.append(
+                f"waiting session: pid {h['pid']} is waiting for {h['mode']} on {h['relation']}: {h['query']!r}"
+            )
     result.sessions = long_tx + waiting
     result.ok = not result.problems
     return result
@@ -192,7 +202,6 @@ class CircuitBreaker:
 
     @contextlib.contextmanager
     def watch(self, pid: int):
-
 
         self.tripped, self._stop = None, threading.Event()
         watcher = psycopg.connect(self.conninfo, autocommit=True, application_name="pgmaint-breaker")

@@ -77,9 +77,17 @@ def probe_default(conn, facts: TableFacts, ranges: list[Range], tz: str) -> froz
 PHASES = ("premake", "retire")
 
 
-def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = None, *, now: datetime | None = None,
-                    dry_run: bool = False, context: RunContext = RunContext(),
-                    phases: tuple[str, ...] = PHASES, as_of: datetime | None = None) -> list[TableResult]:
+def run_maintenance(
+    conn,
+    config: Config,
+    tables: list[TableConfig] | None = None,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    context: RunContext = RunContext(),
+    phases: tuple[str, ...] = PHASES,
+    as_of: datetime | None = None,
+) -> list[TableResult]:
     """Maintain `tables` (default: all configured). Reads the catalog for all of them in one query.
 
     `phases` lets the DAG put a data-quality gate between premaking (and repairing leftovers)
@@ -101,14 +109,25 @@ def run_maintenance(conn, config: Config, tables: list[TableConfig] | None = Non
     if as_of is not None and as_of.tzinfo is None:
         raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
     skips = maintenance_skips(conn, tables)  # never work on a table pg_partman maintains (dual_manager, or the split)
-    return [refused.get(cfg.name)
-            or _maintain_table(conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, as_of,
-                               skips.get(cfg.name))
-            for cfg in tables]
+    return [
+        refused.get(cfg.name)
+        or _maintain_table(
+            conn, config, cfg, facts[cfg.name], now, dry_run, journal, context, phases, as_of, skips.get(cfg.name)
+        )
+        for cfg in tables
+    ]
 
 
-def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, now: datetime | None = None,
-             dry_run: bool = False, context: RunContext = RunContext(), as_of: datetime | None = None) -> dict:
+def plan_run(
+    conn,
+    config: Config,
+    tables: list[TableConfig] | None = None,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    context: RunContext = RunContext(),
+    as_of: datetime | None = None,
+) -> dict:
     """Plan every table of one target at once, and say which ones have work: what the DAG maps.
 
     One catalog query for all tables, one read of pg_partman's switches, a DEFAULT probe only for
@@ -129,6 +148,7 @@ def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, n
       as_of    the moment premake plans for besides now (ISO 8601), or None: a backfill run shows its
                logical date here
     """
+    # whole: one decision per table (failed, skipped, work, healthy), then one batched journal write.
     tables = list(tables or config.tables)
     now = now or datetime.now(timezone.utc)
     if as_of is not None and as_of.tzinfo is None:
@@ -142,8 +162,14 @@ def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, n
     refused = {cfg.name: privileges.problems(conn, config, cfg, "maintenance") for cfg in tables} if dry_run else {}
     facts = read_catalog(conn, [t for t in tables if not refused.get(t.name)], tz)
     skips = maintenance_skips(conn, tables)
-    out: dict = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0,
-                 "as_of": as_of.isoformat() if as_of is not None else None}
+    out: dict = {
+        "work": [],
+        "tables": {},
+        "results": {},
+        "healthy": 0,
+        "journalled": 0,
+        "as_of": as_of.isoformat() if as_of is not None else None,
+    }
     rows: list[tuple[str, str, dict, str | None]] = []
     for cfg in tables:
         f = facts.get(cfg.name)
@@ -158,30 +184,58 @@ def plan_run(conn, config: Config, tables: list[TableConfig] | None = None, *, n
             out["tables"][cfg.name] = {"status": "skipped", "why": skip}
         else:
             plan = _plan(conn, cfg, f, now, tz, PHASES, as_of)
-            waiting = [{"partition": m.name, "range": str(m.range), "trigger": migration_trigger(cfg),
-                        "requested": cfg.auto_migrate and not dry_run} for m in plan.needs_migration]
-            brief = {"create": [c.name for c in plan.creates], "retire": _retires_planned(plan),
-                     "needs_migration": [m["range"] for m in waiting]}
+            waiting = [
+                {
+                    "partition": m.name,
+                    "range": str(m.range),
+                    "trigger": migration_trigger(cfg),
+                    "requested": cfg.auto_migrate and not dry_run,
+                }
+                for m in plan.needs_migration
+            ]
+            brief = {
+                "create": [c.name for c in plan.creates],
+                "retire": _retires_planned(plan),
+                "needs_migration": [m["range"] for m in waiting],
+            }
             if not plan.is_noop or (cfg.auto_migrate and waiting and not dry_run):
                 out["work"].append(cfg.name)
                 out["tables"][cfg.name] = {"status": "work", **brief}
                 continue
-            result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success", needs_migration=waiting,
-                                 notes=list(plan.notes) + ([f"a real run would skip this table: {skip}"] if skip else []))
+            result = TableResult(
+                cfg.name,
+                outcome="dry_run" if dry_run else "success",
+                needs_migration=waiting,
+                notes=list(plan.notes) + ([f"a real run would skip this table: {skip}"] if skip else []),
+            )
             out["tables"][cfg.name] = {"status": "needs_migration" if waiting else "healthy", **brief}
         if result.needs_migration or result.notes or result.skipped_reason:
             out["results"][cfg.name] = result.as_dict()
             _log_result(result)
         else:
             out["healthy"] += 1
-        rows.append((cfg.name, "skipped" if result.outcome == "skipped" else "success",
-                     {**result.as_dict(), "planned_by": "plan"}, result.skipped_reason))
+        rows.append(
+            (
+                cfg.name,
+                "skipped" if result.outcome == "skipped" else "success",
+                {**result.as_dict(), "planned_by": "plan"},
+                result.skipped_reason,
+            )
+        )
     if journal is not None:
-        out["journalled"] = journal.record_runs("maintenance", rows, dag_id=context.dag_id,
-                                                dag_run_id=context.dag_run_id, task_id=context.task_id)
+        out["journalled"] = journal.record_runs(
+            "maintenance", rows, dag_id=context.dag_id, dag_run_id=context.dag_run_id, task_id=context.task_id
+        )
     out["seconds"] = round(time.monotonic() - started, 3)
-    log.info("planned %d table(s) in %.2fs: %d with work, %d healthy, %d to report; %d run row(s) journalled in one write",
-             len(tables), out["seconds"], len(out["work"]), out["healthy"], len(out["results"]), out["journalled"])
+    log.info(
+        "planned %d table(s) in %.2fs: %d with work, %d healthy, %d to report; %d run row(s) journalled in one write",
+        len(tables),
+        out["seconds"],
+        len(out["work"]),
+        out["healthy"],
+        len(out["results"]),
+        out["journalled"],
+    )
     return out
 
 
@@ -191,20 +245,35 @@ def _refused_by_privileges(conn, config: Config, tables: list[TableConfig]) -> d
     for cfg in tables:
         missing = privileges.problems(conn, config, cfg, "maintenance")
         if missing:
-            refused[cfg.name] = TableResult(cfg.name, outcome="failed", errors=missing,
-                                            notes=["no statements listed: the plan is made once the privileges above are granted"])
+            refused[cfg.name] = TableResult(
+                cfg.name,
+                outcome="failed",
+                errors=missing,
+                notes=["no statements listed: the plan is made once the privileges above are granted"],
+            )
             _log_result(refused[cfg.name])
     return refused
 
 
-def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime,
-                    dry_run: bool, journal: Journal | None, context: RunContext, phases: tuple[str, ...],
-                    as_of: datetime | None = None, skip: str | None = None) -> TableResult:
+def _maintain_table(
+    conn,
+    config: Config,
+    cfg: TableConfig,
+    facts: TableFacts | CatalogError,
+    now: datetime,
+    dry_run: bool,
+    journal: Journal | None,
+    context: RunContext,
+    phases: tuple[str, ...],
+    as_of: datetime | None = None,
+    skip: str | None = None,
+) -> TableResult:
     started = time.monotonic()
     result = TableResult(cfg.name, outcome="dry_run" if dry_run else "success")
     if journal:
-        result.run_id = journal.start_run("maintenance", cfg.name, dag_id=context.dag_id,
-                                          dag_run_id=context.dag_run_id, task_id=context.task_id)
+        result.run_id = journal.start_run(
+            "maintenance", cfg.name, dag_id=context.dag_id, dag_run_id=context.dag_run_id, task_id=context.task_id
+        )
     try:
         if skip and not dry_run:
             raise TableBusy(skip)
@@ -218,8 +287,10 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
                 moving = journal.open_migration(cfg.name)
                 if moving:  # its shadows and replacement DEFAULT were built for today's partitions: leave them be
-                    raise TableBusy(f"migration {moving[0]} of this table is {moving[1]} (default_partition_migration); "
-                                    "maintenance waits until it has finished")
+                    raise TableBusy(
+                        f"migration {moving[0]} of this table is {moving[1]} (default_partition_migration); "
+                        "maintenance waits until it has finished"
+                    )
                 plan, facts = _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=False)
                 if plan is not None and not plan.is_noop:
                     _execute(conn, config, cfg, facts, plan, result, journal)
@@ -234,13 +305,16 @@ def _maintain_table(conn, config: Config, cfg: TableConfig, facts: TableFacts | 
         result.outcome = "failed"
     result.seconds = round(time.monotonic() - started, 3)
     if journal:
-        journal.finish_run_safely(result.run_id, result.outcome, result.as_dict(),
-                                  "\n".join(result.errors) or result.skipped_reason)
+        journal.finish_run_safely(
+            result.run_id, result.outcome, result.as_dict(), "\n".join(result.errors) or result.skipped_reason
+        )
     _log_result(result)
     return result
 
 
-def _plan_into(conn, config, cfg, facts, now, result, phases, as_of, *, dry_run) -> tuple[MaintenancePlan | None, TableFacts | None]:
+def _plan_into(
+    conn, config, cfg, facts, now, result, phases, as_of, *, dry_run
+) -> tuple[MaintenancePlan | None, TableFacts | None]:
     tz = config.timezone
     if isinstance(facts, CatalogError):
         result.errors.append(str(facts))
@@ -255,8 +329,15 @@ def _plan_into(conn, config, cfg, facts, now, result, phases, as_of, *, dry_run)
         plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
     result.retires_planned = _retires_planned(plan)
     plan = _only(plan, phases)
-    result.needs_migration = [{"partition": m.name, "range": str(m.range), "trigger": migration_trigger(cfg),
-                               "requested": cfg.auto_migrate and not dry_run} for m in plan.needs_migration]
+    result.needs_migration = [
+        {
+            "partition": m.name,
+            "range": str(m.range),
+            "trigger": migration_trigger(cfg),
+            "requested": cfg.auto_migrate and not dry_run,
+        }
+        for m in plan.needs_migration
+    ]
     result.notes = list(plan.notes)
     if dry_run:
         result.would_create = [c.name for c in plan.creates]
@@ -279,7 +360,9 @@ def migration_trigger(cfg: TableConfig) -> str:
     return f"scripts/airflow dags trigger default_partition_migration --conf '{conf}'"
 
 
-def migration_pending(conn, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime | None = None) -> list[Range]:
+def migration_pending(
+    conn, config: Config, cfg: TableConfig, facts: TableFacts, now: datetime | None = None
+) -> list[Range]:
     """Intervals of the managed window with no partition whose rows sit in the DEFAULT (ACCESS SHARE probes).
 
     The gaps maintenance leaves on purpose: default_partition_migration fills them.
@@ -311,8 +394,11 @@ def planned_retirements(conn, config: Config, cfg: TableConfig, *, now: datetime
     facts = read_catalog(conn, [cfg], config.timezone)[cfg.name]
     if isinstance(facts, CatalogError):
         raise facts
-    return _retires_planned(plan_maintenance(cfg, facts, now, config.timezone, frozenset(),
-                                             missing_ranges(cfg, facts, now, config.timezone)))
+    return _retires_planned(
+        plan_maintenance(
+            cfg, facts, now, config.timezone, frozenset(), missing_ranges(cfg, facts, now, config.timezone)
+        )
+    )
 
 
 def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
@@ -324,8 +410,17 @@ def _only(plan: MaintenancePlan, phases: tuple[str, ...]) -> MaintenancePlan:
     return plan
 
 
-def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MaintenancePlan,
-             result: TableResult, journal: Journal) -> None:
+def _execute(
+    conn,
+    config: Config,
+    cfg: TableConfig,
+    facts: TableFacts,
+    plan: MaintenancePlan,
+    result: TableResult,
+    journal: Journal,
+) -> None:
+    # whole: the table's steps in their order (stale checks, identity repairs, pending detaches, creates, retires), each through
+    # the one `run` helper that journals it; split, the executor, journal and lock-budget stop would travel along.
     tz = config.timezone
     privileges.require(conn, config, cfg, "maintenance")  # before any DDL: all missing privileges at once
     check = preflight(conn, quoted(cfg.schema, cfg.table), config.preflight)
@@ -383,7 +478,9 @@ def _execute(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: Ma
             if r.drop and run(ddl.drop_step(facts, r.name)):
                 result.dropped.append(r.name)
     if blocked:
-        result.notes.append(f"stopped adding DDL after {blocked[0]} stayed locked past the budget; the rest waits for the next run")
+        result.notes.append(
+            f"stopped adding DDL after {blocked[0]} stayed locked past the budget; the rest waits for the next run"
+        )
 
 
 def _finalize_if_pending(conn, facts: TableFacts, name: str, run) -> bool:
@@ -403,16 +500,30 @@ def _log_result(r: TableResult) -> None:
         done = f"created {r.created or 'none'}; detached {r.detached or 'none'}; dropped {r.dropped or 'none'}"
     log.info(
         "%s: %s; %s%s%s",
-        r.table, r.outcome, done,
+        r.table,
+        r.outcome,
+        done,
         f"; skipped: {r.skipped_reason}" if r.skipped_reason else "",
         f"; errors: {' | '.join(r.errors)}" if r.errors else "",
     )
     for m in r.needs_migration:
-        log.warning("%s: %s: the DEFAULT holds rows in this range, so %s was not created; the rows need migration",
-                    r.table, m["range"], m["partition"])
+        log.warning(
+            "%s: %s: the DEFAULT holds rows in this range, so %s was not created; the rows need migration",
+            r.table,
+            m["range"],
+            m["partition"],
+        )
     for note in r.notes:
         log.info("%s: note: %s", r.table, note)
 
 
-__all__ = ["RunContext", "plan_run", "TableResult", "migration_pending", "migration_trigger", "planned_retirements", "probe_default",
-           "run_maintenance"]
+__all__ = [
+    "RunContext",
+    "plan_run",
+    "TableResult",
+    "migration_pending",
+    "migration_trigger",
+    "planned_retirements",
+    "probe_default",
+    "run_maintenance",
+]

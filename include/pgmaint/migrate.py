@@ -20,7 +20,6 @@ Every step is journalled in `<state_schema>.migrations`; a run killed at any poi
 every row readable exactly once through the parent and resumes (or cleanly starts over).
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -47,7 +46,9 @@ from include.pgmaint.state import Journal, ensure_state_schema, to_json
 
 log = logging.getLogger("pgmaint.migrate")
 SNAPSHOT_WAIT_SECONDS = 60.0  # how long to wait for old REPEATABLE READ snapshots before the swap
-UNWRITTEN_SINCE_CHECK = "checked before the swap; no write reached the DEFAULT between that check and the swap (write mark)"
+UNWRITTEN_SINCE_CHECK = (
+    "checked before the swap; no write reached the DEFAULT between that check and the swap (write mark)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class MigrationPlan:
 @dataclass
 class MigrationResult:
     table: str
-    outcome: str = "success"  # success | failed | skipped | dry_run | incomplete (stopped at max_minutes) | drained (not finished)
+    outcome: str = (
+        "success"  # success | failed | skipped | dry_run | incomplete (stopped at max_minutes) | drained (not finished)
+    )
     migration_id: int | None = None
     partitions: list[str] = field(default_factory=list)
     rows_moved: int = 0
@@ -106,10 +109,13 @@ def failpoint(name: str) -> None:
 # --- survey & plan -------------------------------------------------------------------------------
 
 
-def survey_default(conn, facts: TableFacts, cfg: TableConfig, tz: str, timeout_ms: int) -> list[tuple[datetime | None, int]]:
+def survey_default(
+    conn, facts: TableFacts, cfg: TableConfig, tz: str, timeout_ms: int
+) -> list[tuple[datetime | None, int]]:
     """(interval start, rows) for every interval the DEFAULT holds rows for. Reads under ACCESS SHARE."""
     query = sql.SQL("SELECT {b} AS bucket, count(*) FROM ONLY {d} GROUP BY 1 ORDER BY 1 NULLS FIRST").format(
-        b=bucket_expression(facts, cfg, tz), d=sql.Identifier(facts.schema, facts.default.name))
+        b=bucket_expression(facts, cfg, tz), d=sql.Identifier(facts.schema, facts.default.name)
+    )
     with conn.transaction():
         conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{timeout_ms}ms"])
         rows = conn.execute(query).fetchall()
@@ -122,8 +128,14 @@ def _on_timeline(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def plan_migration(cfg: TableConfig, facts: TableFacts, survey: list[tuple[datetime | None, int]], now: datetime,
-                   tz: str, move_out_of_window: bool = False) -> MigrationPlan:
+def plan_migration(
+    cfg: TableConfig,
+    facts: TableFacts,
+    survey: list[tuple[datetime | None, int]],
+    now: datetime,
+    tz: str,
+    move_out_of_window: bool = False,
+) -> MigrationPlan:
     """Pure: which surveyed intervals get a partition, which are left (and why)."""
     now_t, tz_t = timeline(facts, now, tz)
     horizon = desired_ranges(cfg, now_t, tz_t)[-1][1].upper
@@ -167,23 +179,43 @@ class OpenMigration:
 
 def open_migration(conn, config: Config, cfg: TableConfig) -> OpenMigration | None:
     """The table's unfinished migration, if any (at most one: a unique index says so)."""
-    row = conn.execute(sql.SQL(
-        "SELECT migration_id, phase, method, moves, partitions_before, checksum, verified_at IS NOT NULL FROM {}.migrations "
-        "WHERE table_name = %s AND phase IN ('preparing', 'copying', 'swapped', 'draining')").format(
-        sql.Identifier(config.state_schema)), [cfg.name]).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT migration_id, phase, method, moves, partitions_before, checksum, verified_at IS NOT NULL FROM {}.migrations "
+            "WHERE table_name = %s AND phase IN ('preparing', 'copying', 'swapped', 'draining')"
+        ).format(sql.Identifier(config.state_schema)),
+        [cfg.name],
+    ).fetchone()
     if row is None:
         return None
     mid, phase, method, moves, before, checksum, verified = row
-    move = tuple(RangeRows(Range(datetime.fromisoformat(m["lower"]), datetime.fromisoformat(m["upper"])), m["rows"],
-                           partition=m["partition"]) for m in moves or ())
+    move = tuple(
+        RangeRows(
+            Range(datetime.fromisoformat(m["lower"]), datetime.fromisoformat(m["upper"])),
+            m["rows"],
+            partition=m["partition"],
+        )
+        for m in moves or ()
+    )
     return OpenMigration(mid, phase, method, MigrationPlan(cfg.name, move, ()), tuple(before or ()), checksum, verified)
 
 
-def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now: datetime | None = None,
-                  dry_run: bool = False, batch_rows: int = 50_000, max_minutes: float = 60.0,
-                  move_out_of_window: bool = False, context: RunContext = RunContext(),
-                  progress: Callable[[str], None] | None = None, finish: bool = True,
-                  snapshot_wait_seconds: float = SNAPSHOT_WAIT_SECONDS) -> MigrationResult:
+def migrate_table(
+    conn,
+    conninfo: str,
+    config: Config,
+    cfg: TableConfig,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    batch_rows: int = 50_000,
+    max_minutes: float = 60.0,
+    move_out_of_window: bool = False,
+    context: RunContext = RunContext(),
+    progress: Callable[[str], None] | None = None,
+    finish: bool = True,
+    snapshot_wait_seconds: float = SNAPSHOT_WAIT_SECONDS,
+) -> MigrationResult:
     """Migrate one table's DEFAULT partition; resumes an unfinished migration first.
 
     `finish=False` stops after the swap and its verification (outcome "swapped"), keeping the
@@ -198,14 +230,27 @@ def migrate_table(conn, conninfo: str, config: Config, cfg: TableConfig, *, now:
     if not dry_run:
         ensure_state_schema(conn, config.state_schema)
         journal = Journal(conn, config.state_schema)
-        run_id = journal.start_run("migration", cfg.name, dag_id=context.dag_id, dag_run_id=context.dag_run_id,
-                                   task_id=context.task_id)
+        run_id = journal.start_run(
+            "migration", cfg.name, dag_id=context.dag_id, dag_run_id=context.dag_run_id, task_id=context.task_id
+        )
     try:
         if dry_run:
             _dry_run(conn, config, cfg, now, move_out_of_window, result)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
-                run = _Run(conn, conninfo, config, cfg, result, journal, run_id, progress, deadline, batch_rows, snapshot_wait_seconds)
+                run = _Run(
+                    conn,
+                    conninfo,
+                    config,
+                    cfg,
+                    result,
+                    journal,
+                    run_id,
+                    progress,
+                    deadline,
+                    batch_rows,
+                    snapshot_wait_seconds,
+                )
                 run.migrate(now, move_out_of_window, finish)
     except TableBusy as exc:
         result.outcome, result.skipped_reason = "skipped", str(exc)
@@ -228,20 +273,29 @@ def migration_summary(result: MigrationResult) -> str:
     if result.outcome == "dry_run":
         done = f"would move {result.rows_remaining:,} rows into {len(result.partitions)} partition(s)"
     else:
-        done = (f"{result.rows_moved:,} rows moved into {len(result.partitions)} partition(s) in {result.seconds:.1f}s "
-                f"({result.rows_per_second:,.0f} rows/s)")
+        done = (
+            f"{result.rows_moved:,} rows moved into {len(result.partitions)} partition(s) in {result.seconds:.1f}s "
+            f"({result.rows_per_second:,.0f} rows/s)"
+        )
         if result.rows_remaining:
-            done += (f"; {result.rows_remaining:,} rows not swapped in yet, every one still readable and writable in "
-                     "the DEFAULT (run again to resume)")
+            done += (
+                f"; {result.rows_remaining:,} rows not swapped in yet, every one still readable and writable in "
+                "the DEFAULT (run again to resume)"
+            )
     left = sum(r["rows"] for r in result.left_in_default)
     if left:
         verb = "would stay" if result.outcome == "dry_run" else "stay"
         done += f"; {left:,} row(s) {verb} in the DEFAULT: " + "; ".join(
-            f"{r['rows']:,} in {r['range']} ({r['reason']})" for r in result.left_in_default)
+            f"{r['rows']:,} in {r['range']} ({r['reason']})" for r in result.left_in_default
+        )
     elif result.outcome != "failed" and not result.skipped_reason:
-        done += "; nothing left in the DEFAULT" if result.outcome != "dry_run" else "; nothing would stay in the DEFAULT"
+        done += (
+            "; nothing left in the DEFAULT" if result.outcome != "dry_run" else "; nothing would stay in the DEFAULT"
+        )
     if result.skipped_reason:
-        done += f"; {'stopped before the swap' if result.outcome == 'incomplete' else 'skipped'}: {result.skipped_reason}"
+        done += (
+            f"; {'stopped before the swap' if result.outcome == 'incomplete' else 'skipped'}: {result.skipped_reason}"
+        )
     if result.errors:
         done += f"; errors: {' | '.join(result.errors)}"
     if result.warnings:
@@ -249,7 +303,9 @@ def migration_summary(result: MigrationResult) -> str:
     return f"{result.table}: migration {result.outcome}: {done}"
 
 
-def statements_for(conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MigrationPlan) -> DefaultPartitionMigration:
+def statements_for(
+    conn, config: Config, cfg: TableConfig, facts: TableFacts, plan: MigrationPlan
+) -> DefaultPartitionMigration:
     """The migration's statements for `plan`; a table without a mirror key raises with the reasons."""
     key = mirror_key(conn, facts)
     if key is None:
@@ -293,11 +349,20 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     m = statements_for(conn, config, cfg, facts, plan)
     steps = m.prepare_steps() + [m.mirror_step(0, m.mirror_function().as_string(conn))]
     copy = Backfill(conn, m, 0)
-    steps.append(Step("copy_batch", m.default_name, (
-        Statement(copy.template(), f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
-                                  "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
-                                  f"{m.shadow_parent}; repeated per page range until every page is copied"),
-    )))
+    steps.append(
+        Step(
+            "copy_batch",
+            m.default_name,
+            (
+                Statement(
+                    copy.template(),
+                    f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
+                    "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
+                    f"{m.shadow_parent}; repeated per page range until every page is copied",
+                ),
+            ),
+        )
+    )
     steps.append(m.analyze_step())
     steps.append(m.verify_cut_step())
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
@@ -308,25 +373,43 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
     for r in plan.move:
         log.info("%s: [dry run] would move %d rows of %s into %s", cfg.name, r.rows, r.range, r.partition)
     for left in result.left_in_default:
-        log.info("%s: [dry run] would leave %d rows (%s) in the DEFAULT: %s", cfg.name, left["rows"], left["range"], left["reason"])
+        log.info(
+            "%s: [dry run] would leave %d rows (%s) in the DEFAULT: %s",
+            cfg.name,
+            left["rows"],
+            left["range"],
+            left["reason"],
+        )
     for s in result.statements:
         log.info("%s: [dry run] %s;  -- %s", cfg.name, s["sql"], s["lock"])
-    log.info("%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
-             "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant if a write "
-             "reached the DEFAULT since the cut; the old DEFAULT is dropped after the data-quality gate", cfg.name)
+    log.info(
+        "%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
+        "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant if a write "
+        "reached the DEFAULT since the cut; the old DEFAULT is dropped after the data-quality gate",
+        cfg.name,
+    )
 
 
 class _Run:
     """One run's state: connection, executor, journal, clock."""
 
-    def __init__(self, conn, conninfo, config, cfg, result, journal, run_id, progress, deadline, batch_rows, snapshot_wait):
+    def __init__(
+        self, conn, conninfo, config, cfg, result, journal, run_id, progress, deadline, batch_rows, snapshot_wait
+    ):
         self.conn, self.conninfo, self.config, self.cfg, self.result = conn, conninfo, config, cfg, result
-        self.journal, self.run_id, self.progress, self.deadline, self.batch_rows = journal, run_id, progress, deadline, batch_rows
+        self.journal, self.run_id, self.progress, self.deadline, self.batch_rows = (
+            journal,
+            run_id,
+            progress,
+            deadline,
+            batch_rows,
+        )
         self.snapshot_wait = snapshot_wait
         self.state = sql.Identifier(config.state_schema)
         self.breaker = CircuitBreaker(conninfo)
-        self.executor = Executor(conn, config.lock_budget, breaker=self.breaker,
-                                 on_event=lambda msg: log.warning("%s: %s", cfg.name, msg))
+        self.executor = Executor(
+            conn, config.lock_budget, breaker=self.breaker, on_event=lambda msg: log.warning("%s: %s", cfg.name, msg)
+        )
 
     def step(self, step: Step) -> None:
         failpoint(f"before_{step.action}")
@@ -340,8 +423,12 @@ class _Run:
 
     def set(self, migration_id: int, **values) -> None:
         assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in values)
-        self.conn.execute(sql.SQL("UPDATE {}.migrations SET {}, updated_at = clock_timestamp() WHERE migration_id = %s").format(
-            self.state, assignments), [*(to_json(v) if isinstance(v, (dict, list)) else v for v in values.values()), migration_id])
+        self.conn.execute(
+            sql.SQL("UPDATE {}.migrations SET {}, updated_at = clock_timestamp() WHERE migration_id = %s").format(
+                self.state, assignments
+            ),
+            [*(to_json(v) if isinstance(v, (dict, list)) else v for v in values.values()), migration_id],
+        )
 
     def migration(self, facts: TableFacts, plan: MigrationPlan) -> DefaultPartitionMigration:
         return statements_for(self.conn, self.config, self.cfg, facts, plan)
@@ -356,14 +443,17 @@ class _Run:
             raise RuntimeError(
                 f"migration {current.migration_id} of {cfg.name} was started by an earlier pgmaint (drain design) and is "
                 "unfinished; its rows sit in the drain table named in the journal. See docs/runbook.md, "
-                "'A migration left by an earlier version'")
+                "'A migration left by an earlier version'"
+            )
         if current and current.phase == "preparing":
             self.abandon(facts, current, "the previous run stopped while preparing")
             current = None
         if current is None:
             if facts.default is None:
                 return
-            privileges.require(conn, self.config, cfg, "migration")  # before the survey reads the DEFAULT, and anything is built
+            privileges.require(
+                conn, self.config, cfg, "migration"
+            )  # before the survey reads the DEFAULT, and anything is built
             plan = _survey_and_plan(conn, self.config, cfg, facts, now, move_out_of_window, self.result)
             if not plan.move:
                 return
@@ -390,35 +480,64 @@ class _Run:
 
     def prepare(self, facts: TableFacts, plan: MigrationPlan) -> OpenMigration:
         checksum = checksum_method(self.conn, facts)
-        moves = [{"partition": r.partition, "lower": r.range.lower.isoformat(), "upper": r.range.upper.isoformat(), "rows": r.rows}
-                 for r in plan.move]
+        moves = [
+            {
+                "partition": r.partition,
+                "lower": r.range.lower.isoformat(),
+                "upper": r.range.upper.isoformat(),
+                "rows": r.rows,
+            }
+            for r in plan.move
+        ]
         before = sorted(p.name for p in facts.partitions)
         m = self.migration(facts, plan)
-        mid = self.conn.execute(sql.SQL(
-            "INSERT INTO {}.migrations (table_name, drain_table, partitions, checksum, method, phase, moves, partitions_before) "
-            "VALUES (%s, %s, %s::jsonb, %s, 'copy', 'preparing', %s::jsonb, %s::jsonb) RETURNING migration_id").format(self.state),
-            [self.cfg.name, m.text(m.old_name), to_json([r.partition for r in plan.move]), checksum, to_json(moves),
-             to_json(before)]).fetchone()[0]
+        mid = self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.migrations (table_name, drain_table, partitions, checksum, method, phase, moves, partitions_before) "
+                "VALUES (%s, %s, %s::jsonb, %s, 'copy', 'preparing', %s::jsonb, %s::jsonb) RETURNING migration_id"
+            ).format(self.state),
+            [
+                self.cfg.name,
+                m.text(m.old_name),
+                to_json([r.partition for r in plan.move]),
+                checksum,
+                to_json(moves),
+                to_json(before),
+            ],
+        ).fetchone()[0]
         for step in m.prepare_steps():
             self.step(step)
         self.step(m.mirror_step(mid, m.mirror_function().as_string(self.conn)))
-        self.progress(f"{self.cfg.name}: mirroring writes to the DEFAULT into {len(plan.move)} shadow partition(s); "
-                      f"copying {plan.rows_to_move:,} rows")
+        self.progress(
+            f"{self.cfg.name}: mirroring writes to the DEFAULT into {len(plan.move)} shadow partition(s); "
+            f"copying {plan.rows_to_move:,} rows"
+        )
         return OpenMigration(mid, "copying", "copy", plan, tuple(before), checksum, False)
 
     def copy(self, m: DefaultPartitionMigration, current: OpenMigration) -> bool:
         """Copy, wait for old snapshots, verify, swap. False when the run stops before the swap (time box, snapshots)."""
         conn, mid, cfg = self.conn, current.migration_id, self.cfg
-        if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = 'pgmaint_mirror')",
-                            [m.text(m.default_name)]).fetchone()[0]:
+        if not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = 'pgmaint_mirror')",
+            [m.text(m.default_name)],
+        ).fetchone()[0]:
             self.abandon(m.facts, current, "the mirror trigger is gone (dropped by someone?)")
-            raise RuntimeError(f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
-                               "every row is still in the DEFAULT: run again to start over")
+            raise RuntimeError(
+                f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
+                "every row is still in the DEFAULT: run again to start over"
+            )
         copied, finished = Backfill(conn, m, mid, failpoint=failpoint, hold_commit=failpoint_armed("inside_batch")).run(
-            expected_rows=current.plan.rows_to_move, batch_rows=self.batch_rows, deadline=self.deadline, progress=self.progress)
+            expected_rows=current.plan.rows_to_move,
+            batch_rows=self.batch_rows,
+            deadline=self.deadline,
+            progress=self.progress,
+        )
         if not finished:
-            self._stop_early(current, "stopped at max_minutes while copying; the mirror trigger stays on, "
-                                      "every row stays readable in the DEFAULT: trigger the DAG again to resume")
+            self._stop_early(
+                current,
+                "stopped at max_minutes while copying; the mirror trigger stays on, "
+                "every row stays readable in the DEFAULT: trigger the DAG again to resume",
+            )
             return False
         if not self.wait_for_old_snapshots(mid):
             return False
@@ -434,15 +553,25 @@ class _Run:
         mismatches = compare(before, after)
         if mismatches:
             self.abandon(m.facts, current, "copies differ from the DEFAULT: " + "; ".join(mismatches))
-            raise RuntimeError(f"{cfg.name}: the copies differ from the DEFAULT ({'; '.join(mismatches)}); nothing was "
-                               "swapped, the copies were removed and every row is still in the DEFAULT")
+            raise RuntimeError(
+                f"{cfg.name}: the copies differ from the DEFAULT ({'; '.join(mismatches)}); nothing was "
+                "swapped, the copies were removed and every row is still in the DEFAULT"
+            )
         # Kept if the run dies between the swap and its count, with the write mark they were taken at.
         self.record_figures(mid, before, after, at_swap=False, write_mark=checked_mark)
-        self.progress(f"{cfg.name}: copies verified in one snapshot ({sum(n for n, _ in before.values()):,} rows in "
-                      f"{len(before)} interval(s)); swapping")
+        self.progress(
+            f"{cfg.name}: copies verified in one snapshot ({sum(n for n, _ in before.values()):,} rows in "
+            f"{len(before)} interval(s)); swapping"
+        )
         verifier = CutVerifier(self.conninfo, self.config.lock_budget)
         try:
-            self.step(m.swap_step(mid, on_snapshot=self._adopt(verifier), guard=m.partitions_unchanged_guard(current.partitions_before)))
+            self.step(
+                m.swap_step(
+                    mid,
+                    on_snapshot=self._adopt(verifier),
+                    guard=m.partitions_unchanged_guard(current.partitions_before),
+                )
+            )
             failpoint("after_swap")
             if self.unwritten_since_check(mid):
                 # No write reached the DEFAULT between the verified instant and the swap: the figures taken then are
@@ -455,39 +584,72 @@ class _Run:
         finally:
             verifier.close()
         self.record_figures(mid, before, after, at_swap=True, how=how)
-        self.progress(f"{cfg.name}: swapped: {len(current.plan.move)} partition(s) attached "
-                      f"(peak sessions queued behind the swap: {self.breaker.peak_waiters}, longest wait {self.breaker.peak_wait_ms:.0f} ms)")
+        self.progress(
+            f"{cfg.name}: swapped: {len(current.plan.move)} partition(s) attached "
+            f"(peak sessions queued behind the swap: {self.breaker.peak_waiters}, longest wait {self.breaker.peak_wait_ms:.0f} ms)"
+        )
         return True
 
     def _adopt(self, verifier: CutVerifier):
         def then(cursor):
             verifier.adopt(cursor)
             failpoint("inside_swap")
+
         return then
 
     def unwritten_since_check(self, mid: int) -> bool:
         """The write mark journalled with the figures checked before the swap equals the one the swap journalled."""
-        return bool(self.conn.execute(sql.SQL(
-            "SELECT summary->>'write_mark_checked' = summary->>'write_mark_at_swap' FROM {}.migrations WHERE migration_id = %s").format(
-            self.state), [mid]).fetchone()[0])
+        return bool(
+            self.conn.execute(
+                sql.SQL(
+                    "SELECT summary->>'write_mark_checked' = summary->>'write_mark_at_swap' FROM {}.migrations WHERE migration_id = %s"
+                ).format(self.state),
+                [mid],
+            ).fetchone()[0]
+        )
 
-    def record_figures(self, mid: int, before: dict, after: dict, *, at_swap: bool, how: str | None = None,
-                       write_mark: str | None = None) -> None:
+    def record_figures(
+        self,
+        mid: int,
+        before: dict,
+        after: dict,
+        *,
+        at_swap: bool,
+        how: str | None = None,
+        write_mark: str | None = None,
+    ) -> None:
         """'before' (the DEFAULT) and 'moved' (the copies) per interval. At the swap they are the proof: verified_at is set
         when they agree. Before the swap they are the fallback if the swap's own count is lost (`reverify`)."""
         with self.conn.transaction():
-            self.conn.execute(sql.SQL("DELETE FROM {}.migration_figures WHERE migration_id = %s").format(self.state), [mid])
+            self.conn.execute(
+                sql.SQL("DELETE FROM {}.migration_figures WHERE migration_id = %s").format(self.state), [mid]
+            )
             for kind, figs in (("before", before), ("moved", after)):
                 for bucket, (n, ck) in figs.items():
-                    self.conn.execute(sql.SQL("INSERT INTO {}.migration_figures (migration_id, kind, bucket, rows, checksum) "
-                                              "VALUES (%s, %s, %s, %s, %s)").format(self.state), [mid, kind, bucket, n, ck])
+                    self.conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {}.migration_figures (migration_id, kind, bucket, rows, checksum) "
+                            "VALUES (%s, %s, %s, %s, %s)"
+                        ).format(self.state),
+                        [mid, kind, bucket, n, ck],
+                    )
             mismatches = compare(before, after)
-            self.conn.execute(sql.SQL(
-                "UPDATE {}.migrations SET verified_at = CASE WHEN %(ok)s THEN clock_timestamp() END, rows_moved = %(rows)s, "
-                "summary = summary || %(summary)s::jsonb WHERE migration_id = %(m)s").format(self.state),
-                {"ok": at_swap and not mismatches, "rows": sum(n for n, _ in after.values()), "m": mid,
-                 "summary": to_json({"verified": how, "mismatches_at_swap": mismatches} if at_swap
-                                    else {"verified": None, "write_mark_checked": write_mark})})
+            self.conn.execute(
+                sql.SQL(
+                    "UPDATE {}.migrations SET verified_at = CASE WHEN %(ok)s THEN clock_timestamp() END, rows_moved = %(rows)s, "
+                    "summary = summary || %(summary)s::jsonb WHERE migration_id = %(m)s"
+                ).format(self.state),
+                {
+                    "ok": at_swap and not mismatches,
+                    "rows": sum(n for n, _ in after.values()),
+                    "m": mid,
+                    "summary": to_json(
+                        {"verified": how, "mismatches_at_swap": mismatches}
+                        if at_swap
+                        else {"verified": None, "write_mark_checked": write_mark}
+                    ),
+                },
+            )
         if at_swap:
             failpoint("after_verify")
 
@@ -499,22 +661,41 @@ class _Run:
             return
         mid = current.migration_id
         if self.unwritten_since_check(mid):
-            self.conn.execute(sql.SQL("UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
-                                      "WHERE migration_id = %s").format(self.state), [to_json({"verified": UNWRITTEN_SINCE_CHECK}), mid])
+            self.conn.execute(
+                sql.SQL(
+                    "UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
+                    "WHERE migration_id = %s"
+                ).format(self.state),
+                [to_json({"verified": UNWRITTEN_SINCE_CHECK}), mid],
+            )
             return
         with self.conn.transaction():
-            self.conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"])
+            self.conn.execute(
+                "SELECT set_config('statement_timeout', %s, true)", [f"{self.config.lock_budget.scan_timeout_ms}ms"]
+            )
             now = figures_in_snapshot(self.conn, m, current.checksum, [m.old_name])
-        was = {b: (int(n), int(ck)) for b, n, ck in self.conn.execute(sql.SQL(
-            "SELECT bucket, rows, checksum FROM {}.migration_figures WHERE migration_id = %s AND kind = 'before'").format(self.state),
-            [mid]).fetchall()}
+        was = {
+            b: (int(n), int(ck))
+            for b, n, ck in self.conn.execute(
+                sql.SQL(
+                    "SELECT bucket, rows, checksum FROM {}.migration_figures WHERE migration_id = %s AND kind = 'before'"
+                ).format(self.state),
+                [mid],
+            ).fetchall()
+        }
         if compare(was, now):
-            self.progress(f"{self.cfg.name}: migration {mid}: the old DEFAULT changed between the check before the swap and the "
-                          "swap, and the run died before counting at the swap: conservation cannot be proven automatically")
+            self.progress(
+                f"{self.cfg.name}: migration {mid}: the old DEFAULT changed between the check before the swap and the "
+                "swap, and the run died before counting at the swap: conservation cannot be proven automatically"
+            )
             return
-        self.conn.execute(sql.SQL("UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
-                                  "WHERE migration_id = %s").format(self.state),
-                          [to_json({"verified": "checked before the swap; the old DEFAULT is unchanged since"}), mid])
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
+                "WHERE migration_id = %s"
+            ).format(self.state),
+            [to_json({"verified": "checked before the swap; the old DEFAULT is unchanged since"}), mid],
+        )
 
     def after_swap(self, m: DefaultPartitionMigration, current: OpenMigration, finish: bool) -> None:
         conn, cfg, mid = self.conn, self.cfg, current.migration_id
@@ -525,11 +706,15 @@ class _Run:
         self.result.rows_moved = verified["rows"]
         self.result.verified = verified
         if verified["mismatches"]:
-            raise RuntimeError(f"{cfg.name}: migration {mid}: {'; '.join(verified['mismatches'])}. Every row the application "
-                               f"wrote is in the table; the old DEFAULT is kept as {m.text(m.old_name)} for comparison "
-                               "(docs/runbook.md, 'Migration not verified')")
-        self.progress(f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s) at the instant "
-                      "of the swap: counts and checksums conserved")
+            raise RuntimeError(
+                f"{cfg.name}: migration {mid}: {'; '.join(verified['mismatches'])}. Every row the application "
+                f"wrote is in the table; the old DEFAULT is kept as {m.text(m.old_name)} for comparison "
+                "(docs/runbook.md, 'Migration not verified')"
+            )
+        self.progress(
+            f"{cfg.name}: verified {verified['rows']:,} rows in {verified['intervals']} interval(s) at the instant "
+            "of the swap: counts and checksums conserved"
+        )
         if finish:
             drop_old_default(conn, self.config, m, current, verified)
             self.progress(f"{cfg.name}: dropped the old DEFAULT {m.text(m.old_name)}")
@@ -539,32 +724,43 @@ class _Run:
     def wait_for_old_snapshots(self, mid: int) -> bool:
         """REPEATABLE READ / SERIALIZABLE transactions whose snapshot predates the last copy batch cannot see the copies:
         after the swap they would find the moved intervals empty. Wait for them to end (bounded), else stop here."""
-        require_session_visibility(self.conn)  # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
+        require_session_visibility(
+            self.conn
+        )  # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
         limit = min(self.deadline, time.monotonic() + self.snapshot_wait)
         while True:
-            old = self.conn.execute(sql.SQL(
-                """SELECT pid, usename, state, extract(epoch FROM clock_timestamp() - xact_start)::int, left(query, 200)
+            old = self.conn.execute(
+                sql.SQL(
+                    """SELECT pid, usename, state, extract(epoch FROM clock_timestamp() - xact_start)::int, left(query, 200)
                    FROM pg_stat_activity
                    WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
                      AND backend_xmin IS NOT NULL AND xact_start < (SELECT updated_at FROM {}.migrations WHERE migration_id = %s)
                      -- a snapshot kept across statements: idle in a transaction, or not its first statement
                      -- (a single READ COMMITTED statement that reads the table holds a lock the swap waits for)
                      AND (state LIKE 'idle in transaction%%' OR query_start > xact_start)
-                     AND application_name NOT LIKE 'pgmaint%%'""").format(self.state), [mid]).fetchall()
+                     AND application_name NOT LIKE 'pgmaint%%'"""
+                ).format(self.state),
+                [mid],
+            ).fetchall()
             if not old:
                 return True
             if time.monotonic() >= limit:
                 who = "; ".join(f"pid {p} ({u}, {s}, transaction {age}s old): {q!r}" for p, u, s, age, q in old)
-                self._stop_early(None, f"waiting for {len(old)} transaction(s) holding snapshots older than the copy: {who}. "
-                                       "They would not see the moved rows after the swap; the copy is complete and kept "
-                                       "up to date by the mirror trigger: run again once they have ended")
+                self._stop_early(
+                    None,
+                    f"waiting for {len(old)} transaction(s) holding snapshots older than the copy: {who}. "
+                    "They would not see the moved rows after the swap; the copy is complete and kept "
+                    "up to date by the mirror trigger: run again once they have ended",
+                )
                 return False
             time.sleep(0.2)
 
     def _stop_early(self, current, reason: str) -> None:
         self.result.outcome = "incomplete"
         self.result.skipped_reason = reason
-        self.result.rows_remaining = sum(r.rows for r in (current.plan.move if current else ())) or self.result.rows_remaining
+        self.result.rows_remaining = (
+            sum(r.rows for r in (current.plan.move if current else ())) or self.result.rows_remaining
+        )
         self.progress(f"{self.cfg.name}: {reason}")
 
     def abandon(self, facts: TableFacts, current: OpenMigration, why: str) -> None:
@@ -579,21 +775,34 @@ class _Run:
 def journal_verification(conn, config: Config, mid: int) -> dict:
     """The figures taken at the swap: per interval, the old DEFAULT's rows equal the rows in their new homes."""
     state = sql.Identifier(config.state_schema)
-    verified_at = conn.execute(sql.SQL("SELECT verified_at FROM {}.migrations WHERE migration_id = %s").format(state), [mid]).fetchone()[0]
-    rows = conn.execute(sql.SQL("""
+    verified_at = conn.execute(
+        sql.SQL("SELECT verified_at FROM {}.migrations WHERE migration_id = %s").format(state), [mid]
+    ).fetchone()[0]
+    rows = conn.execute(
+        sql.SQL("""
         SELECT coalesce(b.bucket, m.bucket), b.rows, m.rows, b.checksum = m.checksum
         FROM (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'before') b
         FULL JOIN (SELECT * FROM {s}.migration_figures WHERE migration_id = %(m)s AND kind = 'moved') m USING (bucket)
-        ORDER BY 1""").format(s=state), {"m": mid}).fetchall()
-    mismatches = [f"{bucket}: {before or 0} rows in the DEFAULT at the swap, {moved or 0} in their new partitions"
-                  f"{'' if same else ', checksums differ'}" for bucket, before, moved, same in rows if before != moved or not same]
+        ORDER BY 1""").format(s=state),
+        {"m": mid},
+    ).fetchall()
+    mismatches = [
+        f"{bucket}: {before or 0} rows in the DEFAULT at the swap, {moved or 0} in their new partitions"
+        f"{'' if same else ', checksums differ'}"
+        for bucket, before, moved, same in rows
+        if before != moved or not same
+    ]
     if verified_at is None and not mismatches:
-        mismatches = ["the run stopped between the swap and its verification, so the rows could not be counted at the "
-                      "instant of the swap"]
+        mismatches = [
+            "the run stopped between the swap and its verification, so the rows could not be counted at the "
+            "instant of the swap"
+        ]
     return {"intervals": len(rows), "rows": sum(r[1] or 0 for r in rows), "mismatches": mismatches}
 
 
-def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, current: OpenMigration, verified: dict) -> None:
+def drop_old_default(
+    conn, config: Config, m: DefaultPartitionMigration, current: OpenMigration, verified: dict
+) -> None:
     """Drop the detached old DEFAULT (no lock on the parent) through the lock budget: an autovacuum or a reader may hold it.
 
     It must still hold exactly what it held at the swap (nobody wrote to it behind our back). The swap made it
@@ -608,42 +817,78 @@ def drop_old_default(conn, config: Config, m: DefaultPartitionMigration, current
     tail = (
         Statement(sql.SQL("DROP TABLE {}").format(old), f"ACCESS EXCLUSIVE on the detached {m.old_name} only (held)"),
         Statement(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(m.q(m.read_only_function)), "none (our function)"),
-        Statement(sql.SQL("UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = summary || {}::jsonb "
-                          "WHERE migration_id = {}").format(state, sql.Literal(to_json(verified)), sql.Literal(mid)),
-                  "ROW EXCLUSIVE on the journal (same transaction as the drop)"),
+        Statement(
+            sql.SQL(
+                "UPDATE {}.migrations SET phase = 'done', finished_at = clock_timestamp(), summary = summary || {}::jsonb "
+                "WHERE migration_id = {}"
+            ).format(state, sql.Literal(to_json(verified)), sql.Literal(mid)),
+            "ROW EXCLUSIVE on the journal (same transaction as the drop)",
+        ),
     )
-    lock = Statement(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
-                     f"ACCESS EXCLUSIVE on the detached {m.old_name} only (nothing can write to it until the drop commits)")
-    untouched = Step("drop_old_default", m.text(m.old_name), (
-        lock,
-        Statement(sql.SQL("SELECT 1 WHERE ({now}) IS DISTINCT FROM (SELECT summary->>'read_only_mark' FROM {s}.migrations "
-                          "WHERE migration_id = {m}) OR ({now}) IS NULL").format(now=m.read_only_mark(m.old_name), s=state, m=sql.Literal(mid)),
-                  "none (catalog read: the read-only triggers the swap created stand untouched)", expect_no_rows=True),
-    ) + tail, lock_targets=(m.text(m.old_name),))
-    reread = Step("drop_old_default", m.text(m.old_name), (
-        lock,
-        Statement(sql.SQL("SELECT 1 FROM ({f}) AS now FULL JOIN (SELECT bucket, rows, checksum FROM {s}.migration_figures "
-                          "WHERE migration_id = {m} AND kind = 'before') AS was USING (bucket) "
-                          "WHERE now.rows IS DISTINCT FROM was.rows OR now.checksum IS DISTINCT FROM was.checksum").format(
-            f=figures, s=state, m=sql.Literal(mid)),
-            f"(held) reads {m.old_name}: unchanged since the swap", expect_no_rows=True, scan=True),
-    ) + tail, lock_targets=(m.text(m.old_name),))
+    lock = Statement(
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
+        f"ACCESS EXCLUSIVE on the detached {m.old_name} only (nothing can write to it until the drop commits)",
+    )
+    untouched = Step(
+        "drop_old_default",
+        m.text(m.old_name),
+        (
+            lock,
+            Statement(
+                sql.SQL(
+                    "SELECT 1 WHERE ({now}) IS DISTINCT FROM (SELECT summary->>'read_only_mark' FROM {s}.migrations "
+                    "WHERE migration_id = {m}) OR ({now}) IS NULL"
+                ).format(now=m.read_only_mark(m.old_name), s=state, m=sql.Literal(mid)),
+                "none (catalog read: the read-only triggers the swap created stand untouched)",
+                expect_no_rows=True,
+            ),
+        )
+        + tail,
+        lock_targets=(m.text(m.old_name),),
+    )
+    reread = Step(
+        "drop_old_default",
+        m.text(m.old_name),
+        (
+            lock,
+            Statement(
+                sql.SQL(
+                    "SELECT 1 FROM ({f}) AS now FULL JOIN (SELECT bucket, rows, checksum FROM {s}.migration_figures "
+                    "WHERE migration_id = {m} AND kind = 'before') AS was USING (bucket) "
+                    "WHERE now.rows IS DISTINCT FROM was.rows OR now.checksum IS DISTINCT FROM was.checksum"
+                ).format(f=figures, s=state, m=sql.Literal(mid)),
+                f"(held) reads {m.old_name}: unchanged since the swap",
+                expect_no_rows=True,
+                scan=True,
+            ),
+        )
+        + tail,
+        lock_targets=(m.text(m.old_name),),
+    )
     try:
         try:
             executor.run(untouched)
         except StepFailed as exc:
             if not isinstance(exc.__cause__, GuardFailed):
                 raise
-            log.warning("%s: the read-only guard of %s is not as the swap left it; reading it to compare with the figures "
-                        "taken at the swap", m.cfg.name, m.text(m.old_name))
+            log.warning(
+                "%s: the read-only guard of %s is not as the swap left it; reading it to compare with the figures "
+                "taken at the swap",
+                m.cfg.name,
+                m.text(m.old_name),
+            )
             executor.run(reread)
     except StepFailed as exc:
         if isinstance(exc.__cause__, GuardFailed):
-            raise RuntimeError(f"not dropping {m.text(m.old_name)}: it no longer holds what it held at the swap (someone "
-                               "wrote to the detached old DEFAULT), so the figures proving conservation no longer describe "
-                               "it; kept for a person to compare (docs/runbook.md, 'Migration not verified')") from exc
-        raise RuntimeError(f"{exc} (every row is in its partition and was verified; only the detached {m.text(m.old_name)} "
-                           "is left: the next run drops it)") from exc
+            raise RuntimeError(
+                f"not dropping {m.text(m.old_name)}: it no longer holds what it held at the swap (someone "
+                "wrote to the detached old DEFAULT), so the figures proving conservation no longer describe "
+                "it; kept for a person to compare (docs/runbook.md, 'Migration not verified')"
+            ) from exc
+        raise RuntimeError(
+            f"{exc} (every row is in its partition and was verified; only the detached {m.text(m.old_name)} "
+            "is left: the next run drops it)"
+        ) from exc
 
 
 def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
@@ -653,7 +898,9 @@ def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
         if current is None:
             return {"table": cfg.name, "finished": None}
         if current.phase != "swapped":
-            raise RuntimeError(f"{cfg.name}: migration {current.migration_id} is {current.phase}, not swapped; run the migration again")
+            raise RuntimeError(
+                f"{cfg.name}: migration {current.migration_id} is {current.phase}, not swapped; run the migration again"
+            )
         facts = _facts(conn, config, cfg)
         m = statements_for(conn, config, cfg, facts, current.plan)
         verified = journal_verification(conn, config, current.migration_id)
@@ -664,5 +911,13 @@ def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:
         return {"table": cfg.name, "finished": current.migration_id, "verified": verified}
 
 
-__all__ = ["MigrationPlan", "MigrationResult", "RangeRows", "finish_migration", "migrate_table", "open_migration",
-           "plan_migration", "survey_default"]
+__all__ = [
+    "MigrationPlan",
+    "MigrationResult",
+    "RangeRows",
+    "finish_migration",
+    "migrate_table",
+    "open_migration",
+    "plan_migration",
+    "survey_default",
+]

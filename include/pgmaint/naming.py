@@ -62,19 +62,24 @@ class NameFormat:
 
 
 def _fmt(pattern: str, strftime: str, finest: str, shape: str) -> NameFormat:
-    return NameFormat(pattern, strftime, finest, re.compile(r"_p" + shape + ("(?:_2)?" if finest == "hour" else "") + r"\Z"))
+    return NameFormat(
+        pattern, strftime, finest, re.compile(r"_p" + shape + ("(?:_2)?" if finest == "hour" else "") + r"\Z")
+    )
 
 
-FORMATS: dict[str, NameFormat] = {f.pattern: f for f in (
-    _fmt("YYYYMMDD", "%Y%m%d", "day", r"\d{8}"),
-    _fmt("YYYYMMDD_HH24MISS", "%Y%m%d_%H%M%S", "hour", r"\d{8}_\d{6}"),
-    _fmt("YYYY_MM_DD", "%Y_%m_%d", "day", r"\d{4}_\d{2}_\d{2}"),
-    _fmt("YYYY_MM_DD_HH24MI", "%Y_%m_%d_%H%M", "hour", r"\d{4}_\d{2}_\d{2}_\d{4}"),
-    _fmt("YYYY_MM_DD_HH24MISS", "%Y_%m_%d_%H%M%S", "hour", r"\d{4}_\d{2}_\d{2}_\d{6}"),
-    _fmt('IYYY"w"IW', "%Gw%V", "week", r"\d{4}w\d{2}"),
-    _fmt("YYYY_MM", "%Y_%m", "month", r"\d{4}_\d{2}"),
-    _fmt("YYYYMM", "%Y%m", "month", r"\d{6}"),
-)}
+FORMATS: dict[str, NameFormat] = {
+    f.pattern: f
+    for f in (
+        _fmt("YYYYMMDD", "%Y%m%d", "day", r"\d{8}"),
+        _fmt("YYYYMMDD_HH24MISS", "%Y%m%d_%H%M%S", "hour", r"\d{8}_\d{6}"),
+        _fmt("YYYY_MM_DD", "%Y_%m_%d", "day", r"\d{4}_\d{2}_\d{2}"),
+        _fmt("YYYY_MM_DD_HH24MI", "%Y_%m_%d_%H%M", "hour", r"\d{4}_\d{2}_\d{2}_\d{4}"),
+        _fmt("YYYY_MM_DD_HH24MISS", "%Y_%m_%d_%H%M%S", "hour", r"\d{4}_\d{2}_\d{2}_\d{6}"),
+        _fmt('IYYY"w"IW', "%Gw%V", "week", r"\d{4}w\d{2}"),
+        _fmt("YYYY_MM", "%Y_%m", "month", r"\d{4}_\d{2}"),
+        _fmt("YYYYMM", "%Y%m", "month", r"\d{6}"),
+    )
+}
 
 
 def default_format(unit: str) -> NameFormat:
@@ -92,8 +97,10 @@ def check_format(pattern: str, unit: str) -> NameFormat:
     if fmt is None:
         raise ValueError(f"{pattern!r} is not a known partition name format; use one of {', '.join(formats_for(unit))}")
     if not fmt.names_uniquely(unit):
-        raise ValueError(f"{pattern!r} would give two 1 {unit} partitions the same name; "
-                         f"for 1 {unit} use one of {', '.join(formats_for(unit))}")
+        raise ValueError(
+            f"{pattern!r} would give two 1 {unit} partitions the same name; "
+            f"for 1 {unit} use one of {', '.join(formats_for(unit))}"
+        )
     return fmt
 
 
@@ -125,7 +132,9 @@ class NameChoice:
         return text
 
 
-def choose(table: str, unit: str, configured: str | None, partitions: Iterable[tuple[str, datetime]], tz: str) -> NameChoice:
+def choose(
+    table: str, unit: str, configured: str | None, partitions: Iterable[tuple[str, datetime]], tz: str
+) -> NameChoice:
     """Which format new partitions of `table` get. `partitions`: (name, lower bound) of the existing ones, oldest first.
 
     Inference: every format that can name `unit` intervals is tried on every partition; a
@@ -169,4 +178,13 @@ def _suffix(pattern: str, start: datetime, tz: str) -> str:
     return FORMATS[pattern].suffix(start, tz)
 
 
-__all__ = ["FORMATS", "NameChoice", "NameFormat", "check_format", "choose", "default_format", "fit_identifier", "formats_for"]
+__all__ = [
+    "FORMATS",
+    "NameChoice",
+    "NameFormat",
+    "check_format",
+    "choose",
+    "default_format",
+    "fit_identifier",
+    "formats_for",
+]

@@ -73,8 +73,15 @@ class Segment(NamedTuple):  # a tuple: 60,000 of them are built per load at 1,00
 
     def as_dict(self) -> dict:
         """One segment of the JSON (`segments=partitions`): a partition, or a hole (`partitions` 0)."""
-        return {"kind": self.kind, "lower": _iso_utc(self.lower), "upper": _iso_utc(self.upper), "name": self.name,
-                "last": self.name, "partitions": 0 if self.name is None else 1, "rows": self.rows}
+        return {
+            "kind": self.kind,
+            "lower": _iso_utc(self.lower),
+            "upper": _iso_utc(self.upper),
+            "name": self.name,
+            "last": self.name,
+            "partitions": 0 if self.name is None else 1,
+            "rows": self.rows,
+        }
 
 
 SEGMENT_DETAILS = ("runs", "partitions")
@@ -88,8 +95,13 @@ def runs(segments: list[Segment]) -> list[dict]:
     out: list[dict] = []
     prev: Segment | None = None
     for seg in segments:
-        if (prev is not None and seg.name is not None and prev.name is not None and seg.kind == prev.kind
-                and seg.lower == prev.upper):
+        if (
+            prev is not None
+            and seg.name is not None
+            and prev.name is not None
+            and seg.kind == prev.kind
+            and seg.lower == prev.upper
+        ):
             run = out[-1]
             run["upper"], run["last"] = _iso_utc(seg.upper), seg.name
             run["partitions"] += 1
@@ -125,8 +137,11 @@ def timeline(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> dic
     desired = _desired_bounds(cfg.interval, cfg.premake, clock_now, clock_tz)  # plan.desired_ranges without the names
     current_start, horizon = desired[0].lower, desired[-1].upper
     cutoff = _cutoff(cfg.retention, clock_now, clock_tz)  # plan.retention_cutoff, once per clock
-    ranges = [(p.range.lower, p.range.upper, p) for p in facts.partitions
-              if p.range.lower is not None or p.range.upper is not None]
+    ranges = [
+        (p.range.lower, p.range.upper, p)
+        for p in facts.partitions
+        if p.range.lower is not None or p.range.upper is not None
+    ]
     lowers = [lo for lo, _, _ in ranges if lo is not None]
     uppers = [hi for _, hi, _ in ranges if hi is not None]
     start = min(lowers + [current_start] + ([cutoff] if cutoff and not lowers else []))
@@ -153,9 +168,16 @@ def timeline(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> dic
     if cursor < horizon:
         segments += _holes(cursor, horizon, current_start, horizon)
     existing = {(lo, hi) for lo, hi, _ in ranges}
-    return {"start": start, "end": end, "now": clock_now, "cutoff": cutoff, "current_start": current_start,
-            "horizon": horizon, "segments": segments,
-            "missing": [rng for rng in desired if (rng.lower, rng.upper) not in existing]}
+    return {
+        "start": start,
+        "end": end,
+        "now": clock_now,
+        "cutoff": cutoff,
+        "current_start": current_start,
+        "horizon": horizon,
+        "segments": segments,
+        "missing": [rng for rng in desired if (rng.lower, rng.upper) not in existing],
+    }
 
 
 @functools.lru_cache(maxsize=1024)  # the same retention, clock and zone for most tables of a load
@@ -198,8 +220,11 @@ def migration_trigger(table: str, ui_base: str, plugin_base: str) -> dict:
         "trigger_url": f"{plugin_base.rstrip('/')}/trigger/{MIGRATION_DAG}?" + urlencode({"conf": json.dumps(conf)}),
         "dag_url": dag_url(ui_base, MIGRATION_DAG),
         "cli": f"scripts/airflow dags trigger {MIGRATION_DAG} --conf '{json.dumps(conf)}'",
-        "api": {"method": "POST", "path": f"/api/v2/dags/{MIGRATION_DAG}/dagRuns",
-                "body": {"logical_date": None, "conf": conf}},
+        "api": {
+            "method": "POST",
+            "path": f"/api/v2/dags/{MIGRATION_DAG}/dagRuns",
+            "body": {"logical_date": None, "conf": conf},
+        },
     }
 
 
@@ -225,32 +250,54 @@ def _state_reads(conn, config: Config, names: list[str]) -> dict[str, Any]:
     from include.pgmaint.services.leases import live_leases
     from include.pgmaint.state import latest_version, state_schema_version
 
-    out: dict[str, Any] = {"version": None, "latest": latest_version(), "note": None, "conditions": [], "leases": [],
-                           "runs": [], "migrations": []}
+    out: dict[str, Any] = {
+        "version": None,
+        "latest": latest_version(),
+        "note": None,
+        "conditions": [],
+        "leases": [],
+        "runs": [],
+        "migrations": [],
+    }
     version = state_schema_version(conn, config.state_schema)
     out["version"] = version
     if version is None:
-        out["note"] = (f"state schema {config.state_schema!r} does not exist yet: no pgmaint run has written "
-                       "its journal, conditions or leases (the first run creates it)")
+        out["note"] = (
+            f"state schema {config.state_schema!r} does not exist yet: no pgmaint run has written "
+            "its journal, conditions or leases (the first run creates it)"
+        )
         return out
     if version < out["latest"]:
-        out["note"] = (f"state schema {config.state_schema!r} is at version {version}, this pgmaint expects "
-                       f"{out['latest']}: the next pgmaint run upgrades it; journal, conditions and leases not shown")
+        out["note"] = (
+            f"state schema {config.state_schema!r} is at version {version}, this pgmaint expects "
+            f"{out['latest']}: the next pgmaint run upgrades it; journal, conditions and leases not shown"
+        )
         return out
     s = sql.Identifier(config.state_schema)
     with conn.cursor(row_factory=dict_row) as cur:
-        out["conditions"] = cur.execute(sql.SQL(
-            "SELECT key, severity, message, details, first_seen, last_seen, streak, quiet, paged_at "
-            "FROM {}.conditions WHERE resolved_at IS NULL ORDER BY severity = 'critical' DESC, first_seen").format(s)).fetchall()
-        out["runs"] = cur.execute(sql.SQL(
-            "SELECT t.name AS table_name, j.job, r.run_id, r.dag_id, r.dag_run_id, r.task_id, r.started_at, r.finished_at, "
-            "r.outcome, left(r.error, 500) AS error "
-            "FROM unnest(%s::text[]) AS t(name) CROSS JOIN unnest(%s::text[]) AS j(job) "
-            "CROSS JOIN LATERAL (SELECT * FROM {}.runs WHERE table_name = t.name AND job = j.job "
-            "ORDER BY started_at DESC LIMIT 1) r").format(s), [names, list(JOBS)]).fetchall()
-        out["migrations"] = cur.execute(sql.SQL(
-            "SELECT migration_id, table_name, phase, method, rows_copied, rows_moved, started_at, updated_at "
-            "FROM {}.migrations WHERE phase = ANY(%s)").format(s), [list(OPEN_MIGRATION_PHASES)]).fetchall()
+        out["conditions"] = cur.execute(
+            sql.SQL(
+                "SELECT key, severity, message, details, first_seen, last_seen, streak, quiet, paged_at "
+                "FROM {}.conditions WHERE resolved_at IS NULL ORDER BY severity = 'critical' DESC, first_seen"
+            ).format(s)
+        ).fetchall()
+        out["runs"] = cur.execute(
+            sql.SQL(
+                "SELECT t.name AS table_name, j.job, r.run_id, r.dag_id, r.dag_run_id, r.task_id, r.started_at, r.finished_at, "
+                "r.outcome, left(r.error, 500) AS error "
+                "FROM unnest(%s::text[]) AS t(name) CROSS JOIN unnest(%s::text[]) AS j(job) "
+                "CROSS JOIN LATERAL (SELECT * FROM {}.runs WHERE table_name = t.name AND job = j.job "
+                "ORDER BY started_at DESC LIMIT 1) r"
+            ).format(s),
+            [names, list(JOBS)],
+        ).fetchall()
+        out["migrations"] = cur.execute(
+            sql.SQL(
+                "SELECT migration_id, table_name, phase, method, rows_copied, rows_moved, started_at, updated_at "
+                "FROM {}.migrations WHERE phase = ANY(%s)"
+            ).format(s),
+            [list(OPEN_MIGRATION_PHASES)],
+        ).fetchall()
     out["leases"] = live_leases(conn, config)  # read-only once the schema is current
     return out
 
@@ -307,8 +354,23 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
     valid: dict[int, tuple] = {}  # parent oid -> (name, key type, DEFAULT's oid, partitions, default)
     relations: dict[int, tuple[str, tuple[str, str]]] = {}
     for name, oid, relkind, schema, table, strategy, key_count, key_column, key_type, default_oid in parents:
-        row = (name, oid is not None, relkind, schema, table, strategy, key_count, key_column, key_type,
-               [], (), (), None, None, ())  # the parent's checks only; partitions below
+        row = (
+            name,
+            oid is not None,
+            relkind,
+            schema,
+            table,
+            strategy,
+            key_count,
+            key_column,
+            key_type,
+            [],
+            (),
+            (),
+            None,
+            None,
+            (),
+        )  # the parent's checks only; partitions below
         facts[name] = catalog_facts(by_name[name], row, tz)
         if isinstance(facts[name], TableFacts):
             valid[oid] = (name, key_type, default_oid, [], [])
@@ -317,7 +379,8 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
     broken: dict[str, str] = {}
     if valid:
         for parent, oid, schema, name, bound, pending, estimate in conn.execute(
-                _PARTITIONS_SQL, {"parents": list(valid)}).fetchall():
+            _PARTITIONS_SQL, {"parents": list(valid)}
+        ).fetchall():
             table, key_type, default_oid, parts, default = valid[parent]
             relations[oid] = (table, (schema, name))
             if oid == default_oid:
@@ -364,7 +427,8 @@ def _locked(conn, found: Partitions) -> dict[str, CatalogError]:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more of its partitions" if len(names) > 3 else "")
         out[table] = CatalogError(
             f"{table}: locked: a session holds or waits for ACCESS EXCLUSIVE on {shown}; "
-            f"reading or maintaining the table waits for it; lock held by {holders or 'another session'}")
+            f"reading or maintaining the table waits for it; lock held by {holders or 'another session'}"
+        )
     return out
 
 
@@ -384,8 +448,14 @@ def _default_rows(conn, cfg: TableConfig, facts: TableFacts, settings: Escalatio
     if facts.default is None:
         return None
     found = watchdog_default_rows(conn, cfg, facts, settings)
-    base = {"name": f"{facts.schema}.{facts.default.name}", "rows": 0, "exact": True, "min": None, "max": None,
-            "note": "; ".join(found.notes) or None}
+    base = {
+        "name": f"{facts.schema}.{facts.default.name}",
+        "rows": 0,
+        "exact": True,
+        "min": None,
+        "max": None,
+        "note": "; ".join(found.notes) or None,
+    }
     for c in found.conditions:
         d = c.details
         base.update(rows=d["rows"], exact=d["exact"], min=d["min"], max=d["max"])
@@ -394,12 +464,25 @@ def _default_rows(conn, cfg: TableConfig, facts: TableFacts, settings: Escalatio
     return base
 
 
-def _default_entry(cfg: TableConfig, facts: TableFacts, rows: int, exact: bool, low: str | None, high: str | None,
-                   note: str | None = None) -> dict:
+def _default_entry(
+    cfg: TableConfig,
+    facts: TableFacts,
+    rows: int,
+    exact: bool,
+    low: str | None,
+    high: str | None,
+    note: str | None = None,
+) -> dict:
     if rows > 0 and cfg.auto_migrate and note is None:
         note = f"{cfg.name}: auto_migrate: the watchdog asks default_partition_migration to move them"
-    return {"name": f"{facts.schema}.{facts.default.name}", "rows": rows, "exact": exact,
-            "min": low if rows > 0 else None, "max": high if rows > 0 else None, "note": note}
+    return {
+        "name": f"{facts.schema}.{facts.default.name}",
+        "rows": rows,
+        "exact": exact,
+        "min": low if rows > 0 else None,
+        "max": high if rows > 0 else None,
+        "note": note,
+    }
 
 
 def _defaults(conn, found: Partitions, tables: list[TableConfig], settings: EscalationSettings) -> dict[str, dict]:
@@ -415,8 +498,11 @@ def _defaults(conn, found: Partitions, tables: list[TableConfig], settings: Esca
     by_oid = {found.defaults[cfg.name]: cfg for cfg in tables}
     one_by_one: list[TableConfig] = []
     try:
-        sizes = dict(conn.execute("SELECT d, pg_relation_size(d) FROM unnest(%s::oid[]) AS d",
-                                  [list(by_oid)]).fetchall()) if by_oid else {}
+        sizes = (
+            dict(conn.execute("SELECT d, pg_relation_size(d) FROM unnest(%s::oid[]) AS d", [list(by_oid)]).fetchall())
+            if by_oid
+            else {}
+        )
     except (errors.LockNotAvailable, errors.QueryCanceled):
         sizes, one_by_one = {}, list(tables)
     to_count: list[TableConfig] = []
@@ -432,11 +518,16 @@ def _defaults(conn, found: Partitions, tables: list[TableConfig], settings: Esca
             to_count.append(cfg)
     if to_count:
         query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {i}, count(*), min(k)::text, max(k)::text FROM (SELECT {key} AS k FROM ONLY {default} "
-                    "LIMIT %(limit)s) s").format(
-                i=sql.Literal(i), key=sql.Identifier(found.facts[cfg.name].key_column),
-                default=sql.Identifier(found.facts[cfg.name].schema, found.facts[cfg.name].default.name))
-            for i, cfg in enumerate(to_count))
+            sql.SQL(
+                "SELECT {i}, count(*), min(k)::text, max(k)::text FROM (SELECT {key} AS k FROM ONLY {default} "
+                "LIMIT %(limit)s) s"
+            ).format(
+                i=sql.Literal(i),
+                key=sql.Identifier(found.facts[cfg.name].key_column),
+                default=sql.Identifier(found.facts[cfg.name].schema, found.facts[cfg.name].default.name),
+            )
+            for i, cfg in enumerate(to_count)
+        )
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{settings.canary_timeout_ms}ms"])
@@ -481,9 +572,17 @@ def _gc_paused():
                 gc.enable()
 
 
-def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None = None,
-           ui_base: str = "", plugin_base: str = "/pgmaint", tables: list[str] | None = None,
-           segments: str = "runs") -> dict:
+def gather(
+    conn,
+    config: Config,
+    settings: EscalationSettings,
+    *,
+    now: datetime | None = None,
+    ui_base: str = "",
+    plugin_base: str = "/pgmaint",
+    tables: list[str] | None = None,
+    segments: str = "runs",
+) -> dict:
     """Everything the view shows, as a JSON-ready dict (see README, "The Partitions view").
 
     `tables`: only these configured tables (unknown names raise KeyError naming them). `segments`:
@@ -492,12 +591,22 @@ def gather(conn, config: Config, settings: EscalationSettings, *, now: datetime 
     if segments not in SEGMENT_DETAILS:
         raise ValueError(f"segments: {segments!r} is not one of {', '.join(SEGMENT_DETAILS)}")
     with _gc_paused():
-        return _gather(conn, config, settings, now=now, ui_base=ui_base, plugin_base=plugin_base, tables=tables,
-                       segments=segments)
+        return _gather(
+            conn, config, settings, now=now, ui_base=ui_base, plugin_base=plugin_base, tables=tables, segments=segments
+        )
 
 
-def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime | None, ui_base: str,
-            plugin_base: str, tables: list[str] | None, segments: str) -> dict:
+def _gather(
+    conn,
+    config: Config,
+    settings: EscalationSettings,
+    *,
+    now: datetime | None,
+    ui_base: str,
+    plugin_base: str,
+    tables: list[str] | None,
+    segments: str,
+) -> dict:
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     if tables:
@@ -508,12 +617,28 @@ def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime
     names = list(config.table_names)
     found = read_partitions(conn, list(config.tables), config.timezone)
     facts = {**found.facts, **_locked(conn, found)}
-    defaults = _defaults(conn, found, [cfg for cfg in config.tables
-                                       if isinstance(facts[cfg.name], TableFacts) and facts[cfg.name].default], settings)
+    defaults = _defaults(
+        conn,
+        found,
+        [cfg for cfg in config.tables if isinstance(facts[cfg.name], TableFacts) and facts[cfg.name].default],
+        settings,
+    )
     state = _state_reads(conn, config, names)
     by_table, database_conditions, leases = _state_by_table(state, config, names, now, settings, ui_base, plugin_base)
-    tables = [_table_entry(cfg, facts[cfg.name], by_table[cfg.name], defaults.get(cfg.name), now, config.timezone,
-                           segments, ui_base, plugin_base) for cfg in config.tables]
+    tables = [
+        _table_entry(
+            cfg,
+            facts[cfg.name],
+            by_table[cfg.name],
+            defaults.get(cfg.name),
+            now,
+            config.timezone,
+            segments,
+            ui_base,
+            plugin_base,
+        )
+        for cfg in config.tables
+    ]
     return {
         "generated_at": _iso(now),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -528,47 +653,95 @@ def _gather(conn, config: Config, settings: EscalationSettings, *, now: datetime
     }
 
 
-def _state_by_table(state: dict, config: Config, names: list[str], now: datetime, settings: EscalationSettings,
-                    ui_base: str, plugin_base: str) -> tuple[dict[str, dict], list[dict], list[dict]]:
+def _state_by_table(
+    state: dict,
+    config: Config,
+    names: list[str],
+    now: datetime,
+    settings: EscalationSettings,
+    ui_base: str,
+    plugin_base: str,
+) -> tuple[dict[str, dict], list[dict], list[dict]]:
     """The state schema's rows (conditions, leases, last runs, open migrations) filed under their tables."""
     by_table: dict[str, dict] = {n: {"conditions": [], "leases": [], "runs": {}, "migration": None} for n in names}
     database_conditions = []
     for c in state["conditions"]:
-        item = {"key": c["key"], "severity": c["severity"], "message": c["message"], "since": _iso(c["first_seen"]),
-                "last_seen": _iso(c["last_seen"]), "age_seconds": round((now - c["first_seen"]).total_seconds()),
-                "age": _age(now - c["first_seen"]), "paged": c["paged_at"] is not None, "quiet": c["quiet"],
-                "runbook": _runbook(settings, c["key"], plugin_base)}
+        item = {
+            "key": c["key"],
+            "severity": c["severity"],
+            "message": c["message"],
+            "since": _iso(c["first_seen"]),
+            "last_seen": _iso(c["last_seen"]),
+            "age_seconds": round((now - c["first_seen"]).total_seconds()),
+            "age": _age(now - c["first_seen"]),
+            "paged": c["paged_at"] is not None,
+            "quiet": c["quiet"],
+            "runbook": _runbook(settings, c["key"], plugin_base),
+        }
         table = key_table(c["key"])
         (by_table[table]["conditions"] if table in by_table else database_conditions).append(item)
     writers = {t.name: set(t.writers) for t in config.tables}
     leases = []
     for lease in state["leases"]:
-        item = {"service": lease["service"], "kind": lease["kind"], "state": lease["state"],
-                "paused_by": f"{lease['dag_id']}/{lease['run_id']}", "dag_id": lease["dag_id"], "run_id": lease["run_id"],
-                "reason": lease["reason"], "paused_at": _iso(lease["paused_at"]), "lease_until": _iso(lease["lease_until"]),
-                "expired": bool(lease["expired"]), "run_url": run_url(ui_base, lease["dag_id"], lease["run_id"]),
-                "tables": sorted(n for n, w in writers.items() if lease["service"] in w)}
+        item = {
+            "service": lease["service"],
+            "kind": lease["kind"],
+            "state": lease["state"],
+            "paused_by": f"{lease['dag_id']}/{lease['run_id']}",
+            "dag_id": lease["dag_id"],
+            "run_id": lease["run_id"],
+            "reason": lease["reason"],
+            "paused_at": _iso(lease["paused_at"]),
+            "lease_until": _iso(lease["lease_until"]),
+            "expired": bool(lease["expired"]),
+            "run_url": run_url(ui_base, lease["dag_id"], lease["run_id"]),
+            "tables": sorted(n for n, w in writers.items() if lease["service"] in w),
+        }
         leases.append(item)
         for n in item["tables"]:
             by_table[n]["leases"].append(item)
     for r in state["runs"]:
         by_table[r["table_name"]]["runs"][r["job"]] = {
-            "run_id": r["run_id"], "dag_id": r["dag_id"], "dag_run_id": r["dag_run_id"], "task_id": r["task_id"],
-            "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"]), "outcome": r["outcome"],
-            "error": r["error"], "url": run_url(ui_base, r["dag_id"], r["dag_run_id"])}
+            "run_id": r["run_id"],
+            "dag_id": r["dag_id"],
+            "dag_run_id": r["dag_run_id"],
+            "task_id": r["task_id"],
+            "started_at": _iso(r["started_at"]),
+            "finished_at": _iso(r["finished_at"]),
+            "outcome": r["outcome"],
+            "error": r["error"],
+            "url": run_url(ui_base, r["dag_id"], r["dag_run_id"]),
+        }
     for m in state["migrations"]:
         if m["table_name"] in by_table:
-            by_table[m["table_name"]]["migration"] = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in m.items()}
+            by_table[m["table_name"]]["migration"] = {
+                k: (_iso(v) if isinstance(v, datetime) else v) for k, v in m.items()
+            }
     return by_table, database_conditions, leases
 
 
-def _table_entry(cfg: TableConfig, f, state: dict, default: dict | None, now: datetime, tz: str, segments: str,
-                 ui_base: str, plugin_base: str) -> dict:
+def _table_entry(
+    cfg: TableConfig,
+    f,
+    state: dict,
+    default: dict | None,
+    now: datetime,
+    tz: str,
+    segments: str,
+    ui_base: str,
+    plugin_base: str,
+) -> dict:
     """One table as the view shows it: its settings, timeline, runway, DEFAULT and state."""
-    entry: dict[str, Any] = {"name": cfg.name, "interval": str(cfg.interval), "premake": cfg.premake,
-                             "retention": str(cfg.retention) if cfg.retention else None,
-                             "maintained_by": cfg.maintained_by, "writers": list(cfg.writers),
-                             "error": None, **state}
+    entry: dict[str, Any] = {
+        "name": cfg.name,
+        "interval": str(cfg.interval),
+        "premake": cfg.premake,
+        "retention": str(cfg.retention) if cfg.retention else None,
+        "maintained_by": cfg.maintained_by,
+        "writers": list(cfg.writers),
+        "error": None,
+        **state,
+    }
     if isinstance(f, CatalogError):
         entry.update(error=str(f), timeline=None, default=None, runway=None, expired_attached=None, migrate=None)
         return entry
@@ -578,12 +751,24 @@ def _table_entry(cfg: TableConfig, f, state: dict, default: dict | None, now: da
     has_current = any(s.kind == CURRENT for s in segs)
     covered = max((p.range.upper for p in f.partitions if p.range.upper is not None), default=None)
     entry.update(
-        key=f.key_column, key_type=f.key_type, partitions=len(f.partitions),
-        timeline={"start": _iso(tl["start"]), "end": _iso(tl["end"]), "now": _iso(tl["now"]),
-                  "cutoff": _iso(tl["cutoff"]), "horizon": _iso(tl["horizon"]),
-                  "segments": [s.as_dict() for s in segs] if segments == "partitions" else runs(segs)},
-        runway={"current": has_current, "ahead": ahead, "premake": cfg.premake,
-                "missing_intervals": len(tl["missing"]), "covered_until": _iso(covered)},
+        key=f.key_column,
+        key_type=f.key_type,
+        partitions=len(f.partitions),
+        timeline={
+            "start": _iso(tl["start"]),
+            "end": _iso(tl["end"]),
+            "now": _iso(tl["now"]),
+            "cutoff": _iso(tl["cutoff"]),
+            "horizon": _iso(tl["horizon"]),
+            "segments": [s.as_dict() for s in segs] if segments == "partitions" else runs(segs),
+        },
+        runway={
+            "current": has_current,
+            "ahead": ahead,
+            "premake": cfg.premake,
+            "missing_intervals": len(tl["missing"]),
+            "covered_until": _iso(covered),
+        },
         gaps=sum(1 for s in segs if s.kind == GAP),
         expired_attached=sum(1 for s in segs if s.kind == EXPIRED),
         default=default,
@@ -606,5 +791,16 @@ def attention(t: dict) -> tuple:
     )
 
 
-__all__ = ["attention", "DAG_IDS", "KINDS", "SEGMENT_DETAILS", "Segment", "gather", "migration_trigger",
-           "open_overview_connection", "read_partitions", "runs", "timeline"]
+__all__ = [
+    "attention",
+    "DAG_IDS",
+    "KINDS",
+    "SEGMENT_DETAILS",
+    "Segment",
+    "gather",
+    "migration_trigger",
+    "open_overview_connection",
+    "read_partitions",
+    "runs",
+    "timeline",
+]

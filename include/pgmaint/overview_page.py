@@ -11,8 +11,14 @@ from html import escape
 
 from include.pgmaint.overview import AHEAD, CURRENT, EXPIRED, GAP, KINDS, MISSING, RETAINED, attention
 
-COLOURS = {EXPIRED: "#9e9e9e", RETAINED: "#81c784", CURRENT: "#2e7d32", AHEAD: "#64b5f6", GAP: "#ffb74d",
-           MISSING: "#e53935"}
+COLOURS = {
+    EXPIRED: "#9e9e9e",
+    RETAINED: "#81c784",
+    CURRENT: "#2e7d32",
+    AHEAD: "#64b5f6",
+    GAP: "#ffb74d",
+    MISSING: "#e53935",
+}
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#1a1a1a;background:#fff}
@@ -65,9 +71,11 @@ def _default_dt(text: str) -> datetime:
 
 
 def legend() -> str:
-    return '<div class="legend">' + "".join(
-        f'<span><i style="background:{COLOURS[k]}"></i>{_e(label)}</span>' for k, label in KINDS.items()
-    ) + '<span><i style="background:#6a1b9a"></i>rows waiting in the DEFAULT (first to last)</span></div>'
+    return (
+        '<div class="legend">'
+        + "".join(f'<span><i style="background:{COLOURS[k]}"></i>{_e(label)}</span>' for k, label in KINDS.items())
+        + '<span><i style="background:#6a1b9a"></i>rows waiting in the DEFAULT (first to last)</span></div>'
+    )
 
 
 def _bar(t: dict) -> str:
@@ -82,21 +90,31 @@ def _bar(t: dict) -> str:
             what = f"{s['partitions']} partitions, {s['name']} to {s['last']}"
         rows = f", ~{s['rows']:,} rows" if s.get("rows") else ""
         tip = f"{what}: {_t(s['lower'])} to {_t(s['upper'])} ({KINDS[s['kind']]}{rows})"
-        parts.append(f'<div class="seg {s["kind"]}" data-kind="{s["kind"]}" title="{_e(tip)}" '
-                     f'style="left:{left:.3f}%;width:{max(right - left, 0.2):.3f}%;background-color:{COLOURS[s["kind"]]}"></div>')
-    parts.append(f'<div class="now" title="now {_e(_t(tl["now"]))}" style="left:{_pos(tl["now"], start, span):.3f}%"></div>')
+        parts.append(
+            f'<div class="seg {s["kind"]}" data-kind="{s["kind"]}" title="{_e(tip)}" '
+            f'style="left:{left:.3f}%;width:{max(right - left, 0.2):.3f}%;background-color:{COLOURS[s["kind"]]}"></div>'
+        )
+    parts.append(
+        f'<div class="now" title="now {_e(_t(tl["now"]))}" style="left:{_pos(tl["now"], start, span):.3f}%"></div>'
+    )
     if tl.get("cutoff"):
-        parts.append(f'<div class="cut" title="retention cutoff {_e(_t(tl["cutoff"]))}" '
-                     f'style="left:{_pos(tl["cutoff"], start, span):.3f}%"></div>')
+        parts.append(
+            f'<div class="cut" title="retention cutoff {_e(_t(tl["cutoff"]))}" '
+            f'style="left:{_pos(tl["cutoff"], start, span):.3f}%"></div>'
+        )
     out = f'<div class="bar" aria-label="partitions of {_e(t["name"])}">' + "".join(parts) + "</div>"
     d = t.get("default")
     if d and d["rows"] > 0 and d.get("min") and d.get("max"):
         lo = max(0.0, min(100.0, (_default_dt(d["min"]) - start).total_seconds() / span * 100))
         hi = max(0.0, min(100.0, (_default_dt(d["max"]) - start).total_seconds() / span * 100))
-        out += (f'<div class="dflt"><div title="{d["rows"]:,} rows in the DEFAULT from {_e(d["min"])} to {_e(d["max"])}" '
-                f'style="left:{lo:.3f}%;width:{max(hi - lo, 0.3):.3f}%"></div></div>')
-    out += (f'<div class="axis"><span>{_e(_t(tl["start"]))}</span><span>now {_e(_t(tl["now"]))} UTC</span>'
-            f'<span>{_e(_t(tl["end"]))}</span></div>')
+        out += (
+            f'<div class="dflt"><div title="{d["rows"]:,} rows in the DEFAULT from {_e(d["min"])} to {_e(d["max"])}" '
+            f'style="left:{lo:.3f}%;width:{max(hi - lo, 0.3):.3f}%"></div></div>'
+        )
+    out += (
+        f'<div class="axis"><span>{_e(_t(tl["start"]))}</span><span>now {_e(_t(tl["now"]))} UTC</span>'
+        f"<span>{_e(_t(tl['end']))}</span></div>"
+    )
     return out
 
 
@@ -132,22 +150,30 @@ def _conditions(items: list[dict]) -> str:
         return '<p class="muted">No open watchdog condition.</p>'
     rows = "".join(
         f'<tr><td class="sev-{_e(c["severity"])}">{_e(c["severity"])}</td><td><code>{_e(c["key"])}</code></td>'
-        f'<td>open {_e(c["age"])}{" · paged" if c["paged"] else ""}</td>'
+        f"<td>open {_e(c['age'])}{' · paged' if c['paged'] else ''}</td>"
         f'<td class="msg">{_e(c["message"])}</td><td><a href="{_e(c["runbook"])}" target="_blank">runbook</a></td></tr>'
-        for c in items)
-    return "<table><tr><th>severity</th><th>condition</th><th>age</th><th>message</th><th></th></tr>" + rows + "</table>"
+        for c in items
+    )
+    return (
+        "<table><tr><th>severity</th><th>condition</th><th>age</th><th>message</th><th></th></tr>" + rows + "</table>"
+    )
 
 
 def _leases(items: list[dict]) -> str:
     if not items:
         return '<p class="muted">No service paused.</p>'
     rows = "".join(
-        f'<tr><td><b>{_e(x["service"])}</b> ({_e(x["kind"])})</td><td>{_e(x["state"])}</td>'
+        f"<tr><td><b>{_e(x['service'])}</b> ({_e(x['kind'])})</td><td>{_e(x['state'])}</td>"
         f'<td>paused by <a href="{_e(x["run_url"])}" target="_top">{_e(x["paused_by"])}</a></td>'
-        f'<td>since {_e(_t(x["paused_at"]))}</td><td>until {_e(_t(x["lease_until"]))}'
-        f'{" <b>(expired)</b>" if x["expired"] else ""}</td><td>{_e(x["reason"])}</td></tr>'
-        for x in items)
-    return "<table><tr><th>service</th><th>state</th><th>who</th><th>paused</th><th>lease</th><th>reason</th></tr>" + rows + "</table>"
+        f"<td>since {_e(_t(x['paused_at']))}</td><td>until {_e(_t(x['lease_until']))}"
+        f"{' <b>(expired)</b>' if x['expired'] else ''}</td><td>{_e(x['reason'])}</td></tr>"
+        for x in items
+    )
+    return (
+        "<table><tr><th>service</th><th>state</th><th>who</th><th>paused</th><th>lease</th><th>reason</th></tr>"
+        + rows
+        + "</table>"
+    )
 
 
 def _runs(t: dict) -> str:
@@ -157,11 +183,16 @@ def _runs(t: dict) -> str:
         if not r:
             rows.append(f"<tr><td>last {job}</td><td class='muted' colspan=3>none in the journal</td></tr>")
             continue
-        link = (f'<a href="{_e(r["url"])}" target="_top">{_e(r["dag_id"])} / {_e(r["dag_run_id"])}</a>' if r["url"]
-                else _e(r["dag_id"] or "outside Airflow"))
+        link = (
+            f'<a href="{_e(r["url"])}" target="_top">{_e(r["dag_id"])} / {_e(r["dag_run_id"])}</a>'
+            if r["url"]
+            else _e(r["dag_id"] or "outside Airflow")
+        )
         error = f'<div class="msg muted">{_e(r["error"])}</div>' if r["error"] else ""
-        rows.append(f"<tr><td>last {job}</td><td><b>{_e(r['outcome'])}</b></td>"
-                    f"<td>{_e(_t(r['finished_at'] or r['started_at']))}</td><td>{link}{error}</td></tr>")
+        rows.append(
+            f"<tr><td>last {job}</td><td><b>{_e(r['outcome'])}</b></td>"
+            f"<td>{_e(_t(r['finished_at'] or r['started_at']))}</td><td>{link}{error}</td></tr>"
+        )
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -170,14 +201,18 @@ def _migrate(t: dict) -> str:
     out = ""
     if t.get("migration"):
         g = t["migration"]
-        out += (f'<div class="migrate">Migration {_e(g["migration_id"])} in progress: phase <b>{_e(g["phase"])}</b>, '
-                f'{_e(g["rows_copied"])} rows copied, started {_e(_t(g["started_at"]))}.</div>')
+        out += (
+            f'<div class="migrate">Migration {_e(g["migration_id"])} in progress: phase <b>{_e(g["phase"])}</b>, '
+            f"{_e(g['rows_copied'])} rows copied, started {_e(_t(g['started_at']))}.</div>"
+        )
     if m:
-        out += (f'<div class="migrate"><b>Rows are waiting in the DEFAULT.</b> Move them with '
-                f'<a href="{_e(m["dag_url"])}" target="_top"><code>{_e(m["dag_id"])}</code></a> and this conf: '
-                f'<code>{_e(json.dumps(m["conf"]))}</code> — '
-                f'<a href="{_e(m["trigger_url"])}">open the prefilled trigger form</a><br>'
-                f'<span class="muted">or from a shell:</span> <code>{_e(m["cli"])}</code></div>')
+        out += (
+            f'<div class="migrate"><b>Rows are waiting in the DEFAULT.</b> Move them with '
+            f'<a href="{_e(m["dag_url"])}" target="_top"><code>{_e(m["dag_id"])}</code></a> and this conf: '
+            f"<code>{_e(json.dumps(m['conf']))}</code> — "
+            f'<a href="{_e(m["trigger_url"])}">open the prefilled trigger form</a><br>'
+            f'<span class="muted">or from a shell:</span> <code>{_e(m["cli"])}</code></div>'
+        )
     return out
 
 
@@ -187,8 +222,10 @@ def _summary_row(t: dict) -> str:
     else:
         state = _badges(t)
     worst = ", ".join(c["key"].split(":")[0] for c in t["conditions"])
-    return (f'<tr><td><a href="?table={_e(t["name"])}">{_e(t["name"])}</a></td><td>{state}</td>'
-            f'<td>{_e(worst)}</td><td>{len(t["leases"]) or ""}</td></tr>')
+    return (
+        f'<tr><td><a href="?table={_e(t["name"])}">{_e(t["name"])}</a></td><td>{state}</td>'
+        f"<td>{_e(worst)}</td><td>{len(t['leases']) or ''}</td></tr>"
+    )
 
 
 def render(data: dict, limit: int = 50) -> str:
@@ -197,9 +234,11 @@ def render(data: dict, limit: int = 50) -> str:
     shown, rest = ordered[:limit], ordered[limit:]
     cards = []
     for t in shown:
-        head = (f'<h2>{_e(t["name"])}</h2><div class="muted">{_e(t["interval"])} partitions, premake {t["premake"]}, '
-                f'retention {_e(t["retention"] or "none (keep forever)")}, maintained by {_e(t["maintained_by"])}'
-                f'{", writers: " + _e(", ".join(t["writers"])) if t["writers"] else ""}</div>')
+        head = (
+            f'<h2>{_e(t["name"])}</h2><div class="muted">{_e(t["interval"])} partitions, premake {t["premake"]}, '
+            f"retention {_e(t['retention'] or 'none (keep forever)')}, maintained by {_e(t['maintained_by'])}"
+            f"{', writers: ' + _e(', '.join(t['writers'])) if t['writers'] else ''}</div>"
+        )
         if t["error"]:
             body = f'<div class="badges"><span class="bad">{_e(t["error"])}</span></div>'
         else:
@@ -209,10 +248,13 @@ def render(data: dict, limit: int = 50) -> str:
         body += "<h3>Runs</h3>" + _runs(t) + _migrate(t)
         cards.append(f'<section class="card" data-table="{_e(t["name"])}">{head}{body}</section>')
     if rest:
-        cards.append(f'<section class="card"><h2>{len(rest)} more table(s)</h2><p class="muted">the tables above need '
-                     f'attention first; <a href="?limit={len(ordered)}">show all {len(ordered)} in full</a></p>'
-                     '<table><tr><th>table</th><th>state</th><th>conditions</th><th>leases</th></tr>'
-                     + "".join(_summary_row(t) for t in rest) + "</table></section>")
+        cards.append(
+            f'<section class="card"><h2>{len(rest)} more table(s)</h2><p class="muted">the tables above need '
+            f'attention first; <a href="?limit={len(ordered)}">show all {len(ordered)} in full</a></p>'
+            "<table><tr><th>table</th><th>state</th><th>conditions</th><th>leases</th></tr>"
+            + "".join(_summary_row(t) for t in rest)
+            + "</table></section>"
+        )
     note = f'<p class="warn">{_e(data["state"]["note"])}</p>' if data["state"]["note"] else ""
     db = ""
     if data["database_conditions"]:

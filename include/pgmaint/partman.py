@@ -60,7 +60,6 @@ HANDOVER_JOB, HANDBACK_JOB = "partman_handover", "partman_handback"
 _SIMPLE_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
 
-
 # --- intervals as PostgreSQL prints them ----------------------------------------------
 
 _INTERVAL_PART = re.compile(r"([+-]?\d+)\s*(years?|mons?|months?|weeks?|days?|hours?|mins?|minutes?|secs?|seconds?)\b")
@@ -206,10 +205,15 @@ def read_part_config(conn, parents: list[str] | None = None) -> tuple[str, str, 
         raise PartmanError(f"the pg_partman extension is not installed in database {conn.info.dbname!r}")
     version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()[0]
     rows = conn.execute(
-        sql.SQL("SELECT to_jsonb(p) FROM {} p WHERE %(all)s OR p.parent_table = ANY(%(names)s) ORDER BY p.parent_table")
-        .format(sql.Identifier(schema, "part_config")),
-        {"all": parents is None, "names": parents or []}).fetchall()
-    subs = {r[0] for r in conn.execute(sql.SQL("SELECT sub_parent FROM {}").format(sql.Identifier(schema, "part_config_sub")))}
+        sql.SQL(
+            "SELECT to_jsonb(p) FROM {} p WHERE %(all)s OR p.parent_table = ANY(%(names)s) ORDER BY p.parent_table"
+        ).format(sql.Identifier(schema, "part_config")),
+        {"all": parents is None, "names": parents or []},
+    ).fetchall()
+    subs = {
+        r[0]
+        for r in conn.execute(sql.SQL("SELECT sub_parent FROM {}").format(sql.Identifier(schema, "part_config_sub")))
+    }
     return schema, version, [PartConfig.from_row(r[0]) for r in rows], subs
 
 
@@ -264,7 +268,9 @@ class ParentFacts:
     has_sub_partitions: bool = False
     control_type: str | None = None
     template_found: bool = True
-    template_extras: tuple[str, ...] = ()  # human-readable: "index CREATE UNIQUE INDEX ...", "storage fillfactor=70", "UNLOGGED"
+    template_extras: tuple[
+        str, ...
+    ] = ()  # human-readable: "index CREATE UNIQUE INDEX ...", "storage fillfactor=70", "UNLOGGED"
 
 
 def template_extras(conn, template: str, parent: str) -> tuple[bool, tuple[str, ...]]:
@@ -291,8 +297,9 @@ def parent_facts(conn, rows: list[PartConfig]) -> dict[str, ParentFacts]:
         if r.template_table and out[r.parent_table].found:
             exists, extras = template_extras(conn, r.template_table, r.parent_table)
             f = out[r.parent_table]
-            out[r.parent_table] = ParentFacts(f.found, f.relkind, f.partition_of, f.has_sub_partitions, f.control_type,
-                                              exists, extras)
+            out[r.parent_table] = ParentFacts(
+                f.found, f.relkind, f.partition_of, f.has_sub_partitions, f.control_type, exists, extras
+            )
     return out
 
 
@@ -319,34 +326,46 @@ class TableImport:
     partition_timezone: str | None = None
 
 
-def translate(row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset(), keep_partman: bool = False) -> TableImport:
+def translate(
+    row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset(), keep_partman: bool = False
+) -> TableImport:
     """One part_config row -> a pgmaint table entry, or the reasons it cannot be one. Pure."""
     # whole: one check per part_config column, in the order of pg_partman's documentation; a reader
     # compares the two lists side by side.
     out = TableImport(row.parent_table, name_format=row.datetime_string, partition_timezone=row.partition_timezone)
     interval_parts = parse_pg_interval(row.partition_interval)
-    out.summary = (f"pg_partman {row.generation} {row.partition_type!r}, control {row.control} "
-                   f"({facts.control_type or '?'}), interval {row.partition_interval!r}, premake {row.premake}, "
-                   f"retention {row.retention or 'none'}"
-                   + (f" (keep table: {'yes' if row.retention_keep_table else 'no'})" if row.retention else "")
-                   + f", automatic_maintenance {row.automatic_maintenance}")
+    out.summary = (
+        f"pg_partman {row.generation} {row.partition_type!r}, control {row.control} "
+        f"({facts.control_type or '?'}), interval {row.partition_interval!r}, premake {row.premake}, "
+        f"retention {row.retention or 'none'}"
+        + (f" (keep table: {'yes' if row.retention_keep_table else 'no'})" if row.retention else "")
+        + f", automatic_maintenance {row.automatic_maintenance}"
+    )
     refuse = out.refused.append
     if not facts.found:
         refuse("the table does not exist (or is not visible to this role)")
     elif facts.relkind != "p":
-        refuse(f"not a natively partitioned table (relkind {facts.relkind!r}): pgmaint manages declarative range partitioning only")
+        refuse(
+            f"not a natively partitioned table (relkind {facts.relkind!r}): pgmaint manages declarative range partitioning only"
+        )
     if not row.native_range:
-        refuse(f"partition_type {row.partition_type!r}: pgmaint manages native range partitioning only"
-               + (" (trigger-based 'partman' sets are not supported)" if row.partition_type == "partman" else ""))
+        refuse(
+            f"partition_type {row.partition_type!r}: pgmaint manages native range partitioning only"
+            + (" (trigger-based 'partman' sets are not supported)" if row.partition_type == "partman" else "")
+        )
     if row.epoch and row.epoch != "none":
         refuse(f"epoch {row.epoch!r}: time stored as a number in {row.control} (id-based ranges) cannot be expressed")
     elif facts.control_type and facts.control_type not in TIME_TYPES:
-        refuse(f"id-based partitioning (control {row.control} is {facts.control_type}, interval {row.partition_interval!r}) "
-               "cannot be expressed: pgmaint manages time ranges only")
+        refuse(
+            f"id-based partitioning (control {row.control} is {facts.control_type}, interval {row.partition_interval!r}) "
+            "cannot be expressed: pgmaint manages time ranges only"
+        )
     elif facts.found and facts.control_type is None:
         refuse(f"control column {row.control!r} not found on the table")
     elif pgmaint_interval(interval_parts) is None:
-        refuse(f"interval {row.partition_interval!r} cannot be expressed: pgmaint supports 1 hour, 1 day, 1 week (ISO Monday), 1 month")
+        refuse(
+            f"interval {row.partition_interval!r} cannot be expressed: pgmaint supports 1 hour, 1 day, 1 week (ISO Monday), 1 month"
+        )
     if row.parent_table in subs or facts.has_sub_partitions:
         refuse("sub-partitioned (its partitions are partitioned themselves): pgmaint manages one level")
     if facts.partition_of:
@@ -356,46 +375,68 @@ def translate(row: PartConfig, facts: ParentFacts, *, subs: set[str] = frozenset
     if row.template_table and not facts.template_found:
         refuse(f"template_table {row.template_table} does not exist")
     if facts.template_extras:
-        refuse(f"template table {row.template_table} carries what the parent lacks and pg_partman adds to every new "
-               f"partition: {'; '.join(facts.template_extras)}. pgmaint creates partitions LIKE the parent and would "
-               "not add them. Move them to the parent where PostgreSQL allows it (a unique index there must include "
-               "the partition key), drop them from the template if they are not needed, or keep the table with "
-               "pg_partman (import --keep-partman: maintained_by: pg_partman)")
-    natural = {"1 hour": "hour", "1 day": "day", "1 week": "week", "1 month": "month"}.get(pgmaint_interval(interval_parts))
+        refuse(
+            f"template table {row.template_table} carries what the parent lacks and pg_partman adds to every new "
+            f"partition: {'; '.join(facts.template_extras)}. pgmaint creates partitions LIKE the parent and would "
+            "not add them. Move them to the parent where PostgreSQL allows it (a unique index there must include "
+            "the partition key), drop them from the template if they are not needed, or keep the table with "
+            "pg_partman (import --keep-partman: maintained_by: pg_partman)"
+        )
+    natural = {"1 hour": "hour", "1 day": "day", "1 week": "week", "1 month": "month"}.get(
+        pgmaint_interval(interval_parts)
+    )
     if row.date_trunc_interval and row.date_trunc_interval.strip().lower() != natural:
-        refuse(f"date_trunc_interval {row.date_trunc_interval!r}: partitions aligned to another precision than "
-               f"the interval's ({natural or 'none'}) cannot be expressed")
+        refuse(
+            f"date_trunc_interval {row.date_trunc_interval!r}: partitions aligned to another precision than "
+            f"the interval's ({natural or 'none'}) cannot be expressed"
+        )
     retention = None
     if row.retention:
         retention = pgmaint_duration(parse_pg_interval(row.retention))
         if retention is None:
-            refuse(f"retention {row.retention!r} cannot be expressed as a whole number of hours, days, weeks, months or years")
+            refuse(
+                f"retention {row.retention!r} cannot be expressed as a whole number of hours, days, weeks, months or years"
+            )
         else:
             r_parts, i_parts = parse_pg_interval(row.retention), interval_parts or (0, 0, 0)
-            if (r_parts[0] * 28 * 24 + r_parts[1] * 24 + r_parts[2] / 3600) < (i_parts[0] * 28 * 24 + i_parts[1] * 24 + i_parts[2] / 3600):
+            if (r_parts[0] * 28 * 24 + r_parts[1] * 24 + r_parts[2] / 3600) < (
+                i_parts[0] * 28 * 24 + i_parts[1] * 24 + i_parts[2] / 3600
+            ):
                 refuse(f"retention {row.retention!r} is shorter than one interval: pgmaint would refuse the config")
             if row.retention_schema:
-                out.notes.append(f"retention_schema {row.retention_schema}: pg_partman moves expired partitions there; "
-                                 "pgmaint detaches them and leaves them in place (retention_keep_table: true). "
-                                 "Jobs that archive from that schema must look in the table's own schema")
+                out.notes.append(
+                    f"retention_schema {row.retention_schema}: pg_partman moves expired partitions there; "
+                    "pgmaint detaches them and leaves them in place (retention_keep_table: true). "
+                    "Jobs that archive from that schema must look in the table's own schema"
+                )
             if not row.retention_keep_index and (row.retention_keep_table or row.retention_schema):
-                out.notes.append("retention_keep_index false: pg_partman drops the indexes of detached tables; pgmaint keeps them")
+                out.notes.append(
+                    "retention_keep_index false: pg_partman drops the indexes of detached tables; pgmaint keeps them"
+                )
             if row.publications or row.retention_keep_publication:
                 out.notes.append("publications: pgmaint does not add partitions to (or remove them from) publications")
     if not row.infinite_time_partitions:
-        out.notes.append("infinite_time_partitions off: pg_partman premakes ahead of the newest row; pgmaint always "
-                         "premakes ahead of now (as infinite_time_partitions on)")
+        out.notes.append(
+            "infinite_time_partitions off: pg_partman premakes ahead of the newest row; pgmaint always "
+            "premakes ahead of now (as infinite_time_partitions on)"
+        )
     if row.constraint_cols:
-        out.notes.append(f"constraint_cols {list(row.constraint_cols)}: pg_partman adds CHECK constraints on these columns "
-                         "to older partitions; pgmaint does not")
+        out.notes.append(
+            f"constraint_cols {list(row.constraint_cols)}: pg_partman adds CHECK constraints on these columns "
+            "to older partitions; pgmaint does not"
+        )
     if row.inherit_privileges:
-        out.notes.append("inherit_privileges: pg_partman copies the parent's grants to each partition; pgmaint's partitions "
-                         "get none of their own (access through the parent is unaffected)")
+        out.notes.append(
+            "inherit_privileges: pg_partman copies the parent's grants to each partition; pgmaint's partitions "
+            "get none of their own (access through the parent is unaffected)"
+        )
     if out.refused:
         return out
     item: dict[str, Any] = {
         "name": config_name(row.parent_table),
-        "partition_key": row.control if _SIMPLE_IDENT.match(row.control) else '"' + row.control.replace('"', '""') + '"',
+        "partition_key": row.control
+        if _SIMPLE_IDENT.match(row.control)
+        else '"' + row.control.replace('"', '""') + '"',
         "interval": pgmaint_interval(interval_parts),
         "premake": row.premake,
     }
@@ -431,14 +472,20 @@ class ZoneChoice:
     reason: str
 
 
-def choose_zone(server_zone: str, server_source: str, aligned: dict[str, dict[str, bool]], override: str | None) -> ZoneChoice:
+def choose_zone(
+    server_zone: str, server_source: str, aligned: dict[str, dict[str, bool]], override: str | None
+) -> ZoneChoice:
     """Pick the config's `timezone`. `aligned[zone][table]`: do the table's timestamptz bounds align in that zone."""
     if override:
-        return ZoneChoice(override, f"given with --timezone (the server's TimeZone is {server_zone}, from {server_source})")
+        return ZoneChoice(
+            override, f"given with --timezone (the server's TimeZone is {server_zone}, from {server_source})"
+        )
     tables = set().union(*(set(v) for v in aligned.values())) if aligned else set()
     in_server = {t for t, ok in aligned.get(server_zone, {}).items() if ok}
-    why = (f"the server's TimeZone ({server_source}), which pg_partman's maintenance sessions use to align "
-           "partitions (date_trunc on timestamptz)")
+    why = (
+        f"the server's TimeZone ({server_source}), which pg_partman's maintenance sessions use to align "
+        "partitions (date_trunc on timestamptz)"
+    )
     if not tables:
         return ZoneChoice(server_zone, why + "; no timestamptz table to check it against")
     if in_server == tables:
@@ -446,10 +493,15 @@ def choose_zone(server_zone: str, server_source: str, aligned: dict[str, dict[st
     best = max(aligned, key=lambda z: (sum(aligned[z].values()), z == server_zone))
     ok = sum(aligned[best].values())
     if best == server_zone or ok <= len(in_server):
-        return ZoneChoice(server_zone, why + f"; {len(tables) - len(in_server)} table(s) do not align to it and are left out")
-    return ZoneChoice(best, f"the bounds of {ok} of {len(tables)} timestamptz table(s) align to {best}, not to the "
-                            f"server's TimeZone {server_zone} ({server_source}): pg_partman's sessions evidently run "
-                            f"with TimeZone={best} (check the role running run_maintenance)")
+        return ZoneChoice(
+            server_zone, why + f"; {len(tables) - len(in_server)} table(s) do not align to it and are left out"
+        )
+    return ZoneChoice(
+        best,
+        f"the bounds of {ok} of {len(tables)} timestamptz table(s) align to {best}, not to the "
+        f"server's TimeZone {server_zone} ({server_source}): pg_partman's sessions evidently run "
+        f"with TimeZone={best} (check the role running run_maintenance)",
+    )
 
 
 def server_timezone(conninfo: str) -> tuple[str, str]:
@@ -481,9 +533,16 @@ class ImportResult:
         return [t for t in self.tables if t.item is None]
 
 
-def import_config(conn, conninfo: str, *, tables: list[str] | None = None, timezone_override: str | None = None,
-                  keep_partman: bool = False) -> ImportResult:
+def import_config(
+    conn,
+    conninfo: str,
+    *,
+    tables: list[str] | None = None,
+    timezone_override: str | None = None,
+    keep_partman: bool = False,
+) -> ImportResult:
     """Read pg_partman's configuration and translate it (reads only)."""
+    # whole: read pg_partman's rows, translate each, choose the zone, say what was left out: one pass.
 
     wanted = [_partman_name(t) for t in tables] if tables else None
     schema, version, rows, subs = read_part_config(conn, wanted)
@@ -501,7 +560,9 @@ def import_config(conn, conninfo: str, *, tables: list[str] | None = None, timez
         if t.item is None:
             continue
         try:
-            configs[t.parent] = parse_config({"tables": [t.item], "services": [{"name": SERVICE_NAME, "kind": "pg_partman"}]}).tables[0]
+            configs[t.parent] = parse_config(
+                {"tables": [t.item], "services": [{"name": SERVICE_NAME, "kind": "pg_partman"}]}
+            ).tables[0]
         except Exception as exc:  # e.g. premake above pgmaint's limit
             t.refused.append(f"not a valid pgmaint table: {exc}")
             t.item = None
@@ -517,18 +578,31 @@ def import_config(conn, conninfo: str, *, tables: list[str] | None = None, timez
         elif f.key_type == "timestamp with time zone":
             instants[t.parent] = f
         elif bad := misaligned(f, t.item["interval"], "UTC"):  # wall-clock keys: the zone does not move the bounds
-            t.refused.append(f"partition bounds are not whole {t.item['interval']} intervals, e.g. {', '.join(bad[:2])}")
+            t.refused.append(
+                f"partition bounds are not whole {t.item['interval']} intervals, e.g. {', '.join(bad[:2])}"
+            )
             t.item = None
-    zones = [z for z in dict.fromkeys([timezone_override, server_zone, "UTC",
-                                       *(t.partition_timezone for t in results if t.partition_timezone)]) if z]
+    zones = [
+        z
+        for z in dict.fromkeys(
+            [timezone_override, server_zone, "UTC", *(t.partition_timezone for t in results if t.partition_timezone)]
+        )
+        if z
+    ]
     bad_by_zone = {z: {p: misaligned(f, str(configs[p].interval), z) for p, f in instants.items()} for z in zones}
-    choice = choose_zone(server_zone, source, {z: {p: not bad for p, bad in v.items()} for z, v in bad_by_zone.items()},
-                         timezone_override)
+    choice = choose_zone(
+        server_zone,
+        source,
+        {z: {p: not bad for p, bad in v.items()} for z, v in bad_by_zone.items()},
+        timezone_override,
+    )
     for t in results:
         bad = bad_by_zone.get(choice.zone, {}).get(t.parent)
         if t.item and bad:
-            t.refused.append(f"partition bounds do not align to whole {t.item['interval']} intervals in {choice.zone} "
-                             f"(the config's one timezone), e.g. {', '.join(bad[:2])}: pgmaint would plan ranges that overlap them")
+            t.refused.append(
+                f"partition bounds do not align to whole {t.item['interval']} intervals in {choice.zone} "
+                f"(the config's one timezone), e.g. {', '.join(bad[:2])}: pgmaint would plan ranges that overlap them"
+            )
             t.item = None
         if t.item and t.partition_timezone and t.partition_timezone != choice.zone:
             t.notes.append(f"pg_partman's partition_timezone is {t.partition_timezone}; the config uses {choice.zone}")
@@ -556,11 +630,20 @@ def render(result: ImportResult, *, keep_partman: bool = False) -> str:
         "# Existing partitions keep pg_partman's names; pgmaint recognises them by their bounds.",
     ]
     if keep_partman:
-        lines.append("# maintained_by: pg_partman - pg_partman keeps premaking and retiring; pgmaint migrates and watches.")
+        lines.append(
+            "# maintained_by: pg_partman - pg_partman keeps premaking and retiring; pgmaint migrates and watches."
+        )
     else:
-        lines.append("# Until `handover` switches pg_partman's automatic_maintenance off for a table, partition_maintenance")
+        lines.append(
+            "# Until `handover` switches pg_partman's automatic_maintenance off for a table, partition_maintenance"
+        )
         lines.append("# skips it and the watchdog raises dual_manager:<table>: two managers never work on one table.")
-    lines += ["connection_id: pgmaint_target", f"timezone: {_yaml_scalar(result.zone.zone)}", "state_schema: pgmaint", ""]
+    lines += [
+        "connection_id: pgmaint_target",
+        f"timezone: {_yaml_scalar(result.zone.zone)}",
+        "state_schema: pgmaint",
+        "",
+    ]
     if result.imported:
         lines.append("tables:")
     else:
@@ -568,9 +651,11 @@ def render(result: ImportResult, *, keep_partman: bool = False) -> str:
     for t in result.imported:
         lines.append(f"  # {t.parent}: {t.summary}")
         if t.name_format:
-            lines.append(f"  # name_format: pg_partman's datetime_string is {t.name_format!r} (existing partitions "
-                         f"{t.parent.split('.', 1)[1]}_p<{t.name_format}>); new pgmaint partitions are named "
-                         "_pYYYYMMDD until pgmaint's name_format key can reproduce it")
+            lines.append(
+                f"  # name_format: pg_partman's datetime_string is {t.name_format!r} (existing partitions "
+                f"{t.parent.split('.', 1)[1]}_p<{t.name_format}>); new pgmaint partitions are named "
+                "_pYYYYMMDD until pgmaint's name_format key can reproduce it"
+            )
         for note in t.notes:
             lines.append(f"  # not expressed: {note}")
         body = yaml.safe_dump([t.item], sort_keys=False, default_flow_style=None, allow_unicode=True)
@@ -579,8 +664,13 @@ def render(result: ImportResult, *, keep_partman: bool = False) -> str:
         lines += ["", "# Not imported (pgmaint cannot maintain these the way pg_partman does; pg_partman keeps them):"]
         for t in result.left_out:
             lines.append(f"# - {t.parent}: " + "; ".join(t.refused))
-    lines += ["", "services:", f"  - name: {SERVICE_NAME}   # pauses pg_partman's automatic maintenance while rows move",
-              "    kind: pg_partman", ""]
+    lines += [
+        "",
+        "services:",
+        f"  - name: {SERVICE_NAME}   # pauses pg_partman's automatic maintenance while rows move",
+        "    kind: pg_partman",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -602,22 +692,31 @@ def automatic_maintenance(conn, tables: list[TableConfig]) -> dict[str, str]:
     if schema is None or not tables:
         return {}
     by_parent = {partman_parent(t): t.name for t in tables}
-    rows = conn.execute(sql.SQL("SELECT parent_table, automatic_maintenance FROM {} WHERE parent_table = ANY(%s)")
-                        .format(sql.Identifier(schema, "part_config")), [list(by_parent)]).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT parent_table, automatic_maintenance FROM {} WHERE parent_table = ANY(%s)").format(
+            sql.Identifier(schema, "part_config")
+        ),
+        [list(by_parent)],
+    ).fetchall()
     return {by_parent[parent]: value for parent, value in rows}
 
 
 def dual_manager_message(cfg: TableConfig) -> str:
-    return (f"dual_manager: {cfg.name} is in pgmaint's config (maintained_by: pgmaint) and pg_partman's "
-            "automatic_maintenance is 'on' for it, so pg_partman's worker maintains it too; pgmaint leaves it to "
-            "pg_partman until it is handed over (python -m include.pgmaint.partman handover) or marked "
-            "maintained_by: pg_partman")
+    return (
+        f"dual_manager: {cfg.name} is in pgmaint's config (maintained_by: pgmaint) and pg_partman's "
+        "automatic_maintenance is 'on' for it, so pg_partman's worker maintains it too; pgmaint leaves it to "
+        "pg_partman until it is handed over (python -m include.pgmaint.partman handover) or marked "
+        "maintained_by: pg_partman"
+    )
 
 
 def maintenance_skips(conn, tables: list[TableConfig]) -> dict[str, str]:
     """Tables partition_maintenance must not touch, and why: maintained by pg_partman, or by both (dual_manager)."""
-    out = {t.name: f"maintained_by: pg_partman (pg_partman premakes and retires {t.name}; pgmaint only migrates and watches)"
-           for t in tables if t.maintained_by == "pg_partman"}
+    out = {
+        t.name: f"maintained_by: pg_partman (pg_partman premakes and retires {t.name}; pgmaint only migrates and watches)"
+        for t in tables
+        if t.maintained_by == "pg_partman"
+    }
     ours = [t for t in tables if t.maintained_by == "pgmaint"]
     on = automatic_maintenance(conn, ours) if ours else {}
     out.update({t.name: dual_manager_message(t) for t in ours if on.get(t.name) == "on"})
@@ -629,11 +728,17 @@ def dual_manager_conditions(conn, tables: list[TableConfig]) -> list:
 
     ours = [t for t in tables if t.maintained_by == "pgmaint"]
     on = automatic_maintenance(conn, ours) if ours else {}
-    return [Condition(f"dual_manager:{t.name}", "warning",
-                      dual_manager_message(t) + ". partition_maintenance skips the table meanwhile, so its runway "
-                      "depends on pg_partman alone",
-                      {"table": t.name, "partman_parent": partman_parent(t), "automatic_maintenance": "on"})
-            for t in ours if on.get(t.name) == "on"]
+    return [
+        Condition(
+            f"dual_manager:{t.name}",
+            "warning",
+            dual_manager_message(t) + ". partition_maintenance skips the table meanwhile, so its runway "
+            "depends on pg_partman alone",
+            {"table": t.name, "partman_parent": partman_parent(t), "automatic_maintenance": "on"},
+        )
+        for t in ours
+        if on.get(t.name) == "on"
+    ]
 
 
 # --- hand-over and the way back ----------------------------------------------------------------
@@ -649,7 +754,9 @@ class Handover:
     run_id: int | None = None
 
     def __str__(self) -> str:
-        text = f"{self.table}: {self.action}" + (f" (automatic_maintenance was {self.previous})" if self.previous else "")
+        text = f"{self.table}: {self.action}" + (
+            f" (automatic_maintenance was {self.previous})" if self.previous else ""
+        )
         return "\n".join([text] + [f"  ! {p}" for p in self.problems] + [f"  . {n}" for n in self.notes])
 
 
@@ -684,8 +791,9 @@ def _switch_context(conn, config: Config, tables: list[str] | None, who: str | N
     return who or default_who(), chosen, schema, Journal(conn, config.state_schema)
 
 
-def handover(conn, config: Config, tables: list[str] | None = None, *, who: str | None = None,
-             wait_seconds: float = 30.0) -> list[Handover]:
+def handover(
+    conn, config: Config, tables: list[str] | None = None, *, who: str | None = None, wait_seconds: float = 30.0
+) -> list[Handover]:
     """Switch pg_partman's automatic maintenance off for configured tables (maintained_by: pgmaint), journal it, verify."""
 
     who, chosen, schema, journal = _switch_context(conn, config, tables, who)
@@ -693,8 +801,16 @@ def handover(conn, config: Config, tables: list[str] | None = None, *, who: str 
     results, to_switch = [], []
     for t in chosen:
         if t.maintained_by != "pgmaint":
-            results.append(Handover(t.name, "refused", problems=["maintained_by: pg_partman in pgmaint's config: "
-                                                                 "set maintained_by: pgmaint first, or leave it to pg_partman"]))
+            results.append(
+                Handover(
+                    t.name,
+                    "refused",
+                    problems=[
+                        "maintained_by: pg_partman in pgmaint's config: "
+                        "set maintained_by: pgmaint first, or leave it to pg_partman"
+                    ],
+                )
+            )
         elif t.name not in current:
             results.append(Handover(t.name, "unchanged", notes=[f"not in {schema}.part_config: nothing to hand over"]))
         elif current[t.name] == "off":
@@ -706,19 +822,36 @@ def handover(conn, config: Config, tables: list[str] | None = None, *, who: str 
     def switch() -> list[Handover]:
         done = []
         with conn.transaction():  # the switch and its journal rows commit together
-            conn.execute(sql.SQL("UPDATE {} SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s)")
-                         .format(sql.Identifier(schema, "part_config")), [[partman_parent(t) for t in to_switch]])
+            conn.execute(
+                sql.SQL("UPDATE {} SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s)").format(
+                    sql.Identifier(schema, "part_config")
+                ),
+                [[partman_parent(t) for t in to_switch]],
+            )
             for t in to_switch:
                 run_id = journal.start_run(HANDOVER_JOB, t.name)
-                journal.finish_run(run_id, "success", {"who": who, "db_user": db_user, "partman_parent": partman_parent(t),
-                                                       "automatic_maintenance": {"before": "on", "after": "off"}})
+                journal.finish_run(
+                    run_id,
+                    "success",
+                    {
+                        "who": who,
+                        "db_user": db_user,
+                        "partman_parent": partman_parent(t),
+                        "automatic_maintenance": {"before": "on", "after": "off"},
+                    },
+                )
                 done.append(Handover(t.name, "handed_over", "on", run_id=run_id))
         return done
 
     if to_switch:
         results += retry_lock_timeouts(switch, f"pg_partman part_config for {', '.join(t.name for t in to_switch)}")
-    verify(conn, config, schema, [r for r in results if r.action in ("handed_over", "unchanged") and r.previous],
-           wait_seconds=wait_seconds)
+    verify(
+        conn,
+        config,
+        schema,
+        [r for r in results if r.action in ("handed_over", "unchanged") and r.previous],
+        wait_seconds=wait_seconds,
+    )
     return results
 
 
@@ -740,15 +873,21 @@ def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_s
         if after.get(r.table) != "off":
             r.problems.append(f"automatic_maintenance reads {after.get(r.table)!r}, not 'off'")
         else:
-            r.notes.append("verified: run_maintenance() without a parent (pg_partman's background worker, or a cron "
-                           "job calling it so) skips the table: it only takes automatic_maintenance = 'on'")
+            r.notes.append(
+                "verified: run_maintenance() without a parent (pg_partman's background worker, or a cron "
+                "job calling it so) skips the table: it only takes automatic_maintenance = 'on'"
+            )
         if running:
-            r.problems.append(f"a run_maintenance() pass was still running after {wait_seconds:.0f} s; it may still "
-                              "touch the table once: run `status` again before relying on pgmaint alone")
+            r.problems.append(
+                f"a run_maintenance() pass was still running after {wait_seconds:.0f} s; it may still "
+                "touch the table once: run `status` again before relying on pgmaint alone"
+            )
         for jobid, jobname, command in jobs:
             if partman_parent(t) in command and "run_maintenance" in command:
-                r.problems.append(f"pg_cron job {jobid} ({jobname}) calls {command.strip()!r}: run_maintenance with an "
-                                  "explicit parent ignores automatic_maintenance; unschedule that job")
+                r.problems.append(
+                    f"pg_cron job {jobid} ({jobname}) calls {command.strip()!r}: run_maintenance with an "
+                    "explicit parent ignores automatic_maintenance; unschedule that job"
+                )
     try:
         from include.pgmaint.maintenance import run_maintenance  # maintenance asks this module what to skip
 
@@ -759,14 +898,19 @@ def verify(conn, config: Config, schema: str, results: list[Handover], *, wait_s
         return
     for r, plan in zip(results, plans):
         work = list(plan.statements)
-        what = "nothing to do" if not work else f"{len(work)} statement(s): " + ", ".join(
-            sorted({f"{s['step']} {s['target']}" for s in work}))
+        what = (
+            "nothing to do"
+            if not work
+            else f"{len(work)} statement(s): " + ", ".join(sorted({f"{s['step']} {s['target']}" for s in work}))
+        )
         r.notes.append(f"pgmaint's next partition_maintenance run (dry run now): {what}")
 
 
 def _cron_jobs(conn) -> list[tuple]:
     if conn.execute("SELECT to_regclass('cron.job') IS NOT NULL").fetchone()[0]:
-        return conn.execute("SELECT jobid, jobname, command FROM cron.job WHERE active AND command ILIKE '%%run_maintenance%%'").fetchall()
+        return conn.execute(
+            "SELECT jobid, jobname, command FROM cron.job WHERE active AND command ILIKE '%%run_maintenance%%'"
+        ).fetchall()
     return []
 
 
@@ -780,8 +924,14 @@ def handback(conn, config: Config, tables: list[str] | None = None, *, who: str 
     for t in chosen:
         entry = last.get(t.name)
         if entry is None or entry["job"] != HANDOVER_JOB:
-            results.append(Handover(t.name, "unchanged", current.get(t.name),
-                                    notes=["no hand-over recorded in pgmaint's journal: left as it is"]))
+            results.append(
+                Handover(
+                    t.name,
+                    "unchanged",
+                    current.get(t.name),
+                    notes=["no hand-over recorded in pgmaint's journal: left as it is"],
+                )
+            )
         elif t.name not in current:
             results.append(Handover(t.name, "refused", problems=[f"no longer in {schema}.part_config"]))
         else:
@@ -791,15 +941,36 @@ def handback(conn, config: Config, tables: list[str] | None = None, *, who: str 
     def switch() -> list[Handover]:
         done = []
         with conn.transaction():
-            conn.execute(sql.SQL("UPDATE {} SET automatic_maintenance = 'on' WHERE parent_table = ANY(%s)")
-                         .format(sql.Identifier(schema, "part_config")), [[partman_parent(t) for t in to_switch]])
+            conn.execute(
+                sql.SQL("UPDATE {} SET automatic_maintenance = 'on' WHERE parent_table = ANY(%s)").format(
+                    sql.Identifier(schema, "part_config")
+                ),
+                [[partman_parent(t) for t in to_switch]],
+            )
             for t in to_switch:
                 run_id = journal.start_run(HANDBACK_JOB, t.name)
-                journal.finish_run(run_id, "success", {"who": who, "db_user": db_user, "partman_parent": partman_parent(t),
-                                                       "automatic_maintenance": {"before": current[t.name], "after": "on"}})
-                done.append(Handover(t.name, "handed_back", current[t.name], run_id=run_id, notes=[
-                    "pg_partman maintains it again; partition_maintenance now skips it (dual_manager) and the watchdog "
-                    "warns until it leaves pgmaint's config or is marked maintained_by: pg_partman"]))
+                journal.finish_run(
+                    run_id,
+                    "success",
+                    {
+                        "who": who,
+                        "db_user": db_user,
+                        "partman_parent": partman_parent(t),
+                        "automatic_maintenance": {"before": current[t.name], "after": "on"},
+                    },
+                )
+                done.append(
+                    Handover(
+                        t.name,
+                        "handed_back",
+                        current[t.name],
+                        run_id=run_id,
+                        notes=[
+                            "pg_partman maintains it again; partition_maintenance now skips it (dual_manager) and the watchdog "
+                            "warns until it leaves pgmaint's config or is marked maintained_by: pg_partman"
+                        ],
+                    )
+                )
         return done
 
     if to_switch:
@@ -809,10 +980,13 @@ def handback(conn, config: Config, tables: list[str] | None = None, *, who: str 
 
 def last_handovers(conn, config: Config) -> dict[str, dict]:
     """Per configured table, the latest hand-over or hand-back in the journal."""
-    rows = conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (table_name) table_name, job, started_at, summary FROM {}.runs "
-        "WHERE job IN (%s, %s) AND outcome = 'success' ORDER BY table_name, run_id DESC"
-    ).format(sql.Identifier(config.state_schema)), [HANDOVER_JOB, HANDBACK_JOB]).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT ON (table_name) table_name, job, started_at, summary FROM {}.runs "
+            "WHERE job IN (%s, %s) AND outcome = 'success' ORDER BY table_name, run_id DESC"
+        ).format(sql.Identifier(config.state_schema)),
+        [HANDOVER_JOB, HANDBACK_JOB],
+    ).fetchall()
     return {name: {"job": job, "at": at, "who": (summary or {}).get("who")} for name, job, at, summary in rows}
 
 
@@ -827,15 +1001,23 @@ def status(conn, config: Config) -> list[str]:
     for t in config.tables:
         partman = on.get(t.name)
         if partman is None:
-            verdict = "pgmaint (pg_partman does not manage it)" if t.maintained_by == "pgmaint" else \
-                "NOBODY: maintained_by pg_partman but pg_partman has no part_config row for it"
+            verdict = (
+                "pgmaint (pg_partman does not manage it)"
+                if t.maintained_by == "pgmaint"
+                else "NOBODY: maintained_by pg_partman but pg_partman has no part_config row for it"
+            )
         elif t.maintained_by == "pg_partman":
             verdict = "pg_partman (split: pgmaint migrates and watches)" + (
-                "" if partman == "on" else "; automatic_maintenance is off (paused by a migration, or by hand)")
+                "" if partman == "on" else "; automatic_maintenance is off (paused by a migration, or by hand)"
+            )
         else:
             verdict = "pgmaint (handed over)" if partman == "off" else "DUAL MANAGER: pgmaint skips it until handover"
         entry = last.get(t.name)
-        history = f"; last {entry['job'].replace('partman_', '')} {entry['at']:%Y-%m-%d %H:%M} UTC by {entry['who']}" if entry else ""
+        history = (
+            f"; last {entry['job'].replace('partman_', '')} {entry['at']:%Y-%m-%d %H:%M} UTC by {entry['who']}"
+            if entry
+            else ""
+        )
         lines.append(f"{t.name}: {verdict} [automatic_maintenance {partman or '-'}]{history}")
     if running:
         lines.append("a pg_partman run_maintenance() is running right now")
@@ -848,18 +1030,27 @@ def status(conn, config: Config) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     # whole: the command line's declarations, then one short branch per subcommand.
 
-    parser = argparse.ArgumentParser(prog="python -m include.pgmaint.partman",
-                                     description="Take partitioned tables over from pg_partman (README: Taking over from pg_partman).")
+    parser = argparse.ArgumentParser(
+        prog="python -m include.pgmaint.partman",
+        description="Take partitioned tables over from pg_partman (README: Taking over from pg_partman).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_import = sub.add_parser("import", help="print a pgmaint YAML for pg_partman's time-partitioned parents (changes nothing)")
+    p_import = sub.add_parser(
+        "import", help="print a pgmaint YAML for pg_partman's time-partitioned parents (changes nothing)"
+    )
     p_import.add_argument("conninfo")
     p_import.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE", help="only these parents (default: all)")
     p_import.add_argument("--timezone", help="use this zone instead of the one the import would choose")
-    p_import.add_argument("--keep-partman", action="store_true",
-                          help="emit maintained_by: pg_partman (pg_partman keeps premaking; pgmaint migrates and watches)")
+    p_import.add_argument(
+        "--keep-partman",
+        action="store_true",
+        help="emit maintained_by: pg_partman (pg_partman keeps premaking; pgmaint migrates and watches)",
+    )
     p_import.add_argument("-o", "--output", help="write the YAML here instead of stdout")
-    for name, text in (("handover", "switch pg_partman's automatic maintenance off for configured tables"),
-                       ("handback", "the way back: switch it on again for the tables handed over")):
+    for name, text in (
+        ("handover", "switch pg_partman's automatic maintenance off for configured tables"),
+        ("handback", "the way back: switch it on again for the tables handed over"),
+    ):
         p = sub.add_parser(name, help=text + " (config: $PGMAINT_CONFIG or --config)")
         p.add_argument("conninfo")
         p.add_argument("--tables", nargs="+", metavar="TABLE", help="configured tables (default: all)")
@@ -882,8 +1073,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--timezone: {args.timezone!r} is not a known IANA time zone", file=sys.stderr)
                     return 64
             with connect(args.conninfo, application_name="pgmaint-partman") as conn:
-                result = import_config(conn, args.conninfo, tables=args.tables, timezone_override=args.timezone,
-                                       keep_partman=args.keep_partman)
+                result = import_config(
+                    conn,
+                    args.conninfo,
+                    tables=args.tables,
+                    timezone_override=args.timezone,
+                    keep_partman=args.keep_partman,
+                )
             text = render(result, keep_partman=args.keep_partman)
             if args.output:
                 with open(args.output, "w") as f:

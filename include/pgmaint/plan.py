@@ -88,10 +88,14 @@ def name_choice(cfg: TableConfig, facts: TableFacts | None, tz: str) -> NameChoi
     return choose(cfg.table, cfg.interval.unit, cfg.name_format, existing, tz)
 
 
-def desired_ranges(cfg: TableConfig, now: datetime, tz: str, name_format: NameFormat | None = None) -> list[tuple[str, Range]]:
+def desired_ranges(
+    cfg: TableConfig, now: datetime, tz: str, name_format: NameFormat | None = None
+) -> list[tuple[str, Range]]:
     """The interval containing `now` and `premake` intervals after it."""
     fmt = name_format or name_choice(cfg, None, tz).format
-    return [(partition_name(cfg, rng.lower, tz, fmt), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)]
+    return [
+        (partition_name(cfg, rng.lower, tz, fmt), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)
+    ]
 
 
 @functools.lru_cache(maxsize=1024)  # one run plans many tables with the same interval, premake, time and zone
@@ -115,8 +119,9 @@ def _window_bounds(interval, start: datetime, end: datetime, tz: str) -> tuple[R
     return tuple(out)
 
 
-def managed_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
-                   as_of: datetime | None = None) -> tuple[tuple[Range, ...], list[Range]]:
+def managed_ranges(
+    cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, as_of: datetime | None = None
+) -> tuple[tuple[Range, ...], list[Range]]:
     """(ranges that must have a partition, ranges `as_of` asked for that lie before the retention cutoff).
 
     The managed window is every interval from the one holding now - retention (tables kept
@@ -146,15 +151,19 @@ def managed_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
     return ranges, too_old
 
 
-def missing_ranges(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
-                   as_of: datetime | None = None) -> list[tuple[str, Range]]:
+def missing_ranges(
+    cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, as_of: datetime | None = None
+) -> list[tuple[str, Range]]:
     """Managed ranges no attached partition has (gaps included), with the names they would get;
     the ones whose DEFAULT rows must be probed."""
     current = {p.range for p in facts.partitions}
     tz_t = timeline(facts, now, tz)[1]
     fmt = name_choice(cfg, facts, tz_t).format
-    return [(partition_name(cfg, rng.lower, tz_t, fmt), rng) for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
-            if rng not in current]
+    return [
+        (partition_name(cfg, rng.lower, tz_t, fmt), rng)
+        for rng in managed_ranges(cfg, facts, now, tz, as_of)[0]
+        if rng not in current
+    ]
 
 
 def retention_cutoff(cfg: TableConfig, now: datetime, tz: str) -> datetime | None:
@@ -182,8 +191,10 @@ def plan_maintenance(
     if as_of is not None:
         too_old = managed_ranges(cfg, facts, now, tz, as_of)[1]
         if too_old:
-            notes.append(f"as_of {as_of.isoformat()}: {len(too_old)} interval(s) from {too_old[0]} lie before the retention "
-                         f"cutoff (now - {cfg.retention}): not created, retirement would drop them")
+            notes.append(
+                f"as_of {as_of.isoformat()}: {len(too_old)} interval(s) from {too_old[0]} lie before the retention "
+                f"cutoff (now - {cfg.retention}): not created, retirement would drop them"
+            )
     creates, migrations = _plan_creates(cfg, facts, now, tz, default_occupied, missing, as_of, notes)
 
     keep = cfg.retention_keep_table
@@ -193,7 +204,9 @@ def plan_maintenance(
         for p in facts.partitions
         if not p.detach_pending and _expired(p, cutoff)
     ]
-    finalizes = [FinalizeDetach(p.name, drop=not keep and _expired(p, cutoff)) for p in facts.partitions if p.detach_pending]
+    finalizes = [
+        FinalizeDetach(p.name, drop=not keep and _expired(p, cutoff)) for p in facts.partitions if p.detach_pending
+    ]
     stale = tuple(c for c in (facts.default.our_checks if facts.default else ()) if c.startswith("pgmaint_excl"))
     if facts.default and facts.default.estimated_rows > 0:
         notes.append(f"DEFAULT partition {facts.default.name} holds about {facts.default.estimated_rows} row(s)")
@@ -210,9 +223,16 @@ def plan_maintenance(
     )
 
 
-def _plan_creates(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, default_occupied: frozenset[Range],
-                  missing: list[tuple[str, Range]] | None, as_of: datetime | None,
-                  notes: list[str]) -> tuple[list[CreatePartition], list[NeedsMigration]]:
+def _plan_creates(
+    cfg: TableConfig,
+    facts: TableFacts,
+    now: datetime,
+    tz: str,
+    default_occupied: frozenset[Range],
+    missing: list[tuple[str, Range]] | None,
+    as_of: datetime | None,
+    notes: list[str],
+) -> tuple[list[CreatePartition], list[NeedsMigration]]:
     """The partitions to create, and the missing intervals whose rows wait in the DEFAULT (why not: `notes`)."""
     creates: list[CreatePartition] = []
     planned_names: set[str] = set()
@@ -237,7 +257,6 @@ def _plan_creates(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, d
         if naming.mixed or naming.format != default_format(cfg.interval.unit):  # say so when it is not the usual
             notes.append(naming.describe())
     return creates, migrations
-
 
 
 def _expired(partition: Partition, cutoff: datetime | None) -> bool:

@@ -70,16 +70,24 @@ class Missing:
     fix: str  # one or more SQL statements, ';'-terminated
 
     def __str__(self) -> str:
-        return (f"missing {self.privilege} on {self.target} (needed by {', '.join(self.needed_by)}: {self.why}); "
-                f"fix: {self.fix}")
+        return (
+            f"missing {self.privilege} on {self.target} (needed by {', '.join(self.needed_by)}: {self.why}); "
+            f"fix: {self.fix}"
+        )
 
 
 def current_role(conn) -> str:
     return conn.execute("SELECT current_user").fetchone()[0]
 
 
-def check(conn, config: Config, tables: list[TableConfig] | None = None, *, jobs: tuple[str, ...] = JOBS,
-          role: str | None = None) -> list[Missing]:
+def check(
+    conn,
+    config: Config,
+    tables: list[TableConfig] | None = None,
+    *,
+    jobs: tuple[str, ...] = JOBS,
+    role: str | None = None,
+) -> list[Missing]:
     """Every privilege `role` (default: the session's user) lacks for `jobs` on `tables` (default: all configured)."""
     unknown = set(jobs) - set(JOBS)
     if unknown or not jobs:
@@ -102,10 +110,16 @@ def check(conn, config: Config, tables: list[TableConfig] | None = None, *, jobs
 def _session_visibility(conn, role: str, jobs: tuple[str, ...]) -> list[Missing]:
     if conn.execute("SELECT pg_has_role(%s, 'pg_read_all_stats', 'USAGE')", [role]).fetchone()[0]:
         return []
-    return [Missing("membership", "role \"pg_read_all_stats\" (pg_monitor includes it)", jobs,
-                    "other roles' transactions, states and queries are hidden in pg_stat_activity without it: preflight "
-                    "and the watchdog could not see a long transaction, the migration could not wait for old snapshots",
-                    f"GRANT pg_monitor TO {ident(role)};")]
+    return [
+        Missing(
+            "membership",
+            'role "pg_read_all_stats" (pg_monitor includes it)',
+            jobs,
+            "other roles' transactions, states and queries are hidden in pg_stat_activity without it: preflight "
+            "and the watchdog could not see a long transaction, the migration could not wait for old snapshots",
+            f"GRANT pg_monitor TO {ident(role)};",
+        )
+    ]
 
 
 def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
@@ -114,9 +128,10 @@ def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
     if not found:
         return []
     role = current_role(conn)
-    return [f"role {role!r} lacks {len(found)} privilege(s) the real {job} run needs "
-            "(grant them, then dry-run again; `python -m include.pgmaint.doctor CONNINFO` lists them for every table):"
-            ] + [str(m) for m in found]
+    return [
+        f"role {role!r} lacks {len(found)} privilege(s) the real {job} run needs "
+        "(grant them, then dry-run again; `python -m include.pgmaint.doctor CONNINFO` lists them for every table):"
+    ] + [str(m) for m in found]
 
 
 class MissingPrivileges(PermissionError):
@@ -128,23 +143,37 @@ def require(conn, config: Config, cfg: TableConfig, job: str) -> None:
     privilege (with its fix), so that a run never stops half-way on `permission denied`."""
     found = problems(conn, config, cfg, job)
     if found:
-        raise MissingPrivileges(found[0].replace("(grant them, then dry-run again; ", "(nothing was done; grant them; ")
-                                + "\n" + "\n".join(found[1:]))
+        raise MissingPrivileges(
+            found[0].replace("(grant them, then dry-run again; ", "(nothing was done; grant them; ")
+            + "\n"
+            + "\n".join(found[1:])
+        )
 
 
 def _table_schema(conn, role: str, schema: str, ddl_jobs: tuple[str, ...], jobs: tuple[str, ...]) -> list[Missing]:
     row = conn.execute(
         "SELECT has_schema_privilege(%(r)s, n.oid, 'USAGE'), has_schema_privilege(%(r)s, n.oid, 'CREATE') "
-        "FROM pg_namespace n WHERE n.nspname = %(s)s", {"r": role, "s": schema}).fetchone()
+        "FROM pg_namespace n WHERE n.nspname = %(s)s",
+        {"r": role, "s": schema},
+    ).fetchone()
     if row is None:
         return []  # the table check reports the missing table
     usage, create = row
     lacking = (["USAGE"] if not usage else []) + (["CREATE"] if ddl_jobs and not create else [])
     if not lacking:
         return []
-    why = " and ".join({"USAGE": "reach the partitioned tables in it", "CREATE": "create new partitions there"}[p] for p in lacking)
-    return [Missing(", ".join(lacking), f"schema {ident(schema)}", jobs if "USAGE" in lacking else ddl_jobs, why,
-                    f"GRANT {', '.join(lacking)} ON SCHEMA {ident(schema)} TO {ident(role)};")]
+    why = " and ".join(
+        {"USAGE": "reach the partitioned tables in it", "CREATE": "create new partitions there"}[p] for p in lacking
+    )
+    return [
+        Missing(
+            ", ".join(lacking),
+            f"schema {ident(schema)}",
+            jobs if "USAGE" in lacking else ddl_jobs,
+            why,
+            f"GRANT {', '.join(lacking)} ON SCHEMA {ident(schema)} TO {ident(role)};",
+        )
+    ]
 
 
 _FAMILY_SQL = """
@@ -168,66 +197,128 @@ ORDER BY c.oid <> p.oid, c.relname
 def _table_family(conn, role: str, cfg: TableConfig, ddl_jobs: tuple[str, ...], watchdog: bool) -> list[Missing]:
     rows = conn.execute(_FAMILY_SQL, {"schema": cfg.schema, "table": cfg.table, "role": role}).fetchall()
     if not rows:
-        return [Missing("existence", f"table {ident(cfg.schema, cfg.table)}", ddl_jobs + (("watchdog",) if watchdog else ()),
-                        f"{cfg.name} is configured but does not exist",
-                        f"-- create {ident(cfg.schema, cfg.table)} (PARTITION BY RANGE), or fix its `name` in the config")]
+        return [
+            Missing(
+                "existence",
+                f"table {ident(cfg.schema, cfg.table)}",
+                ddl_jobs + (("watchdog",) if watchdog else ()),
+                f"{cfg.name} is configured but does not exist",
+                f"-- create {ident(cfg.schema, cfg.table)} (PARTITION BY RANGE), or fix its `name` in the config",
+            )
+        ]
     out = []
     for schema, name, kind, owner, owns, can_select in rows:
         target = f"{'partitioned table' if kind == 'parent' else kind if kind != 'default' else 'DEFAULT partition'} {ident(schema, name)}"
         if ddl_jobs and not owns:
-            why = {"parent": "ATTACH and DETACH PARTITION alter the parent",
-                   "default": "the DEFAULT is fenced with a CHECK constraint, or swapped out by the migration",
-                   "partition": "detached and dropped when it expires (ALTER TABLE parent OWNER does not cascade to partitions)"}[kind]
+            why = {
+                "parent": "ATTACH and DETACH PARTITION alter the parent",
+                "default": "the DEFAULT is fenced with a CHECK constraint, or swapped out by the migration",
+                "partition": "detached and dropped when it expires (ALTER TABLE parent OWNER does not cascade to partitions)",
+            }[kind]
             reads = ("watchdog",) if watchdog and kind != "partition" and not can_select else ()  # ownership covers it
-            out.append(Missing(f"ownership (owner: {owner})", target, ddl_jobs + reads, why,
-                               f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};"))
+            out.append(
+                Missing(
+                    f"ownership (owner: {owner})",
+                    target,
+                    ddl_jobs + reads,
+                    why,
+                    f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};",
+                )
+            )
         elif watchdog and kind in ("parent", "default") and not can_select:
-            why = "the canary reads the current interval through the parent" if kind == "parent" else \
-                "the watchdog counts the rows in the DEFAULT"
-            out.append(Missing("SELECT", target, ("watchdog",), why, f"GRANT SELECT ON TABLE {ident(schema, name)} TO {ident(role)};"))
+            why = (
+                "the canary reads the current interval through the parent"
+                if kind == "parent"
+                else "the watchdog counts the rows in the DEFAULT"
+            )
+            out.append(
+                Missing(
+                    "SELECT",
+                    target,
+                    ("watchdog",),
+                    why,
+                    f"GRANT SELECT ON TABLE {ident(schema, name)} TO {ident(role)};",
+                )
+            )
     return out
 
 
 def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[Missing]:
 
-    db, create_db = conn.execute("SELECT current_database(), has_database_privilege(%s, current_database(), 'CREATE')",
-                                 [role]).fetchone()
+    db, create_db = conn.execute(
+        "SELECT current_database(), has_database_privilege(%s, current_database(), 'CREATE')", [role]
+    ).fetchone()
     row = conn.execute(
         "SELECT n.oid, has_schema_privilege(%(r)s, n.oid, 'USAGE'), has_schema_privilege(%(r)s, n.oid, 'CREATE'), "
-        "pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = %(s)s", {"r": role, "s": schema}).fetchone()
+        "pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = %(s)s",
+        {"r": role, "s": schema},
+    ).fetchone()
     if row is None:
         if create_db:
             return []
-        return [Missing("CREATE", f"database {ident(db)}", jobs,
-                        f"the state schema {ident(schema)} does not exist yet and pgmaint creates it on first use",
-                        f"CREATE SCHEMA {ident(schema)} AUTHORIZATION {ident(role)};  "
-                        f"-- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};")]
+        return [
+            Missing(
+                "CREATE",
+                f"database {ident(db)}",
+                jobs,
+                f"the state schema {ident(schema)} does not exist yet and pgmaint creates it on first use",
+                f"CREATE SCHEMA {ident(schema)} AUTHORIZATION {ident(role)};  "
+                f"-- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};",
+            )
+        ]
     oid, usage, create, owner = row
     out = []
     if not usage:
-        out.append(Missing("USAGE", f"schema {ident(schema)}", jobs, "pgmaint's journal and state live there",
-                           f"GRANT USAGE ON SCHEMA {ident(schema)} TO {ident(role)};"))
+        out.append(
+            Missing(
+                "USAGE",
+                f"schema {ident(schema)}",
+                jobs,
+                "pgmaint's journal and state live there",
+                f"GRANT USAGE ON SCHEMA {ident(schema)} TO {ident(role)};",
+            )
+        )
     objects = conn.execute(
         "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner), pg_has_role(%(r)s, c.relowner, 'USAGE'), "
         "has_table_privilege(%(r)s, c.oid, 'SELECT'), has_table_privilege(%(r)s, c.oid, 'INSERT'), "
         "has_table_privilege(%(r)s, c.oid, 'UPDATE') "
         "FROM pg_class c WHERE c.relnamespace = %(oid)s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
-        {"r": role, "oid": oid}).fetchall()
+        {"r": role, "oid": oid},
+    ).fetchall()
     version = None
-    if any(o[0] == "schema_version" for o in objects) and usage and next(o for o in objects if o[0] == "schema_version")[4]:
-        version = conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(
-            sql.Identifier(schema))).fetchone()[0]
+    if (
+        any(o[0] == "schema_version" for o in objects)
+        and usage
+        and next(o for o in objects if o[0] == "schema_version")[4]
+    ):
+        version = conn.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))
+        ).fetchone()[0]
     elif not any(o[0] == "schema_version" for o in objects):
         version = 0
     if version is not None and version < latest_version():
         why = f"it is at version {version}, this pgmaint upgrades it to {latest_version()} (creates and alters its objects)"
         if not create:
-            out.append(Missing("CREATE", f"schema {ident(schema)}", jobs, why,
-                               f"GRANT CREATE ON SCHEMA {ident(schema)} TO {ident(role)};"))
+            out.append(
+                Missing(
+                    "CREATE",
+                    f"schema {ident(schema)}",
+                    jobs,
+                    why,
+                    f"GRANT CREATE ON SCHEMA {ident(schema)} TO {ident(role)};",
+                )
+            )
         for name, _, obj_owner, owns, *_ in objects:
             if not owns:
-                out.append(Missing(f"ownership (owner: {obj_owner})", f"table {ident(schema, name)}", jobs, why,
-                                   f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};"))
+                out.append(
+                    Missing(
+                        f"ownership (owner: {obj_owner})",
+                        f"table {ident(schema, name)}",
+                        jobs,
+                        why,
+                        f"ALTER TABLE {ident(schema, name)} OWNER TO {ident(role)};",
+                    )
+                )
         return out
     for name, _, _, _, *have in objects:
         needed = STATE_TABLES.get(name)
@@ -235,8 +326,15 @@ def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[M
             continue
         lacking = [p for p, ok in zip(("SELECT", "INSERT", "UPDATE"), have) if not ok and p in needed]
         if lacking:
-            out.append(Missing(", ".join(lacking), f"table {ident(schema, name)}", jobs, "pgmaint's journal and state",
-                               f"GRANT {', '.join(lacking)} ON TABLE {ident(schema, name)} TO {ident(role)};"))
+            out.append(
+                Missing(
+                    ", ".join(lacking),
+                    f"table {ident(schema, name)}",
+                    jobs,
+                    "pgmaint's journal and state",
+                    f"GRANT {', '.join(lacking)} ON TABLE {ident(schema, name)} TO {ident(role)};",
+                )
+            )
     return out
 
 
@@ -252,13 +350,25 @@ def migration_warnings(config: Config, cfg: TableConfig, facts, plan, now: datet
     if cutoff is None:
         return []
     fate = "detaches it (retention_keep_table keeps the table)" if cfg.retention_keep_table else "detaches and DROPS it"
-    warnings = [f"{r.partition} ({r.range}, {r.rows:,} row(s)) would be created older than the {cfg.retention} "
-                f"retention: the next partition_maintenance run {fate} with those rows"
-                for r in plan.move if r.range is not None and r.range.upper <= cutoff]
+    warnings = [
+        f"{r.partition} ({r.range}, {r.rows:,} row(s)) would be created older than the {cfg.retention} "
+        f"retention: the next partition_maintenance run {fate} with those rows"
+        for r in plan.move
+        if r.range is not None and r.range.upper <= cutoff
+    ]
     for warning in warnings:
         log.warning("%s: move_out_of_window: %s", cfg.name, warning)
     return warnings
 
 
-__all__ = ["JOBS", "Missing", "MissingPrivileges", "STATE_TABLES", "check", "current_role", "migration_warnings", "problems",
-           "require"]
+__all__ = [
+    "JOBS",
+    "Missing",
+    "MissingPrivileges",
+    "STATE_TABLES",
+    "check",
+    "current_role",
+    "migration_warnings",
+    "problems",
+    "require",
+]

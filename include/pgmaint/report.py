@@ -31,8 +31,9 @@ class TableHealth:
     error: str | None = None
 
 
-def table_health(cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime, tz: str,
-                 default_rows: int | None = None) -> TableHealth:
+def table_health(
+    cfg: TableConfig, facts: TableFacts | CatalogError, now: datetime, tz: str, default_rows: int | None = None
+) -> TableHealth:
     if isinstance(facts, CatalogError):
         return TableHealth(cfg.name, 0, "-", "-", 0, 0, None, str(facts))
     existing = {p.range for p in facts.partitions}
@@ -45,8 +46,9 @@ def table_health(cfg: TableConfig, facts: TableFacts | CatalogError, now: dateti
     cutoff = retention_cutoff(cfg, now, tz)
     expired = sum(1 for p in facts.partitions if cutoff and p.range.upper is not None and p.range.upper <= cutoff)
     names = [p.name for p in facts.partitions]
-    return TableHealth(cfg.name, len(names), names[0] if names else "-", names[-1] if names else "-", runway,
-                       expired, default_rows)
+    return TableHealth(
+        cfg.name, len(names), names[0] if names else "-", names[-1] if names else "-", runway, expired, default_rows
+    )
 
 
 def health(conn, config: Config, now: datetime | None = None) -> list[TableHealth]:
@@ -59,7 +61,9 @@ def health(conn, config: Config, now: datetime | None = None) -> list[TableHealt
         f = facts[cfg.name]
         rows = None
         if isinstance(f, TableFacts) and f.default is not None:
-            rows = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(f.schema, f.default.name))).fetchone()[0]
+            rows = conn.execute(
+                sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(f.schema, f.default.name))
+            ).fetchone()[0]
         out.append(table_health(cfg, f, now, config.timezone, rows))
     return out
 
@@ -72,8 +76,17 @@ def render(rows: list[TableHealth], premake: dict[str, int] | None = None) -> st
             lines.append((r.table, "error", r.error, "", "", "", ""))
             continue
         want = f"/{premake[r.table] + 1}" if premake and r.table in premake else ""
-        lines.append((r.table, str(r.partitions), r.oldest, r.newest, f"{r.runway}{want}", str(r.expired_attached),
-                      "-" if r.default_rows is None else str(r.default_rows)))
+        lines.append(
+            (
+                r.table,
+                str(r.partitions),
+                r.oldest,
+                r.newest,
+                f"{r.runway}{want}",
+                str(r.expired_attached),
+                "-" if r.default_rows is None else str(r.default_rows),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     fmt = lambda line: "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(lines[0]), fmt(tuple("-" * w for w in widths))] + [fmt(line) for line in lines[1:]])

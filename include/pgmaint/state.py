@@ -43,12 +43,16 @@ def state_schema_version(conn, schema: str) -> int | None:
     exists, has_versions = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
         "EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'schema_version')", [schema, schema]).fetchone()
+        "WHERE n.nspname = %s AND c.relname = 'schema_version')",
+        [schema, schema],
+    ).fetchone()
     if not exists:
         return None
     if not has_versions:
         return 0
-    return conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))).fetchone()[0]
+    return conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))
+    ).fetchone()[0]
 
 
 def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
@@ -67,8 +71,10 @@ def ensure_state_schema(conn, schema: str, wait_seconds: float = 10.0) -> int:
         from include.pgmaint.privileges import JOBS, _state_schema, current_role
 
         missing = _state_schema(conn, current_role(conn), schema, JOBS)
-        raise PermissionError(f"state schema {schema!r}: cannot create or upgrade it to version {latest} ({exc}); "
-                              "nothing was applied. " + (" | ".join(str(m) for m in missing) or "")) from exc
+        raise PermissionError(
+            f"state schema {schema!r}: cannot create or upgrade it to version {latest} ({exc}); "
+            "nothing was applied. " + (" | ".join(str(m) for m in missing) or "")
+        ) from exc
 
 
 def _migrate_state_schema(conn, schema: str, latest: int, wait_seconds: float) -> int:
@@ -76,7 +82,9 @@ def _migrate_state_schema(conn, schema: str, latest: int, wait_seconds: float) -
     deadline = time.monotonic() + wait_seconds
     while True:
         with conn.transaction():
-            got = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('pgmaint'), hashtext(%s))", ["state:" + schema]).fetchone()[0]
+            got = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(hashtext('pgmaint'), hashtext(%s))", ["state:" + schema]
+            ).fetchone()[0]
             if got:
                 current = state_schema_version(conn, schema)  # another worker may have done it meanwhile
                 if current is None:
@@ -84,14 +92,22 @@ def _migrate_state_schema(conn, schema: str, latest: int, wait_seconds: float) -
                     current = 0
                 if current >= latest:
                     return current
-                conn.execute(sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_version (version integer PRIMARY KEY, name text NOT NULL, "
-                    "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema)))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {}.schema_version (version integer PRIMARY KEY, name text NOT NULL, "
+                        "applied_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(sql.Identifier(schema))
+                )
                 for version, name, text in migrations():
                     if version > current:
                         log.info("state schema %s: applying %s", schema, name)
                         conn.execute(sql.SQL(text.replace("{schema}", ident)))
-                        conn.execute(sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(sql.Identifier(schema)), [version, name])
+                        conn.execute(
+                            sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(
+                                sql.Identifier(schema)
+                            ),
+                            [version, name],
+                        )
                         current = version
                 return current
         if time.monotonic() > deadline:
@@ -116,15 +132,31 @@ class Journal:
     def __init__(self, conn, schema: str):
         self.conn, self.schema = conn, sql.Identifier(schema)
 
-    def start_run(self, job: str, table: str, *, dag_id: str | None = None, dag_run_id: str | None = None,
-                  task_id: str | None = None) -> int:
+    def start_run(
+        self,
+        job: str,
+        table: str,
+        *,
+        dag_id: str | None = None,
+        dag_run_id: str | None = None,
+        task_id: str | None = None,
+    ) -> int:
         return self.conn.execute(
-            sql.SQL("INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id) VALUES (%s, %s, %s, %s, %s) RETURNING run_id").format(self.schema),
+            sql.SQL(
+                "INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id) VALUES (%s, %s, %s, %s, %s) RETURNING run_id"
+            ).format(self.schema),
             [job, table, dag_id, dag_run_id, task_id],
         ).fetchone()[0]
 
-    def record_runs(self, job: str, rows: list[tuple[str, str, dict, str | None]], *, dag_id: str | None = None,
-                    dag_run_id: str | None = None, task_id: str | None = None) -> int:
+    def record_runs(
+        self,
+        job: str,
+        rows: list[tuple[str, str, dict, str | None]],
+        *,
+        dag_id: str | None = None,
+        dag_run_id: str | None = None,
+        task_id: str | None = None,
+    ) -> int:
         """Journal many finished runs in one round trip: (table, outcome, summary, error) each.
 
         What a plan-once maintenance run writes for every table it found nothing to do for (or skipped):
@@ -135,26 +167,50 @@ class Journal:
             return 0
         tables, outcomes, summaries, errors = (list(col) for col in zip(*rows))
         self.conn.execute(
-            sql.SQL("INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id, finished_at, outcome, summary, error) "
-                    "SELECT %s, t, %s, %s, %s, clock_timestamp(), o, s::jsonb, e "
-                    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r(t, o, s, e)").format(self.schema),
+            sql.SQL(
+                "INSERT INTO {}.runs (job, table_name, dag_id, dag_run_id, task_id, finished_at, outcome, summary, error) "
+                "SELECT %s, t, %s, %s, %s, clock_timestamp(), o, s::jsonb, e "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r(t, o, s, e)"
+            ).format(self.schema),
             [job, dag_id, dag_run_id, task_id, tables, outcomes, [to_json(s) for s in summaries], errors],
         )
         return len(rows)
 
-    def record_step(self, run_id: int, step: Step, started_at: datetime, outcome: str, attempts: int,
-                    error: str | None = None, blockers: list | None = None) -> None:
+    def record_step(
+        self,
+        run_id: int,
+        step: Step,
+        started_at: datetime,
+        outcome: str,
+        attempts: int,
+        error: str | None = None,
+        blockers: list | None = None,
+    ) -> None:
         rendered = step.render(self.conn)
         self.conn.execute(
-            sql.SQL("INSERT INTO {}.steps (run_id, action, target, statements, locks, started_at, outcome, attempts, error, blockers) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)").format(self.schema),
-            [run_id, step.action, step.target, [s for s, _ in rendered], [lk for _, lk in rendered], started_at, outcome,
-             attempts, error, to_json(blockers or [])],
+            sql.SQL(
+                "INSERT INTO {}.steps (run_id, action, target, statements, locks, started_at, outcome, attempts, error, blockers) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+            ).format(self.schema),
+            [
+                run_id,
+                step.action,
+                step.target,
+                [s for s, _ in rendered],
+                [lk for _, lk in rendered],
+                started_at,
+                outcome,
+                attempts,
+                error,
+                to_json(blockers or []),
+            ],
         )
 
     def finish_run(self, run_id: int, outcome: str, summary: dict, error: str | None = None) -> None:
         self.conn.execute(
-            sql.SQL("UPDATE {}.runs SET finished_at = clock_timestamp(), outcome = %s, summary = %s::jsonb, error = %s WHERE run_id = %s").format(self.schema),
+            sql.SQL(
+                "UPDATE {}.runs SET finished_at = clock_timestamp(), outcome = %s, summary = %s::jsonb, error = %s WHERE run_id = %s"
+            ).format(self.schema),
             [outcome, to_json(summary), error, run_id],
         )
 
@@ -169,11 +225,17 @@ class Journal:
     def open_migration(self, table: str) -> tuple[int, str] | None:
         """(migration_id, phase) of the table's unfinished migration, if any."""
         return self.conn.execute(
-            sql.SQL("SELECT migration_id, phase FROM {}.migrations WHERE table_name = %s "
-                    "AND phase IN ('preparing', 'copying', 'swapped', 'draining')").format(self.schema), [table]).fetchone()
+            sql.SQL(
+                "SELECT migration_id, phase FROM {}.migrations WHERE table_name = %s "
+                "AND phase IN ('preparing', 'copying', 'swapped', 'draining')"
+            ).format(self.schema),
+            [table],
+        ).fetchone()
 
     def last_success(self, table: str, job: str = "maintenance") -> datetime | None:
         return self.conn.execute(
-            sql.SQL("SELECT max(finished_at) FROM {}.runs WHERE table_name = %s AND job = %s AND outcome = 'success'").format(self.schema),
+            sql.SQL(
+                "SELECT max(finished_at) FROM {}.runs WHERE table_name = %s AND job = %s AND outcome = 'success'"
+            ).format(self.schema),
             [table, job],
         ).fetchone()[0]

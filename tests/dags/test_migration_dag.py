@@ -20,23 +20,41 @@ def _dag():
 def test_structure_reads_like_the_runbook():
     dag = _dag()
     assert dag.max_active_runs == 1
-    assert set(dag.params.keys()) == {"table", "dry_run", "batch_rows", "max_minutes", "pause_services", "move_out_of_window"}
+    assert set(dag.params.keys()) == {
+        "table",
+        "dry_run",
+        "batch_rows",
+        "max_minutes",
+        "pause_services",
+        "move_out_of_window",
+    }
     assert dag.get_task("open_window").is_setup and dag.get_task("resume_writers").is_teardown
-    order = ["resolve_table", "open_window", "pause_writers", "migrate", "gate_before_cleanup", "finish",
-             "gate_after_cleanup", "resume_writers"]
+    order = [
+        "resolve_table",
+        "open_window",
+        "pause_writers",
+        "migrate",
+        "gate_before_cleanup",
+        "finish",
+        "gate_after_cleanup",
+        "resume_writers",
+    ]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
 
 
-@pytest.mark.parametrize("conf", [
-    {"table": "public.not_configured"},
-    {"table": "public.inbound_requests; DROP TABLE public.event_deltas"},
-    {"table": "public.inbound_requests", "batch_rows": -5},
-    {"table": "public.inbound_requests", "batch_rows": 0},
-    {"table": "public.inbound_requests", "batch_rows": "1000; SELECT 1"},
-    {"table": "public.inbound_requests", "max_minutes": 0},
-    {"table": "public.inbound_requests", "dry_run": "yes"},
-])
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"table": "public.not_configured"},
+        {"table": "public.inbound_requests; DROP TABLE public.event_deltas"},
+        {"table": "public.inbound_requests", "batch_rows": -5},
+        {"table": "public.inbound_requests", "batch_rows": 0},
+        {"table": "public.inbound_requests", "batch_rows": "1000; SELECT 1"},
+        {"table": "public.inbound_requests", "max_minutes": 0},
+        {"table": "public.inbound_requests", "dry_run": "yes"},
+    ],
+)
 def test_bad_params_are_rejected_before_anything_runs(airflow_db, conf):
     from airflow.sdk.definitions.param import ParamValidationError
 
@@ -55,8 +73,22 @@ def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema,
         seed(conn, scratch_schema, 5_000)
         before = fingerprint(conn, scratch_schema)
     path = tmp_path / "pgmaint.yaml"
-    path.write_text(yaml.safe_dump({"state_schema": scratch_schema, "tables": [
-        {"name": f"{scratch_schema}.ev", "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "state_schema": scratch_schema,
+                "tables": [
+                    {
+                        "name": f"{scratch_schema}.ev",
+                        "partition_key": "ts",
+                        "interval": "1 day",
+                        "premake": 2,
+                        "retention": "30 days",
+                    }
+                ],
+            }
+        )
+    )
     monkeypatch.setenv("PGMAINT_CONFIG", str(path))
 
     run = _dag().test(run_conf={"table": f"{scratch_schema}.ev", "batch_rows": 1000})
@@ -66,11 +98,17 @@ def test_a_run_moves_the_rows_and_ends_green(airflow_db, pg_dsn, scratch_schema,
     assert states["migrate"] == "success" and states["fail_run_if_work_failed"] == "skipped"
     with connect(pg_dsn) as conn:
         assert fingerprint(conn, scratch_schema) == before
-        phase = conn.execute(sql.SQL("SELECT phase, rows_moved FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
-    assert phase == [("done", 5_002)]  # every row of the old DEFAULT went back through the parent; 2 landed in the new DEFAULT
+        phase = conn.execute(
+            sql.SQL("SELECT phase, rows_moved FROM {}.migrations").format(sql.Identifier(scratch_schema))
+        ).fetchall()
+    assert phase == [
+        ("done", 5_002)
+    ]  # every row of the old DEFAULT went back through the parent; 2 landed in the new DEFAULT
 
 
-def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
+def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(
+    airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch
+):
     """A row deleted from the detached old DEFAULT behind the migration's back, its read-only trigger disabled (it must
     stay as it was at the swap):
     the gate passes (the figures balanced at the swap) but the drop re-reads it and refuses: the old DEFAULT is kept,
@@ -84,17 +122,29 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow
     from tests.integration.helpers import table_exists
     from tests.integration.migration.test_migration import seed
 
-    raw = {"state_schema": scratch_schema,
-           "services": [{"name": "request_logging", "kind": "flag"}],
-           "tables": [{"name": f"{scratch_schema}.ev", "partition_key": "ts", "interval": "1 day", "premake": 2,
-                       "retention": "30 days", "writers": ["request_logging"]}]}
+    raw = {
+        "state_schema": scratch_schema,
+        "services": [{"name": "request_logging", "kind": "flag"}],
+        "tables": [
+            {
+                "name": f"{scratch_schema}.ev",
+                "partition_key": "ts",
+                "interval": "1 day",
+                "premake": 2,
+                "retention": "30 days",
+                "writers": ["request_logging"],
+            }
+        ],
+    }
     with connect(pg_dsn) as conn:
         seed(conn, scratch_schema, 3_000)
         config = parse_config(raw)
         swapped = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
         assert swapped.outcome == "swapped"
         old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
-        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old))  # its guard, tampered with
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old)
+        )  # its guard, tampered with
         conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old))
     path = tmp_path / "pgmaint.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -108,5 +158,7 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(airflow
     assert states["finish"] == "failed" and states["resume_writers"] == "success"
     with connect(pg_dsn) as conn:
         assert table_exists(conn, scratch_schema, "ev_default_pgmaint_old")  # the destructive step did not run
-        flags = conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(scratch_schema))).fetchall()
+        flags = conn.execute(
+            sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(scratch_schema))
+        ).fetchall()
     assert flags == [("request_logging", True)]  # paused for the run, resumed after the failure

@@ -45,8 +45,19 @@ def migration_config(tmp_path, monkeypatch, scratch_schema):
             c_service or {"name": "C", "kind": "flag", "depends_on": ["D"]},
             {"name": "D", "kind": "flag"},
         ]
-        raw = {"state_schema": scratch_schema, "services": services,
-               "tables": [{"name": table, "partition_key": "ts", "interval": "1 day", "premake": 2, "writers": ["D", "C", "B", "A"]}]}
+        raw = {
+            "state_schema": scratch_schema,
+            "services": services,
+            "tables": [
+                {
+                    "name": table,
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 2,
+                    "writers": ["D", "C", "B", "A"],
+                }
+            ],
+        }
         path = tmp_path / "pgmaint.yaml"
         path.write_text(yaml.safe_dump(raw))
         monkeypatch.setenv("PGMAINT_CONFIG", str(path))
@@ -59,13 +70,20 @@ def _flags(pg_dsn, schema) -> dict[str, bool]:
     with connect(pg_dsn) as conn:
         if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{schema}.service_flags"]).fetchone()[0]:
             return {}
-        return dict(conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(schema))).fetchall())
+        return dict(
+            conn.execute(
+                sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(schema))
+            ).fetchall()
+        )
 
 
 def _leases(pg_dsn, schema) -> list[tuple]:
     with connect(pg_dsn) as conn:
-        return conn.execute(sql.SQL("SELECT service, dag_id, run_id, state FROM {}.service_leases ORDER BY resumed_at")
-                            .format(sql.Identifier(schema))).fetchall()
+        return conn.execute(
+            sql.SQL("SELECT service, dag_id, run_id, state FROM {}.service_leases ORDER BY resumed_at").format(
+                sql.Identifier(schema)
+            )
+        ).fetchall()
 
 
 def test_work_fails_all_resumed_in_reverse_and_the_run_fails(airflow_db, pg_dsn, scratch_schema, migration_config):
@@ -74,34 +92,67 @@ def test_work_fails_all_resumed_in_reverse_and_the_run_fails(airflow_db, pg_dsn,
     run = _dag().test(run_conf={"table": table})
 
     assert run.state == "failed"
-    assert _states(run) == {"resolve_table": "success", "open_window": "success", "pause_writers": "success",
-                            "migrate": "failed", "gate_before_cleanup": "upstream_failed", "finish": "upstream_failed",
-                            "gate_after_cleanup": "upstream_failed", "resume_writers": "success",
-                            "fail_run_if_work_failed": "failed"}
+    assert _states(run) == {
+        "resolve_table": "success",
+        "open_window": "success",
+        "pause_writers": "success",
+        "migrate": "failed",
+        "gate_before_cleanup": "upstream_failed",
+        "finish": "upstream_failed",
+        "gate_after_cleanup": "upstream_failed",
+        "resume_writers": "success",
+        "fail_run_if_work_failed": "failed",
+    }
     assert _xcom(run, "open_window") == {"table": table, "services": ["A", "B", "C", "D"]}
     assert _xcom(run, "pause_writers") == ["A", "B", "C", "D"]
     assert _xcom(run, "resume_writers") == ["D", "C", "B", "A"]
     assert _flags(pg_dsn, scratch_schema) == {"A": True, "B": True, "C": True, "D": True}
     leases = _leases(pg_dsn, scratch_schema)  # in the order they were resumed
-    assert [(s, state) for s, _, _, state in leases] == [("D", "resumed"), ("C", "resumed"), ("B", "resumed"), ("A", "resumed")]
+    assert [(s, state) for s, _, _, state in leases] == [
+        ("D", "resumed"),
+        ("C", "resumed"),
+        ("B", "resumed"),
+        ("A", "resumed"),
+    ]
     assert {(dag_id, run_id) for _, dag_id, run_id, _ in leases} == {("default_partition_migration", run.run_id)}
 
 
-def test_pause_fails_half_way_what_was_paused_is_resumed(airflow_db, pg_dsn, scratch_schema, migration_config, http_service):
+def test_pause_fails_half_way_what_was_paused_is_resumed(
+    airflow_db, pg_dsn, scratch_schema, migration_config, http_service
+):
     http_service.plan["/c/pause"] = [500]
-    table = migration_config({"name": "C", "kind": "http", "depends_on": ["D"], "retries": 0,
-                              "pause_url": f"{http_service.base_url}/c/pause", "resume_url": f"{http_service.base_url}/c/resume"})
+    table = migration_config(
+        {
+            "name": "C",
+            "kind": "http",
+            "depends_on": ["D"],
+            "retries": 0,
+            "pause_url": f"{http_service.base_url}/c/pause",
+            "resume_url": f"{http_service.base_url}/c/resume",
+        }
+    )
 
     run = _dag().test(run_conf={"table": table})
 
     assert run.state == "failed"
-    assert _states(run) == {"resolve_table": "success", "open_window": "success", "pause_writers": "failed",
-                            "migrate": "upstream_failed", "gate_before_cleanup": "upstream_failed",
-                            "finish": "upstream_failed", "gate_after_cleanup": "upstream_failed",
-                            "resume_writers": "success", "fail_run_if_work_failed": "failed"}
+    assert _states(run) == {
+        "resolve_table": "success",
+        "open_window": "success",
+        "pause_writers": "failed",
+        "migrate": "upstream_failed",
+        "gate_before_cleanup": "upstream_failed",
+        "finish": "upstream_failed",
+        "gate_after_cleanup": "upstream_failed",
+        "resume_writers": "success",
+        "fail_run_if_work_failed": "failed",
+    }
     assert _flags(pg_dsn, scratch_schema) == {"A": True, "B": True}  # paused, then resumed; D never touched
     assert http_service.paths() == ["POST /c/pause", "POST /c/resume"]
-    assert [(s, state) for s, _, _, state in _leases(pg_dsn, scratch_schema)] == [("C", "resumed"), ("B", "resumed"), ("A", "resumed")]
+    assert [(s, state) for s, _, _, state in _leases(pg_dsn, scratch_schema)] == [
+        ("C", "resumed"),
+        ("B", "resumed"),
+        ("A", "resumed"),
+    ]
     assert _xcom(run, "resume_writers") == []  # the teardown ran and found nothing left to resume
 
 

@@ -34,9 +34,18 @@ def test_every_dag_file_imports_without_errors():
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert set(dag.params.keys()) == {"dry_run", "tables", "as_of"}
     assert dag.doc_md and "What stops it" in dag.doc_md
-    assert dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
+    assert (
+        dag.get_task("table.premake").pool == "pgmaint_target" and dag.get_task("table.retire").pool == "pgmaint_target"
+    )
     assert [o.name for o in dag.get_task("table.request_migration").outlets] == ["pgmaint_default_rows"]
-    chain = ["plan", "table.premake", "table.gate_before_retire", "table.retire", "table.gate_after_retire", "summarize"]
+    chain = [
+        "plan",
+        "table.premake",
+        "table.gate_before_retire",
+        "table.retire",
+        "table.gate_after_retire",
+        "summarize",
+    ]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
 
@@ -87,7 +96,9 @@ def test_invalid_config_shows_in_list_import_errors(tmp_path, airflow_db):
     # The DAG processor records import errors; `dags reserialize` does the same parse from the CLI.
     subprocess.run([airflow, "dags", "reserialize"], env=env, capture_output=True, text=True, timeout=300)
     out = subprocess.run([airflow, "dags", "list-import-errors"], env=env, capture_output=True, text=True, timeout=300)
-    assert "tables[0].interval: '1 fortnight' is not a supported interval" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "tables[0].interval: '1 fortnight' is not a supported interval" in out.stdout + out.stderr, (
+        out.stdout + out.stderr
+    )
 
 
 @pytest.fixture
@@ -102,11 +113,20 @@ def dag_config(tmp_path, monkeypatch, scratch_schema):
 
 
 def _entry(schema: str, name: str) -> dict:
-    return {"name": f"{schema}.{name}", "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days"}
+    return {
+        "name": f"{schema}.{name}",
+        "partition_key": "ts",
+        "interval": "1 day",
+        "premake": 2,
+        "retention": "30 days",
+    }
 
 
 def _states(dag_run) -> dict[str, str]:
-    return {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    return {
+        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state
+        for ti in dag_run.get_task_instances()
+    }
 
 
 def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_config):
@@ -135,17 +155,24 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
     assert set(states.values()) == {"success"} and len(states) == 2 * 4  # two tables x (premake, gate, retire, gate)
     with connect(pg_dsn) as conn:
         a, b = partitions(conn, scratch_schema, "a"), partitions(conn, scratch_schema, "b")
-        journal = conn.execute(sql.SQL("SELECT DISTINCT table_name, outcome, dag_id FROM {}.runs ORDER BY table_name").format(
-            sql.Identifier(scratch_schema))).fetchall()
+        journal = conn.execute(
+            sql.SQL("SELECT DISTINCT table_name, outcome, dag_id FROM {}.runs ORDER BY table_name").format(
+                sql.Identifier(scratch_schema)
+            )
+        ).fetchall()
     assert len([n for n in a if n.startswith("a_p")]) == 3 and "a_old_69" not in a  # runway made, expired gone
     assert len([n for n in b if n.startswith("b_p")]) == 3
-    assert journal == [(f"{scratch_schema}.a", "success", "partition_maintenance"),
-                       (f"{scratch_schema}.b", "success", "partition_maintenance")]
+    assert journal == [
+        (f"{scratch_schema}.a", "success", "partition_maintenance"),
+        (f"{scratch_schema}.b", "success", "partition_maintenance"),
+    ]
 
 
 def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=wall_today())  # the retention window is complete
+        make_table(
+            conn, scratch_schema, "good", days=range(-30, 0), anchor=wall_today()
+        )  # the retention window is complete
     dag_config([_entry(scratch_schema, "missing"), _entry(scratch_schema, "good")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -157,7 +184,9 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
     assert states["table.retire[0]"] == "upstream_failed" and states["table.retire[1]"] == "success"
     assert states["summarize"] == "failed"
     with connect(pg_dsn) as conn:
-        assert len([n for n in partitions(conn, scratch_schema, "good") if n.startswith("good_p")]) == 3  # despite the other failure
+        assert (
+            len([n for n in partitions(conn, scratch_schema, "good") if n.startswith("good_p")]) == 3
+        )  # despite the other failure
 
 
 def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_dsn, scratch_schema, dag_config):
@@ -184,8 +213,11 @@ def _xcom(dag_run, task_id: str, key: str = "return_value", map_index: int = 0):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id,
-                                                 key=key, map_indexes=map_index)).first()
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key, map_indexes=map_index
+            )
+        ).first()
         return None if row is None else XComModel.deserialize_value(row)
 
 
@@ -207,19 +239,33 @@ def test_retire_gate_runs_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scr
     assert premade["created"] == [] and premade["detached"] == []  # premake: nothing to do
     gate = _xcom(run, "table.gate_before_retire")
     assert not isinstance(gate.get("skipped"), str), gate  # a skipped gate returns {"skipped": "<why>"}
-    assert gate["success"] is True and gate["evaluated"] >= 2 and {e["check"] for e in gate["expectations"]} >= {"contiguity"}
+    assert (
+        gate["success"] is True
+        and gate["evaluated"] >= 2
+        and {e["check"] for e in gate["expectations"]} >= {"contiguity"}
+    )
     retired = _xcom(run, "table.retire")
     assert retired["dropped"] == ["ev_old_67", "ev_old_68", "ev_old_69"]
     checked, dropped = _task_instance(run, "table.gate_before_retire"), _task_instance(run, "table.retire")
     assert checked.end_date <= dropped.start_date  # the gate ran, and before the drop
 
 
-def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(airflow_db, pg_dsn, scratch_schema, dag_config):
+def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(
+    airflow_db, pg_dsn, scratch_schema, dag_config
+):
     """Same steady state, but the DEFAULT hides a row without a key: the gate fails and nothing is dropped."""
     s = sql.Identifier
     with connect(pg_dsn) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz, payload text) PARTITION BY RANGE (ts)").format(s(scratch_schema, "ev")))
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(scratch_schema, "ev_default"), s(scratch_schema, "ev")))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (ts timestamptz, payload text) PARTITION BY RANGE (ts)").format(
+                s(scratch_schema, "ev")
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+                s(scratch_schema, "ev_default"), s(scratch_schema, "ev")
+            )
+        )
         for d in range(-33, 3):
             lo = wall_today() + timedelta(days=d)
             add_partition(conn, scratch_schema, "ev", lo, lo + timedelta(days=1), f"ev_old_{d + 100}")
@@ -235,7 +281,8 @@ def test_a_failing_retire_gate_stops_the_drop_when_premake_has_nothing_to_do(air
 
 
 def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_logical_date(
-        airflow_db, pg_dsn, scratch_schema, dag_config):
+    airflow_db, pg_dsn, scratch_schema, dag_config
+):
     with connect(pg_dsn) as conn:
         make_table(conn, scratch_schema, "ev", days=range(-30, 3), anchor=wall_today())
     dag_config([_entry(scratch_schema, "ev")])
@@ -266,20 +313,28 @@ def test_as_of_param_creates_what_that_moment_needs_and_backfill_runs_use_their_
 
 # --- plan once, map only the tables with work (issue 16) ---------------------------------------
 
+
 def _healthy(conn, schema: str, name: str) -> None:
     make_table(conn, schema, name, days=range(-30, 3), anchor=wall_today())  # the whole managed window, nothing expired
 
 
 def _mapped(dag_run, task_id: str) -> dict[int, tuple[str, str]]:
     """map index -> (rendered name, state) of a mapped task's instances (map index >= 0 only)."""
-    return {ti.map_index: (ti.rendered_map_index, ti.state) for ti in dag_run.get_task_instances()
-            if ti.task_id == task_id and ti.map_index >= 0}
+    return {
+        ti.map_index: (ti.rendered_map_index, ti.state)
+        for ti in dag_run.get_task_instances()
+        if ti.task_id == task_id and ti.map_index >= 0
+    }
 
 
 def _journal(pg_dsn: str, schema: str, dag_run) -> dict[str, tuple[str, str]]:
     with connect(pg_dsn) as conn:
-        rows = conn.execute(sql.SQL("SELECT table_name, outcome, task_id FROM {}.runs WHERE dag_run_id = %s").format(
-            sql.Identifier(schema)), [dag_run.run_id]).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT table_name, outcome, task_id FROM {}.runs WHERE dag_run_id = %s").format(
+                sql.Identifier(schema)
+            ),
+            [dag_run.run_id],
+        ).fetchall()
     return {t: (o, task) for t, o, task in rows}
 
 
@@ -307,8 +362,9 @@ def test_all_healthy_tables_get_no_table_tasks_and_one_journal_write(airflow_db,
     assert run.state == "success", _states(run)
     states = _states(run)
     assert states.pop("plan") == "success" and states.pop("summarize") == "success"
-    assert set(states) == {f"table.{t}" for t in ("premake", "request_migration", "gate_before_retire", "retire",
-                                                  "gate_after_retire")}  # no mapped instance: one unexpanded each
+    assert set(states) == {
+        f"table.{t}" for t in ("premake", "request_migration", "gate_before_retire", "retire", "gate_after_retire")
+    }  # no mapped instance: one unexpanded each
     assert set(states.values()) == {"skipped"}, states
     planned = _xcom(run, "plan", "result", -1)
     assert planned["work"] == [] and planned["healthy"] == 4 and planned["journalled"] == 4
@@ -324,7 +380,9 @@ def test_only_the_tables_with_work_are_mapped_and_each_retire_is_gated(airflow_d
         for n in ("h0", "h1", "h2"):
             _healthy(conn, scratch_schema, n)
         make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=wall_today())  # no partition for today
-        make_table(conn, scratch_schema, "expired", days=range(-33, 3), anchor=wall_today())  # three days past retention
+        make_table(
+            conn, scratch_schema, "expired", days=range(-33, 3), anchor=wall_today()
+        )  # three days past retention
     dag_config([_entry(scratch_schema, n) for n in ("h0", "runway", "h1", "expired", "h2")])
 
     run = _dagbag().dags["partition_maintenance"].test()
@@ -337,8 +395,9 @@ def test_only_the_tables_with_work_are_mapped_and_each_retire_is_gated(airflow_d
     assert _gate_ran_before_every_retire(run) == 2
     assert _xcom(run, "table.retire", "result", 1)["dropped"] == ["expired_old_67", "expired_old_68", "expired_old_69"]
     journal = _journal(pg_dsn, scratch_schema, run)
-    assert {t: o for t, (o, _) in journal.items()} == {f"{scratch_schema}.{n}": "success"
-                                                       for n in ("h0", "h1", "h2", "runway", "expired")}
+    assert {t: o for t, (o, _) in journal.items()} == {
+        f"{scratch_schema}.{n}": "success" for n in ("h0", "h1", "h2", "runway", "expired")
+    }
     assert journal[f"{scratch_schema}.h1"][1] == "plan" and journal[work[0]][1].startswith("table.")
     said = _xcom(run, "summarize", map_index=-1)
     assert said["tables"] == 5 and said["healthy"] == 3 and set(said["created"]) == {work[0]}
@@ -363,34 +422,57 @@ def test_a_failing_table_among_many_fails_the_run_naming_it(airflow_db, pg_dsn, 
     assert states["plan"] == "success" and states["summarize"] == "failed"
     with connect(pg_dsn) as conn:
         assert len([n for n in partitions(conn, scratch_schema, "runway") if n.startswith("runway_p")]) == 3
-        failures = [k for (k,) in conn.execute(sql.SQL("SELECT key FROM {}.conditions WHERE resolved_at IS NULL").format(
-            sql.Identifier(scratch_schema))).fetchall() if k.startswith("task:")]
+        failures = [
+            k
+            for (k,) in conn.execute(
+                sql.SQL("SELECT key FROM {}.conditions WHERE resolved_at IS NULL").format(
+                    sql.Identifier(scratch_schema)
+                )
+            ).fetchall()
+            if k.startswith("task:")
+        ]
     assert failures == [f"task:partition_maintenance.table.premake:{missing}"]  # named, by the failed task's callback
     assert {t for t, (o, _) in _journal(pg_dsn, scratch_schema, run).items() if o == "success"} == {
-        f"{scratch_schema}.{n}" for n in ("h0", "h1", "h2", "h3", "runway")}
+        f"{scratch_schema}.{n}" for n in ("h0", "h1", "h2", "h3", "runway")
+    }
 
 
 def test_two_targets_one_down_the_other_is_maintained_and_the_run_names_the_down_one(
-        airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch):
+    airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch
+):
     from airflow.models.pool import Pool
 
     with connect(pg_dsn) as conn:
-        make_table(conn, scratch_schema, "ev", days=range(-33, 0), anchor=wall_today())  # runway missing and three expired
+        make_table(
+            conn, scratch_schema, "ev", days=range(-33, 0), anchor=wall_today()
+        )  # runway missing and three expired
         _healthy(conn, scratch_schema, "calm")
-    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_DOWN", '{"conn_type": "postgres", "host": "127.0.0.1", "port": 9, '
-                                                    '"login": "nobody", "schema": "nothing", "extra": {"connect_timeout": "2"}}')
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PGMAINT_DOWN",
+        '{"conn_type": "postgres", "host": "127.0.0.1", "port": 9, '
+        '"login": "nobody", "schema": "nothing", "extra": {"connect_timeout": "2"}}',
+    )
     Pool.create_or_update_pool("pgmaint_down", 2, "test: the target that is down", False)
     same = [_entry(scratch_schema, "ev"), _entry(scratch_schema, "calm")]  # the same names on both targets
-    raw = {"state_schema": scratch_schema,
-           "targets": [{"name": "up", "connection_id": "pgmaint_target", "pool": "pgmaint_target", "tables": same},
-                       {"name": "down", "connection_id": "pgmaint_down", "tables": same}]}
+    raw = {
+        "state_schema": scratch_schema,
+        "targets": [
+            {"name": "up", "connection_id": "pgmaint_target", "pool": "pgmaint_target", "tables": same},
+            {"name": "down", "connection_id": "pgmaint_down", "tables": same},
+        ],
+    }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("PGMAINT_CONFIG", str(path))
     dag = _dagbag().dags["partition_maintenance"]
-    assert dag.get_task("up.table.premake").pool == "pgmaint_target" and dag.get_task("down.table.premake").pool == "pgmaint_down"
+    assert (
+        dag.get_task("up.table.premake").pool == "pgmaint_target"
+        and dag.get_task("down.table.premake").pool == "pgmaint_down"
+    )
     assert dag.get_task("down.plan").pool == "pgmaint_down"
-    assert dag.params.get_param("tables").schema["items"]["enum"] == [f"{t}/{scratch_schema}.{n}" for t in ("up", "down") for n in ("ev", "calm")]
+    assert dag.params.get_param("tables").schema["items"]["enum"] == [
+        f"{t}/{scratch_schema}.{n}" for t in ("up", "down") for n in ("ev", "calm")
+    ]
 
     run = dag.test()
 

@@ -7,6 +7,7 @@ workers), started by scripts/airflow_local.py on free ports, one deployment per 
   ``POST /api/v2/dags/{dag_id}/dagRuns`` with conf.
 Skipped (with the reason printed) only when no TCP port can be had on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,8 @@ def sqlalchemy_url(dsn: str) -> str:
     else:
         netloc = f"{auth}@{host}"
     return f"postgresql+psycopg2://{netloc}/{quote(p['dbname'], safe='')}?" + "&".join(
-        f"{k}={quote(str(v), safe='/')}" for k, v in query.items())
+        f"{k}={quote(str(v), safe='/')}" for k, v in query.items()
+    )
 
 
 def fresh_database(admin_dsn: str, name: str) -> str:
@@ -113,7 +115,9 @@ class E2E:
         raise AssertionError(f"{dag_id} {run_id} not finished after {timeout} s: {self.task_states(dag_id, run_id)}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        status, body = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100")
+        status, body = self.api(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100"
+        )
         assert status == 200, body
         return body["task_instances"]
 
@@ -125,8 +129,10 @@ class E2E:
         return out
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1):
-        path = (f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/xcomEntries/{key}"
-                f"?map_index={map_index}&deserialize=true")
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/xcomEntries/{key}"
+            f"?map_index={map_index}&deserialize=true"
+        )
         status, body = self.api("GET", path)
         assert status == 200, (path, body)
         value = body["value"]
@@ -142,8 +148,10 @@ def e2e_config(path: Path, webhooks: Recorder, extra_tables=(), **overrides) -> 
     """The demo config (its two tables, its services) + escalation to the loopback servers."""
     cfg = yaml.safe_load((REPO / "include" / "config" / "pgmaint.yaml").read_text())
     cfg["tables"] = cfg["tables"] + list(extra_tables)
-    cfg["escalation"] = {"notify": [{"kind": "slack", "connection_id": "pgmaint_slack"}],
-                         "page": [{"kind": "pagerduty", "connection_id": "pgmaint_pagerduty"}]}
+    cfg["escalation"] = {
+        "notify": [{"kind": "slack", "connection_id": "pgmaint_slack"}],
+        "page": [{"kind": "pagerduty", "connection_id": "pgmaint_pagerduty"}],
+    }
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -151,10 +159,12 @@ def e2e_config(path: Path, webhooks: Recorder, extra_tables=(), **overrides) -> 
 
 def notifier_env(webhooks: Recorder) -> dict[str, str]:
     return {
-        "AIRFLOW_CONN_PGMAINT_SLACK": json.dumps({"conn_type": "slackwebhook", "host": f"{webhooks.url}/services",
-                                                  "password": "T000/B000/XXXXXXXX"}),
-        "AIRFLOW_CONN_PGMAINT_PAGERDUTY": json.dumps({"conn_type": "pagerduty_events", "host": webhooks.url,
-                                                      "password": "e2e-routing-key"}),
+        "AIRFLOW_CONN_PGMAINT_SLACK": json.dumps(
+            {"conn_type": "slackwebhook", "host": f"{webhooks.url}/services", "password": "T000/B000/XXXXXXXX"}
+        ),
+        "AIRFLOW_CONN_PGMAINT_PAGERDUTY": json.dumps(
+            {"conn_type": "pagerduty_events", "host": webhooks.url, "password": "e2e-routing-key"}
+        ),
     }
 
 
@@ -186,8 +196,11 @@ def start_deployment(request, pg_dsn: str, name: str, *, config_for, **kwargs):
             d.wait_healthy(timeout=300)
             e2e = E2E(d, target, recorder, config_path)
             e2e.wait_for_dags(["partition_maintenance", "default_partition_migration", "partition_watchdog"])
-            announce(request.config, f"e2e[{name}]: Airflow up on {d.base_url} in {time.monotonic() - started:.0f} s "
-                                     f"({kwargs.get('executor', 'LocalExecutor')}; logs {d.log_dir})")
+            announce(
+                request.config,
+                f"e2e[{name}]: Airflow up on {d.base_url} in {time.monotonic() - started:.0f} s "
+                f"({kwargs.get('executor', 'LocalExecutor')}; logs {d.log_dir})",
+            )
             yield e2e
         except BaseException:
             for comp in d.procs:
@@ -205,8 +218,15 @@ def utc_today() -> datetime:
     return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def make_daily_table(dsn: str, name: str, *, days: range, default_rows_days: range = range(0), rows_per_day: int = 100,
-                     schema: str = "public"):
+def make_daily_table(
+    dsn: str,
+    name: str,
+    *,
+    days: range,
+    default_rows_days: range = range(0),
+    rows_per_day: int = 100,
+    schema: str = "public",
+):
     """<schema>.<name>(id, created_at) partitioned by day: partitions for `days` (offsets from today),
     a DEFAULT, and `rows_per_day` rows in the DEFAULT for each day of `default_rows_days`."""
     today = utc_today()
@@ -214,22 +234,44 @@ def make_daily_table(dsn: str, name: str, *, days: range, default_rows_days: ran
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         t = sql.Identifier(schema, name)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(t))
-        conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL,"
-                             " payload text, PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)").format(t))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL,"
+                " payload text, PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)"
+            ).format(t)
+        )
         for off in days:
             day = today + timedelta(days=off)
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier(schema, f"{name}_p{day:%Y%m%d}"), t, sql.Literal(day), sql.Literal(day + timedelta(days=1))))
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), t))
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(schema, f"{name}_p{day:%Y%m%d}"),
+                    t,
+                    sql.Literal(day),
+                    sql.Literal(day + timedelta(days=1)),
+                )
+            )
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), t)
+        )
         for off in default_rows_days:
             day = today + timedelta(days=off)
-            conn.execute(sql.SQL("INSERT INTO {} (created_at, payload) SELECT {} + g * interval '1 second', 'row ' || g"
-                                 " FROM generate_series(1, {}) g").format(t, sql.Literal(day), sql.Literal(rows_per_day)))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (created_at, payload) SELECT {} + g * interval '1 second', 'row ' || g"
+                    " FROM generate_series(1, {}) g"
+                ).format(t, sql.Literal(day), sql.Literal(rows_per_day))
+            )
 
 
 def table_entry(name: str, **extra) -> dict:
-    return {"name": f"public.{name}", "partition_key": "created_at", "interval": "1 day", "premake": 4,
-            "retention": "30 days", **extra}
+    return {
+        "name": f"public.{name}",
+        "partition_key": "created_at",
+        "interval": "1 day",
+        "premake": 4,
+        "retention": "30 days",
+        **extra,
+    }
 
 
 def free_tcp_port() -> int:

@@ -18,6 +18,7 @@ summarize, and the scheduler's passes to skip the unexpanded mapped group, 8 run
 for the runs (measured with a 4-day gap in KEPT instead of today's 20) — past the ~3 minutes this
 test may take in the suite.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ REF_SCHEMA = "bfref"  # copies of both tables, maintained in-process by the engi
 # Hourly logical dates over whole days, ending three days ago (inside the retention of KEPT).
 BACKFILL_RUNS = int(os.environ.get("PGMAINT_E2E_BACKFILL_RUNS", "24"))
 BACKFILL_DAYS = BACKFILL_RUNS // 24
-assert BACKFILL_RUNS > 0 and BACKFILL_RUNS % 24 == 0 and BACKFILL_DAYS <= 20, \
+assert BACKFILL_RUNS > 0 and BACKFILL_RUNS % 24 == 0 and BACKFILL_DAYS <= 20, (
     f"PGMAINT_E2E_BACKFILL_RUNS={BACKFILL_RUNS}: a multiple of 24 (whole days), at most 480"
+)
 MAX_ACTIVE_RUNS = 8  # the backfill's own limit (Airflow applies it independently of the DAG's max_active_runs=1)
 RUN_TIMEOUT = 900  # s, for all runs to finish: a failure message, not a budget
 
@@ -60,8 +62,9 @@ def _entries():
 def e2e(request, pg_dsn):
     def config_for(path, webhooks):
         # Only the two tables here; maintenance on an hourly schedule (a backfill needs one), no watchdog.
-        return e2e_config(path, webhooks, tables=_entries(), services=[],
-                          schedules={"maintenance": "0 * * * *", "watchdog": None})
+        return e2e_config(
+            path, webhooks, tables=_entries(), services=[], schedules={"maintenance": "0 * * * *", "watchdog": None}
+        )
 
     yield from start_deployment(request, pg_dsn, "backfill", config_for=config_for, parallelism=8)
 
@@ -76,10 +79,12 @@ def _shape(dsn: str, schema: str = "public") -> None:
 
 def _partitions(conn, schema: str, table: str) -> dict[str, str]:
     """{name without the parent's name: bound} — the names pgmaint gives are <parent>_pYYYYMMDD."""
-    rows = conn.execute("""SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+    rows = conn.execute(
+        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
                            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                            WHERE i.inhparent = to_regclass(%s) ORDER BY 1""",
-                        [sql.Identifier(schema, table).as_string(None)]).fetchall()
+        [sql.Identifier(schema, table).as_string(None)],
+    ).fetchall()
     return {name.removeprefix(table): bound for name, bound in rows}
 
 
@@ -113,10 +118,26 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
     started = time.monotonic()
 
     # The backfill, through the real CLI, against this deployment's metadata DB.
-    cli = subprocess.run([str(REPO / "scripts" / "airflow"), "backfill", "create", "--dag-id", DAG,
-                          "--from-date", first.isoformat(), "--to-date", last.isoformat(),
-                          "--max-active-runs", str(MAX_ACTIVE_RUNS)],
-                         env=e2e.d.env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            str(REPO / "scripts" / "airflow"),
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG,
+            "--from-date",
+            first.isoformat(),
+            "--to-date",
+            last.isoformat(),
+            "--max-active-runs",
+            str(MAX_ACTIVE_RUNS),
+        ],
+        env=e2e.d.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     # Unpausing lets the scheduler run the backfill and start the scheduled run of the latest hour;
     # a manual run is triggered at the same time (it waits for the scheduled one: max_active_runs=1).
@@ -131,15 +152,23 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
         kinds = {}
         for r in runs:
             kinds.setdefault(r["run_type"], []).append(r)
-        if (len(kinds.get("backfill", [])) == BACKFILL_RUNS and kinds.get("scheduled") and kinds.get("manual")
-                and all(r["state"] in ("success", "failed") for r in runs)):
+        if (
+            len(kinds.get("backfill", [])) == BACKFILL_RUNS
+            and kinds.get("scheduled")
+            and kinds.get("manual")
+            and all(r["state"] in ("success", "failed") for r in runs)
+        ):
             break
-        assert time.monotonic() < deadline, (
-            f"not finished after {RUN_TIMEOUT} s: " + str({k: [r["state"] for r in v] for k, v in kinds.items()}))
+        assert time.monotonic() < deadline, f"not finished after {RUN_TIMEOUT} s: " + str(
+            {k: [r["state"] for r in v] for k, v in kinds.items()}
+        )
         time.sleep(3)
     elapsed = time.monotonic() - started
-    announce(request.config, f"e2e[backfill]: {BACKFILL_RUNS} backfill runs + {len(kinds['scheduled'])} scheduled"
-                             f" + 1 manual finished in {elapsed:.0f} s (max {MAX_ACTIVE_RUNS} backfill runs at once)")
+    announce(
+        request.config,
+        f"e2e[backfill]: {BACKFILL_RUNS} backfill runs + {len(kinds['scheduled'])} scheduled"
+        f" + 1 manual finished in {elapsed:.0f} s (max {MAX_ACTIVE_RUNS} backfill runs at once)",
+    )
 
     # Every run succeeded and no task instance failed, in any run.
     assert [r["dag_run_id"] for r in kinds["manual"]] == [manual]
@@ -151,7 +180,9 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
 
     # Each backfill run planned for its logical date; the others for now.
     backfill = kinds["backfill"]
-    assert sorted(_when(r["logical_date"]) for r in backfill) == [first + timedelta(hours=h) for h in range(BACKFILL_RUNS)]
+    assert sorted(_when(r["logical_date"]) for r in backfill) == [
+        first + timedelta(hours=h) for h in range(BACKFILL_RUNS)
+    ]
     skips: dict[str, list[str]] = {}
     for r in runs:
         planned = e2e.xcom(DAG, r["dag_run_id"], "plan", key="result")
@@ -166,13 +197,20 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
     # A run that met another runner on a table skipped it and said why; nothing else made a run skip.
     reasons = [why for whys in skips.values() for why in whys]
     assert reasons and all("another pgmaint run holds this table's runner lock" in why for why in reasons), skips
-    announce(request.config, f"e2e[backfill]: tables skipped for the runner lock: "
-                             f"{ {t: len(w) for t, w in skips.items()} }; task states {states}")
+    announce(
+        request.config,
+        f"e2e[backfill]: tables skipped for the runner lock: "
+        f"{ {t: len(w) for t, w in skips.items()} }; task states {states}",
+    )
 
     # The same runs, one at a time, in-process on copies of both tables: the partitions must be the same.
     _shape(e2e.target_dsn, REF_SCHEMA)
-    ref_cfg = parse_config({"state_schema": "bfref_state",
-                            "tables": [{**t, "name": t["name"].replace("public.", f"{REF_SCHEMA}.")} for t in _entries()]})
+    ref_cfg = parse_config(
+        {
+            "state_schema": "bfref_state",
+            "tables": [{**t, "name": t["name"].replace("public.", f"{REF_SCHEMA}.")} for t in _entries()],
+        }
+    )
     with connect(e2e.target_dsn) as conn:
         for r in sorted(backfill, key=lambda r: r["logical_date"]):
             run_maintenance(conn, ref_cfg, as_of=_when(r["logical_date"]))

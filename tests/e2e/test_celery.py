@@ -1,6 +1,7 @@
 """pgmaint on CeleryExecutor with two workers (Redis broker from Debian's redis-server): one
 maintenance run's mapped table tasks run on both workers, and two workers racing on one table are
 resolved by the runner lock — one does the work, the other skips and says why."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,11 +25,17 @@ def redis_url():
         pytest.skip("e2e celery: redis-server not installed (Debian package redis-server; .ci/run installs it)")
     port = free_tcp_port()
     workdir = tempfile.mkdtemp(prefix="e2e-redis-")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        while (
+            subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip()
+            != "PONG"
+        ):
             assert proc.poll() is None, "redis-server exited"
             assert time.monotonic() < deadline, "redis-server did not answer PING"
             time.sleep(0.2)
@@ -45,13 +52,26 @@ def e2e(request, pg_dsn, redis_url):
         tables = [table_entry(t.split(".")[1]) for t in TABLES + [RACE]]
         # The race below holds a lock on the race table from the test; preflight must not refuse
         # the first runner for it (it would skip instead of racing), and its lock budget outlasts it.
-        return e2e_config(path, webhooks, extra_tables=tables, schedules={"maintenance": None, "watchdog": None},
-                          preflight={"long_transaction_seconds": 3600},
-                          lock_budget={"total_seconds": 120})
+        return e2e_config(
+            path,
+            webhooks,
+            extra_tables=tables,
+            schedules={"maintenance": None, "watchdog": None},
+            preflight={"long_transaction_seconds": 3600},
+            lock_budget={"total_seconds": 120},
+        )
 
     # Concurrency 1 per worker: a busy worker takes no second task, so work spreads over both.
-    yield from start_deployment(request, pg_dsn, "celery", config_for=config_for, executor="CeleryExecutor",
-                                celery_workers=2, worker_concurrency=1, broker_url=redis_url)
+    yield from start_deployment(
+        request,
+        pg_dsn,
+        "celery",
+        config_for=config_for,
+        executor="CeleryExecutor",
+        celery_workers=2,
+        worker_concurrency=1,
+        broker_url=redis_url,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +112,11 @@ def test_two_workers_racing_on_one_table_are_resolved_by_the_runner_lock(ready):
         deadline = time.monotonic() + 120
         while True:
             with psycopg.connect(ready.target_dsn) as conn:
-                held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                                    " AND classid::int = hashtext('pgmaint') AND objid::int = hashtext(%s)",
-                                    ['"public"."e2e_race"']).fetchone()[0]
+                held = conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND classid::int = hashtext('pgmaint') AND objid::int = hashtext(%s)",
+                    ['"public"."e2e_race"'],
+                ).fetchone()[0]
             if held:
                 break
             assert time.monotonic() < deadline, ready.task_states("default_partition_migration", migration)
@@ -107,7 +129,10 @@ def test_two_workers_racing_on_one_table_are_resolved_by_the_runner_lock(ready):
     assert run["state"] == "success", states
     assert states["table.premake[0]"] == "skipped", states
     result = ready.xcom("partition_maintenance", run_id, "table.premake", key="result", map_index=0)
-    assert result["outcome"] == "skipped" and "another pgmaint run holds this table's runner lock" in result["skipped_reason"]
+    assert (
+        result["outcome"] == "skipped"
+        and "another pgmaint run holds this table's runner lock" in result["skipped_reason"]
+    )
     summary = ready.xcom("partition_maintenance", run_id, "summarize")
     assert "runner lock" in summary["skipped"][RACE], summary
 

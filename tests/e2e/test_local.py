@@ -1,6 +1,7 @@
 """pgmaint through the real scheduler (LocalExecutor): the demo's flow, triggered through the REST
 API as the UI's trigger form does, on the demo's broken state; a failed task's callback and the
 watchdog's escalation run in the worker processes and reach a loopback Slack/PagerDuty."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,12 @@ DOOMED = "public.e2e_doomed"
 @pytest.fixture(scope="module")
 def e2e(request, pg_dsn):
     def config_for(path, webhooks):
-        return e2e_config(path, webhooks, extra_tables=[table_entry("e2e_doomed")],
-                           schedules={"maintenance": None, "watchdog": "* * * * *"})
+        return e2e_config(
+            path,
+            webhooks,
+            extra_tables=[table_entry("e2e_doomed")],
+            schedules={"maintenance": None, "watchdog": "* * * * *"},
+        )
 
     yield from start_deployment(request, pg_dsn, "local", config_for=config_for, parallelism=8)
 
@@ -39,16 +44,27 @@ def _window(ti) -> tuple[datetime, datetime]:
 
 
 def test_a_bad_conf_is_rejected_by_the_api_with_the_params_message(e2e):
-    status, body = e2e.api("POST", "/api/v2/dags/default_partition_migration/dagRuns",
-                           {"logical_date": None, "conf": {"table": "public.nope"}})
+    status, body = e2e.api(
+        "POST",
+        "/api/v2/dags/default_partition_migration/dagRuns",
+        {"logical_date": None, "conf": {"table": "public.nope"}},
+    )
     assert status == 400, body
     assert "Invalid input for param table: 'public.nope' is not one of" in body["detail"]
-    status, body = e2e.api("POST", "/api/v2/dags/partition_maintenance/dagRuns",
-                           {"logical_date": None, "conf": {"tables": ["public.inbound_requests", "public.inbound_requests"]}})
+    status, body = e2e.api(
+        "POST",
+        "/api/v2/dags/partition_maintenance/dagRuns",
+        {"logical_date": None, "conf": {"tables": ["public.inbound_requests", "public.inbound_requests"]}},
+    )
     assert status == 400 and "Invalid input for param tables" in body["detail"] and "non-unique" in body["detail"], body
-    status, body = e2e.api("POST", "/api/v2/dags/default_partition_migration/dagRuns",
-                           {"logical_date": None, "conf": {"table": "public.event_deltas", "batch_rows": 5}})
-    assert status == 400 and "Invalid input for param batch_rows: 5 is less than the minimum of 100" in body["detail"], body
+    status, body = e2e.api(
+        "POST",
+        "/api/v2/dags/default_partition_migration/dagRuns",
+        {"logical_date": None, "conf": {"table": "public.event_deltas", "batch_rows": 5}},
+    )
+    assert (
+        status == 400 and "Invalid input for param batch_rows: 5 is less than the minimum of 100" in body["detail"]
+    ), body
     for dag_id in ("default_partition_migration", "partition_maintenance"):
         status, runs = e2e.api("GET", f"/api/v2/dags/{dag_id}/dagRuns")
         assert runs["total_entries"] == 0, runs  # nothing ran
@@ -57,15 +73,27 @@ def test_a_bad_conf_is_rejected_by_the_api_with_the_params_message(e2e):
 def test_the_watchdog_finds_the_seeded_incident_and_pages_from_the_worker(seeded):
     run_id, run, states = seeded.run_and_wait("partition_watchdog", {})
     assert run["state"] == "success", states
-    assert states == {"check_database": "success", "check_tables": "success", "check_services": "success",
-                      "request_migration": "skipped", "escalate": "success"}
+    assert states == {
+        "check_database": "success",
+        "check_tables": "success",
+        "check_services": "success",
+        "request_migration": "skipped",
+        "escalate": "success",
+    }
     tables = seeded.xcom("partition_watchdog", run_id, "check_tables", key="result")
     assert tables["migrate"] == []  # no auto_migrate table in the demo config
     escalated = seeded.xcom("partition_watchdog", run_id, "escalate")
     active = escalated["active"]
-    assert active["runway:public.inbound_requests"]["severity"] == "critical" and active["runway:public.inbound_requests"]["paged"]
-    for key in ("default_rows:public.inbound_requests", "default_rows:public.event_deltas",
-                "expired_attached:public.inbound_requests", "expired_attached:public.event_deltas"):
+    assert (
+        active["runway:public.inbound_requests"]["severity"] == "critical"
+        and active["runway:public.inbound_requests"]["paged"]
+    )
+    for key in (
+        "default_rows:public.inbound_requests",
+        "default_rows:public.event_deltas",
+        "expired_attached:public.inbound_requests",
+        "expired_attached:public.event_deltas",
+    ):
         assert active[key]["severity"] == "warning", key
     pages = {(e["dedup_key"], e["event_action"]) for e in seeded.webhooks.pagerduty}
     assert ("runway:public.inbound_requests", "trigger") in pages
@@ -77,10 +105,17 @@ def test_the_watchdog_finds_the_seeded_incident_and_pages_from_the_worker(seeded
 def test_migration_moves_the_default_rows_with_writers_paused_and_resumed(seeded, table):
     run_id, run, states = seeded.run_and_wait("default_partition_migration", {"table": table})
     assert run["state"] == "success", states
-    assert states == {"resolve_table": "success", "open_window": "success", "pause_writers": "success",
-                      "migrate": "success", "gate_before_cleanup": "success", "finish": "success",
-                      "gate_after_cleanup": "success", "resume_writers": "success",
-                      "fail_run_if_work_failed": "skipped"}
+    assert states == {
+        "resolve_table": "success",
+        "open_window": "success",
+        "pause_writers": "success",
+        "migrate": "success",
+        "gate_before_cleanup": "success",
+        "finish": "success",
+        "gate_after_cleanup": "success",
+        "resume_writers": "success",
+        "fail_run_if_work_failed": "skipped",
+    }
     moved = seeded.xcom("default_partition_migration", run_id, "migrate")
     assert moved["table"] == table and moved["outcome"] == "swapped" and moved["rows_moved"] > 0, moved
     assert moved["partitions"]
@@ -101,7 +136,9 @@ def test_maintenance_premakes_and_retires_every_table_in_parallel(seeded):
     # plan, summarize, and per table with work (both have some): premake, the two gates, retire, request_migration
     # (skipped: no table of the demo has auto_migrate)
     assert {t: s for t, s in states.items() if s != "success"} == {
-        "table.request_migration[0]": "skipped", "table.request_migration[1]": "skipped"}, states
+        "table.request_migration[0]": "skipped",
+        "table.request_migration[1]": "skipped",
+    }, states
     assert len(states) == 2 + 2 * 5
     summary = seeded.xcom("partition_maintenance", run_id, "summarize")
     assert summary["tables"] == 2 and summary["failed"] == {} and summary["skipped"] == {}, summary
@@ -120,8 +157,10 @@ def test_a_scheduled_watchdog_run_fires_by_itself_and_resolves_the_page(seeded):
     deadline = time.monotonic() + 150
     found = None
     while time.monotonic() < deadline and found is None:
-        status, body = seeded.api("GET", "/api/v2/dags/partition_watchdog/dagRuns?run_type=scheduled&state=success"
-                                         "&order_by=-start_date&limit=5")
+        status, body = seeded.api(
+            "GET",
+            "/api/v2/dags/partition_watchdog/dagRuns?run_type=scheduled&state=success&order_by=-start_date&limit=5",
+        )
         for r in body["dag_runs"]:
             if datetime.fromisoformat(r["start_date"]).timestamp() > after:
                 found = r
@@ -129,9 +168,12 @@ def test_a_scheduled_watchdog_run_fires_by_itself_and_resolves_the_page(seeded):
         time.sleep(2)
     assert found, "no scheduled partition_watchdog run started and succeeded within 150 s"
     escalated = seeded.xcom("partition_watchdog", found["dag_run_id"], "escalate")
-    assert not [k for k in escalated["active"] if k.split(":")[0] in ("runway", "default_rows", "expired_attached")], escalated
-    assert ("runway:public.inbound_requests", "resolve") in {(e["dedup_key"], e["event_action"])
-                                                             for e in seeded.webhooks.pagerduty}
+    assert not [k for k in escalated["active"] if k.split(":")[0] in ("runway", "default_rows", "expired_attached")], (
+        escalated
+    )
+    assert ("runway:public.inbound_requests", "resolve") in {
+        (e["dedup_key"], e["event_action"]) for e in seeded.webhooks.pagerduty
+    }
 
 
 def test_a_failed_task_runs_its_callback_in_the_worker(seeded):
@@ -146,5 +188,7 @@ def test_a_failed_task_runs_its_callback_in_the_worker(seeded):
     [text] = [t for t in texts if key in t]
     assert "table does not exist" in text and "/dags/partition_maintenance/runs/" in text, text
     with psycopg.connect(seeded.target_dsn) as conn:
-        [(streak, details)] = conn.execute("SELECT streak, details FROM pgmaint.conditions WHERE key = %s", [key]).fetchall()
+        [(streak, details)] = conn.execute(
+            "SELECT streak, details FROM pgmaint.conditions WHERE key = %s", [key]
+        ).fetchall()
     assert streak == 1 and details["run_id"] == run_id and details["map_index"] == 0

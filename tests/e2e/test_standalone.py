@@ -1,5 +1,6 @@
 """`scripts/airflow standalone` starts its components as `airflow …` from PATH: the wrapper must
 put the venv's `airflow` there (it died with FileNotFoundError: 'airflow' before)."""
+
 from __future__ import annotations
 
 import os
@@ -22,23 +23,33 @@ def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):
     meta = fresh_database(admin, meta_db)
     home = Path(tempfile.mkdtemp(prefix="e2e-standalone-", dir=REPO / ".pytest-airflow"))
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p)
-    env = {**os.environ, "PATH": path, "PGMAINT_AIRFLOW_HOME": str(home),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta),
-           "AIRFLOW__API__PORT": str(free_tcp_port()),
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_tcp_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_tcp_port())}
+    env = {
+        **os.environ,
+        "PATH": path,
+        "PGMAINT_AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta),
+        "AIRFLOW__API__PORT": str(free_tcp_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_tcp_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_tcp_port()),
+    }
     log = home / "standalone.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(REPO / "scripts" / "airflow"), "standalone"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(REPO / "scripts" / "airflow"), "standalone"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         started = set()
         while time.monotonic() < deadline and proc.poll() is None:
             text = log.read_text(errors="replace")
             assert "No such file or directory: 'airflow'" not in text, text[-3000:]
-            started = {name for name in ("scheduler", "dag-processor", "api-server", "triggerer")
-                       if f"\n{name:10} | " in text}
+            started = {
+                name for name in ("scheduler", "dag-processor", "api-server", "triggerer") if f"\n{name:10} | " in text
+            }
             if len(started) == 4:
                 break
             time.sleep(1)

@@ -13,25 +13,44 @@ NOW = datetime(2026, 11, 26, 10, 30, tzinfo=timezone.utc)
 TODAY = NOW.replace(hour=0, minute=0)
 
 
-def make_table(conn, schema: str, name: str, *, days: Iterable[int] = range(-3, 1), default: bool = True,
-               key: str = "ts", key_type: str = "timestamptz", anchor: datetime = TODAY) -> None:
+def make_table(
+    conn,
+    schema: str,
+    name: str,
+    *,
+    days: Iterable[int] = range(-3, 1),
+    default: bool = True,
+    key: str = "ts",
+    key_type: str = "timestamptz",
+    anchor: datetime = TODAY,
+) -> None:
     """A daily range-partitioned table with partitions for `anchor + d` days, d in `days`."""
     parent = sql.Identifier(schema, name)
-    conn.execute(sql.SQL(
-        "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {} {} NOT NULL, payload text, "
-        "PRIMARY KEY (id, {})) PARTITION BY RANGE ({})").format(
-        parent, sql.Identifier(key), sql.SQL(key_type), sql.Identifier(key), sql.Identifier(key)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {} {} NOT NULL, payload text, "
+            "PRIMARY KEY (id, {})) PARTITION BY RANGE ({})"
+        ).format(parent, sql.Identifier(key), sql.SQL(key_type), sql.Identifier(key), sql.Identifier(key))
+    )
     conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(parent, sql.Identifier(key)))
     if default:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), parent))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, f"{name}_default"), parent)
+        )
     for d in days:
         lo = anchor + timedelta(days=d)
         add_partition(conn, schema, name, lo, lo + timedelta(days=1), f"{name}_old_{d + 100}")
 
 
 def add_partition(conn, schema: str, parent: str, lo: datetime, hi: datetime, name: str) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier(schema, name), sql.Identifier(schema, parent), sql.Literal(lo.isoformat()), sql.Literal(hi.isoformat())))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, name),
+            sql.Identifier(schema, parent),
+            sql.Literal(lo.isoformat()),
+            sql.Literal(hi.isoformat()),
+        )
+    )
 
 
 def config_for(schema: str, tables: list[dict], **top) -> object:
@@ -40,7 +59,13 @@ def config_for(schema: str, tables: list[dict], **top) -> object:
 
 
 def table_entry(schema: str, name: str, **overrides) -> dict:
-    entry = {"name": f"{schema}.{name}", "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days"}
+    entry = {
+        "name": f"{schema}.{name}",
+        "partition_key": "ts",
+        "interval": "1 day",
+        "premake": 2,
+        "retention": "30 days",
+    }
     entry.update(overrides)
     return entry
 
@@ -57,4 +82,6 @@ def partitions(conn, schema: str, parent: str) -> dict[str, str]:
 
 
 def table_exists(conn, schema: str, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(schema, name).as_string(None)]).fetchone()[0]
+    return conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", [sql.Identifier(schema, name).as_string(None)]
+    ).fetchone()[0]

@@ -29,19 +29,32 @@ from include.pgmaint.intervals import Duration, PartitionInterval
 
 def valid() -> dict[str, Any]:
     """A small valid config; each case mutates a fresh copy."""
-    return copy.deepcopy({
-        "timezone": "UTC",
-        "tables": [
-            {"name": "public.events", "partition_key": "created_at", "interval": "1 day",
-             "premake": 4, "retention": "30 days", "writers": ["api"]},
-            {"name": "public.deltas", "partition_key": "occurred_at", "interval": "1 hour",
-             "premake": 24, "writers": ["api", "sync"]},
-        ],
-        "services": [
-            {"name": "api", "kind": "flag"},
-            {"name": "sync", "kind": "flag", "depends_on": ["api"]},
-        ],
-    })
+    return copy.deepcopy(
+        {
+            "timezone": "UTC",
+            "tables": [
+                {
+                    "name": "public.events",
+                    "partition_key": "created_at",
+                    "interval": "1 day",
+                    "premake": 4,
+                    "retention": "30 days",
+                    "writers": ["api"],
+                },
+                {
+                    "name": "public.deltas",
+                    "partition_key": "occurred_at",
+                    "interval": "1 hour",
+                    "premake": 24,
+                    "writers": ["api", "sync"],
+                },
+            ],
+            "services": [
+                {"name": "api", "kind": "flag"},
+                {"name": "sync", "kind": "flag", "depends_on": ["api"]},
+            ],
+        }
+    )
 
 
 def with_(mutate: Callable[[dict], Any]) -> dict:
@@ -57,6 +70,7 @@ def table(i: int, **changes) -> Callable[[dict], None]:
                 del raw["tables"][i][key]
             else:
                 raw["tables"][i][key] = value
+
     return mutate
 
 
@@ -70,6 +84,7 @@ def top(**changes) -> Callable[[dict], None]:
                 del raw[key]
             else:
                 raw[key] = value
+
     return mutate
 
 
@@ -78,6 +93,7 @@ def services(*items: dict) -> Callable[[dict], None]:
         raw["services"] = list(items)
         for t in raw["tables"]:
             t["writers"] = []
+
     return mutate
 
 
@@ -123,7 +139,10 @@ def test_demo_config_loads():
     assert requests.retention == Duration(30, "day")
     assert requests.writers == ("request_logging",)
     assert cfg.table("public.event_deltas").writers == ("sync_pipeline", "request_logging")
-    assert {s.name: s.depends_on for s in cfg.services} == {"request_logging": (), "sync_pipeline": ("request_logging",)}
+    assert {s.name: s.depends_on for s in cfg.services} == {
+        "request_logging": (),
+        "sync_pipeline": ("request_logging",),
+    }
     assert cfg.lock_budget.max_lock_timeout_ms <= 200
 
 
@@ -161,7 +180,12 @@ def test_valid_variants_are_accepted():
     raw["lock_budget"] = {"lock_timeout_ms": 200, "max_lock_timeout_ms": 200}
     cfg = parse_config(raw)
     first, second = cfg.tables
-    assert (first.schema, first.table, first.partition_key, first.retention) == ("My Schema", "Events", "Created At", None)
+    assert (first.schema, first.table, first.partition_key, first.retention) == (
+        "My Schema",
+        "Events",
+        "Created At",
+        None,
+    )
     assert (second.schema, second.table) == ("public", "deltas")
     assert second.retention == Duration(1, "year")
     assert cfg.lock_budget.lock_timeout_ms == 200
@@ -169,8 +193,16 @@ def test_valid_variants_are_accepted():
 
 @pytest.mark.parametrize(
     "retention, interval",
-    [("24 hours", "1 day"), ("1 day", "1 day"), ("1 week", "1 week"), ("1 hour", "1 hour"),
-     ("30 days", "1 month"), ("1 month", "1 month"), ("1 year", "1 month"), ("2 days", "1 hour")],
+    [
+        ("24 hours", "1 day"),
+        ("1 day", "1 day"),
+        ("1 week", "1 week"),
+        ("1 hour", "1 hour"),
+        ("30 days", "1 month"),
+        ("1 month", "1 month"),
+        ("1 year", "1 month"),
+        ("2 days", "1 hour"),
+    ],
 )
 def test_retention_at_least_one_interval_is_accepted(retention, interval):
     cfg = parse_config(with_(table(0, retention=retention, interval=interval)))
@@ -200,30 +232,66 @@ def test_parse_qualified_name(text, expected):
 
 BAD = [
     # id, raw config, field path, fragments of the message
-    ("interval-2-days", with_(table(0, interval="2 days")), "tables[0].interval", ["'2 days'", "not a supported interval"]),
-    ("interval-daily", with_(table(0, interval="daily")), "tables[0].interval", ["'daily'", "not a supported interval"]),
+    (
+        "interval-2-days",
+        with_(table(0, interval="2 days")),
+        "tables[0].interval",
+        ["'2 days'", "not a supported interval"],
+    ),
+    (
+        "interval-daily",
+        with_(table(0, interval="daily")),
+        "tables[0].interval",
+        ["'daily'", "not a supported interval"],
+    ),
     ("interval-int", with_(table(0, interval=5)), "tables[0].interval", ["5", "not of type 'string'"]),
-    ("interval-year", with_(table(1, interval="1 year")), "tables[1].interval", ["'1 year'", "1 hour, 1 day, 1 week, 1 month"]),
+    (
+        "interval-year",
+        with_(table(1, interval="1 year")),
+        "tables[1].interval",
+        ["'1 year'", "1 hour, 1 day, 1 week, 1 month"],
+    ),
     ("premake-0", with_(table(0, premake=0)), "tables[0].premake", ["at least 1", "got 0"]),
     ("premake-negative", with_(table(1, premake=-3)), "tables[1].premake", ["at least 1", "got -3"]),
     ("premake-huge", with_(table(0, premake=5000)), "tables[0].premake", ["5000", "1000"]),
     ("premake-string", with_(table(0, premake="4")), "tables[0].premake", ["'4'", "not of type 'integer'"]),
     ("premake-bool", with_(table(0, premake=True)), "tables[0].premake", ["not of type 'integer'"]),
-    ("retention-12h-daily", with_(table(0, retention="12 hours", interval="1 day")), "tables[0].retention",
-     ["12 hours", "shorter than one interval", "1 day"]),
-    ("retention-1w-monthly", with_(table(0, retention="1 week", interval="1 month")), "tables[0].retention",
-     ["1 week", "shorter than one interval", "1 month"]),
-    ("retention-6d-weekly", with_(table(0, retention="6 days", interval="1 week")), "tables[0].retention",
-     ["6 days", "shorter than one interval"]),
-    ("retention-malformed", with_(table(0, retention="thirty days")), "tables[0].retention", ["'thirty days'", "not a duration"]),
+    (
+        "retention-12h-daily",
+        with_(table(0, retention="12 hours", interval="1 day")),
+        "tables[0].retention",
+        ["12 hours", "shorter than one interval", "1 day"],
+    ),
+    (
+        "retention-1w-monthly",
+        with_(table(0, retention="1 week", interval="1 month")),
+        "tables[0].retention",
+        ["1 week", "shorter than one interval", "1 month"],
+    ),
+    (
+        "retention-6d-weekly",
+        with_(table(0, retention="6 days", interval="1 week")),
+        "tables[0].retention",
+        ["6 days", "shorter than one interval"],
+    ),
+    (
+        "retention-malformed",
+        with_(table(0, retention="thirty days")),
+        "tables[0].retention",
+        ["'thirty days'", "not a duration"],
+    ),
     ("retention-zero", with_(table(0, retention="0 days")), "tables[0].retention", ["'0 days'"]),
     ("retention-int", with_(table(0, retention=30)), "tables[0].retention", ["30", "not of type"]),
     ("name-unqualified", with_(table(0, name="events")), "tables[0].name", ["'events'", "not a schema-qualified"]),
     ("name-three-parts", with_(table(0, name="a.b.c")), "tables[0].name", ["'a.b.c'", "not a schema-qualified"]),
     ("name-trailing-dot", with_(table(0, name="public.")), "tables[0].name", ["'public.'", "not a schema-qualified"]),
     ("name-leading-dot", with_(table(0, name=".events")), "tables[0].name", ["not a schema-qualified"]),
-    ("name-injection", with_(table(0, name='"public".x; DROP TABLE y')), "tables[0].name",
-     ["DROP TABLE y", "not a schema-qualified"]),
+    (
+        "name-injection",
+        with_(table(0, name='"public".x; DROP TABLE y')),
+        "tables[0].name",
+        ["DROP TABLE y", "not a schema-qualified"],
+    ),
     ("name-comment", with_(table(0, name="public.x--")), "tables[0].name", ["'public.x--'", "not a schema-qualified"]),
     ("name-space", with_(table(0, name="public.my table")), "tables[0].name", ["not a schema-qualified"]),
     ("name-unterminated-quote", with_(table(0, name='public."x')), "tables[0].name", ["not a schema-qualified"]),
@@ -231,57 +299,171 @@ BAD = [
     ("name-empty", with_(table(0, name="")), "tables[0].name", ["not a schema-qualified"]),
     ("name-too-long", with_(table(0, name="public." + "x" * 64)), "tables[0].name", ["63 bytes"]),
     ("name-int", with_(table(0, name=5)), "tables[0].name", ["not of type 'string'"]),
-    ("key-with-space", with_(table(0, partition_key="created at")), "tables[0].partition_key", ["'created at'", "not a column"]),
+    (
+        "key-with-space",
+        with_(table(0, partition_key="created at")),
+        "tables[0].partition_key",
+        ["'created at'", "not a column"],
+    ),
     ("key-qualified", with_(table(0, partition_key="t.created_at")), "tables[0].partition_key", ["not a column"]),
-    ("duplicate-same-spelling", with_(lambda r: r["tables"].append(dict(r["tables"][0]))), "tables[2].name",
-     ["duplicate table", "'public.events'"]),
-    ("duplicate-quoted", with_(table(1, name='"public"."events"')), "tables[1].name",
-     ["duplicate table", "'\"public\".\"events\"'", "'public.events'"]),
-    ("duplicate-upper", with_(table(1, name="PUBLIC.EVENTS")), "tables[1].name", ["duplicate table", "'PUBLIC.EVENTS'"]),
-    ("timezone-unknown", with_(top(timezone="Mars/Olympus")), "timezone", ["'Mars/Olympus'", "not a known IANA time zone"]),
+    (
+        "duplicate-same-spelling",
+        with_(lambda r: r["tables"].append(dict(r["tables"][0]))),
+        "tables[2].name",
+        ["duplicate table", "'public.events'"],
+    ),
+    (
+        "duplicate-quoted",
+        with_(table(1, name='"public"."events"')),
+        "tables[1].name",
+        ["duplicate table", '\'"public"."events"\'', "'public.events'"],
+    ),
+    (
+        "duplicate-upper",
+        with_(table(1, name="PUBLIC.EVENTS")),
+        "tables[1].name",
+        ["duplicate table", "'PUBLIC.EVENTS'"],
+    ),
+    (
+        "timezone-unknown",
+        with_(top(timezone="Mars/Olympus")),
+        "timezone",
+        ["'Mars/Olympus'", "not a known IANA time zone"],
+    ),
     ("timezone-abbrev", with_(top(timezone="Chicago")), "timezone", ["'Chicago'", "not a known IANA time zone"]),
     ("timezone-empty", with_(top(timezone="")), "timezone", ["should be non-empty"]),
-    ("state-schema-bad", with_(top(state_schema="pg maint")), "state_schema", ["'pg maint'", "not a column or schema identifier"]),
+    (
+        "state-schema-bad",
+        with_(top(state_schema="pg maint")),
+        "state_schema",
+        ["'pg maint'", "not a column or schema identifier"],
+    ),
     ("unknown-top-key", with_(top(colour="blue")), "(top level)", ["unknown key(s) 'colour'", "known:", "tables"]),
     ("unknown-top-key-typo", with_(top(timezones="UTC")), "(top level)", ["unknown key(s) 'timezones'"]),
-    ("unknown-table-key", with_(table(1, retension="30 days")), "tables[1]", ["unknown key(s) 'retension'", "retention"]),
-    ("unknown-lock-budget-key", with_(top(lock_budget={"lock_timeout": 100})), "lock_budget",
-     ["unknown key(s) 'lock_timeout'", "lock_timeout_ms"]),
-    ("unknown-preflight-key", with_(top(preflight={"max_connections": 5})), "preflight", ["unknown key(s) 'max_connections'"]),
-    ("unknown-schedules-key", with_(top(schedules={"maintainance": "@daily"})), "schedules", ["unknown key(s) 'maintainance'"]),
-    ("lock-timeout-above-200", with_(top(lock_budget={"lock_timeout_ms": 201})), "lock_budget.lock_timeout_ms",
-     ["201", "maximum of 200"]),
-    ("max-lock-timeout-above-200", with_(top(lock_budget={"max_lock_timeout_ms": 1000})), "lock_budget.max_lock_timeout_ms",
-     ["1000", "maximum of 200"]),
-    ("lock-timeout-zero", with_(top(lock_budget={"lock_timeout_ms": 0})), "lock_budget.lock_timeout_ms", ["minimum of 1"]),
+    (
+        "unknown-table-key",
+        with_(table(1, retension="30 days")),
+        "tables[1]",
+        ["unknown key(s) 'retension'", "retention"],
+    ),
+    (
+        "unknown-lock-budget-key",
+        with_(top(lock_budget={"lock_timeout": 100})),
+        "lock_budget",
+        ["unknown key(s) 'lock_timeout'", "lock_timeout_ms"],
+    ),
+    (
+        "unknown-preflight-key",
+        with_(top(preflight={"max_connections": 5})),
+        "preflight",
+        ["unknown key(s) 'max_connections'"],
+    ),
+    (
+        "unknown-schedules-key",
+        with_(top(schedules={"maintainance": "@daily"})),
+        "schedules",
+        ["unknown key(s) 'maintainance'"],
+    ),
+    (
+        "lock-timeout-above-200",
+        with_(top(lock_budget={"lock_timeout_ms": 201})),
+        "lock_budget.lock_timeout_ms",
+        ["201", "maximum of 200"],
+    ),
+    (
+        "max-lock-timeout-above-200",
+        with_(top(lock_budget={"max_lock_timeout_ms": 1000})),
+        "lock_budget.max_lock_timeout_ms",
+        ["1000", "maximum of 200"],
+    ),
+    (
+        "lock-timeout-zero",
+        with_(top(lock_budget={"lock_timeout_ms": 0})),
+        "lock_budget.lock_timeout_ms",
+        ["minimum of 1"],
+    ),
     ("missing-tables", with_(top(tables=DELETE)), "(top level)", ["'tables' is a required property"]),
     ("empty-tables", with_(top(tables=[])), "tables", ["should be non-empty"]),
     ("missing-name", with_(table(0, name=DELETE)), "tables[0]", ["'name' is a required property"]),
-    ("missing-partition-key", with_(table(0, partition_key=DELETE)), "tables[0]", ["'partition_key' is a required property"]),
+    (
+        "missing-partition-key",
+        with_(table(0, partition_key=DELETE)),
+        "tables[0]",
+        ["'partition_key' is a required property"],
+    ),
     ("missing-interval", with_(table(1, interval=DELETE)), "tables[1]", ["'interval' is a required property"]),
     ("missing-premake", with_(table(1, premake=DELETE)), "tables[1]", ["'premake' is a required property"]),
-    ("table-not-a-mapping", with_(lambda r: r["tables"].append("public.x")), "tables[2]", ["'public.x'", "not of type 'object'"]),
-    ("missing-service-name", with_(lambda r: r["services"].append({"kind": "flag"})), "services[2]",
-     ["'name' is a required property"]),
-    ("missing-service-kind", with_(lambda r: r["services"].append({"name": "x"})), "services[2]",
-     ["'kind' is a required property"]),
-    ("service-unknown-kind", with_(lambda r: r["services"].append({"name": "x", "kind": "kafka"})), "services[2].kind",
-     ["'kafka'", "is not one of", "flag"]),
-    ("service-unknown-depends-on", with_(lambda r: r["services"][1].update(depends_on=["api", "ghost"])),
-     "services[1].depends_on", ["'ghost'", "not a configured service"]),
-    ("service-cycle", with_(services({"name": "a", "kind": "flag", "depends_on": ["b"]},
-                                      {"name": "b", "kind": "flag", "depends_on": ["a"]})),
-     "services", ["dependency cycle", "a -> b -> a"]),
-    ("service-self-cycle", with_(services({"name": "a", "kind": "flag", "depends_on": ["a"]})),
-     "services", ["dependency cycle", "a -> a"]),
-    ("service-long-cycle", with_(services({"name": "root", "kind": "flag"},
-                                          {"name": "a", "kind": "flag", "depends_on": ["root", "b"]},
-                                          {"name": "b", "kind": "flag", "depends_on": ["c"]},
-                                          {"name": "c", "kind": "flag", "depends_on": ["a"]})),
-     "services", ["dependency cycle", "a -> b -> c -> a"]),
-    ("service-duplicate", with_(lambda r: r["services"].append({"name": "api", "kind": "http"})), "services[2].name",
-     ["duplicate service", "'api'"]),
-    ("writer-unknown", with_(table(0, writers=["api", "ghost"])), "tables[0].writers", ["'ghost'", "not a configured service"]),
+    (
+        "table-not-a-mapping",
+        with_(lambda r: r["tables"].append("public.x")),
+        "tables[2]",
+        ["'public.x'", "not of type 'object'"],
+    ),
+    (
+        "missing-service-name",
+        with_(lambda r: r["services"].append({"kind": "flag"})),
+        "services[2]",
+        ["'name' is a required property"],
+    ),
+    (
+        "missing-service-kind",
+        with_(lambda r: r["services"].append({"name": "x"})),
+        "services[2]",
+        ["'kind' is a required property"],
+    ),
+    (
+        "service-unknown-kind",
+        with_(lambda r: r["services"].append({"name": "x", "kind": "kafka"})),
+        "services[2].kind",
+        ["'kafka'", "is not one of", "flag"],
+    ),
+    (
+        "service-unknown-depends-on",
+        with_(lambda r: r["services"][1].update(depends_on=["api", "ghost"])),
+        "services[1].depends_on",
+        ["'ghost'", "not a configured service"],
+    ),
+    (
+        "service-cycle",
+        with_(
+            services(
+                {"name": "a", "kind": "flag", "depends_on": ["b"]}, {"name": "b", "kind": "flag", "depends_on": ["a"]}
+            )
+        ),
+        "services",
+        ["dependency cycle", "a -> b -> a"],
+    ),
+    (
+        "service-self-cycle",
+        with_(services({"name": "a", "kind": "flag", "depends_on": ["a"]})),
+        "services",
+        ["dependency cycle", "a -> a"],
+    ),
+    (
+        "service-long-cycle",
+        with_(
+            services(
+                {"name": "root", "kind": "flag"},
+                {"name": "a", "kind": "flag", "depends_on": ["root", "b"]},
+                {"name": "b", "kind": "flag", "depends_on": ["c"]},
+                {"name": "c", "kind": "flag", "depends_on": ["a"]},
+            )
+        ),
+        "services",
+        ["dependency cycle", "a -> b -> c -> a"],
+    ),
+    (
+        "service-duplicate",
+        with_(lambda r: r["services"].append({"name": "api", "kind": "http"})),
+        "services[2].name",
+        ["duplicate service", "'api'"],
+    ),
+    (
+        "writer-unknown",
+        with_(table(0, writers=["api", "ghost"])),
+        "tables[0].writers",
+        ["'ghost'", "not a configured service"],
+    ),
     ("writer-not-a-list", with_(table(0, writers="api")), "tables[0].writers", ["not of type 'array'"]),
     ("top-level-list", ["public.x"], "(top level)", ["not of type 'object'"]),
     ("top-level-scalar", "hello", "(top level)", ["not of type 'object'"]),

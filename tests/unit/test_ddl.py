@@ -28,15 +28,30 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
 
 
-def cfg(schema_sql: str = "public", table_sql: str = "events", key_sql: str = "created_at", interval: str = "1 day",
-        premake: int = 3, retention: str | None = "30 days", keep: bool = False, tz: str = UTC) -> TableConfig:
-    table = {"name": f"{schema_sql}.{table_sql}", "partition_key": key_sql, "interval": interval, "premake": premake,
-             "retention": retention, "retention_keep_table": keep}
+def cfg(
+    schema_sql: str = "public",
+    table_sql: str = "events",
+    key_sql: str = "created_at",
+    interval: str = "1 day",
+    premake: int = 3,
+    retention: str | None = "30 days",
+    keep: bool = False,
+    tz: str = UTC,
+) -> TableConfig:
+    table = {
+        "name": f"{schema_sql}.{table_sql}",
+        "partition_key": key_sql,
+        "interval": interval,
+        "premake": premake,
+        "retention": retention,
+        "retention_keep_table": keep,
+    }
     return parse_config({"timezone": tz, "tables": [table]}).tables[0]
 
 
-def facts_for(c: TableConfig, partitions=(), default: str | None = None, default_checks=(), key_type: str = TSTZ,
-              leftovers=()) -> TableFacts:
+def facts_for(
+    c: TableConfig, partitions=(), default: str | None = None, default_checks=(), key_type: str = TSTZ, leftovers=()
+) -> TableFacts:
     d = Partition(c.schema, default, None, our_checks=tuple(default_checks)) if default else None
     parts = tuple(Partition(c.schema, n, Range(lo, hi), detach_pending=pending) for n, lo, hi, pending in partitions)
     return TableFacts(c.name, c.schema, c.table, c.partition_key, key_type, parts, d, tuple(leftovers))
@@ -72,8 +87,10 @@ def full(schema_sql="public", table_sql="events", key_sql="created_at", with_def
         partitions=[
             (f"{t}_p20260901", utc(2026, 9, 1), utc(2026, 9, 2), False),
             (f"{t}_p20260902", utc(2026, 9, 2), utc(2026, 9, 3), True),  # detach pending
-            *((f"{t}_p{d:%Y%m%d}", d, d + timedelta(days=1), False)  # the rest of the retention window
-              for d in (utc(2026, 10, 24) + timedelta(days=i) for i in range(30))),
+            *(
+                (f"{t}_p{d:%Y%m%d}", d, d + timedelta(days=1), False)  # the rest of the retention window
+                for d in (utc(2026, 10, 24) + timedelta(days=i) for i in range(30))
+            ),
             (f"{t}_p20261123", utc(2026, 11, 23), utc(2026, 11, 24), False),
             (f"{t}_p20261124", utc(2026, 11, 24), utc(2026, 11, 25), False),
         ],
@@ -92,7 +109,7 @@ def full(schema_sql="public", table_sql="events", key_sql="created_at", with_def
 NAME_CASES = [
     ("plain", "public", "events", "created_at", "public", "events", "created_at"),
     ("odd", '"Odd ""Schema"""', '"Events Log"', '"Created At"', 'Odd "Schema"', "Events Log", "Created At"),
-    ("apostrophe", "public", "\"O'Brien\"", '"ts"', "public", "O'Brien", "ts"),
+    ("apostrophe", "public", '"O\'Brien"', '"ts"', "public", "O'Brien", "ts"),
     ("keywords", '"select"', '"table"', '"order"', "select", "table", "order"),
 ]
 
@@ -118,19 +135,22 @@ def test_qualified_names_are_escaped():
     c, f, plan, steps = full('"Odd ""Schema"""', '"Events Log"', '"Created At"')
     text = "\n".join(s for s, _ in rendered(steps))
     parent = '"Odd ""Schema"""."Events Log"'
-    assert f"CREATE TABLE {parent[:-1]}_p20261125\" (LIKE {parent} INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDING STATISTICS)" in text
-    assert f"ALTER TABLE {parent} ATTACH PARTITION {parent[:-1]}_p20261125\" FOR VALUES FROM " in text
+    assert (
+        f'CREATE TABLE {parent[:-1]}_p20261125" (LIKE {parent} INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDING STATISTICS)'
+        in text
+    )
+    assert f'ALTER TABLE {parent} ATTACH PARTITION {parent[:-1]}_p20261125" FOR VALUES FROM ' in text
     assert '"Created At" IS NOT NULL AND "Created At" >= ' in text
     # the guard's regclass literal quotes the identifier inside a string literal
-    assert "inhrelid = '\"Odd \"\"Schema\"\"\".\"Events Log_p20260901\"'::regclass" in text
+    assert 'inhrelid = \'"Odd ""Schema"""."Events Log_p20260901"\'::regclass' in text
 
 
 def test_apostrophe_in_a_name_is_escaped_in_literals():
-    c, f, plan, steps = full("public", "\"O'Brien\"", "ts")
+    c, f, plan, steps = full("public", '"O\'Brien"', "ts")
     drops = [s for s in steps if s.action == "drop"]
     guard = sqls(drops[0])[0]
     assert "'\"public\".\"O''Brien_p20260902\"'::regclass" in guard
-    assert sqls(drops[0])[1] == "DROP TABLE \"public\".\"O'Brien_p20260902\""
+    assert sqls(drops[0])[1] == 'DROP TABLE "public"."O\'Brien_p20260902"'
 
 
 def test_lock_targets_are_quoted_qualified_names():
@@ -216,8 +236,10 @@ def test_wall_clock_hourly_bounds_across_fall_back_are_not_empty():
 
 
 def two_creates():
-    return (CreatePartition("events_p20261125", Range(utc(2026, 11, 25), utc(2026, 11, 26))),
-            CreatePartition("events_p20261126", Range(utc(2026, 11, 26), utc(2026, 11, 27))))
+    return (
+        CreatePartition("events_p20261125", Range(utc(2026, 11, 25), utc(2026, 11, 26))),
+        CreatePartition("events_p20261126", Range(utc(2026, 11, 26), utc(2026, 11, 27))),
+    )
 
 
 def test_create_sequence_with_default():
@@ -315,7 +337,15 @@ def test_all_steps_order_with_default():
 def test_all_steps_order_without_default():
     _, _, _, steps = full(with_default=False)
     assert [s.action for s in steps] == [
-        "finalize_detach", "drop", "create_table", "create_table", "attach", "attach", "detach", "drop"]
+        "finalize_detach",
+        "drop",
+        "create_table",
+        "create_table",
+        "attach",
+        "attach",
+        "detach",
+        "drop",
+    ]
 
 
 @pytest.mark.parametrize("with_default", [True, False])
@@ -357,7 +387,7 @@ def test_every_drop_starts_with_the_attached_guard(with_default):
         guard, drop = step.statements
         assert guard.expect_no_rows is True
         assert guard.sql.as_string(None) == (
-            f"SELECT 1 FROM pg_inherits WHERE inhrelid = '\"public\".\"{step.target}\"'::regclass"
+            f'SELECT 1 FROM pg_inherits WHERE inhrelid = \'"public"."{step.target}"\'::regclass'
         )
         assert drop.expect_no_rows is False
         assert drop.sql.as_string(None) == f'DROP TABLE "public"."{step.target}"'
@@ -376,7 +406,10 @@ def test_drop_step_directly():
 
 def test_keep_table_detaches_without_drop():
     _, _, plan, steps = full(keep=True)
-    assert [s.action for s in steps if s.action in ("detach", "drop", "finalize_detach")] == ["finalize_detach", "detach"]
+    assert [s.action for s in steps if s.action in ("detach", "drop", "finalize_detach")] == [
+        "finalize_detach",
+        "detach",
+    ]
     assert not any("DROP TABLE" in s for s, _ in rendered(steps))
 
 
@@ -403,9 +436,16 @@ LIKE_AS_PARTITION = "INCLUDING ALL EXCLUDING IDENTITY EXCLUDING COMMENTS EXCLUDI
 
 def test_partition_like_statements_copy_no_identity_comments_or_statistics():
     f = replace(facts_for(cfg()), identity_columns=("id",))
-    [create, check] = partition_like_statements(f, "events_p20261125", bound=Range(utc(2026, 11, 25), utc(2026, 11, 26)))
-    assert create.sql.as_string(None) == f'CREATE TABLE "public"."events_p20261125" (LIKE "public"."events" {LIKE_AS_PARTITION})'
-    assert check.sql.as_string(None).startswith('ALTER TABLE "public"."events_p20261125" ADD CONSTRAINT "pgmaint_bound" CHECK ')
+    [create, check] = partition_like_statements(
+        f, "events_p20261125", bound=Range(utc(2026, 11, 25), utc(2026, 11, 26))
+    )
+    assert (
+        create.sql.as_string(None)
+        == f'CREATE TABLE "public"."events_p20261125" (LIKE "public"."events" {LIKE_AS_PARTITION})'
+    )
+    assert check.sql.as_string(None).startswith(
+        'ALTER TABLE "public"."events_p20261125" ADD CONSTRAINT "pgmaint_bound" CHECK '
+    )
 
 
 def test_partition_like_statements_use_the_parents_tablespace_and_access_method():
@@ -425,8 +465,10 @@ def test_a_reused_table_loses_an_identity_an_earlier_version_copied():
     # A leftover of an interrupted maintenance run too (it is not created again).
     creates = (CreatePartition("events_p20261125", Range(utc(2026, 11, 25), utc(2026, 11, 26)), reuse_leftover=True),)
     prepare, _, _ = create_steps(f, creates, UTC)
-    assert sqls(prepare[0])[1] == ('ALTER TABLE "public"."events_p20261125" ALTER COLUMN "id" DROP IDENTITY IF EXISTS, '
-                                   'ALTER COLUMN "Other Id" DROP IDENTITY IF EXISTS')
+    assert sqls(prepare[0])[1] == (
+        'ALTER TABLE "public"."events_p20261125" ALTER COLUMN "id" DROP IDENTITY IF EXISTS, '
+        'ALTER COLUMN "Other Id" DROP IDENTITY IF EXISTS'
+    )
     # Nothing to strip when the parent has no identity.
     assert len(partition_like_statements(facts_for(cfg()), "x", if_not_exists=True)) == 1
 
@@ -440,12 +482,16 @@ def test_attach_drops_the_bound_check_in_the_same_transaction():
 
 def test_identity_repair_step_and_its_lock_in_the_dry_run():
     stray = StrayIdentity("events_p20261124", "id", "events_p20261124_id_seq")
-    f = replace(facts_for(cfg(), partitions=[("events_p20261124", utc(2026, 11, 24), utc(2026, 11, 25), False)]),
-                stray_identities=(stray,))
+    f = replace(
+        facts_for(cfg(), partitions=[("events_p20261124", utc(2026, 11, 24), utc(2026, 11, 25), False)]),
+        stray_identities=(stray,),
+    )
     plan = plan_maintenance(cfg(premake=1, retention=None), f, NOW, UTC)
     assert plan.identity_repairs == (stray,) and not plan.is_noop
     [repair] = [s for s in all_steps(f, plan, UTC) if s.action == "drop_partition_identity"]
     [(text, lock)] = repair.render(None)
     assert text == 'ALTER TABLE "public"."events_p20261124" ALTER COLUMN "id" DROP IDENTITY IF EXISTS'
-    assert lock.startswith("ACCESS EXCLUSIVE on the partition events_p20261124 only") and "events_p20261124_id_seq" in lock
+    assert (
+        lock.startswith("ACCESS EXCLUSIVE on the partition events_p20261124 only") and "events_p20261124_id_seq" in lock
+    )
     assert repair.lock_targets == ('"public"."events_p20261124"',) and repair.transactional

@@ -20,10 +20,19 @@ def test_single_target_form_is_unchanged():
 
 
 def test_targets_each_get_their_connection_pool_tables_and_shared_defaults():
-    raw = {"timezone": "Europe/Berlin", "schedules": {"maintenance": "*/30 * * * *"},
-           "targets": [{"name": "orders", "connection_id": "orders_db", "tables": [_table()]},
-                       {"connection_id": "billing_db", "pool": "billing", "state_schema": "ops", "tables": [_table(),
-                                                                                                           _table("public.inv")]}]}
+    raw = {
+        "timezone": "Europe/Berlin",
+        "schedules": {"maintenance": "*/30 * * * *"},
+        "targets": [
+            {"name": "orders", "connection_id": "orders_db", "tables": [_table()]},
+            {
+                "connection_id": "billing_db",
+                "pool": "billing",
+                "state_schema": "ops",
+                "tables": [_table(), _table("public.inv")],
+            },
+        ],
+    }
     fleet = parse_fleet(raw)
     orders, billing = fleet.targets
     assert fleet.multi and (orders.target, orders.connection_id, orders.pool) == ("orders", "orders_db", "orders_db")
@@ -37,22 +46,56 @@ def test_targets_each_get_their_connection_pool_tables_and_shared_defaults():
         fleet.resolve("public.ev")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ({"targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "b", "tables": [_table(interval="2 days")]}]},
-     "targets[1].tables[0].interval: '2 days' is not a supported interval"),
-    ({"targets": [{"tables": [_table()]}]}, "targets[0].connection_id: required"),
-    ({"targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "a", "name": "x", "tables": [_table()]}]},
-     "targets[1].connection_id: 'a' is already targets[0]'s"),
-    ({"targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "b", "name": "a", "tables": [_table()]}]},
-     "targets[1].name: duplicate target 'a'"),
-    ({"targets": [{"connection_id": "a.b", "tables": [_table()]}]}, "targets[0].connection_id: 'a.b' cannot name a target"),
-    ({"tables": [_table()], "targets": [{"connection_id": "a", "tables": [_table()]}]},
-     "(top level): tables cannot sit beside targets"),
-    ({"targets": [{"connection_id": "a", "tables": [_table()], "bogus": 1}]}, "targets[0]: unknown key(s) 'bogus'"),
-    ({"targets": []}, "targets: must be a non-empty list"),
-    ({"timezone": "Mars/Base", "targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "b", "tables": [_table()]}]},
-     "timezone: 'Mars/Base' is not a known IANA time zone"),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {
+                "targets": [
+                    {"connection_id": "a", "tables": [_table()]},
+                    {"connection_id": "b", "tables": [_table(interval="2 days")]},
+                ]
+            },
+            "targets[1].tables[0].interval: '2 days' is not a supported interval",
+        ),
+        ({"targets": [{"tables": [_table()]}]}, "targets[0].connection_id: required"),
+        (
+            {
+                "targets": [
+                    {"connection_id": "a", "tables": [_table()]},
+                    {"connection_id": "a", "name": "x", "tables": [_table()]},
+                ]
+            },
+            "targets[1].connection_id: 'a' is already targets[0]'s",
+        ),
+        (
+            {
+                "targets": [
+                    {"connection_id": "a", "tables": [_table()]},
+                    {"connection_id": "b", "name": "a", "tables": [_table()]},
+                ]
+            },
+            "targets[1].name: duplicate target 'a'",
+        ),
+        (
+            {"targets": [{"connection_id": "a.b", "tables": [_table()]}]},
+            "targets[0].connection_id: 'a.b' cannot name a target",
+        ),
+        (
+            {"tables": [_table()], "targets": [{"connection_id": "a", "tables": [_table()]}]},
+            "(top level): tables cannot sit beside targets",
+        ),
+        ({"targets": [{"connection_id": "a", "tables": [_table()], "bogus": 1}]}, "targets[0]: unknown key(s) 'bogus'"),
+        ({"targets": []}, "targets: must be a non-empty list"),
+        (
+            {
+                "timezone": "Mars/Base",
+                "targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "b", "tables": [_table()]}],
+            },
+            "timezone: 'Mars/Base' is not a known IANA time zone",
+        ),
+    ],
+)
 def test_invalid_targets_name_the_field(raw, expected):
     with pytest.raises(ConfigError) as err:
         parse_fleet(raw)
@@ -65,8 +108,11 @@ def test_commands_for_one_database_pick_a_target(tmp_path):
     import yaml
 
     path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump({"targets": [{"connection_id": "a", "tables": [_table()]},
-                                                {"connection_id": "b", "tables": [_table()]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"targets": [{"connection_id": "a", "tables": [_table()]}, {"connection_id": "b", "tables": [_table()]}]}
+        )
+    )
     assert load_target(path, "b").connection_id == "b"
     with pytest.raises(ConfigError, match="choose one with --target NAME"):
         load_target(path)

@@ -22,14 +22,22 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
 
 
-def cfg(interval: str = "1 day", name: str = "public.events", name_format: str | None = None, tz: str = UTC, premake: int = 2):
+def cfg(
+    interval: str = "1 day",
+    name: str = "public.events",
+    name_format: str | None = None,
+    tz: str = UTC,
+    premake: int = 2,
+):
     table = {"name": name, "partition_key": "created_at", "interval": interval, "premake": premake}
     if name_format is not None:
         table["name_format"] = name_format
     return parse_config({"timezone": tz, "tables": [table]}).tables[0]
 
 
-def facts(names_and_lowers, step: timedelta = timedelta(days=1), table: str = "events", key_type: str = TSTZ) -> TableFacts:
+def facts(
+    names_and_lowers, step: timedelta = timedelta(days=1), table: str = "events", key_type: str = TSTZ
+) -> TableFacts:
     parts = tuple(Partition("public", n, Range(lo, lo + step)) for n, lo in names_and_lowers)
     return TableFacts(f"public.{table}", "public", table, "created_at", key_type, parts, None)
 
@@ -41,18 +49,21 @@ def days(fmt: str, first: datetime, count: int, table: str = "events"):
 # --- every format writes what pg_partman writes -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("pattern, start, suffix", [
-    ("YYYYMMDD", utc(2026, 11, 27), "_p20261127"),
-    ("YYYYMMDD_HH24MISS", utc(2026, 11, 27, 14), "_p20261127_140000"),
-    ("YYYY_MM_DD", utc(2026, 11, 27), "_p2026_11_27"),
-    ("YYYY_MM_DD_HH24MI", utc(2026, 11, 27, 14), "_p2026_11_27_1400"),
-    ("YYYY_MM_DD_HH24MISS", utc(2026, 11, 27, 14), "_p2026_11_27_140000"),
-    ('IYYY"w"IW', utc(2026, 11, 23), "_p2026w48"),
-    ('IYYY"w"IW', utc(2024, 12, 30), "_p2025w01"),  # ISO year, as to_char's IYYY: the week belongs to 2025
-    ('IYYY"w"IW', utc(2026, 12, 28), "_p2026w53"),
-    ("YYYY_MM", utc(2026, 11, 1), "_p2026_11"),
-    ("YYYYMM", utc(2026, 11, 1), "_p202611"),
-])
+@pytest.mark.parametrize(
+    "pattern, start, suffix",
+    [
+        ("YYYYMMDD", utc(2026, 11, 27), "_p20261127"),
+        ("YYYYMMDD_HH24MISS", utc(2026, 11, 27, 14), "_p20261127_140000"),
+        ("YYYY_MM_DD", utc(2026, 11, 27), "_p2026_11_27"),
+        ("YYYY_MM_DD_HH24MI", utc(2026, 11, 27, 14), "_p2026_11_27_1400"),
+        ("YYYY_MM_DD_HH24MISS", utc(2026, 11, 27, 14), "_p2026_11_27_140000"),
+        ('IYYY"w"IW', utc(2026, 11, 23), "_p2026w48"),
+        ('IYYY"w"IW', utc(2024, 12, 30), "_p2025w01"),  # ISO year, as to_char's IYYY: the week belongs to 2025
+        ('IYYY"w"IW', utc(2026, 12, 28), "_p2026w53"),
+        ("YYYY_MM", utc(2026, 11, 1), "_p2026_11"),
+        ("YYYYMM", utc(2026, 11, 1), "_p202611"),
+    ],
+)
 def test_suffixes(pattern, start, suffix):
     assert FORMATS[pattern].suffix(start, UTC) == suffix
 
@@ -65,13 +76,21 @@ def test_the_repeated_hour_gets_its_own_name_in_every_hourly_format():
 
 
 def test_defaults_are_pg_partman_5s():
-    assert default_format("day").pattern == default_format("week").pattern == default_format("month").pattern == "YYYYMMDD"
+    assert (
+        default_format("day").pattern == default_format("week").pattern == default_format("month").pattern == "YYYYMMDD"
+    )
     assert default_format("hour").pattern == "YYYYMMDD_HH24MISS"
 
 
 def test_formats_that_would_give_two_partitions_one_name_are_refused():
     assert formats_for("hour") == ["YYYYMMDD_HH24MISS", "YYYY_MM_DD_HH24MI", "YYYY_MM_DD_HH24MISS"]
-    assert formats_for("day") == ["YYYYMMDD", "YYYYMMDD_HH24MISS", "YYYY_MM_DD", "YYYY_MM_DD_HH24MI", "YYYY_MM_DD_HH24MISS"]
+    assert formats_for("day") == [
+        "YYYYMMDD",
+        "YYYYMMDD_HH24MISS",
+        "YYYY_MM_DD",
+        "YYYY_MM_DD_HH24MI",
+        "YYYY_MM_DD_HH24MISS",
+    ]
     assert 'IYYY"w"IW' in formats_for("week") and "YYYY_MM" not in formats_for("week")
     assert set(formats_for("month")) >= {"YYYY_MM", "YYYYMM", "YYYYMMDD", "YYYY_MM_DD"}
     with pytest.raises(ValueError, match="same name"):
@@ -85,20 +104,59 @@ def test_formats_that_would_give_two_partitions_one_name_are_refused():
 # --- inference ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("interval, step, existing, expected, first_new", [
-    ("1 day", timedelta(days=1), days("%Y_%m_%d", utc(2026, 11, 20), 7), "YYYY_MM_DD", "events_p2026_11_27"),
-    ("1 day", timedelta(days=1), days("%Y%m%d", utc(2026, 11, 20), 7), "YYYYMMDD", "events_p20261127"),
-    ("1 month", None, [("events_p2026_09", utc(2026, 9, 1)), ("events_p2026_10", utc(2026, 10, 1)), ("events_p2026_11", utc(2026, 11, 1))],
-     "YYYY_MM", "events_p2026_12"),
-    ("1 month", None, [("events_p202610", utc(2026, 10, 1)), ("events_p202611", utc(2026, 11, 1))], "YYYYMM", "events_p202612"),
-    ("1 month", None, [("events_p20261001", utc(2026, 10, 1)), ("events_p20261101", utc(2026, 11, 1))], "YYYYMMDD", "events_p20261201"),
-    ("1 week", timedelta(weeks=1), [("events_p2026w46", utc(2026, 11, 9)), ("events_p2026w47", utc(2026, 11, 16))],
-     'IYYY"w"IW', "events_p2026w48"),
-    ("1 hour", timedelta(hours=1), [(f"events_p2026_11_26_{h:02d}00", utc(2026, 11, 26, h)) for h in range(5, 11)],
-     "YYYY_MM_DD_HH24MI", "events_p2026_11_26_1100"),
-    ("1 hour", timedelta(hours=1), [(f"events_p20261126_{h:02d}0000", utc(2026, 11, 26, h)) for h in range(5, 11)],
-     "YYYYMMDD_HH24MISS", "events_p20261126_110000"),
-])
+@pytest.mark.parametrize(
+    "interval, step, existing, expected, first_new",
+    [
+        ("1 day", timedelta(days=1), days("%Y_%m_%d", utc(2026, 11, 20), 7), "YYYY_MM_DD", "events_p2026_11_27"),
+        ("1 day", timedelta(days=1), days("%Y%m%d", utc(2026, 11, 20), 7), "YYYYMMDD", "events_p20261127"),
+        (
+            "1 month",
+            None,
+            [
+                ("events_p2026_09", utc(2026, 9, 1)),
+                ("events_p2026_10", utc(2026, 10, 1)),
+                ("events_p2026_11", utc(2026, 11, 1)),
+            ],
+            "YYYY_MM",
+            "events_p2026_12",
+        ),
+        (
+            "1 month",
+            None,
+            [("events_p202610", utc(2026, 10, 1)), ("events_p202611", utc(2026, 11, 1))],
+            "YYYYMM",
+            "events_p202612",
+        ),
+        (
+            "1 month",
+            None,
+            [("events_p20261001", utc(2026, 10, 1)), ("events_p20261101", utc(2026, 11, 1))],
+            "YYYYMMDD",
+            "events_p20261201",
+        ),
+        (
+            "1 week",
+            timedelta(weeks=1),
+            [("events_p2026w46", utc(2026, 11, 9)), ("events_p2026w47", utc(2026, 11, 16))],
+            'IYYY"w"IW',
+            "events_p2026w48",
+        ),
+        (
+            "1 hour",
+            timedelta(hours=1),
+            [(f"events_p2026_11_26_{h:02d}00", utc(2026, 11, 26, h)) for h in range(5, 11)],
+            "YYYY_MM_DD_HH24MI",
+            "events_p2026_11_26_1100",
+        ),
+        (
+            "1 hour",
+            timedelta(hours=1),
+            [(f"events_p20261126_{h:02d}0000", utc(2026, 11, 26, h)) for h in range(5, 11)],
+            "YYYYMMDD_HH24MISS",
+            "events_p20261126_110000",
+        ),
+    ],
+)
 def test_new_names_follow_the_existing_scheme(interval, step, existing, expected, first_new):
     c = cfg(interval=interval)
     if step is None:  # months: each range to the next month
@@ -176,16 +234,24 @@ def test_name_format_overrides_the_existing_scheme():
     assert (choice.format.pattern, choice.source) == ("YYYY_MM_DD", "configured")
     plan = plan_maintenance(c, f, NOW, UTC)
     # the day after the last partition is a gap in the window (filled too), then today and premake
-    assert [cr.name for cr in plan.creates] == ["events_p2026_11_25", "events_p2026_11_26", "events_p2026_11_27", "events_p2026_11_28"]
+    assert [cr.name for cr in plan.creates] == [
+        "events_p2026_11_25",
+        "events_p2026_11_26",
+        "events_p2026_11_27",
+        "events_p2026_11_28",
+    ]
     assert any("configured name_format YYYY_MM_DD" in n for n in plan.notes)
 
 
-@pytest.mark.parametrize("interval, value, fragment", [
-    ("1 day", "YYYY-MM-DD", "not a known partition name format"),
-    ("1 day", "YYYY_MM", "same name"),
-    ("1 hour", "YYYYMMDD", "same name"),
-    ("1 week", "YYYYMM", "same name"),
-])
+@pytest.mark.parametrize(
+    "interval, value, fragment",
+    [
+        ("1 day", "YYYY-MM-DD", "not a known partition name format"),
+        ("1 day", "YYYY_MM", "same name"),
+        ("1 hour", "YYYYMMDD", "same name"),
+        ("1 week", "YYYYMM", "same name"),
+    ],
+)
 def test_a_bad_name_format_is_refused_naming_the_field(interval, value, fragment):
     with pytest.raises(ConfigError) as exc:
         cfg(interval=interval, name_format=value)
@@ -195,7 +261,13 @@ def test_a_bad_name_format_is_refused_naming_the_field(interval, value, fragment
 
 def test_name_format_must_be_a_string():
     with pytest.raises(ConfigError) as exc:
-        parse_config({"tables": [{"name": "public.e", "partition_key": "k", "interval": "1 day", "premake": 1, "name_format": 8}]})
+        parse_config(
+            {
+                "tables": [
+                    {"name": "public.e", "partition_key": "k", "interval": "1 day", "premake": 1, "name_format": 8}
+                ]
+            }
+        )
     assert "name_format" in str(exc.value)
 
 

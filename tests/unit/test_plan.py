@@ -33,8 +33,14 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
 
 
-def cfg(interval: str = "1 day", premake: int = 3, retention: str | None = None, keep: bool = False,
-        name: str = "public.events", tz: str = UTC) -> TableConfig:
+def cfg(
+    interval: str = "1 day",
+    premake: int = 3,
+    retention: str | None = None,
+    keep: bool = False,
+    name: str = "public.events",
+    tz: str = UTC,
+) -> TableConfig:
     table = {"name": name, "partition_key": "created_at", "interval": interval, "premake": premake}
     if retention is not None:
         table["retention"] = retention
@@ -51,9 +57,17 @@ def default(rows: int = 0, checks: tuple[str, ...] = ()) -> Partition:
     return Partition("public", "events_default", None, estimated_rows=rows, our_checks=checks)
 
 
-def facts(*partitions: Partition, default: Partition | None = None, leftovers: tuple[str, ...] = (),
-          table: str = "events", key_type: str = TSTZ) -> TableFacts:
-    ordered = sorted(partitions, key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc)))
+def facts(
+    *partitions: Partition,
+    default: Partition | None = None,
+    leftovers: tuple[str, ...] = (),
+    table: str = "events",
+    key_type: str = TSTZ,
+) -> TableFacts:
+    ordered = sorted(
+        partitions,
+        key=lambda p: (p.range.lower is not None, p.range.lower or datetime.min.replace(tzinfo=timezone.utc)),
+    )
     return TableFacts(f"public.{table}", "public", table, "created_at", key_type, tuple(ordered), default, leftovers)
 
 
@@ -70,7 +84,11 @@ def apply(f: TableFacts, plan: MaintenancePlan) -> TableFacts:
     retired = {r.name for r in plan.retires} | {fz.name for fz in plan.finalizes}
     kept = [p for p in f.partitions if p.name not in retired]
     new = [Partition(f.schema, c.name, c.range) for c in plan.creates]
-    d = replace(f.default, our_checks=tuple(c for c in f.default.our_checks if c not in plan.stale_checks)) if f.default else None
+    d = (
+        replace(f.default, our_checks=tuple(c for c in f.default.our_checks if c not in plan.stale_checks))
+        if f.default
+        else None
+    )
     return facts(*kept, *new, default=d, table=f.table, key_type=f.key_type)
 
 
@@ -97,25 +115,41 @@ def test_empty_table_creates_current_and_premake_daily():
 @pytest.mark.parametrize(
     "interval, premake, expected",
     [
-        ("1 hour", 2, [
-            ("events_p20261123_100000", utc(2026, 11, 23, 10), utc(2026, 11, 23, 11)),
-            ("events_p20261123_110000", utc(2026, 11, 23, 11), utc(2026, 11, 23, 12)),
-            ("events_p20261123_120000", utc(2026, 11, 23, 12), utc(2026, 11, 23, 13)),
-        ]),
-        ("1 day", 1, [
-            ("events_p20261123", utc(2026, 11, 23), utc(2026, 11, 24)),
-            ("events_p20261124", utc(2026, 11, 24), utc(2026, 11, 25)),
-        ]),
-        ("1 week", 2, [  # ISO weeks: Mondays
-            ("events_p20261123", utc(2026, 11, 23), utc(2026, 11, 30)),
-            ("events_p20261130", utc(2026, 11, 30), utc(2026, 12, 7)),
-            ("events_p20261207", utc(2026, 12, 7), utc(2026, 12, 14)),
-        ]),
-        ("1 month", 2, [
-            ("events_p20261101", utc(2026, 11, 1), utc(2026, 12, 1)),
-            ("events_p20261201", utc(2026, 12, 1), utc(2027, 1, 1)),
-            ("events_p20270101", utc(2027, 1, 1), utc(2027, 2, 1)),
-        ]),
+        (
+            "1 hour",
+            2,
+            [
+                ("events_p20261123_100000", utc(2026, 11, 23, 10), utc(2026, 11, 23, 11)),
+                ("events_p20261123_110000", utc(2026, 11, 23, 11), utc(2026, 11, 23, 12)),
+                ("events_p20261123_120000", utc(2026, 11, 23, 12), utc(2026, 11, 23, 13)),
+            ],
+        ),
+        (
+            "1 day",
+            1,
+            [
+                ("events_p20261123", utc(2026, 11, 23), utc(2026, 11, 24)),
+                ("events_p20261124", utc(2026, 11, 24), utc(2026, 11, 25)),
+            ],
+        ),
+        (
+            "1 week",
+            2,
+            [  # ISO weeks: Mondays
+                ("events_p20261123", utc(2026, 11, 23), utc(2026, 11, 30)),
+                ("events_p20261130", utc(2026, 11, 30), utc(2026, 12, 7)),
+                ("events_p20261207", utc(2026, 12, 7), utc(2026, 12, 14)),
+            ],
+        ),
+        (
+            "1 month",
+            2,
+            [
+                ("events_p20261101", utc(2026, 11, 1), utc(2026, 12, 1)),
+                ("events_p20261201", utc(2026, 12, 1), utc(2027, 1, 1)),
+                ("events_p20270101", utc(2027, 1, 1), utc(2027, 2, 1)),
+            ],
+        ),
     ],
 )
 def test_each_interval_on_an_empty_table(interval, premake, expected):
@@ -170,7 +204,9 @@ def test_chicago_names_use_the_local_date():
 def test_now_given_in_another_zone_gives_the_same_plan():
     local_now = NOW.astimezone(ZoneInfo("Asia/Tokyo"))
     c = cfg(premake=3, tz=CHICAGO)
-    assert created(plan_maintenance(c, facts(), local_now, CHICAGO)) == created(plan_maintenance(c, facts(), NOW, CHICAGO))
+    assert created(plan_maintenance(c, facts(), local_now, CHICAGO)) == created(
+        plan_maintenance(c, facts(), NOW, CHICAGO)
+    )
 
 
 def test_chicago_hourly_across_fall_back_has_unique_names():
@@ -228,7 +264,9 @@ def test_partition_adopted_by_bounds_parsed_from_the_catalog():
 def test_date_key_bounds_in_chicago_are_adopted():
     rng = parse_bound("FOR VALUES FROM ('2026-11-23') TO ('2026-11-24')", "date", CHICAGO)
     assert rng == Range(utc(2026, 11, 23), utc(2026, 11, 24))  # on the wall clock (plan.timeline)
-    plan = plan_maintenance(cfg(premake=1, tz=CHICAGO), facts(Partition("public", "x", rng), key_type="date"), NOW, CHICAGO)
+    plan = plan_maintenance(
+        cfg(premake=1, tz=CHICAGO), facts(Partition("public", "x", rng), key_type="date"), NOW, CHICAGO
+    )
     assert [n for n, _ in created(plan)] == ["events_p20261124"]
 
 
@@ -271,7 +309,12 @@ def test_name_taken_by_a_partition_with_other_bounds_is_not_reused():
     squatter = part("events_p20261125", utc(2020, 1, 1), utc(2020, 1, 2))
     plan = plan_maintenance(cfg(premake=3, retention="1 day"), facts(squatter), NOW, UTC)
     assert "events_p20261125" not in [n for n, _ in created(plan)]
-    assert [n for n, _ in created(plan)] == ["events_p20261122", "events_p20261123", "events_p20261124", "events_p20261126"]
+    assert [n for n, _ in created(plan)] == [
+        "events_p20261122",
+        "events_p20261123",
+        "events_p20261124",
+        "events_p20261126",
+    ]
     assert any("events_p20261125" in n and "already used" in n for n in plan.notes)
 
 
@@ -286,8 +329,9 @@ def test_name_taken_by_the_default_partition_is_not_reused():
 
 def test_range_with_rows_in_default_needs_migration_not_creation():
     today = Range(utc(2026, 11, 23), utc(2026, 11, 24))
-    plan = plan_maintenance(cfg(premake=2), facts(default=default(rows=500)), NOW, UTC,
-                            default_occupied=frozenset({today}))
+    plan = plan_maintenance(
+        cfg(premake=2), facts(default=default(rows=500)), NOW, UTC, default_occupied=frozenset({today})
+    )
     assert plan.needs_migration == (NeedsMigration("events_p20261123", today),)
     assert today not in [r for _, r in created(plan)]
     assert [n for n, _ in created(plan)] == ["events_p20261124", "events_p20261125"]
@@ -297,8 +341,9 @@ def test_range_with_rows_in_default_needs_migration_not_creation():
 def test_only_needs_migration_is_a_noop_for_maintenance():
     existing = [daily(utc(2026, 11, 24)), daily(utc(2026, 11, 25))]
     today = Range(utc(2026, 11, 23), utc(2026, 11, 24))
-    plan = plan_maintenance(cfg(premake=2), facts(*existing, default=default(rows=3)), NOW, UTC,
-                            default_occupied=frozenset({today}))
+    plan = plan_maintenance(
+        cfg(premake=2), facts(*existing, default=default(rows=3)), NOW, UTC, default_occupied=frozenset({today})
+    )
     assert plan.creates == () and plan.needs_migration
     assert plan.is_noop
 
@@ -351,8 +396,14 @@ def test_retention_in_months_uses_calendar_months():
 
 def test_monthly_partitions_with_month_retention():
     now = utc(2026, 3, 31, 12)  # minus 2 months -> 2026-01-31 12:00
-    existing = [part(f"m{m}", lo, hi) for m, lo, hi in [
-        (12, utc(2025, 12, 1), utc(2026, 1, 1)), (1, utc(2026, 1, 1), utc(2026, 2, 1)), (2, utc(2026, 2, 1), utc(2026, 3, 1))]]
+    existing = [
+        part(f"m{m}", lo, hi)
+        for m, lo, hi in [
+            (12, utc(2025, 12, 1), utc(2026, 1, 1)),
+            (1, utc(2026, 1, 1), utc(2026, 2, 1)),
+            (2, utc(2026, 2, 1), utc(2026, 3, 1)),
+        ]
+    ]
     plan = plan_maintenance(cfg(interval="1 month", premake=1, retention="2 months"), facts(*existing), now, UTC)
     assert [r.name for r in plan.retires] == ["m12"]
 
@@ -376,7 +427,9 @@ def test_no_retention_retires_nothing():
 def test_minvalue_lower_bound_with_old_upper_is_retired():
     history = part("events_history", None, utc(2020, 1, 1))
     plan = plan_maintenance(cfg(premake=1, retention="30 days"), facts(history), NOW, UTC)
-    assert plan.retires == (RetirePartition("events_history", Range(None, utc(2020, 1, 1)), concurrently=True, drop=True),)
+    assert plan.retires == (
+        RetirePartition("events_history", Range(None, utc(2020, 1, 1)), concurrently=True, drop=True),
+    )
 
 
 def test_minvalue_partition_reaching_into_the_window_is_kept():
@@ -436,7 +489,10 @@ def test_detach_pending_without_retention_is_finalized_and_kept():
 def test_leftover_standalone_table_with_the_planned_name_is_reused():
     plan = plan_maintenance(cfg(premake=2), facts(leftovers=("events_p20261124", "events_p20200101")), NOW, UTC)
     assert [(c.name, c.reuse_leftover) for c in plan.creates] == [
-        ("events_p20261123", False), ("events_p20261124", True), ("events_p20261125", False)]
+        ("events_p20261123", False),
+        ("events_p20261124", True),
+        ("events_p20261125", False),
+    ]
 
 
 def test_stale_exclusion_check_on_default_is_dropped():
@@ -480,27 +536,43 @@ def test_multibyte_table_names_are_truncated_on_a_character_boundary():
 SCENARIOS = {
     "utc-daily-with-default-and-retention": (
         cfg(premake=4, retention="30 days"),
-        facts(*[daily(utc(2026, 10, 1) + timedelta(days=i)) for i in range(50)],
-              default=default(rows=0, checks=("pgmaint_excl",))),
-        NOW, UTC),
+        facts(
+            *[daily(utc(2026, 10, 1) + timedelta(days=i)) for i in range(50)],
+            default=default(rows=0, checks=("pgmaint_excl",)),
+        ),
+        NOW,
+        UTC,
+    ),
     "utc-daily-empty-no-default": (cfg(premake=3), facts(), NOW, UTC),
     "chicago-daily-dst": (
         cfg(premake=5, retention="3 days", tz=CHICAGO),
-        facts(part("events_p20261028", utc(2026, 10, 28, 5), utc(2026, 10, 29, 5)),
-              # detach pending, and past retention (one inside the window would leave a gap that only the
-              # next plan can fill: premake runs before retire finalizes it)
-              part("oddly", utc(2026, 10, 26, 5), utc(2026, 10, 27, 5), detach_pending=True)),
-        utc(2026, 10, 31, 17), CHICAGO),
-    "chicago-hourly-spring-forward": (cfg(interval="1 hour", premake=6, retention="2 hours", tz=CHICAGO), facts(),
-                                      utc(2026, 3, 8, 6, 45), CHICAGO),
+        facts(
+            part("events_p20261028", utc(2026, 10, 28, 5), utc(2026, 10, 29, 5)),
+            # detach pending, and past retention (one inside the window would leave a gap that only the
+            # next plan can fill: premake runs before retire finalizes it)
+            part("oddly", utc(2026, 10, 26, 5), utc(2026, 10, 27, 5), detach_pending=True),
+        ),
+        utc(2026, 10, 31, 17),
+        CHICAGO,
+    ),
+    "chicago-hourly-spring-forward": (
+        cfg(interval="1 hour", premake=6, retention="2 hours", tz=CHICAGO),
+        facts(),
+        utc(2026, 3, 8, 6, 45),
+        CHICAGO,
+    ),
     "weekly-keep-table": (
         cfg(interval="1 week", premake=2, retention="2 weeks", keep=True),
         facts(part("w1", utc(2026, 10, 26), utc(2026, 11, 2)), part("w0", None, utc(2026, 10, 26))),
-        NOW, UTC),
+        NOW,
+        UTC,
+    ),
     "monthly-with-wide-legacy-partition": (
         cfg(interval="1 month", premake=3, retention="3 months"),
         facts(part("legacy_2026", utc(2026, 1, 1), utc(2026, 12, 1)), default=default()),
-        NOW, UTC),
+        NOW,
+        UTC,
+    ),
 }
 
 

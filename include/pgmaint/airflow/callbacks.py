@@ -22,4 +22,3 @@ def on_task_failure(context) -> None:
         report_task_failure(context, config, config.escalation)
     except Exception:
         log.exception("pgmaint failure callback could not report the failure")
-

@@ -34,9 +34,12 @@ def target_of(context) -> Config:
         return fleet.targets[0]
     ti = context.get("ti") or context.get("task_instance")
     table_param = (context.get("params") or {}).get("table")
-    candidates = [context.get("pgmaint_target"), str(getattr(ti, "task_id", "")).split(".", 1)[0],
-                  str(getattr(ti, "rendered_map_index", None) or "").split(SEPARATOR, 1)[0],
-                  table_param.split(SEPARATOR, 1)[0] if isinstance(table_param, str) else None]
+    candidates = [
+        context.get("pgmaint_target"),
+        str(getattr(ti, "task_id", "")).split(".", 1)[0],
+        str(getattr(ti, "rendered_map_index", None) or "").split(SEPARATOR, 1)[0],
+        table_param.split(SEPARATOR, 1)[0] if isinstance(table_param, str) else None,
+    ]
     for name in candidates:
         try:
             config = fleet.target(name)
@@ -48,14 +51,25 @@ def target_of(context) -> Config:
     return fleet.targets[0]
 
 
-def report_task_failure(context, config: Config, settings: EscalationSettings, *, clock: Callable[[], datetime] = utcnow,
-                        senders: dict | None = None, conninfo: str | None = None,
-                        spill: MemoryStore | None = None) -> Evaluation | None:
+def report_task_failure(
+    context,
+    config: Config,
+    settings: EscalationSettings,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    senders: dict | None = None,
+    conninfo: str | None = None,
+    spill: MemoryStore | None = None,
+) -> Evaluation | None:
     ti = context.get("ti") or context.get("task_instance")
     if (context.get("params") or {}).get("dry_run") is True:
         # A dry run writes nothing, not even to the escalation state: its failure is in the run itself.
-        log.warning("dry run: %s.%s failed; not recorded as a condition and nobody notified (a dry run writes nothing): %s",
-                    getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), context.get("exception"))
+        log.warning(
+            "dry run: %s.%s failed; not recorded as a condition and nobody notified (a dry run writes nothing): %s",
+            getattr(ti, "dag_id", "?"),
+            getattr(ti, "task_id", "?"),
+            context.get("exception"),
+        )
         return None
     if ti is not None and _restates_upstream_failure(ti, context):
         log.info("%s.%s failed because upstream tasks failed; those are reported on their own", ti.dag_id, ti.task_id)
@@ -90,9 +104,18 @@ def task_failure_condition(context, config: Config, conn=None) -> Condition:
         lines.append(f"step: {step}")
     for b in blockers:
         lines.append("blocked by " + describe_session(b))
-    details = {"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "table": table, "step": step,
-               "error": error[:4000], "blockers": blockers, "log_url": log_url,
-               "map_index": getattr(ti, "map_index", None), "try_number": getattr(ti, "try_number", None)}
+    details = {
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "run_id": run_id,
+        "table": table,
+        "step": step,
+        "error": error[:4000],
+        "blockers": blockers,
+        "log_url": log_url,
+        "map_index": getattr(ti, "map_index", None),
+        "try_number": getattr(ti, "try_number", None),
+    }
     key = f"task:{dag_id}.{task_id}" + (f":{table}" if table else "")
     return Condition(key, "warning", "\n".join(lines), json.loads(json.dumps(details, default=str)))
 
@@ -116,11 +139,14 @@ def _from_journal(conn, schema: str, run_id: str | None, table: str) -> tuple[li
     """The failed step of this DAG run for the table, and who blocked it, from the journal."""
 
     try:
-        row = conn.execute(sql.SQL(
-            "SELECT s.action || ' ' || s.target, s.blockers FROM {}.steps s JOIN {}.runs r USING (run_id) "
-            "WHERE r.table_name = %s AND (%s::text IS NULL OR r.dag_run_id = %s) AND s.outcome = 'failed' "
-            "ORDER BY s.step_id DESC LIMIT 1").format(sql.Identifier(schema), sql.Identifier(schema)),
-            [table, run_id, run_id]).fetchone()
+        row = conn.execute(
+            sql.SQL(
+                "SELECT s.action || ' ' || s.target, s.blockers FROM {}.steps s JOIN {}.runs r USING (run_id) "
+                "WHERE r.table_name = %s AND (%s::text IS NULL OR r.dag_run_id = %s) AND s.outcome = 'failed' "
+                "ORDER BY s.step_id DESC LIMIT 1"
+            ).format(sql.Identifier(schema), sql.Identifier(schema)),
+            [table, run_id, run_id],
+        ).fetchone()
     except Exception as exc:
         log.info("no journal details for %s: %s", table, exc)
         return [], None

@@ -43,9 +43,16 @@ def send_pagerduty(target: Target, n: Notification, title: str, text: str, sourc
     details = {"message": n.message, "first_seen": n.first_seen.isoformat(), "streak": n.streak, **n.details}
     links = [{"href": n.details["log_url"], "text": "Airflow log"}] if n.details.get("log_url") else None
     notifier = PagerdutyNotifier(
-        summary=title[:1024], severity=severity, source=source, action="resolve" if n.action == "resolve" else "trigger",
-        dedup_key=n.key, custom_details=json.loads(json.dumps(details, default=str)), group="pgmaint",
-        component=n.details.get("table"), class_type=n.key.split(":", 1)[0], links=links,
+        summary=title[:1024],
+        severity=severity,
+        source=source,
+        action="resolve" if n.action == "resolve" else "trigger",
+        dedup_key=n.key,
+        custom_details=json.loads(json.dumps(details, default=str)),
+        group="pgmaint",
+        component=n.details.get("table"),
+        class_type=n.key.split(":", 1)[0],
+        links=links,
         pagerduty_events_conn_id=target.connection_id,
     )
     if PagerdutyEventsHook.get_connection(target.connection_id).host:
@@ -56,5 +63,10 @@ def send_pagerduty(target: Target, n: Notification, title: str, text: str, sourc
 def send_email(target: Target, n: Notification, title: str, text: str, source: str) -> None:
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    SmtpNotifier(to=list(target.to), from_email=target.from_email, subject=title[:200],
-                 html_content=f"<pre>{html.escape(text)}</pre>", smtp_conn_id=target.connection_id).notify({})
+    SmtpNotifier(
+        to=list(target.to),
+        from_email=target.from_email,
+        subject=title[:200],
+        html_content=f"<pre>{html.escape(text)}</pre>",
+        smtp_conn_id=target.connection_id,
+    ).notify({})

@@ -33,8 +33,17 @@ def task_value(result) -> dict:
     return {**result.summary, "success": result.success, "failures": result.failures, "error_lines": result.errors}
 
 
-def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migration_id: int | None = None,
-              ranges=None, ti=None, evaluator: str = "gx") -> dict:
+def gate_task(
+    config: Config,
+    table: str,
+    gate: str,
+    checks: list[str],
+    *,
+    migration_id: int | None = None,
+    ranges=None,
+    ti=None,
+    evaluator: str = "gx",
+) -> dict:
     """Run gate `gate` (checks: names from quality.CHECKS) on `table`; see the module docstring.
 
     `ranges`: for `default_clean`, a list of (lower, upper) ISO strings/datetimes, or "migrated"
@@ -47,14 +56,29 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
     from include.pgmaint.airflow.connections import conninfo_from_airflow
 
     table_cfg = config.table(table)
-    result = run_gate(conninfo_from_airflow(config.connection_id), config, table_cfg, gate, list(checks),
-                      migration_id=migration_id, ranges=ranges, data_docs_dir=os.environ.get(DATA_DOCS_ENV) or None,
-                      evaluator=evaluator)
+    result = run_gate(
+        conninfo_from_airflow(config.connection_id),
+        config,
+        table_cfg,
+        gate,
+        list(checks),
+        migration_id=migration_id,
+        ranges=ranges,
+        data_docs_dir=os.environ.get(DATA_DOCS_ENV) or None,
+        evaluator=evaluator,
+    )
     value = task_value(result)
     passed = sum(1 for e in result.summary.get("expectations", []) if e["success"])
-    log.info("%s: gate %s: %d expectation(s) passed, %d failed, %d could not be evaluated, %d skipped (%.2fs)",
-             table, gate, passed, len(result.failures), len(result.errors), len(result.summary.get("skipped", [])),
-             result.seconds)
+    log.info(
+        "%s: gate %s: %d expectation(s) passed, %d failed, %d could not be evaluated, %d skipped (%.2fs)",
+        table,
+        gate,
+        passed,
+        len(result.failures),
+        len(result.errors),
+        len(result.summary.get("skipped", [])),
+        result.seconds,
+    )
     for line in result.failures:
         log.error("FAILED %s", line)
     for line in result.errors:
@@ -68,7 +92,11 @@ def gate_task(config: Config, table: str, gate: str, checks: list[str], *, migra
         ti.xcom_push(key=XCOM_KEY_ON_FAILURE, value=value)
     if result.failures:
         lines = "\n".join(result.failures + [f"(also not evaluated) {e}" for e in result.errors])
-        raise AirflowFailException(f"{table}: gate {gate} failed: {len(result.failures)} expectation(s) not met "
-                                   f"(data failure: not retried)\n{lines}")
-    raise GateError(f"{table}: gate {gate} could not be evaluated (retryable: SQL or connection error); "
-                    f"{len(result.errors)} expectation(s) not evaluated\n" + "\n".join(result.errors))
+        raise AirflowFailException(
+            f"{table}: gate {gate} failed: {len(result.failures)} expectation(s) not met "
+            f"(data failure: not retried)\n{lines}"
+        )
+    raise GateError(
+        f"{table}: gate {gate} could not be evaluated (retryable: SQL or connection error); "
+        f"{len(result.errors)} expectation(s) not evaluated\n" + "\n".join(result.errors)
+    )

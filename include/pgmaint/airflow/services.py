@@ -43,12 +43,19 @@ def open_window(config: Config, table: str, dag_run) -> dict:
     writers = config.table(table).writers
     order = pause_order(config, writers)
     dag_id, run_id = _owner(dag_run)
-    log.info("maintenance window on %s for %s/%s: will pause %s (in this order), resume in reverse",
-             table, dag_id, run_id, " -> ".join(order) or "no services")
+    log.info(
+        "maintenance window on %s for %s/%s: will pause %s (in this order), resume in reverse",
+        table,
+        dag_id,
+        run_id,
+        " -> ".join(order) or "no services",
+    )
     return {"table": table, "services": order}
 
 
-def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_minutes: int | None = None) -> list[str]:
+def pause_writers(
+    config: Config, table: str, enabled: bool, dag_run, min_lease_minutes: int | None = None
+) -> list[str]:
     """Pause the table's writers in dependency order, leased to this run; undo and raise if one fails.
 
     `min_lease_minutes`: make every lease at least this long (pass the run's time box plus a
@@ -65,8 +72,15 @@ def pause_writers(config: Config, table: str, enabled: bool, dag_run, min_lease_
         return []
     dag_id, run_id = _owner(dag_run)
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
-        report = pause_services(conn, config, writers, dag_id=dag_id, run_id=run_id, reason=f"{dag_id} on {table}",
-                                min_lease_minutes=min_lease_minutes)
+        report = pause_services(
+            conn,
+            config,
+            writers,
+            dag_id=dag_id,
+            run_id=run_id,
+            reason=f"{dag_id} on {table}",
+            min_lease_minutes=min_lease_minutes,
+        )
     for outcome in report.left_alone:
         log.warning("NOT paused by this run (someone else paused it; it stays paused after the run): %s", outcome)
     log.info("holding paused: %s", ", ".join(report.held) or "nothing")

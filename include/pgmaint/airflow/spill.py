@@ -35,7 +35,9 @@ def variable_spill(schema: str) -> MemoryStore:
                 if Variable.get(key, default=None) is not None:
                     Variable.delete(key)
             else:
-                Variable.set(key, value, description="pgmaint: open conditions while the state database was unreachable")
+                Variable.set(
+                    key, value, description="pgmaint: open conditions while the state database was unreachable"
+                )
         except Exception as exc:
             log.warning("cannot write Airflow Variable %s (%s); condition state is not kept", key, exc)
             memory._blob = value

@@ -31,13 +31,14 @@ def resolve_as_of(params: dict, dag_run=None):
     Retirement never uses it: it always judges retention on the wall clock.
     """
 
-
     text = (params or {}).get("as_of")
     if text:
         try:
             moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
         except ValueError:
-            raise AirflowFailException(f"as_of: {text!r} is not an ISO 8601 timestamp like 2026-11-01T00:00:00+00:00") from None
+            raise AirflowFailException(
+                f"as_of: {text!r} is not an ISO 8601 timestamp like 2026-11-01T00:00:00+00:00"
+            ) from None
         if moment.tzinfo is None:
             raise AirflowFailException(f"as_of: {text!r} has no UTC offset; write e.g. {text}+00:00")
         return moment
@@ -61,8 +62,15 @@ def maintain_one(config: Config, table: str, phase: str, *, dry_run: bool, dag_r
         task_id=f"{ti.task_id}[{ti.map_index}]" if ti is not None else None,
     )
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
-        result = run_maintenance(conn, config, [config.table(table)], dry_run=dry_run, context=context, phases=(phase,),
-                                 as_of=as_of if phase == "premake" else None)[0]
+        result = run_maintenance(
+            conn,
+            config,
+            [config.table(table)],
+            dry_run=dry_run,
+            context=context,
+            phases=(phase,),
+            as_of=as_of if phase == "premake" else None,
+        )[0]
     summary = result.as_dict()
     if ti is not None:
         ti.xcom_push(key="result", value=summary)  # kept even when the task fails or skips below
@@ -86,24 +94,38 @@ def plan_target(config: Config, params: dict, *, dag_run=None, ti=None) -> list[
 
     selected = set(params.get("tables") or [])
     prefix = f"{config.target}/"
-    tables = [t for t in config.tables
-              if not selected or t.name in selected or prefix + t.name in selected]
-    where = f"target {config.target} (connection {config.connection_id})" if config.target else f"connection {config.connection_id}"
+    tables = [t for t in config.tables if not selected or t.name in selected or prefix + t.name in selected]
+    where = (
+        f"target {config.target} (connection {config.connection_id})"
+        if config.target
+        else f"connection {config.connection_id}"
+    )
     if not tables:
         result = {"work": [], "tables": {}, "results": {}, "healthy": 0, "journalled": 0, "not_selected": True}
     else:
-        context = RunContext(dag_id=getattr(dag_run, "dag_id", None), dag_run_id=getattr(dag_run, "run_id", None),
-                             task_id=getattr(ti, "task_id", None))
+        context = RunContext(
+            dag_id=getattr(dag_run, "dag_id", None),
+            dag_run_id=getattr(dag_run, "run_id", None),
+            task_id=getattr(ti, "task_id", None),
+        )
         try:
             with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
-                result = plan_run(conn, config, tables, dry_run=params["dry_run"], context=context,
-                                  as_of=resolve_as_of(params, dag_run))
+                result = plan_run(
+                    conn,
+                    config,
+                    tables,
+                    dry_run=params["dry_run"],
+                    context=context,
+                    as_of=resolve_as_of(params, dag_run),
+                )
         except Exception as exc:
             why = str(exc) if isinstance(exc, AirflowFailException) else f"{type(exc).__name__}: {exc}".strip()
             error = f"{where}: cannot plan: {why}"
             if ti is not None:
-                ti.xcom_push(key="result", value={"error": error, "tables": {t.name: {"status": "failed", "why": error}
-                                                                             for t in tables}})
+                ti.xcom_push(
+                    key="result",
+                    value={"error": error, "tables": {t.name: {"status": "failed", "why": error} for t in tables}},
+                )
             raise AirflowFailException(error) from exc
     result["target"], result["connection_id"] = config.target, config.connection_id
     if ti is not None:
@@ -135,8 +157,16 @@ def retention_gate(config: Config, table: str, gate: str, upstream: dict, *, dry
         due = planned_retirements(conn, config, config.table(table))
     detached = (upstream.get("detached") or []) if gate == "after_retire" else []
     if not due and not detached:
-        return {"gate": gate, "skipped": "nothing to retire: no partition is past retention (read from the catalog now)"}
-    log.info("%s: gate %s: %s", table, gate, f"due to retire: {', '.join(due)}" if due else f"detached: {', '.join(detached)}")
+        return {
+            "gate": gate,
+            "skipped": "nothing to retire: no partition is past retention (read from the catalog now)",
+        }
+    log.info(
+        "%s: gate %s: %s",
+        table,
+        gate,
+        f"due to retire: {', '.join(due)}" if due else f"detached: {', '.join(detached)}",
+    )
     from include.pgmaint.airflow.quality import gate_task
 
     return gate_task(config, table, gate, RETIRE_GATES[gate], ti=ti)
@@ -150,6 +180,8 @@ def summarize_results(fleet, ti, dag_run=None) -> dict:
 
     Fails the run if any table failed or a target could not be planned, naming them.
     """
+    # whole: collects every target's plan, mapped results and task states into the lists
+    # summarize_tables reads, then applies the one failure rule; each part needs the others' indexes.
 
     names: list[str] = []
     premade: list[dict | None] = []
@@ -160,13 +192,16 @@ def summarize_results(fleet, ti, dag_run=None) -> dict:
     per_target: dict[str, dict] = {}
     for config in fleet.targets:
         prefix = f"{config.target}." if fleet.multi else ""
-        plan = ti.xcom_pull(task_ids=f"{prefix}plan", key="result") or {"error": "the plan task left no result (see its log)"}
+        plan = ti.xcom_pull(task_ids=f"{prefix}plan", key="result") or {
+            "error": "the plan task left no result (see its log)"
+        }
         if plan.get("error"):
             down.append(f"{config.target}: {plan['error']}" if fleet.multi else plan["error"])
             per_target[str(config.target)] = {"error": plan["error"]}
             continue
         per_target[str(config.target)] = {k: plan.get(k) for k in ("healthy", "journalled", "seconds")} | {
-            "work": len(plan["work"])}
+            "work": len(plan["work"])
+        }
         if plan.get("not_selected"):
             continue
         healthy += plan["healthy"]
@@ -180,8 +215,9 @@ def summarize_results(fleet, ti, dag_run=None) -> dict:
         got_premade = ti.xcom_pull(task_ids=f"{prefix}table.premake", key="result", map_indexes=indexes) if work else []
         got_retired = ti.xcom_pull(task_ids=f"{prefix}table.retire", key="result", map_indexes=indexes) if work else []
         if dag_run is not None and work:
-            raw = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id],
-                                     task_ids=[f"{prefix}table.{t}" for t in TABLE_TASKS]).get(dag_run.run_id, {})
+            raw = ti.get_task_states(
+                dag_id=dag_run.dag_id, run_ids=[dag_run.run_id], task_ids=[f"{prefix}table.{t}" for t in TABLE_TASKS]
+            ).get(dag_run.run_id, {})
             offset = len(names)
             for key, state in raw.items():
                 task, _, index = key.rpartition("_")
@@ -221,17 +257,33 @@ def _as_list(pulled, n: int) -> list:
     return values + [None] * (n - len(values))
 
 
-SUMMARY_KEYS = ("created", "would_create", "retired", "would_retire", "not_retired", "needs_migration", "skipped",
-                "failed", "notes")
+SUMMARY_KEYS = (
+    "created",
+    "would_create",
+    "retired",
+    "would_retire",
+    "not_retired",
+    "needs_migration",
+    "skipped",
+    "failed",
+    "notes",
+)
 
 
-def summarize_tables(tables: list[str], premade: list[dict | None], retired: list[dict | None],
-                     states: dict[str, str], *, healthy: int = 0) -> tuple[dict, list[str]]:
+def summarize_tables(
+    tables: list[str],
+    premade: list[dict | None],
+    retired: list[dict | None],
+    states: dict[str, str],
+    *,
+    healthy: int = 0,
+) -> tuple[dict, list[str]]:
     """Pure: the run's summary and its log lines. Each line says what was done or what remains, and why.
 
     `states`: task state by "table.<task>_<index in tables>" (as TaskInstance.get_task_states gives them).
     `healthy`: tables the plan found nothing to do or say for (not listed in `tables`).
     """
+    # whole: one paragraph per summary key, in the order the run's log prints them.
     by_table: dict[str, dict[str, dict]] = {}
     for phase, results in (("premake", premade), ("retire", retired)):
         for r in results:
@@ -257,25 +309,43 @@ def summarize_tables(tables: list[str], premade: list[dict | None], retired: lis
             add("created", table, created, ", ".join(created))
         if detached:
             kept = [p for p in detached if p not in dropped]
-            add("retired", table, detached, ", ".join(detached) + (f" (detached and kept: {', '.join(kept)})" if kept else ""))
+            add(
+                "retired",
+                table,
+                detached,
+                ", ".join(detached) + (f" (detached and kept: {', '.join(kept)})" if kept else ""),
+            )
         would_create = list(dict.fromkeys(p for r in results for p in r.get("would_create", [])))
         would_retire = list(dict.fromkeys(p for r in results for p in r.get("would_retire", [])))
         if would_create:
             add("would_create", table, would_create, f"{', '.join(would_create)} (dry run: nothing was created)")
         if would_retire:
-            add("would_retire", table, would_retire, f"{', '.join(would_retire)} past retention (dry run: nothing was detached)")
+            add(
+                "would_retire",
+                table,
+                would_retire,
+                f"{', '.join(would_retire)} past retention (dry run: nothing was detached)",
+            )
         planned = (phases.get("retire") or phases.get("premake") or {}).get("retires_planned", [])
         left = [p for p in planned if p not in detached]
         if left and not dry_run:
-            add("not_retired", table, left, f"{', '.join(left)} still attached past retention: "
-                + _why_not_retired(phases.get("retire"), state))
+            add(
+                "not_retired",
+                table,
+                left,
+                f"{', '.join(left)} still attached past retention: " + _why_not_retired(phases.get("retire"), state),
+            )
         migrations = [m for r in results for m in r["needs_migration"]]
         if migrations:
             shown = ", ".join(f"{m['partition']} {m['range']}" for m in migrations)
             trigger = migrations[0].get("trigger") or f"trigger default_partition_migration for {table}"
-            add("needs_migration", table, [m["partition"] for m in migrations],
+            add(
+                "needs_migration",
+                table,
+                [m["partition"] for m in migrations],
                 f"{shown}: the DEFAULT holds rows in these ranges, so their partitions were not created "
-                f"(the migration creates them as it moves the rows): {trigger}")
+                f"(the migration creates them as it moves the rows): {trigger}",
+            )
         skipped = [f"{phase}: {r['skipped_reason']}" for phase, r in phases.items() if r["outcome"] == "skipped"]
         if skipped:
             add("skipped", table, " | ".join(skipped), " | ".join(skipped) + "; the next run tries again")
@@ -289,8 +359,10 @@ def summarize_tables(tables: list[str], premade: list[dict | None], retired: lis
         if notes:
             add("notes", table, notes, " | ".join(notes))
     if not lines:
-        lines.append(f"all {len(tables) + healthy} table(s) healthy: runway complete, nothing past retention, nothing in the way"
-                     + (" (dry run: nothing would change)" if dry_run else ": nothing to do"))
+        lines.append(
+            f"all {len(tables) + healthy} table(s) healthy: runway complete, nothing past retention, nothing in the way"
+            + (" (dry run: nothing would change)" if dry_run else ": nothing to do")
+        )
     return summary, lines
 
 
@@ -316,7 +388,9 @@ def resolve_migration_table(fleet, params: dict, triggering_asset_events=None) -
             for event in events:
                 table = (event.extra or {}).get("table") or table
     if not table:
-        raise AirflowFailException("no table chosen: set the `table` param (or trigger through the watchdog's asset event)")
+        raise AirflowFailException(
+            "no table chosen: set the `table` param (or trigger through the watchdog's asset event)"
+        )
     if table not in fleet.table_refs:
         raise AirflowFailException(f"table {table!r} is not configured (configured: {', '.join(fleet.table_refs)})")
     return table
@@ -328,25 +402,48 @@ def migrate_one(config: Config, table: str, params: dict, *, dag_run=None, ti=No
     from include.pgmaint.airflow.connections import conninfo_from_airflow
 
     conninfo = conninfo_from_airflow(config.connection_id)
-    context = RunContext(dag_id=getattr(dag_run, "dag_id", None), dag_run_id=getattr(dag_run, "run_id", None),
-                         task_id=getattr(ti, "task_id", None))
+    context = RunContext(
+        dag_id=getattr(dag_run, "dag_id", None),
+        dag_run_id=getattr(dag_run, "run_id", None),
+        task_id=getattr(ti, "task_id", None),
+    )
     with connect(conninfo, config.lock_budget) as conn:
-        result = migrate_table(conn, conninfo, config, config.table(table), dry_run=params["dry_run"],
-                               batch_rows=params["batch_rows"], max_minutes=params["max_minutes"],
-                               move_out_of_window=params["move_out_of_window"], context=context, finish=False)
+        result = migrate_table(
+            conn,
+            conninfo,
+            config,
+            config.table(table),
+            dry_run=params["dry_run"],
+            batch_rows=params["batch_rows"],
+            max_minutes=params["max_minutes"],
+            move_out_of_window=params["move_out_of_window"],
+            context=context,
+            finish=False,
+        )
     summary = result.as_dict()
     if result.outcome == "failed":
         raise AirflowFailException(f"{table}: migration failed: " + " | ".join(result.errors))
     if result.outcome == "skipped":
         raise AirflowSkipException(f"{table}: skipped: {result.skipped_reason}")
     if result.outcome == "incomplete":
-        log.warning("%s: not swapped yet: %s (every row is still readable and writable in the DEFAULT; the mirror "
-                    "trigger keeps the copies current)", table, result.skipped_reason)
+        log.warning(
+            "%s: not swapped yet: %s (every row is still readable and writable in the DEFAULT; the mirror "
+            "trigger keeps the copies current)",
+            table,
+            result.skipped_reason,
+        )
     for left in result.left_in_default:
-        log.warning("%s: %d row(s) %s in the DEFAULT partition, %s: %s%s", table, left["rows"],
-                    "would stay" if params["dry_run"] else "stay", left["range"], left["reason"],
-                    " (move_out_of_window: true moves them too)"
-                    if left["reason"].startswith(("older than", "beyond")) and not params["move_out_of_window"] else "")
+        log.warning(
+            "%s: %d row(s) %s in the DEFAULT partition, %s: %s%s",
+            table,
+            left["rows"],
+            "would stay" if params["dry_run"] else "stay",
+            left["range"],
+            left["reason"],
+            " (move_out_of_window: true moves them too)"
+            if left["reason"].startswith(("older than", "beyond")) and not params["move_out_of_window"]
+            else "",
+        )
     return summary
 
 
@@ -365,14 +462,26 @@ def migration_gate(config: Config, table: str, gate: str, migrated: dict, *, dry
         return {"gate": gate, "skipped": f"no finished migration to check (migrate: {migrated.get('outcome')})"}
     from include.pgmaint.airflow.quality import gate_task
 
-    return gate_task(config, table, gate, MIGRATION_GATE_CHECKS, migration_id=migrated["migration_id"],
-                     ranges="migrated", ti=ti, evaluator="sql")
+    return gate_task(
+        config,
+        table,
+        gate,
+        MIGRATION_GATE_CHECKS,
+        migration_id=migrated["migration_id"],
+        ranges="migrated",
+        ti=ti,
+        evaluator="sql",
+    )
 
 
 def finish_one(config: Config, table: str, migrated: dict, *, dry_run: bool) -> dict:
     """Drop the detached old DEFAULT once the gate passed."""
     if dry_run or migrated.get("outcome") != "swapped":
-        return {"table": table, "finished": None, "skipped": "dry run" if dry_run else f"migrate: {migrated.get('outcome')}"}
+        return {
+            "table": table,
+            "finished": None,
+            "skipped": "dry run" if dry_run else f"migrate: {migrated.get('outcome')}",
+        }
     from include.pgmaint.airflow.connections import conninfo_from_airflow
 
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:

@@ -100,8 +100,10 @@ def task_escalate(config: Config, payloads: dict[str, dict | None], dag_id: str)
     healthy = {f"{dag_id}.{task_id}" for task_id, payload in payloads.items() if payload is not None}
     ev = evaluate(results, config, config.escalation, healthy_tasks=healthy, spill=spill_for(config))
     summary = {
-        "active": {k: {"severity": s.severity, "since": s.first_seen.isoformat(), "paged": s.paged_at is not None}
-                   for k, s in sorted(ev.active.items())},
+        "active": {
+            k: {"severity": s.severity, "since": s.first_seen.isoformat(), "paged": s.paged_at is not None}
+            for k, s in sorted(ev.active.items())
+        },
         "sent": [f"{n.channel}:{n.action}:{n.key}" for n in ev.notifications],
         "persisted": ev.persisted,
     }
@@ -111,6 +113,8 @@ def task_escalate(config: Config, payloads: dict[str, dict | None], dag_id: str)
         log.info("active %-8s %s (since %s%s)", s["severity"], key, s["since"], ", paged" if s["paged"] else "")
     undelivered = [n for n in ev.undelivered if n.channel == "page"]
     if undelivered:
-        raise AirflowException("could not deliver page(s) to any page target: " + "; ".join(
-            f"{n.action} {n.key}: {', '.join(f'{t}: {e}' for t, e in n.results)}" for n in undelivered))
+        raise AirflowException(
+            "could not deliver page(s) to any page target: "
+            + "; ".join(f"{n.action} {n.key}: {', '.join(f'{t}: {e}' for t, e in n.results)}" for n in undelivered)
+        )
     return summary

@@ -81,8 +81,14 @@ def _targets(raw: dict, name: str, problems: list[str]) -> tuple[Target, ...]:
         if kind == "email" and not to:
             problems.append(f"escalation.{name}[{i}]: kind email needs `to` (one address or a list)")
             continue
-        out.append(Target(kind, item.get("connection_id") or ("smtp_default" if kind == "email" else None), to,
-                          item.get("from_email")))
+        out.append(
+            Target(
+                kind,
+                item.get("connection_id") or ("smtp_default" if kind == "email" else None),
+                to,
+                item.get("from_email"),
+            )
+        )
     return tuple(out)
 
 

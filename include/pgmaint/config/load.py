@@ -39,8 +39,13 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     if raw is None:
         raise ConfigError(["(top level): the file is empty"], source)
     if isinstance(raw, dict) and "targets" in raw:  # several databases: include/pgmaint/fleet.py reads those
-        raise ConfigError(["targets: this file lists targets (fleet mode); read it with include.pgmaint.fleet.load_fleet, "
-                           "or pick one target (--target NAME where a command offers it)"], source)
+        raise ConfigError(
+            [
+                "targets: this file lists targets (fleet mode); read it with include.pgmaint.fleet.load_fleet, "
+                "or pick one target (--target NAME where a command offers it)"
+            ],
+            source,
+        )
     problems, bad_items = schema_problems(raw)
     if not isinstance(raw, dict) or bad_items & {("*",), ("tables",), ("services",)}:
         raise ConfigError(problems, source)  # the document's shape is wrong: nothing more to check
@@ -87,8 +92,9 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     )
 
 
-def _parse_tables(items: list, bad_items: set[tuple], services: list[ServiceConfig],
-                  problems: list[str]) -> list[TableConfig]:
+def _parse_tables(
+    items: list, bad_items: set[tuple], services: list[ServiceConfig], problems: list[str]
+) -> list[TableConfig]:
     """The `tables` section (items the schema rejected are skipped); problems are appended to `problems`."""
     service_names = {s.name for s in services}
     tables: list[TableConfig] = []
@@ -108,9 +114,12 @@ def _parse_tables(items: list, bad_items: set[tuple], services: list[ServiceConf
         seen[key] = table.name
         tables.append(table)
         if table.maintained_by == "pg_partman" and not any(
-                s.kind == "pg_partman" and s.name in table.writers for s in services):
-            problems.append(f"{where}.maintained_by: pg_partman needs a writer of kind pg_partman (so that a "
-                            "migration pauses pg_partman's maintenance of the table while it moves rows)")
+            s.kind == "pg_partman" and s.name in table.writers for s in services
+        ):
+            problems.append(
+                f"{where}.maintained_by: pg_partman needs a writer of kind pg_partman (so that a "
+                "migration pauses pg_partman's maintenance of the table while it moves rows)"
+            )
     return tables
 
 
@@ -181,8 +190,16 @@ SERVICE_FIELDS: dict[str, dict[str, Any]] = {
     "pg_partman": {"parents": "<tables whose writers include the service>"},
     "pg_cron": {"jobs": None, "connection_id": "<connection_id>"},
     "airflow_dag": {"dag_id": None, "connection_id": "airflow_api", "timeout_seconds": 10, "retries": 3},
-    "http": {"pause_url": None, "resume_url": None, "status_url": "<none>", "method": "POST", "headers": {},
-             "body": "<none>", "timeout_seconds": 5, "retries": 3},
+    "http": {
+        "pause_url": None,
+        "resume_url": None,
+        "status_url": "<none>",
+        "method": "POST",
+        "headers": {},
+        "body": "<none>",
+        "timeout_seconds": 5,
+        "retries": 3,
+    },
 }
 DEFAULT_LEASE_MINUTES = 120
 
@@ -195,7 +212,9 @@ def _service_options(where: str, item: dict[str, Any]) -> tuple[dict[str, Any], 
     options: dict[str, Any] = {"lease_minutes": given.pop("lease_minutes", DEFAULT_LEASE_MINUTES)}
     for key in sorted(given):
         if key not in fields:
-            problems.append(f"{where}.{key}: not a field of kind {kind} (its fields: {', '.join([*fields, 'lease_minutes'])})")
+            problems.append(
+                f"{where}.{key}: not a field of kind {kind} (its fields: {', '.join([*fields, 'lease_minutes'])})"
+            )
     for key, default in fields.items():
         if key in given:
             options[key] = given[key]
@@ -252,7 +271,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         path.append(node)
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -282,4 +301,3 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     """Read the YAML at `path`, `$PGMAINT_CONFIG`, or the demo config."""
     path, raw = read_config_file(path)
     return parse_config(raw, source=str(path))
-

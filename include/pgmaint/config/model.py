@@ -123,4 +123,3 @@ class Config:
     @property
     def table_names(self) -> list[str]:
         return [t.name for t in self.tables]
-

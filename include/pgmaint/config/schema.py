@@ -110,8 +110,7 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "$defs": {
-                "duration": {"type": "string",
-                             "pattern": r"^\s*[0-9]+\s*(seconds?|minutes?|hours?|days?|weeks?)\s*$"},
+                "duration": {"type": "string", "pattern": r"^\s*[0-9]+\s*(seconds?|minutes?|hours?|days?|weeks?)\s*$"},
                 "targets": {
                     "type": "array",
                     "items": {
@@ -125,10 +124,14 @@ SCHEMA: dict[str, Any] = {
                             "from_email": _NAME,
                         },
                         "allOf": [
-                            {"if": {"required": ["kind"], "properties": {"kind": {"enum": ["slack", "pagerduty"]}}},
-                             "then": {"required": ["connection_id"]}},
-                            {"if": {"required": ["kind"], "properties": {"kind": {"const": "email"}}},
-                             "then": {"required": ["to"]}},
+                            {
+                                "if": {"required": ["kind"], "properties": {"kind": {"enum": ["slack", "pagerduty"]}}},
+                                "then": {"required": ["connection_id"]},
+                            },
+                            {
+                                "if": {"required": ["kind"], "properties": {"kind": {"const": "email"}}},
+                                "then": {"required": ["to"]},
+                            },
                         ],
                     },
                 },
@@ -180,4 +183,3 @@ def schema_problems(raw: Any) -> tuple[list[str], set[tuple]]:
         else:
             problems.append(f"{_path(error)}: {error.message}")
     return problems, bad_items
-

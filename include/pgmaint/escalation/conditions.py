@@ -23,8 +23,13 @@ class Condition:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "severity": self.severity, "message": self.message, "details": self.details,
-                "quiet": self.quiet}
+        return {
+            "key": self.key,
+            "severity": self.severity,
+            "message": self.message,
+            "details": self.details,
+            "quiet": self.quiet,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Condition:

@@ -48,16 +48,29 @@ class Evaluation:
 class Escalator:
     """Applies the policy to what was observed, sends, and records. `clock` is injectable for tests."""
 
-    def __init__(self, settings: EscalationSettings, store: Store, *, clock: Callable[[], datetime] = utcnow,
-                 senders: dict[str, Callable] | None = None, source: str = "pgmaint", persisted: bool = True,
-                 target: str | None = None):
+    def __init__(
+        self,
+        settings: EscalationSettings,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        senders: dict[str, Callable] | None = None,
+        source: str = "pgmaint",
+        persisted: bool = True,
+        target: str | None = None,
+    ):
         self.settings, self.store, self.clock = settings, store, clock
         self.senders = {**SENDERS, **(senders or {})}
         self.source, self.persisted = source, persisted
         self.target = target  # fleet mode: messages and PagerDuty dedup keys carry the target ("orders/canary")
 
-    def evaluate(self, observed: Iterable[Condition] = (), scope: Iterable[str] = (), resolve: Iterable[str] = (),
-                 recheck: bool = True) -> Evaluation:
+    def evaluate(
+        self,
+        observed: Iterable[Condition] = (),
+        scope: Iterable[str] = (),
+        resolve: Iterable[str] = (),
+        recheck: bool = True,
+    ) -> Evaluation:
         observed = list(observed)
         with self.store.locked():
             now = self.clock()
@@ -92,9 +105,15 @@ class Escalator:
 
 
 @contextlib.contextmanager
-def open_escalator(config: Config, settings: EscalationSettings | None = None, *, conninfo: str | None = None,
-                   clock: Callable[[], datetime] = utcnow, senders: dict | None = None,
-                   spill: MemoryStore | None = None) -> Iterator[tuple[Escalator, Any]]:
+def open_escalator(
+    config: Config,
+    settings: EscalationSettings | None = None,
+    *,
+    conninfo: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    senders: dict | None = None,
+    spill: MemoryStore | None = None,
+) -> Iterator[tuple[Escalator, Any]]:
     """(Escalator, connection or None): state in the target database, or in `spill` when it is unreachable."""
     settings = settings or settings_for(config)
     if spill is None:  # outside Airflow (the CLI): state for this evaluation only; tasks pass the Variable spill
@@ -106,24 +125,30 @@ def open_escalator(config: Config, settings: EscalationSettings | None = None, *
             from include.pgmaint.airflow.connections import conninfo_from_airflow
 
             conninfo = conninfo_from_airflow(config.connection_id)
-        conn = connect(conninfo,
-                       LockBudget(statement_timeout_ms=5000), application_name="pgmaint-escalation")
+        conn = connect(conninfo, LockBudget(statement_timeout_ms=5000), application_name="pgmaint-escalation")
         ensure_state_schema(conn, config.state_schema)
         store = PgStore(conn, config.state_schema)
         absorbed = store.absorb(spill.load())
         if absorbed:
-            log.info("folded %d condition(s) kept while the state database was unreachable back into %s.conditions",
-                     absorbed, config.state_schema)
+            log.info(
+                "folded %d condition(s) kept while the state database was unreachable back into %s.conditions",
+                absorbed,
+                config.state_schema,
+            )
             spill.clear()
         escalator = Escalator(settings, store, clock=clock, senders=senders, source=source, target=config.target)
     except Exception as exc:
         if conn is not None:
             conn.close()
             conn = None
-        log.error("state database unreachable (%s: %s); keeping condition state in the fallback store",
-                  type(exc).__name__, str(exc).strip())
-        escalator = Escalator(settings, spill, clock=clock, senders=senders, source=source, persisted=False,
-                              target=config.target)
+        log.error(
+            "state database unreachable (%s: %s); keeping condition state in the fallback store",
+            type(exc).__name__,
+            str(exc).strip(),
+        )
+        escalator = Escalator(
+            settings, spill, clock=clock, senders=senders, source=source, persisted=False, target=config.target
+        )
     try:
         yield escalator, conn
     finally:

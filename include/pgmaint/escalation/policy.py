@@ -14,9 +14,15 @@ from include.pgmaint.config import EscalationSettings
 from include.pgmaint.escalation.conditions import Condition, ConditionState, Notification
 
 
-def plan(states: dict[str, ConditionState], observed: list[Condition], now: datetime, settings: EscalationSettings,
-         scope: Iterable[str] = (), resolve: Iterable[str] = (), recheck: bool = True
-         ) -> tuple[dict[str, ConditionState], list[Notification]]:
+def plan(
+    states: dict[str, ConditionState],
+    observed: list[Condition],
+    now: datetime,
+    settings: EscalationSettings,
+    scope: Iterable[str] = (),
+    resolve: Iterable[str] = (),
+    recheck: bool = True,
+) -> tuple[dict[str, ConditionState], list[Notification]]:
     """What to send, and the state each touched condition moves to if everything is delivered.
 
     - `observed`: conditions seen now (a new episode starts if the key is not active);
@@ -32,11 +38,27 @@ def plan(states: dict[str, ConditionState], observed: list[Condition], now: date
     for cond in observed:
         prev = states.get(cond.key)
         if prev is None or not prev.active:
-            st = ConditionState(cond.key, cond.severity, cond.message, cond.details, now, now, 1, cond.quiet,
-                                episodes=(prev.episodes + 1) if prev else 1)
+            st = ConditionState(
+                cond.key,
+                cond.severity,
+                cond.message,
+                cond.details,
+                now,
+                now,
+                1,
+                cond.quiet,
+                episodes=(prev.episodes + 1) if prev else 1,
+            )
         else:
-            st = replace(prev, severity=cond.severity, message=cond.message, details=cond.details, last_seen=now,
-                         streak=prev.streak + 1, quiet=cond.quiet)
+            st = replace(
+                prev,
+                severity=cond.severity,
+                message=cond.message,
+                details=cond.details,
+                last_seen=now,
+                streak=prev.streak + 1,
+                quiet=cond.quiet,
+            )
         out[cond.key] = st
         notes += _timing(st, now, settings)
 
@@ -62,15 +84,18 @@ def plan(states: dict[str, ConditionState], observed: list[Condition], now: date
 
 
 def _note(st: ConditionState, channel: str, action: str, marks: dict) -> Notification:
-    return Notification(st.key, channel, action, st.severity, st.message, st.details, st.first_seen, st.streak,
-                        marks=marks)
+    return Notification(
+        st.key, channel, action, st.severity, st.message, st.details, st.first_seen, st.streak, marks=marks
+    )
 
 
 def _timing(st: ConditionState, now: datetime, s: EscalationSettings) -> list[Notification]:
     due_page = st.severity == "critical" or now - st.first_seen >= s.page_after
     if st.paged_at is None and due_page:
-        return [_note(st, "page", "trigger", {"paged_at": now, "last_page_at": now}),
-                _note(st, "notify", "paged", {"notified_at": now})]
+        return [
+            _note(st, "page", "trigger", {"paged_at": now, "last_page_at": now}),
+            _note(st, "notify", "paged", {"notified_at": now}),
+        ]
     if st.paged_at is not None:
         if now - (st.last_page_at or st.paged_at) >= s.renotify_every:
             return [_note(st, "page", "retrigger", {"last_page_at": now})]

@@ -29,6 +29,7 @@ def ago(delta: timedelta) -> str:
         return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     return f"{seconds // 86400} days {seconds % 86400 // 3600} h"
 
+
 def render(n: Notification, now: datetime, settings: EscalationSettings) -> tuple[str, str]:
     """(one-line title, full text) for chat, mail and logs."""
     title = _TITLES[(n.channel, n.action)].format(sev=n.severity.upper())
@@ -49,14 +50,22 @@ def render(n: Notification, now: datetime, settings: EscalationSettings) -> tupl
 
 def describe_session(s: dict) -> str:
     """'pid 123 (idle in transaction, transaction 312 s, holds AccessShareLock on public.x): SELECT ...'."""
-    bits = [b for b in (
-        s.get("state"),
-        f"transaction {s['xact_seconds']:.0f} s" if isinstance(s.get("xact_seconds"), (int, float)) else None,
-        f"waiting {s['waiting_seconds']:.0f} s" if isinstance(s.get("waiting_seconds"), (int, float)) else None,
-        f"holds {s['mode']} on {s['relation']}" if s.get("mode") and s.get("relation") and s.get("granted", True) else None,
-        f"wants {s['mode']} on {s['relation']}" if s.get("mode") and s.get("relation") and s.get("granted") is False else None,
-        f"{s['usename']}@{s['application_name'] or '?'}" if s.get("usename") else None,
-    ) if b]
+    bits = [
+        b
+        for b in (
+            s.get("state"),
+            f"transaction {s['xact_seconds']:.0f} s" if isinstance(s.get("xact_seconds"), (int, float)) else None,
+            f"waiting {s['waiting_seconds']:.0f} s" if isinstance(s.get("waiting_seconds"), (int, float)) else None,
+            f"holds {s['mode']} on {s['relation']}"
+            if s.get("mode") and s.get("relation") and s.get("granted", True)
+            else None,
+            f"wants {s['mode']} on {s['relation']}"
+            if s.get("mode") and s.get("relation") and s.get("granted") is False
+            else None,
+            f"{s['usename']}@{s['application_name'] or '?'}" if s.get("usename") else None,
+        )
+        if b
+    ]
     out = f"pid {s.get('pid')}" + (f" ({', '.join(bits)})" if bits else "")
     if s.get("query"):
         out += f": {' '.join(str(s['query']).split())[:300]!r}"

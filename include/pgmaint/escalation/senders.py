@@ -20,8 +20,11 @@ Sender = Callable[[Target, Notification, str, str, str], None]
 
 
 def send_log(target: Target, n: Notification, title: str, text: str, source: str) -> None:
-    level = logging.INFO if n.action == "resolve" else (logging.ERROR if n.channel == "page" or n.severity == "critical"
-                                                        else logging.WARNING)
+    level = (
+        logging.INFO
+        if n.action == "resolve"
+        else (logging.ERROR if n.channel == "page" or n.severity == "critical" else logging.WARNING)
+    )
     alert_log.log(level, "%s", text)
 
 
@@ -34,6 +37,8 @@ def _provider(name: str) -> Sender:
 
 
 SENDERS: dict[str, Sender] = {
-    "log": send_log, "slack": _provider("send_slack"), "pagerduty": _provider("send_pagerduty"),
+    "log": send_log,
+    "slack": _provider("send_slack"),
+    "pagerduty": _provider("send_pagerduty"),
     "email": _provider("send_email"),
 }

@@ -69,8 +69,21 @@ class MemoryStore:
 class PgStore:
     """`<state_schema>.conditions` and `.alerts` (include/sql/004_escalation.sql). Autocommit connection."""
 
-    _COLUMNS = ("key", "severity", "message", "details", "first_seen", "last_seen", "streak", "quiet", "notified_at",
-                "paged_at", "last_page_at", "resolved_at", "episodes")
+    _COLUMNS = (
+        "key",
+        "severity",
+        "message",
+        "details",
+        "first_seen",
+        "last_seen",
+        "streak",
+        "quiet",
+        "notified_at",
+        "paged_at",
+        "last_page_at",
+        "resolved_at",
+        "episodes",
+    )
 
     def __init__(self, conn, schema: str):
 
@@ -79,17 +92,20 @@ class PgStore:
 
     def load(self) -> dict[str, ConditionState]:
         sql = self._sql
-        rows = self.conn.execute(sql.SQL("SELECT {} FROM {}.conditions").format(
-            sql.SQL(", ").join(map(sql.Identifier, self._COLUMNS)), self._ident)).fetchall()
+        rows = self.conn.execute(
+            sql.SQL("SELECT {} FROM {}.conditions").format(
+                sql.SQL(", ").join(map(sql.Identifier, self._COLUMNS)), self._ident
+            )
+        ).fetchall()
         return {r[0]: ConditionState(*r) for r in rows}
 
     def save(self, states: Iterable[ConditionState]) -> None:
         sql = self._sql
         cols = sql.SQL(", ").join(map(sql.Identifier, self._COLUMNS))
-        updates = sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in self._COLUMNS[1:])
+        updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in self._COLUMNS[1:])
         stmt = sql.SQL("INSERT INTO {}.conditions ({}) VALUES ({}) ON CONFLICT (key) DO UPDATE SET {}").format(
-            self._ident, cols, sql.SQL(", ").join(sql.Placeholder() * len(self._COLUMNS)), updates)
+            self._ident, cols, sql.SQL(", ").join(sql.Placeholder() * len(self._COLUMNS)), updates
+        )
 
         with self.conn.transaction():
             for st in states:
@@ -99,13 +115,17 @@ class PgStore:
 
     def record(self, notes: list[Notification], at: datetime) -> None:
         sql = self._sql
-        stmt = sql.SQL("INSERT INTO {}.alerts (sent_at, key, channel, action, target, severity, message, delivered, error) "
-                       "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)").format(self._ident)
+        stmt = sql.SQL(
+            "INSERT INTO {}.alerts (sent_at, key, channel, action, target, severity, message, delivered, error) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(self._ident)
         with self.conn.transaction():
             for n in notes:
                 for target, error in n.results:
-                    self.conn.execute(stmt, [at, n.key, n.channel, n.action, target, n.severity, n.message[:4000],
-                                             error is None, error])
+                    self.conn.execute(
+                        stmt,
+                        [at, n.key, n.channel, n.action, target, n.severity, n.message[:4000], error is None, error],
+                    )
 
     def absorb(self, spilled: dict[str, ConditionState]) -> int:
         """Fold states kept while the database was unreachable back in (newer wins). Returns how many."""
@@ -120,6 +140,12 @@ class PgStore:
     def locked(self, wait_seconds: float = 15.0):
         """One evaluation at a time (watchdog and failure callbacks may overlap): a session advisory lock."""
 
-        with waiting_lock(self.conn, "escalation:" + self.schema, wait_seconds=wait_seconds, on_timeout=lambda: TimeoutError(
-                f"another pgmaint evaluation kept the escalation lock for {wait_seconds:.0f}s")):
+        with waiting_lock(
+            self.conn,
+            "escalation:" + self.schema,
+            wait_seconds=wait_seconds,
+            on_timeout=lambda: TimeoutError(
+                f"another pgmaint evaluation kept the escalation lock for {wait_seconds:.0f}s"
+            ),
+        ):
             yield

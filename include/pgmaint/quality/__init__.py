@@ -58,10 +58,19 @@ def _observed(problems: list[str], count: int | None) -> str:
     return text
 
 
-def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, checks: list[str], *,
-             now: datetime | None = None, migration_id: int | None = None,
-             ranges: list[tuple[datetime, datetime]] | list[Range] | str | None = None,
-             data_docs_dir: str | None = None, evaluator: str = "gx") -> GateResult:
+def run_gate(
+    conninfo: str,
+    config: Config,
+    table_cfg: TableConfig,
+    gate: str,
+    checks: list[str],
+    *,
+    now: datetime | None = None,
+    migration_id: int | None = None,
+    ranges: list[tuple[datetime, datetime]] | list[Range] | str | None = None,
+    data_docs_dir: str | None = None,
+    evaluator: str = "gx",
+) -> GateResult:
     """Evaluate `checks` (names from `suites.CHECKS`) for one table; see the module docstring.
 
     `evaluator`: "gx" (Great Expectations validates the suite) or "sql" (`runner.run_suite_sql`: the same
@@ -81,12 +90,19 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
     try:
         facts, migration, migration_problem = read_facts(conninfo, config, table_cfg, migration_id)
     except Exception as exc:
-        result.errors.append(f"{table_cfg.name}: could not read the catalog: {type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        result.errors.append(
+            f"{table_cfg.name}: could not read the catalog: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
         return _finish(result, None, started, checks)
     if isinstance(facts, CatalogError):
-        result.failures.append(failure_line(f"{table_cfg.name}: the table is range-partitioned as configured",
-                                            f"a table range-partitioned on {table_cfg.partition_key}", str(facts)))
+        result.failures.append(
+            failure_line(
+                f"{table_cfg.name}: the table is range-partitioned as configured",
+                f"a table range-partitioned on {table_cfg.partition_key}",
+                str(facts),
+            )
+        )
         return _finish(result, None, started, checks)
 
     pending: list[Range] = []
@@ -94,18 +110,34 @@ def run_gate(conninfo: str, config: Config, table_cfg: TableConfig, gate: str, c
         try:
             pending = read_pending(conninfo, config, table_cfg, facts, now)
         except Exception as exc:
-            result.errors.append(f"{table_cfg.name}: could not probe the DEFAULT for migration-pending intervals: "
-                                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            result.errors.append(
+                f"{table_cfg.name}: could not probe the DEFAULT for migration-pending intervals: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            )
             return _finish(result, None, started, checks)
     if ranges == MIGRATED:
         ranges = migrated_ranges(facts, migration) if migration else []
     elif ranges is not None:
         ranges = as_ranges(ranges)
-    suite = build_suite(config, table_cfg, facts, list(checks), now=now, ranges=ranges, migration=migration,
-                        migration_problem=migration_problem, pending=pending)
+    suite = build_suite(
+        config,
+        table_cfg,
+        facts,
+        list(checks),
+        now=now,
+        ranges=ranges,
+        migration=migration,
+        migration_problem=migration_problem,
+        pending=pending,
+    )
     for problem in suite.problems:
-        result.failures.append(failure_line(f"{table_cfg.name}: migration {migration_id} can be verified",
-                                            "a finished or draining migration of this table in the journal", problem))
+        result.failures.append(
+            failure_line(
+                f"{table_cfg.name}: migration {migration_id} can be verified",
+                "a finished or draining migration of this table in the journal",
+                problem,
+            )
+        )
 
     timeout = 30_000
     if "conserved" in checks:  # reads the rows the migration moved, like the migration's own verification
@@ -150,17 +182,19 @@ def _finish(result: GateResult, suite: GateSuite | None, started: float, checks:
     result.success = not result.failures and not result.errors
     result.seconds = round(time.monotonic() - started, 3)
     expectations = []
-    for spec in (suite.checks if suite else ()):
+    for spec in suite.checks if suite else ():
         got = outcome.checks.get(spec.key) if outcome else None
-        expectations.append({
-            "check": spec.check,
-            "key": spec.key,
-            "type": EXPECTATION_TYPE,
-            "description": spec.description,
-            "success": bool(got and got.success and not got.error),
-            "observed_value": got.observed if got and not got.error else None,
-            "error": bool(got is None or got.error),
-        })
+        expectations.append(
+            {
+                "check": spec.check,
+                "key": spec.key,
+                "type": EXPECTATION_TYPE,
+                "description": spec.description,
+                "success": bool(got and got.success and not got.error),
+                "observed_value": got.observed if got and not got.error else None,
+                "error": bool(got is None or got.error),
+            }
+        )
     result.summary = {
         "gate": result.gate,
         "table": result.table,

@@ -19,8 +19,9 @@ from include.pgmaint.quality.suites import MigrationFacts
 APPLICATION_NAME = "pgmaint_quality"
 
 
-def read_facts(conninfo: str, config: Config, cfg: TableConfig, migration_id: int | None
-               ) -> tuple[TableFacts | CatalogError, MigrationFacts | None, str | None]:
+def read_facts(
+    conninfo: str, config: Config, cfg: TableConfig, migration_id: int | None
+) -> tuple[TableFacts | CatalogError, MigrationFacts | None, str | None]:
     """(catalog facts, migration facts, why the migration cannot be checked). Raises on SQL/connection errors."""
     with connect(conninfo, config.lock_budget, application_name=APPLICATION_NAME) as conn:
         conn.execute("SET default_transaction_read_only = on")
@@ -40,32 +41,49 @@ def read_pending(conninfo: str, config: Config, cfg: TableConfig, facts: TableFa
         return migration_pending(conn, config, cfg, facts, now)
 
 
-def read_migration(conn, config: Config, cfg: TableConfig, migration_id: int) -> tuple[MigrationFacts | None, str | None]:
+def read_migration(
+    conn, config: Config, cfg: TableConfig, migration_id: int
+) -> tuple[MigrationFacts | None, str | None]:
     state = sql.Identifier(config.state_schema)
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                          [sql.SQL("{}.migration_figures").format(state).as_string(conn)]).fetchone()[0]
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", [sql.SQL("{}.migration_figures").format(state).as_string(conn)]
+    ).fetchone()[0]
     if not exists:
         return None, f"there is no migration journal ({config.state_schema}.migrations does not exist)"
-    row = conn.execute(sql.SQL(
-        "SELECT m.table_name, m.phase, m.partitions, m.total_pages, m.checksum, m.method, m.verified_at IS NOT NULL, "
-        "(SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c, pg_namespace n "
-        " WHERE c.oid = to_regclass(m.drain_table) AND n.oid = c.relnamespace) "
-        "FROM {}.migrations m WHERE m.migration_id = %s").format(state), [migration_id]).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT m.table_name, m.phase, m.partitions, m.total_pages, m.checksum, m.method, m.verified_at IS NOT NULL, "
+            "(SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c, pg_namespace n "
+            " WHERE c.oid = to_regclass(m.drain_table) AND n.oid = c.relnamespace) "
+            "FROM {}.migrations m WHERE m.migration_id = %s"
+        ).format(state),
+        [migration_id],
+    ).fetchone()
     if row is None:
         return None, f"migration {migration_id} is not in {config.state_schema}.migrations"
     table_name, phase, partitions, total_pages, checksum, method, verified, drain = row
     if table_name != cfg.name:
         return None, f"migration {migration_id} migrated {table_name}, not {cfg.name}"
     if method == "copy" and not verified:
-        return None, (f"migration {migration_id} has no figures taken at its swap (phase {phase}): "
-                      + ("it has not swapped yet; run the migration again" if phase in ("preparing", "copying") else
-                         "the run stopped between the swap and its verification; see docs/runbook.md, 'Migration not verified'"))
+        return None, (
+            f"migration {migration_id} has no figures taken at its swap (phase {phase}): "
+            + (
+                "it has not swapped yet; run the migration again"
+                if phase in ("preparing", "copying")
+                else "the run stopped between the swap and its verification; see docs/runbook.md, 'Migration not verified'"
+            )
+        )
     if method == "drain" and total_pages is None:
-        return None, (f"migration {migration_id} has not recorded its 'before' figures yet (interrupted right after "
-                      "the swap); run the migration again to finish it")
-    buckets = conn.execute(sql.SQL(
-        "SELECT bucket, bool_or(kind = 'moved') FROM {}.migration_figures WHERE migration_id = %s GROUP BY 1 ORDER BY 1"
-    ).format(state), [migration_id]).fetchall()
+        return None, (
+            f"migration {migration_id} has not recorded its 'before' figures yet (interrupted right after "
+            "the swap); run the migration again to finish it"
+        )
+    buckets = conn.execute(
+        sql.SQL(
+            "SELECT bucket, bool_or(kind = 'moved') FROM {}.migration_figures WHERE migration_id = %s GROUP BY 1 ORDER BY 1"
+        ).format(state),
+        [migration_id],
+    ).fetchall()
     return MigrationFacts(
         migration_id=migration_id,
         table_name=table_name,

@@ -86,8 +86,10 @@ def sqlalchemy_url(conninfo: str) -> tuple[str, dict]:
 
 
 def session_options(statement_timeout_ms: int, extra: str | None = None) -> str:
-    opts = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout=200 -c TimeZone=UTC "
-            "-c idle_in_transaction_session_timeout=30000 -c default_transaction_read_only=on")
+    opts = (
+        f"-c statement_timeout={statement_timeout_ms} -c lock_timeout=200 -c TimeZone=UTC "
+        "-c idle_in_transaction_session_timeout=30000 -c default_transaction_read_only=on"
+    )
     return f"{extra} {opts}" if extra else opts
 
 
@@ -125,8 +127,9 @@ def _first_line(message: str) -> str:
     return line[:500]
 
 
-def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_ms: int = 30_000,
-              data_docs_dir: str | None = None) -> RunOutcome:
+def run_suite(
+    conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_ms: int = 30_000, data_docs_dir: str | None = None
+) -> RunOutcome:
     """Evaluate every check of `suite`; never raises for SQL/connection problems (they come back as errors)."""
     outcomes: dict[str, CheckOutcome] = {}
     if not suite.checks:
@@ -135,22 +138,29 @@ def run_suite(conninfo: str, suite: GateSuite, gate: str, *, statement_timeout_m
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     url, extra = sqlalchemy_url(conninfo)
-    connect_args = {"options": session_options(statement_timeout_ms, extra.get("options")),
-                    "application_name": "pgmaint_quality", "connect_timeout": 10}
+    connect_args = {
+        "options": session_options(statement_timeout_ms, extra.get("options")),
+        "application_name": "pgmaint_quality",
+        "connect_timeout": 10,
+    }
     context = gx.get_context(mode="ephemeral", runtime_environment={URL_VARIABLE: url})
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = None
     try:
         try:
             datasource = context.data_sources.add_postgres(
-                DATASOURCE, connection_string="${" + URL_VARIABLE + "}", kwargs={"connect_args": connect_args})
+                DATASOURCE, connection_string="${" + URL_VARIABLE + "}", kwargs={"connect_args": connect_args}
+            )
         except Exception as exc:  # TestConnectionError: add_postgres connects straight away
             return RunOutcome(outcomes, error=f"could not connect: {_first_line(str(exc))}")
         definitions = _validation_definitions(gx, context, datasource, suite, gate)
         actions, docs_base = _data_docs(context, suite, gate, data_docs_dir)
         # COMPLETE: our queries return problem descriptions (catalog/journal facts), never user rows.
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"pgmaint.{gate}", validation_definitions=definitions, actions=actions, result_format="COMPLETE"))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"pgmaint.{gate}", validation_definitions=definitions, actions=actions, result_format="COMPLETE"
+            )
+        )
         try:
             result = checkpoint.run()
         except Exception as exc:
@@ -178,12 +188,20 @@ def _validation_definitions(gx, context, datasource, suite: GateSuite, gate: str
         specs = [s for s in suite.checks if s.asset == asset_name]
         asset = datasource.add_query_asset(asset_name, query=query)
         batch = asset.add_batch_definition_whole_table(asset_name)
-        expectations = [gx.expectations.UnexpectedRowsExpectation(
-            unexpected_rows_query=s.query, description=s.description,
-            meta={"pgmaint_key": s.key, "check": s.check, "expected": s.expected}) for s in specs]
+        expectations = [
+            gx.expectations.UnexpectedRowsExpectation(
+                unexpected_rows_query=s.query,
+                description=s.description,
+                meta={"pgmaint_key": s.key, "check": s.check, "expected": s.expected},
+            )
+            for s in specs
+        ]
         gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{gate}.{asset_name}", expectations=expectations))
-        definitions.append(context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{gate}.{asset_name}", data=batch, suite=gx_suite)))
+        definitions.append(
+            context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"{gate}.{asset_name}", data=batch, suite=gx_suite)
+            )
+        )
     return definitions
 
 
@@ -195,11 +213,14 @@ def _data_docs(context, suite: GateSuite, gate: str, data_docs_dir: str | None) 
 
     docs_base = Path(data_docs_dir) / suite.table / gate
     shutil.rmtree(docs_base, ignore_errors=True)  # the folder shows the latest run of this gate
-    context.add_data_docs_site(DOCS_SITE, {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_base)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    context.add_data_docs_site(
+        DOCS_SITE,
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_base)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     return [UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])], docs_base
 
 
@@ -215,8 +236,9 @@ def _outcomes(result) -> dict[str, CheckOutcome]:
                 continue
             details = (er.result or {}).get("details") or {}
             rows = details.get("unexpected_rows") or []
-            outcomes[key] = CheckOutcome(key, bool(er.success), (er.result or {}).get("observed_value"),
-                                         [str(r.get("problem")) for r in rows])
+            outcomes[key] = CheckOutcome(
+                key, bool(er.success), (er.result or {}).get("observed_value"), [str(r.get("problem")) for r in rows]
+            )
     return outcomes
 
 
@@ -231,8 +253,13 @@ def run_suite_sql(conninfo: str, suite: GateSuite, *, statement_timeout_ms: int 
     if not suite.checks:
         return RunOutcome(outcomes)
     try:
-        conn = psycopg.connect(conninfo, autocommit=True, application_name="pgmaint_quality", connect_timeout=10,
-                               options=session_options(statement_timeout_ms, conninfo_to_dict(conninfo).get("options")))
+        conn = psycopg.connect(
+            conninfo,
+            autocommit=True,
+            application_name="pgmaint_quality",
+            connect_timeout=10,
+            options=session_options(statement_timeout_ms, conninfo_to_dict(conninfo).get("options")),
+        )
     except psycopg.Error as exc:
         return RunOutcome(outcomes, error=f"could not connect: {_first_line(str(exc))}")
     with conn:

@@ -146,8 +146,10 @@ def _key_literal(moment: datetime, key_type: str) -> str:
 def _sql_moment(column: str, wall_clock: bool) -> str:
     """SQL text for a catalog-asset bound, formatted like `moment_label`."""
     suffix = "" if wall_clock else " || 'Z'"
-    return (f"CASE WHEN isfinite({column}) THEN to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'){suffix} "
-            f"ELSE {column}::text END")
+    return (
+        f"CASE WHEN isfinite({column}) THEN to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'){suffix} "
+        f"ELSE {column}::text END"
+    )
 
 
 def _sql_range(lower: str, upper: str, wall_clock: bool) -> str:
@@ -155,8 +157,11 @@ def _sql_range(lower: str, upper: str, wall_clock: bool) -> str:
 
 
 _JOIN = re.compile(r"\bJOIN\b", re.IGNORECASE)
-_ALIASED = re.compile(r"\{batch\}\s+(?!(?:WHERE|GROUP|ORDER|LIMIT|OFFSET|UNION|EXCEPT|INTERSECT|HAVING|WINDOW|FETCH)\b)"
-                      r"(?:AS\b|[A-Za-z_])", re.IGNORECASE)
+_ALIASED = re.compile(
+    r"\{batch\}\s+(?!(?:WHERE|GROUP|ORDER|LIMIT|OFFSET|UNION|EXCEPT|INTERSECT|HAVING|WINDOW|FETCH)\b)"
+    r"(?:AS\b|[A-Za-z_])",
+    re.IGNORECASE,
+)
 _STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", re.DOTALL)
 
 
@@ -191,8 +196,10 @@ def catalog_asset(facts: TableFacts) -> str:
 
     def side(i: int) -> str:
         v = f"b.v[{i}]"
-        return (f"CASE WHEN c.oid = pt.partdefid THEN NULL WHEN {v} = 'MINVALUE' THEN '-infinity'::timestamptz "
-                f"WHEN {v} = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE {cast.format(v=v)} END")
+        return (
+            f"CASE WHEN c.oid = pt.partdefid THEN NULL WHEN {v} = 'MINVALUE' THEN '-infinity'::timestamptz "
+            f"WHEN {v} = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE {cast.format(v=v)} END"
+        )
 
     parent = literal(f"{ident(facts.schema)}.{ident(facts.table)}")
     return (
@@ -213,8 +220,10 @@ def default_asset(facts: TableFacts) -> str:
 
 
 def figures_asset(state_schema: str, migration_id: int) -> str:
-    return (f"SELECT kind, bucket, rows, checksum FROM {ident(state_schema)}.migration_figures "
-            f"WHERE migration_id = {int(migration_id)}")
+    return (
+        f"SELECT kind, bucket, rows, checksum FROM {ident(state_schema)}.migration_figures "
+        f"WHERE migration_id = {int(migration_id)}"
+    )
 
 
 # --- checks ------------------------------------------------------------------------------------------
@@ -229,8 +238,10 @@ def runway_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) ->
     now_t, tz_t = timeline(facts, now, tz)
     wanted = [rng for _, rng in desired_ranges(cfg, now_t, tz_t)]
     wall = _wall(facts)
-    rows = ", ".join(f"({_tstz(r.lower, '-infinity')}, {_tstz(r.upper, 'infinity')}, {literal(range_label(r, wall))})"
-                     for r in wanted)
+    rows = ", ".join(
+        f"({_tstz(r.lower, '-infinity')}, {_tstz(r.upper, 'infinity')}, {literal(range_label(r, wall))})"
+        for r in wanted
+    )
     query = (
         "SELECT 'no partition for ' || r.label AS problem "
         f"FROM (VALUES {rows}) AS r(lo, hi, label) "
@@ -238,11 +249,14 @@ def runway_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) ->
         "AND lower_bound <= r.lo AND upper_bound >= r.hi) ORDER BY r.lo"
     )
     return CheckSpec(
-        "runway", "runway", CATALOG,
+        "runway",
+        "runway",
+        CATALOG,
         f"{cfg.name}: at least {cfg.premake} partitions exist ahead of now",
         f"attached partitions covering the current {cfg.interval.unit} and the next {cfg.premake} "
         f"({moment_label(wanted[0].lower, wall)} to {moment_label(wanted[-1].upper, wall)})",
-        check_query(query))
+        check_query(query),
+    )
 
 
 def retention_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> CheckSpec | Skipped:
@@ -253,18 +267,22 @@ def retention_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str)
     cutoff = retention_cutoff(cfg, *timeline(facts, now, tz)) - RETENTION_GRACE
     wall = _wall(facts)
     query = (
-        "SELECT 'partition ' || partition_name || ' ' || " + _sql_range("lower_bound", "upper_bound", wall)
+        "SELECT 'partition ' || partition_name || ' ' || "
+        + _sql_range("lower_bound", "upper_bound", wall)
         + " || ' lies entirely before the cutoff' "
         "|| CASE WHEN detach_pending THEN ' (detach pending)' ELSE '' END AS problem "
         f"FROM {{batch}} WHERE NOT is_default AND upper_bound <= {_tstz(cutoff, '-infinity')} "
         "ORDER BY lower_bound"
     )
     return CheckSpec(
-        "retention", "retention", CATALOG,
+        "retention",
+        "retention",
+        CATALOG,
         f"{cfg.name}: no attached partition lies entirely before now - {cfg.retention}",
         f"no partition whose upper bound is at or before {moment_label(cutoff, wall)} "
         f"(now - {cfg.retention} - {int(RETENTION_GRACE.total_seconds() // 60)} minutes' grace)",
-        check_query(query))
+        check_query(query),
+    )
 
 
 def merged(ranges: list[Range]) -> list[Range]:
@@ -278,8 +296,9 @@ def merged(ranges: list[Range]) -> list[Range]:
     return out
 
 
-def contiguity_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str,
-                     pending: list[Range] = ()) -> CheckSpec:
+def contiguity_check(
+    cfg: TableConfig, facts: TableFacts, now: datetime, tz: str, pending: list[Range] = ()
+) -> CheckSpec:
     """Consecutive attached partitions meet exactly where the junction lies inside the managed window.
 
     A gap made only of `pending` intervals (no partition, rows in the DEFAULT: waiting for
@@ -293,8 +312,12 @@ def contiguity_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str
     ws, we = _tstz(start, "-infinity"), _tstz(horizon, "infinity")
     query = (
         "SELECT CASE WHEN prev_upper < lower_bound "
-        "THEN 'gap ' || " + _sql_range("prev_upper", "lower_bound", wall) + " || ' between ' || prev_name || ' and ' || partition_name "
-        "ELSE 'overlap ' || " + _sql_range("lower_bound", "prev_upper", wall) + " || ' between ' || prev_name || ' and ' || partition_name "
+        "THEN 'gap ' || "
+        + _sql_range("prev_upper", "lower_bound", wall)
+        + " || ' between ' || prev_name || ' and ' || partition_name "
+        "ELSE 'overlap ' || "
+        + _sql_range("lower_bound", "prev_upper", wall)
+        + " || ' between ' || prev_name || ' and ' || partition_name "
         "END AS problem "
         "FROM (SELECT partition_name, lower_bound, upper_bound, "
         "lag(partition_name) OVER (ORDER BY lower_bound, upper_bound) AS prev_name, "
@@ -308,19 +331,25 @@ def contiguity_check(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str
     tolerated = ""
     if blocks:
         rows = ", ".join(f"({_tstz(b.lower, '-infinity')}, {_tstz(b.upper, 'infinity')})" for b in blocks)
-        tolerated = (f"AND NOT (prev_upper < lower_bound AND EXISTS (SELECT 1 FROM (VALUES {rows}) AS pgmaint_p(lo, hi) "
-                     "WHERE pgmaint_p.lo <= prev_upper AND pgmaint_p.hi >= lower_bound)) ")
+        tolerated = (
+            f"AND NOT (prev_upper < lower_bound AND EXISTS (SELECT 1 FROM (VALUES {rows}) AS pgmaint_p(lo, hi) "
+            "WHERE pgmaint_p.lo <= prev_upper AND pgmaint_p.hi >= lower_bound)) "
+        )
     query = query.replace("{tolerated}", tolerated)
     window = f"[{moment_label(start, wall) if start else 'the oldest partition'}, {moment_label(horizon, wall)})"
     expected = "each partition ends exactly where the next one begins"
     if blocks:
-        expected += (f", except gaps waiting for default_partition_migration (rows in the DEFAULT): "
-                     f"{ranges_label(blocks, wall)}")
+        expected += (
+            f", except gaps waiting for default_partition_migration (rows in the DEFAULT): {ranges_label(blocks, wall)}"
+        )
     return CheckSpec(
-        "contiguity", "contiguity", CATALOG,
+        "contiguity",
+        "contiguity",
+        CATALOG,
         f"{cfg.name}: no gaps and no overlaps between consecutive partitions in {window}",
         expected,
-        check_query(query))
+        check_query(query),
+    )
 
 
 def default_clean_check(cfg: TableConfig, facts: TableFacts, ranges: list[Range] | None) -> CheckSpec | Skipped:
@@ -332,24 +361,38 @@ def default_clean_check(cfg: TableConfig, facts: TableFacts, ranges: list[Range]
     count = f"CASE WHEN c.n > {COUNT_CAP} THEN 'more than {COUNT_CAP}' ELSE c.n::text END"
     holds = literal(f"the DEFAULT partition {name} holds ")
     if ranges is None:
-        query = (f"SELECT {holds} || {count} || ' row(s)' AS problem "
-                 f"FROM ({probe.replace('{cond}', 'true')}) AS c WHERE c.n > 0")
-        return CheckSpec("default_clean", "default_clean", DEFAULT,
-                         f"{cfg.name}: the DEFAULT partition {name} is empty", "0 rows", check_query(query))
+        query = (
+            f"SELECT {holds} || {count} || ' row(s)' AS problem "
+            f"FROM ({probe.replace('{cond}', 'true')}) AS c WHERE c.n > 0"
+        )
+        return CheckSpec(
+            "default_clean",
+            "default_clean",
+            DEFAULT,
+            f"{cfg.name}: the DEFAULT partition {name} is empty",
+            "0 rows",
+            check_query(query),
+        )
     if not ranges:
         return Skipped("default_clean", "no ranges to check")
     rows = ", ".join(
         f"({_key_literal(r.lower, facts.key_type)}, {_key_literal(r.upper, facts.key_type)}, {literal(range_label(r, wall))})"
-        for r in ranges)
+        for r in ranges
+    )
     cond = f"{key} >= pgmaint_r.lo AND {key} < pgmaint_r.hi"
-    query = (f"SELECT {holds} || {count} || ' row(s) in ' || pgmaint_r.label AS problem "
-             f"FROM (VALUES {rows}) AS pgmaint_r(lo, hi, label), LATERAL ({probe.replace('{cond}', cond)}) AS c "
-             "WHERE c.n > 0 ORDER BY pgmaint_r.lo")
+    query = (
+        f"SELECT {holds} || {count} || ' row(s) in ' || pgmaint_r.label AS problem "
+        f"FROM (VALUES {rows}) AS pgmaint_r(lo, hi, label), LATERAL ({probe.replace('{cond}', cond)}) AS c "
+        "WHERE c.n > 0 ORDER BY pgmaint_r.lo"
+    )
     return CheckSpec(
-        "default_clean", "default_clean", DEFAULT,
+        "default_clean",
+        "default_clean",
+        DEFAULT,
         f"{cfg.name}: the DEFAULT partition {name} holds no rows in the {len(ranges)} migrated range(s)",
         f"0 rows in {ranges_label(ranges, wall)}",
-        check_query(query))
+        check_query(query),
+    )
 
 
 def not_null_key_check(cfg: TableConfig, facts: TableFacts) -> CheckSpec | Skipped:
@@ -364,10 +407,13 @@ def not_null_key_check(cfg: TableConfig, facts: TableFacts) -> CheckSpec | Skipp
         "WHERE c.n > 0"
     )
     return CheckSpec(
-        "not_null_key", "not_null_key", DEFAULT,
+        "not_null_key",
+        "not_null_key",
+        DEFAULT,
         f"{cfg.name}: the partition key {facts.key_column} is never NULL (only the DEFAULT partition could hold NULL keys)",
         f"0 rows with a NULL {facts.key_column}",
-        check_query(query))
+        check_query(query),
+    )
 
 
 def bucket_range(bucket: str, cfg: TableConfig, facts: TableFacts, tz: str) -> Range:
@@ -402,29 +448,39 @@ def conserved_checks(config: Config, cfg: TableConfig, facts: TableFacts, migrat
     state = f"{config.state_schema}.migration_figures"
     return [
         CheckSpec(
-            "conserved", "conserved.journal", FIGURES,
+            "conserved",
+            "conserved.journal",
+            FIGURES,
             f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum before "
             "= moved + still in the drain table)",
             f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and "
             f"checksum equal the 'moved' ones plus {left}",
-            check_query(journal)),
+            check_query(journal),
+        ),
         CheckSpec(
-            "conserved", "conserved.in_place", FIGURES,
+            "conserved",
+            "conserved.in_place",
+            FIGURES,
             f"{cfg.name}: the rows migration {mid} moved are still in the table (per interval, at least the rows moved in)",
             f"at least the moved rows in all {len(ranged) + ('NULL' in migration.moved_buckets)} interval(s), "
             "same checksum where the count is unchanged",
-            check_query(in_place)),
+            check_query(in_place),
+        ),
     ]
 
 
-def _drain_journal_query(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> tuple[str, str]:
+def _drain_journal_query(
+    config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts
+) -> tuple[str, str]:
     """The journal check of a drain-design migration: before = moved + still in the drain table, per bucket;
     and how the expectation words what is left behind."""
     if migration.drain_table:
         bucket = bucket_expression(facts, cfg, config.timezone, alias="m").as_string(None)
-        remaining = (f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
-                     f"sum({checksum_expression(migration.checksum, 'm').as_string(None)}) AS checksum "
-                     f"FROM {migration.drain_table} AS m GROUP BY 1")
+        remaining = (
+            f"SELECT coalesce({bucket}::text, 'NULL') AS bucket, count(*) AS rows, "
+            f"sum({checksum_expression(migration.checksum, 'm').as_string(None)}) AS checksum "
+            f"FROM {migration.drain_table} AS m GROUP BY 1"
+        )
         left = f"the rows still in the drain table {migration.drain_table}"
     else:
         remaining = "SELECT NULL::text AS bucket, 0::bigint AS rows, 0::numeric AS checksum WHERE false"
@@ -451,7 +507,9 @@ def _drain_journal_query(config: Config, cfg: TableConfig, facts: TableFacts, mi
     return journal, left
 
 
-def _in_place_query(config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts) -> tuple[str, list[str]]:
+def _in_place_query(
+    config: Config, cfg: TableConfig, facts: TableFacts, migration: MigrationFacts
+) -> tuple[str, list[str]]:
     """The in-place check: per moved bucket, the table still holds at least the rows moved in; and those buckets."""
     key, parent = ident(facts.key_column), f"{ident(facts.schema)}.{ident(facts.table)}"
     digest = f"count(*) AS rows, coalesce(sum({checksum_expression(migration.checksum, 't').as_string(None)}), 0) AS checksum"
@@ -461,9 +519,13 @@ def _in_place_query(config: Config, cfg: TableConfig, facts: TableFacts, migrati
         values = []
         for b in ranged:
             rng = bucket_range(b, cfg, facts, config.timezone)
-            values.append(f"({literal(b)}, {_key_literal(rng.lower, facts.key_type)}, {_key_literal(rng.upper, facts.key_type)})")
-        branches.append(f"SELECT pgmaint_r.bucket, l.rows, l.checksum FROM (VALUES {', '.join(values)}) AS pgmaint_r(bucket, lo, hi), "
-                        f"LATERAL (SELECT {digest} FROM {parent} AS t WHERE t.{key} >= pgmaint_r.lo AND t.{key} < pgmaint_r.hi) AS l")
+            values.append(
+                f"({literal(b)}, {_key_literal(rng.lower, facts.key_type)}, {_key_literal(rng.upper, facts.key_type)})"
+            )
+        branches.append(
+            f"SELECT pgmaint_r.bucket, l.rows, l.checksum FROM (VALUES {', '.join(values)}) AS pgmaint_r(bucket, lo, hi), "
+            f"LATERAL (SELECT {digest} FROM {parent} AS t WHERE t.{key} >= pgmaint_r.lo AND t.{key} < pgmaint_r.hi) AS l"
+        )
     if "NULL" in migration.moved_buckets:
         branches.append(f"SELECT 'NULL'::text, {digest} FROM {parent} AS t WHERE t.{key} IS NULL")
     if not branches:
@@ -506,22 +568,36 @@ def copied_checks(config: Config, cfg: TableConfig, facts: TableFacts, migration
         "ELSE ' (same count, checksums differ)' END AS problem "
         "FROM s WHERE before_rows <> moved_rows OR before_sum <> moved_sum ORDER BY bucket"
     )
-    specs = [CheckSpec(
-        "conserved", "conserved.journal", FIGURES,
-        f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum in the DEFAULT "
-        "= in their new partitions, counted at the instant of the swap)",
-        f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and checksum "
-        "equal the 'moved' ones",
-        check_query(journal))]
+    specs = [
+        CheckSpec(
+            "conserved",
+            "conserved.journal",
+            FIGURES,
+            f"{cfg.name}: migration {mid} lost and duplicated no rows (per interval, rows and checksum in the DEFAULT "
+            "= in their new partitions, counted at the instant of the swap)",
+            f"in all {len(migration.buckets)} interval(s) of {state} for migration {mid}, the 'before' count and checksum "
+            "equal the 'moved' ones",
+            check_query(journal),
+        )
+    ]
     return specs
 
 
 # --- the gate ----------------------------------------------------------------------------------------
 
 
-def build_suite(config: Config, cfg: TableConfig, facts: TableFacts, checks: list[str], *, now: datetime,
-                ranges: list[Range] | None = None, migration: MigrationFacts | None = None,
-                migration_problem: str | None = None, pending: list[Range] = ()) -> GateSuite:
+def build_suite(
+    config: Config,
+    cfg: TableConfig,
+    facts: TableFacts,
+    checks: list[str],
+    *,
+    now: datetime,
+    ranges: list[Range] | None = None,
+    migration: MigrationFacts | None = None,
+    migration_problem: str | None = None,
+    pending: list[Range] = (),
+) -> GateSuite:
     """All checks of one gate, and the assets they read. Pure: facts in, SQL and words out."""
     tz = config.timezone
     specs: list[CheckSpec] = []

@@ -76,14 +76,27 @@ class AirflowDagAdapter:
         if self._token is None:
             self._token = ep.token or self._get_token(ep)
         url = f"{ep.base_url}{path}"
-        return request(method, url, what=self.what, timeout=self.timeout, retries=self.retries,
-                       headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        return request(
+            method,
+            url,
+            what=self.what,
+            timeout=self.timeout,
+            retries=self.retries,
+            headers={"Authorization": f"Bearer {self._token}"},
+            **kwargs,
+        )
 
     def _get_token(self, ep: ApiEndpoint) -> str:
         url = f"{ep.base_url}/auth/token"
         if ep.login:
-            response = request("POST", url, what=self.what, timeout=self.timeout, retries=self.retries,
-                               json={"username": ep.login, "password": ep.password or ""})
+            response = request(
+                "POST",
+                url,
+                what=self.what,
+                timeout=self.timeout,
+                retries=self.retries,
+                json={"username": ep.login, "password": ep.password or ""},
+            )
         else:
             response = request("GET", url, what=self.what, timeout=self.timeout, retries=self.retries)
         try:
@@ -98,8 +111,9 @@ class AirflowDagAdapter:
         try:
             return bool(response.json()["is_paused"])
         except (ValueError, KeyError):
-            raise ServiceError(f"{self.what}: unexpected answer from the API: "
-                               f"{answer_excerpt(response, [self._token or ''])}") from None
+            raise ServiceError(
+                f"{self.what}: unexpected answer from the API: {answer_excerpt(response, [self._token or ''])}"
+            ) from None
 
     def status(self) -> Snapshot:
         try:
@@ -108,7 +122,11 @@ class AirflowDagAdapter:
             if "HTTP 404" in str(exc):
                 raise ServiceError(f"{self.what}: no DAG {self.dag_id!r} on the API server ({exc})") from None
             raise
-        return Snapshot(paused=paused, state={"is_paused": paused}, detail=f"DAG {self.dag_id} is {'paused' if paused else 'active'}")
+        return Snapshot(
+            paused=paused,
+            state={"is_paused": paused},
+            detail=f"DAG {self.dag_id} is {'paused' if paused else 'active'}",
+        )
 
     def _set(self, paused: bool) -> None:
         response = self._call("PATCH", f"{self._dag_path()}?update_mask=is_paused", json={"is_paused": paused})

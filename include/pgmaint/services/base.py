@@ -68,7 +68,9 @@ def retry_lock_timeouts(fn: Callable[[], T], what: str, total_seconds: float = 1
             return fn()
         except errors.LockNotAvailable as exc:
             if time.monotonic() + delay > deadline:
-                raise ServiceError(f"{what}: still blocked by another session's lock after {total_seconds:.0f}s ({exc})") from exc
+                raise ServiceError(
+                    f"{what}: still blocked by another session's lock after {total_seconds:.0f}s ({exc})"
+                ) from exc
             log.info("%s: lock busy, retrying in %.2fs", what, delay)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)

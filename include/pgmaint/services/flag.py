@@ -25,12 +25,15 @@ class FlagAdapter:
 
     def status(self) -> Snapshot:
         row = self.conn.execute(
-            sql.SQL("SELECT enabled, changed_by, reason, changed_at FROM {} WHERE name = %s").format(self.table), [self.flag]
+            sql.SQL("SELECT enabled, changed_by, reason, changed_at FROM {} WHERE name = %s").format(self.table),
+            [self.flag],
         ).fetchone()
         enabled = True if row is None else row[0]
         detail = f"flag {self.flag!r} is {'enabled' if enabled else 'disabled'}"
         if row is not None and row[1]:
-            detail += f" (last changed by {row[1]} at {row[3]:%Y-%m-%d %H:%M:%S%z}" + (f": {row[2]}" if row[2] else "") + ")"
+            detail += (
+                f" (last changed by {row[1]} at {row[3]:%Y-%m-%d %H:%M:%S%z}" + (f": {row[2]}" if row[2] else "") + ")"
+            )
         return Snapshot(paused=not enabled, state={"enabled": enabled}, detail=detail)
 
     def _set(self, enabled: bool, actor: Actor) -> None:

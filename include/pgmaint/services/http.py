@@ -96,8 +96,19 @@ def answer_excerpt(response: httpx.Response, secrets: Iterable[str], limit: int 
     return repr(scrub(response.text, secrets)[:limit])
 
 
-def request(method: str, url: str, *, what: str, timeout: float, retries: int, headers: dict[str, str] | None = None,
-            json: Any = None, backoff: float = 0.2, max_backoff: float = 2.0, client: httpx.Client | None = None) -> httpx.Response:
+def request(
+    method: str,
+    url: str,
+    *,
+    what: str,
+    timeout: float,
+    retries: int,
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    backoff: float = 0.2,
+    max_backoff: float = 2.0,
+    client: httpx.Client | None = None,
+) -> httpx.Response:
     """One HTTP call with a timeout per attempt and `retries` retries; raises ServiceError naming the URL.
 
     A password in the URL is sent as basic auth; neither it nor any header value appears in a log line or error.
@@ -112,8 +123,9 @@ def request(method: str, url: str, *, what: str, timeout: float, retries: int, h
     try:
         for attempt in range(1, attempts + 1):
             try:
-                response = client.request(method, target, headers=headers, json=json, timeout=timeout,
-                                          **({"auth": auth} if auth else {}))
+                response = client.request(
+                    method, target, headers=headers, json=json, timeout=timeout, **({"auth": auth} if auth else {})
+                )
             except httpx.TimeoutException:
                 last = f"timed out after {timeout:g}s"
             except httpx.TransportError as exc:
@@ -126,7 +138,16 @@ def request(method: str, url: str, *, what: str, timeout: float, retries: int, h
                     raise ServiceError(f"{what}: {method} {shown} failed: {last} (not retried)")
             if attempt < attempts:
                 delay = min(backoff * 2 ** (attempt - 1), max_backoff)
-                log.warning("%s: %s %s attempt %d/%d: %s; retrying in %.1fs", what, method, shown, attempt, attempts, last, delay)
+                log.warning(
+                    "%s: %s %s attempt %d/%d: %s; retrying in %.1fs",
+                    what,
+                    method,
+                    shown,
+                    attempt,
+                    attempts,
+                    last,
+                    delay,
+                )
                 time.sleep(delay)
         raise ServiceError(f"{what}: {method} {shown} failed after {attempts} attempt(s): {last}")
     finally:
@@ -150,8 +171,16 @@ class HttpAdapter:
         return {k: expand_env(v, where) for k, v in (self.service.options.get("headers") or {}).items()}
 
     def _call(self, method: str, url: str, body: Any = None) -> httpx.Response:
-        return request(method, url, what=f"service {self.service.name!r} (http)", timeout=self.timeout, retries=self.retries,
-                       headers=self._headers(), json=body, backoff=self.backoff)
+        return request(
+            method,
+            url,
+            what=f"service {self.service.name!r} (http)",
+            timeout=self.timeout,
+            retries=self.retries,
+            headers=self._headers(),
+            json=body,
+            backoff=self.backoff,
+        )
 
     def status(self) -> Snapshot:
         url = self.service.options.get("status_url")

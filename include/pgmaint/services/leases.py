@@ -66,7 +66,9 @@ HELD = ("paused", "joined", "already_held")
 class ServiceOutcome:
     service: str
     kind: str
-    action: str  # paused | joined | already_held | paused_by_someone_else | resumed | released | already_resumed | failed
+    action: (
+        str  # paused | joined | already_held | paused_by_someone_else | resumed | released | already_resumed | failed
+    )
     lease_id: int | None = None
     detail: str = ""
 
@@ -113,24 +115,21 @@ def make_adapter(service: ServiceConfig, config: Config, conn, *, endpoint_for=N
     """The adapter for one service. `conn` is the target DB (flags, pg_partman, pg_cron)."""
     kind = service.kind
     if kind == "flag":
-
         return FlagAdapter(service, conn, config.state_schema)
     if kind == "pg_partman":
-
         return PgPartmanAdapter(service, conn, default_parents(config, service))
     if kind == "pg_cron":
-
         if open_connection is None:
+
             def open_connection(conn_id: str):
                 from include.pgmaint.airflow.connections import conninfo_from_airflow
 
                 return connect(conninfo_from_airflow(conn_id), config.lock_budget)
+
         return PgCronAdapter(service, conn, open_connection)
     if kind == "airflow_dag":
-
         return AirflowDagAdapter(service, endpoint_for or endpoint_from_airflow)
     if kind == "http":
-
         return HttpAdapter(service)
     raise ServiceError(f"service {service.name!r}: unknown kind {kind!r}")
 
@@ -150,8 +149,11 @@ def _stored_config(service: ServiceConfig) -> dict[str, Any]:
     """What a lease keeps to resume the service even if the config changes. Never a secret: no headers,
     URLs with their password replaced by *** (both come from the current config at resume)."""
 
-    options = {k: redact_url(v) if k.endswith("_url") and isinstance(v, str) else v
-               for k, v in service.options.items() if k != "headers"}
+    options = {
+        k: redact_url(v) if k.endswith("_url") and isinstance(v, str) else v
+        for k, v in service.options.items()
+        if k != "headers"
+    }
     return {"kind": service.kind, "options": options}
 
 
@@ -170,8 +172,12 @@ def _service_for_lease(config: Config, lease: dict) -> ServiceConfig:
                 if key.endswith("_url") and isinstance(value, str) and stored.get(key) == redact_url(value):
                     stored[key] = value
             return ServiceConfig(s.name, s.kind, s.depends_on, stored)
-    log.warning("service %r is no longer configured as %s; resuming it from the settings stored in lease %s",
-                lease["service"], lease["kind"], lease["lease_id"])
+    log.warning(
+        "service %r is no longer configured as %s; resuming it from the settings stored in lease %s",
+        lease["service"],
+        lease["kind"],
+        lease["lease_id"],
+    )
     return ServiceConfig(lease["service"], lease["kind"], (), stored)
 
 
@@ -189,7 +195,9 @@ def _table(config: Config) -> sql.Composable:
 
 
 def _select(conn, config: Config, where: str, params: dict[str, Any], order: str = "lease_id") -> list[dict]:
-    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(_COLUMNS, _table(config), sql.SQL(where), sql.SQL(order))
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+        _COLUMNS, _table(config), sql.SQL(where), sql.SQL(order)
+    )
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, {"now": None, **params}).fetchall()
 
@@ -201,8 +209,14 @@ def _owner(lease: dict) -> str:
 @contextlib.contextmanager
 def service_lock(conn, config: Config, name: str, wait_seconds: float = LOCK_WAIT_SECONDS):
     """Serialise pgmaint's changes of one service across sessions."""
-    with waiting_lock(conn, f"{config.state_schema}:service:{name}", wait_seconds=wait_seconds, on_timeout=lambda: ServiceError(
-            f"service {name!r}: another pgmaint session kept it locked for {wait_seconds:.0f}s")):
+    with waiting_lock(
+        conn,
+        f"{config.state_schema}:service:{name}",
+        wait_seconds=wait_seconds,
+        on_timeout=lambda: ServiceError(
+            f"service {name!r}: another pgmaint session kept it locked for {wait_seconds:.0f}s"
+        ),
+    ):
         yield
 
 
@@ -214,21 +228,45 @@ def _ensure_schema(conn, config: Config) -> None:
 # --- pause ---------------------------------------------------------------------------
 
 
-def _pause_one(conn, config: Config, service: ServiceConfig, dag_id: str, run_id: str, reason: str | None,
-               lease_minutes: int | None, min_lease_minutes: int | None, now: datetime | None,
-               factory: AdapterFactory) -> ServiceOutcome:
+def _pause_one(
+    conn,
+    config: Config,
+    service: ServiceConfig,
+    dag_id: str,
+    run_id: str,
+    reason: str | None,
+    lease_minutes: int | None,
+    min_lease_minutes: int | None,
+    now: datetime | None,
+    factory: AdapterFactory,
+) -> ServiceOutcome:
     actor = Actor(f"{dag_id}/{run_id}", reason)
     minutes = max(lease_minutes or service.options.get("lease_minutes", DEFAULT_LEASE_MINUTES), min_lease_minutes or 0)
     until = sql.SQL("coalesce(%(now)s::timestamptz, clock_timestamp()) + make_interval(mins => %(minutes)s)")
-    params = {"now": now, "minutes": minutes, "service": service.name, "kind": service.kind, "dag_id": dag_id,
-              "run_id": run_id, "reason": reason, "config": json.dumps(_stored_config(service))}
+    params = {
+        "now": now,
+        "minutes": minutes,
+        "service": service.name,
+        "kind": service.kind,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "reason": reason,
+        "config": json.dumps(_stored_config(service)),
+    }
 
     def insert(state: str, episode: int | None, previous: dict | None) -> int:
         return conn.execute(
-            sql.SQL("INSERT INTO {} (service, kind, dag_id, run_id, reason, state, episode, lease_until, previous_state, service_config) "
-                    "VALUES (%(service)s, %(kind)s, %(dag_id)s, %(run_id)s, %(reason)s, %(state)s, %(episode)s, {}, "
-                    "%(previous)s::jsonb, %(config)s::jsonb) RETURNING lease_id").format(_table(config), until),
-            {**params, "state": state, "episode": episode, "previous": None if previous is None else json.dumps(previous)},
+            sql.SQL(
+                "INSERT INTO {} (service, kind, dag_id, run_id, reason, state, episode, lease_until, previous_state, service_config) "
+                "VALUES (%(service)s, %(kind)s, %(dag_id)s, %(run_id)s, %(reason)s, %(state)s, %(episode)s, {}, "
+                "%(previous)s::jsonb, %(config)s::jsonb) RETURNING lease_id"
+            ).format(_table(config), until),
+            {
+                **params,
+                "state": state,
+                "episode": episode,
+                "previous": None if previous is None else json.dumps(previous),
+            },
         ).fetchone()[0]
 
     with service_lock(conn, config, service.name):
@@ -241,11 +279,21 @@ def _pause_one(conn, config: Config, service: ServiceConfig, dag_id: str, run_id
                 snap = adapter.status()
                 if snap.paused is not True:
                     adapter.pause(snap, actor)
-                conn.execute(sql.SQL("UPDATE {} SET state = 'paused', episode = lease_id WHERE lease_id = %(id)s").format(_table(config)),
-                             {"id": lease["lease_id"]})
-            conn.execute(sql.SQL("UPDATE {} SET lease_until = greatest(lease_until, {}) WHERE lease_id = %(id)s").format(_table(config), until),
-                         {**params, "id": lease["lease_id"]})
-            return ServiceOutcome(service.name, service.kind, "already_held", lease["lease_id"], "this run already holds it paused")
+                conn.execute(
+                    sql.SQL("UPDATE {} SET state = 'paused', episode = lease_id WHERE lease_id = %(id)s").format(
+                        _table(config)
+                    ),
+                    {"id": lease["lease_id"]},
+                )
+            conn.execute(
+                sql.SQL("UPDATE {} SET lease_until = greatest(lease_until, {}) WHERE lease_id = %(id)s").format(
+                    _table(config), until
+                ),
+                {**params, "id": lease["lease_id"]},
+            )
+            return ServiceOutcome(
+                service.name, service.kind, "already_held", lease["lease_id"], "this run already holds it paused"
+            )
 
         adapter = factory(service)
         snap = adapter.status()
@@ -258,18 +306,37 @@ def _pause_one(conn, config: Config, service: ServiceConfig, dag_id: str, run_id
                 detail += f" (it was running again: {snap.detail}; paused it)"
             return ServiceOutcome(service.name, service.kind, "joined", lease_id, detail)
         if snap.paused is True:
-            return ServiceOutcome(service.name, service.kind, "paused_by_someone_else", None,
-                                  f"already paused, not by pgmaint ({snap.detail}); left alone and will not be resumed by this run")
+            return ServiceOutcome(
+                service.name,
+                service.kind,
+                "paused_by_someone_else",
+                None,
+                f"already paused, not by pgmaint ({snap.detail}); left alone and will not be resumed by this run",
+            )
         lease_id = insert("pausing", None, snap.state)
         adapter.pause(snap, actor)
-        conn.execute(sql.SQL("UPDATE {} SET state = 'paused', episode = lease_id WHERE lease_id = %(id)s").format(_table(config)),
-                     {"id": lease_id})
+        conn.execute(
+            sql.SQL("UPDATE {} SET state = 'paused', episode = lease_id WHERE lease_id = %(id)s").format(
+                _table(config)
+            ),
+            {"id": lease_id},
+        )
         return ServiceOutcome(service.name, service.kind, "paused", lease_id, f"was: {snap.detail}")
 
 
-def pause_services(conn, config: Config, names, *, dag_id: str, run_id: str, reason: str | None = None,
-                   lease_minutes: int | None = None, min_lease_minutes: int | None = None, now: datetime | None = None,
-                   factory: AdapterFactory | None = None) -> PauseReport:
+def pause_services(
+    conn,
+    config: Config,
+    names,
+    *,
+    dag_id: str,
+    run_id: str,
+    reason: str | None = None,
+    lease_minutes: int | None = None,
+    min_lease_minutes: int | None = None,
+    now: datetime | None = None,
+    factory: AdapterFactory | None = None,
+) -> PauseReport:
     """Pause `names` in dependency order with leases owned by (dag_id, run_id).
 
     Lease length: `lease_minutes` if given, else each service's `lease_minutes` (default 120);
@@ -287,23 +354,37 @@ def pause_services(conn, config: Config, names, *, dag_id: str, run_id: str, rea
     for name in report.order:
         service = _service(config, name)
         try:
-            outcome = _pause_one(conn, config, service, dag_id, run_id, reason, lease_minutes, min_lease_minutes, now, factory)
+            outcome = _pause_one(
+                conn, config, service, dag_id, run_id, reason, lease_minutes, min_lease_minutes, now, factory
+            )
         except BaseException as exc:
             log.error("pausing %s (%s) failed: %s; resuming what this run paused", name, service.kind, exc)
             try:
-                rollback = resume_services(conn, config, dag_id=dag_id, run_id=run_id, names=report.order, now=now,
-                                           factory=factory, raise_on_error=False)
+                rollback = resume_services(
+                    conn,
+                    config,
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    names=report.order,
+                    now=now,
+                    factory=factory,
+                    raise_on_error=False,
+                )
             except Exception as rollback_exc:
-                message = (f"pausing service {name!r} ({service.kind}) failed: {exc}; resuming the services this run paused "
-                           f"failed too ({rollback_exc}); their leases stay and resume_expired_leases() gives them back "
-                           "when they expire")
+                message = (
+                    f"pausing service {name!r} ({service.kind}) failed: {exc}; resuming the services this run paused "
+                    f"failed too ({rollback_exc}); their leases stay and resume_expired_leases() gives them back "
+                    "when they expire"
+                )
                 raise ServicePauseError(message, report, []) from exc
             if not isinstance(exc, Exception):
                 raise
             resumed = [o.service for o in rollback if o.action in ("resumed", "released")]
             failed = [str(o) for o in rollback if o.action == "failed"]
-            message = (f"pausing service {name!r} ({service.kind}) failed: {exc}. "
-                       f"Resumed what this run had paused, in reverse order: {', '.join(resumed) or 'nothing'}")
+            message = (
+                f"pausing service {name!r} ({service.kind}) failed: {exc}. "
+                f"Resumed what this run had paused, in reverse order: {', '.join(resumed) or 'nothing'}"
+            )
             if failed:
                 message += "; COULD NOT RESUME: " + "; ".join(failed) + " (leases kept: the watchdog retries them)"
             raise ServicePauseError(message, report, rollback) from exc
@@ -315,7 +396,9 @@ def pause_services(conn, config: Config, names, *, dag_id: str, run_id: str, rea
 # --- resume --------------------------------------------------------------------------
 
 
-def _end_lease(conn, config: Config, lease_id: int, by: str, now: datetime | None, factory: AdapterFactory) -> ServiceOutcome:
+def _end_lease(
+    conn, config: Config, lease_id: int, by: str, now: datetime | None, factory: AdapterFactory
+) -> ServiceOutcome:
     [lease] = _select(conn, config, "lease_id = %(id)s", {"id": lease_id})
     name, kind = lease["service"], lease["kind"]
     with service_lock(conn, config, name):
@@ -324,12 +407,16 @@ def _end_lease(conn, config: Config, lease_id: int, by: str, now: datetime | Non
             return ServiceOutcome(name, kind, "already_resumed", lease_id, f"{lease['state']} by {lease['resumed_by']}")
         live = _select(conn, config, "service = %(service)s AND resumed_at IS NULL", {"service": name, "now": now})
         others = [other for other in live if other["lease_id"] != lease_id and not other["expired"]]
-        finish = sql.SQL("UPDATE {} SET state = %(state)s, resumed_at = clock_timestamp(), resumed_by = %(by)s, error = NULL "
-                         "WHERE lease_id = ANY(%(ids)s) AND resumed_at IS NULL").format(_table(config))
+        finish = sql.SQL(
+            "UPDATE {} SET state = %(state)s, resumed_at = clock_timestamp(), resumed_by = %(by)s, error = NULL "
+            "WHERE lease_id = ANY(%(ids)s) AND resumed_at IS NULL"
+        ).format(_table(config))
         if others:
             holders = ", ".join(sorted({_owner(other) for other in others}))
             conn.execute(finish, {"state": "released", "by": by, "ids": [lease_id]})
-            return ServiceOutcome(name, kind, "released", lease_id, f"still held paused by pgmaint run {holders}; resumed when it ends")
+            return ServiceOutcome(
+                name, kind, "released", lease_id, f"still held paused by pgmaint run {holders}; resumed when it ends"
+            )
         [root] = _select(conn, config, "lease_id = %(id)s", {"id": lease["episode"]})
         service = _service_for_lease(config, lease)
         try:
@@ -337,8 +424,10 @@ def _end_lease(conn, config: Config, lease_id: int, by: str, now: datetime | Non
         except Exception as exc:
             # Keep the lease live and due, so resume_expired_leases() retries it at the next watchdog run.
             conn.execute(
-                sql.SQL("UPDATE {} SET error = %(error)s, lease_until = least(lease_until, coalesce(%(now)s::timestamptz, clock_timestamp())) "
-                        "WHERE lease_id = %(id)s").format(_table(config)),
+                sql.SQL(
+                    "UPDATE {} SET error = %(error)s, lease_until = least(lease_until, coalesce(%(now)s::timestamptz, clock_timestamp())) "
+                    "WHERE lease_id = %(id)s"
+                ).format(_table(config)),
                 {"error": str(exc), "now": now, "id": lease_id},
             )
             return ServiceOutcome(name, kind, "failed", lease_id, str(exc))
@@ -350,8 +439,9 @@ def _end_lease(conn, config: Config, lease_id: int, by: str, now: datetime | Non
         return ServiceOutcome(name, kind, "resumed", lease_id, detail)
 
 
-def _end_all(conn, config: Config, leases: list[dict], by: Callable[[dict], str], now, factory, raise_on_error: bool,
-             what: str) -> list[ServiceOutcome]:
+def _end_all(
+    conn, config: Config, leases: list[dict], by: Callable[[dict], str], now, factory, raise_on_error: bool, what: str
+) -> list[ServiceOutcome]:
     outcomes = []
     for lease in leases:  # newest first: the reverse of the order they were paused in
         try:
@@ -366,8 +456,17 @@ def _end_all(conn, config: Config, leases: list[dict], by: Callable[[dict], str]
     return outcomes
 
 
-def resume_services(conn, config: Config, *, dag_id: str, run_id: str, names=None, now: datetime | None = None,
-                    factory: AdapterFactory | None = None, raise_on_error: bool = True) -> list[ServiceOutcome]:
+def resume_services(
+    conn,
+    config: Config,
+    *,
+    dag_id: str,
+    run_id: str,
+    names=None,
+    now: datetime | None = None,
+    factory: AdapterFactory | None = None,
+    raise_on_error: bool = True,
+) -> list[ServiceOutcome]:
     """Resume everything (dag_id, run_id) holds paused (only `names`, if given), newest lease first.
 
     Idempotent and safe when nothing was paused. Tries every lease even if one
@@ -383,43 +482,80 @@ def resume_services(conn, config: Config, *, dag_id: str, run_id: str, names=Non
     leases = _select(conn, config, where, params, order="lease_id DESC")
     if not leases:
         log.info("run %s/%s holds no paused services: nothing to resume", dag_id, run_id)
-    return _end_all(conn, config, leases, lambda lease: f"{dag_id}/{run_id}", now, _factory(config, conn, factory),
-                    raise_on_error, f"run {dag_id}/{run_id}")
+    return _end_all(
+        conn,
+        config,
+        leases,
+        lambda lease: f"{dag_id}/{run_id}",
+        now,
+        _factory(config, conn, factory),
+        raise_on_error,
+        f"run {dag_id}/{run_id}",
+    )
 
 
-def resume_expired_leases(conn, config: Config, now: datetime | None = None, *, factory: AdapterFactory | None = None,
-                          raise_on_error: bool = True) -> list[ServiceOutcome]:
+def resume_expired_leases(
+    conn,
+    config: Config,
+    now: datetime | None = None,
+    *,
+    factory: AdapterFactory | None = None,
+    raise_on_error: bool = True,
+) -> list[ServiceOutcome]:
     """Give back the services whose lease expired (their run died or overran). For the watchdog.
 
     A service is resumed only if no other live, unexpired lease holds it.
     Raises ServiceResumeError after trying all if any resume failed.
     """
     _ensure_schema(conn, config)
-    leases = _select(conn, config, "resumed_at IS NULL AND lease_until <= coalesce(%(now)s::timestamptz, clock_timestamp())",
-                     {"now": now}, order="lease_id DESC")
+    leases = _select(
+        conn,
+        config,
+        "resumed_at IS NULL AND lease_until <= coalesce(%(now)s::timestamptz, clock_timestamp())",
+        {"now": now},
+        order="lease_id DESC",
+    )
     if leases:
-        log.warning("%d expired service lease(s): %s", len(leases),
-                    ", ".join(f"{lease['service']} held by {_owner(lease)} until {lease['lease_until']}" for lease in leases))
-    return _end_all(conn, config, leases, lambda lease: f"lease expired (held by {_owner(lease)})", now,
-                    _factory(config, conn, factory), raise_on_error, "expired leases")
+        log.warning(
+            "%d expired service lease(s): %s",
+            len(leases),
+            ", ".join(f"{lease['service']} held by {_owner(lease)} until {lease['lease_until']}" for lease in leases),
+        )
+    return _end_all(
+        conn,
+        config,
+        leases,
+        lambda lease: f"lease expired (held by {_owner(lease)})",
+        now,
+        _factory(config, conn, factory),
+        raise_on_error,
+        "expired leases",
+    )
 
 
 # --- inspection and renewal ---------------------------------------------------------------
 
 
-def renew_leases(conn, config: Config, *, dag_id: str, run_id: str, minutes: int | None = None,
-                 now: datetime | None = None) -> int:
+def renew_leases(
+    conn, config: Config, *, dag_id: str, run_id: str, minutes: int | None = None, now: datetime | None = None
+) -> int:
     """Push the run's live leases to now + minutes (default: each service's lease_minutes). For long runs."""
-    leases = _select(conn, config, "dag_id = %(dag_id)s AND run_id = %(run_id)s AND resumed_at IS NULL",
-                     {"dag_id": dag_id, "run_id": run_id})
+    leases = _select(
+        conn,
+        config,
+        "dag_id = %(dag_id)s AND run_id = %(run_id)s AND resumed_at IS NULL",
+        {"dag_id": dag_id, "run_id": run_id},
+    )
     for lease in leases:
         try:
             default = _service(config, lease["service"]).options.get("lease_minutes", DEFAULT_LEASE_MINUTES)
         except KeyError:
             default = DEFAULT_LEASE_MINUTES
         conn.execute(
-            sql.SQL("UPDATE {} SET lease_until = greatest(lease_until, coalesce(%(now)s::timestamptz, clock_timestamp()) "
-                    "+ make_interval(mins => %(minutes)s)) WHERE lease_id = %(id)s AND resumed_at IS NULL").format(_table(config)),
+            sql.SQL(
+                "UPDATE {} SET lease_until = greatest(lease_until, coalesce(%(now)s::timestamptz, clock_timestamp()) "
+                "+ make_interval(mins => %(minutes)s)) WHERE lease_id = %(id)s AND resumed_at IS NULL"
+            ).format(_table(config)),
             {"now": now, "minutes": minutes or default, "id": lease["lease_id"]},
         )
     return len(leases)
@@ -437,6 +573,20 @@ def service_status(conn, config: Config, name: str, *, factory: AdapterFactory |
     service = _service(config, name)
     snap = _factory(config, conn, factory)(service).status()
     leases = _select(conn, config, "service = %(service)s AND resumed_at IS NULL", {"service": name})
-    return {"service": name, "kind": service.kind, "paused": snap.paused, "detail": snap.detail, "state": snap.state,
-            "leases": [{"lease_id": lease["lease_id"], "held_by": _owner(lease), "state": lease["state"],
-                        "lease_until": lease["lease_until"], "expired": lease["expired"]} for lease in leases]}
+    return {
+        "service": name,
+        "kind": service.kind,
+        "paused": snap.paused,
+        "detail": snap.detail,
+        "state": snap.state,
+        "leases": [
+            {
+                "lease_id": lease["lease_id"],
+                "held_by": _owner(lease),
+                "state": lease["state"],
+                "lease_until": lease["lease_until"],
+                "expired": lease["expired"],
+            }
+            for lease in leases
+        ],
+    }

@@ -51,14 +51,18 @@ class PgCronAdapter:
         ).fetchall()
         missing = sorted(set(self.jobs) - {name for _, name, _ in rows})
         if missing:
-            raise ServiceError(f"service {self.service.name!r} (pg_cron): no job named {', '.join(map(repr, missing))} in cron.job")
+            raise ServiceError(
+                f"service {self.service.name!r} (pg_cron): no job named {', '.join(map(repr, missing))} in cron.job"
+            )
         return {str(jobid): {"name": name, "active": active} for jobid, name, active in rows}
 
     def status(self) -> Snapshot:
         with self._connection() as conn:
             jobs = self._read(conn)
         paused = not any(j["active"] for j in jobs.values())
-        detail = ", ".join(f"{j['name']} (job {jobid}) {'active' if j['active'] else 'inactive'}" for jobid, j in jobs.items())
+        detail = ", ".join(
+            f"{j['name']} (job {jobid}) {'active' if j['active'] else 'inactive'}" for jobid, j in jobs.items()
+        )
         return Snapshot(paused=paused, state={"jobs": jobs}, detail=detail)
 
     def _set(self, conn, jobids: list[int], active: bool) -> None:

@@ -54,7 +54,9 @@ class PgPartmanAdapter:
 
     def _values(self, parents: list[str]) -> dict[str, str]:
         rows = self.conn.execute(
-            sql.SQL("SELECT parent_table, automatic_maintenance FROM {} WHERE parent_table = ANY(%s)").format(self._part_config()),
+            sql.SQL("SELECT parent_table, automatic_maintenance FROM {} WHERE parent_table = ANY(%s)").format(
+                self._part_config()
+            ),
             [parents],
         ).fetchall()
         return dict(rows)
@@ -84,14 +86,18 @@ class PgPartmanAdapter:
         table = self._part_config()
         retry_lock_timeouts(
             lambda: self.conn.execute(
-                sql.SQL("UPDATE {} SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s) AND automatic_maintenance <> 'off'").format(table),
+                sql.SQL(
+                    "UPDATE {} SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s) AND automatic_maintenance <> 'off'"
+                ).format(table),
                 [on],
             ),
             f"pg_partman part_config for {', '.join(on)}",
         )
         if self.conn.execute(_RUNNING).fetchone()[0]:
-            log.warning("%s: automatic maintenance is off now, but a run_maintenance() already in progress will finish its pass",
-                        self.service.name)
+            log.warning(
+                "%s: automatic maintenance is off now, but a run_maintenance() already in progress will finish its pass",
+                self.service.name,
+            )
 
     def resume(self, previous: dict[str, Any], actor: Actor) -> None:
         was_on = [p for p, v in previous.get("automatic_maintenance", {}).items() if v == "on"]
@@ -100,10 +106,14 @@ class PgPartmanAdapter:
         table = self._part_config()
         gone = [p for p in was_on if p not in self._values(was_on)]
         if gone:
-            log.warning("%s: no longer in pg_partman's part_config, nothing to restore: %s", self.service.name, ", ".join(gone))
+            log.warning(
+                "%s: no longer in pg_partman's part_config, nothing to restore: %s", self.service.name, ", ".join(gone)
+            )
         retry_lock_timeouts(
             lambda: self.conn.execute(
-                sql.SQL("UPDATE {} SET automatic_maintenance = 'on' WHERE parent_table = ANY(%s) AND automatic_maintenance <> 'on'").format(table),
+                sql.SQL(
+                    "UPDATE {} SET automatic_maintenance = 'on' WHERE parent_table = ANY(%s) AND automatic_maintenance <> 'on'"
+                ).format(table),
                 [was_on],
             ),
             f"pg_partman part_config for {', '.join(was_on)}",

@@ -52,7 +52,23 @@ from include.pgmaint.watchdog.run import (
 from include.pgmaint.watchdog.tables import check_tables
 
 __all__ = [
-    "DATABASE_KINDS", "MAINTENANCE_DAG", "TABLE_KINDS", "CheckResult", "cadence_threshold", "canary",
-    "check_database", "check_leases", "check_tables", "evaluate", "key_table", "lock_waits", "log_result",
-    "maintenance_interval", "open_watchdog_connection", "run_checks", "table_keys", "task_conditions_over", "watch",
+    "DATABASE_KINDS",
+    "MAINTENANCE_DAG",
+    "TABLE_KINDS",
+    "CheckResult",
+    "cadence_threshold",
+    "canary",
+    "check_database",
+    "check_leases",
+    "check_tables",
+    "evaluate",
+    "key_table",
+    "lock_waits",
+    "log_result",
+    "maintenance_interval",
+    "open_watchdog_connection",
+    "run_checks",
+    "table_keys",
+    "task_conditions_over",
+    "watch",
 ]

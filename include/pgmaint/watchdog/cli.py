@@ -17,22 +17,29 @@ def cli_parser():
     return Parser(
         prog="python -m include.pgmaint.watchdog",
         description="Run every watchdog check once against the target database and print what it finds. "
-                    "Notifies nobody and records no condition (the escalation policy runs only in the "
-                    "partition_watchdog DAG).",
+        "Notifies nobody and records no condition (the escalation policy runs only in the "
+        "partition_watchdog DAG).",
         epilog=f"exit status: {EXIT_CLEAR} all clear, {EXIT_WARNING} warnings, {EXIT_CRITICAL} something critical "
-               f"(the canary failing to connect or read counts as critical), {EXIT_CANNOT_CHECK} could not check "
-               f"(invalid config, missing privileges, a check's query failed), {EXIT_USAGE} usage error")
+        f"(the canary failing to connect or read counts as critical), {EXIT_CANNOT_CHECK} could not check "
+        f"(invalid config, missing privileges, a check's query failed), {EXIT_USAGE} usage error",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m include.pgmaint.watchdog CONNINFO`: run every check and print what it finds (see --help)."""
 
-
     parser = cli_parser()
-    parser.add_argument("conninfo", metavar="CONNINFO",
-                        help="libpq connection string or URI of the target database, e.g. 'host=db dbname=app user=pgmaint'")
-    parser.add_argument("--config", metavar="PATH", help="pgmaint YAML config (default: $PGMAINT_CONFIG, else the demo's)")
-    parser.add_argument("--target", metavar="NAME", help="with several targets in the config: the one CONNINFO points at")
+    parser.add_argument(
+        "conninfo",
+        metavar="CONNINFO",
+        help="libpq connection string or URI of the target database, e.g. 'host=db dbname=app user=pgmaint'",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="pgmaint YAML config (default: $PGMAINT_CONFIG, else the demo's)"
+    )
+    parser.add_argument(
+        "--target", metavar="NAME", help="with several targets in the config: the one CONNINFO points at"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_target(args.config, args.target)

@@ -63,32 +63,57 @@ def check_database(conn, config: Config, settings: EscalationSettings) -> CheckR
     pf = preflight(conn, quoted(config.state_schema, "runs"), Preflight(), require_visibility=False)
     blind = session_visibility_problem(conn)
     if blind:  # long transactions and lock holders of other roles are invisible: say so instead of reporting all clear
-        out.conditions.append(Condition("session_visibility", "warning",
-                                        "session_visibility: " + blind + "; the long-transaction and lock-wait checks "
-                                        "cannot see other roles' sessions, and maintenance and migration refuse to run",
-                                        {"missing": "pg_read_all_stats"}))
+        out.conditions.append(
+            Condition(
+                "session_visibility",
+                "warning",
+                "session_visibility: " + blind + "; the long-transaction and lock-wait checks "
+                "cannot see other roles' sessions, and maintenance and migration refuse to run",
+                {"missing": "pg_read_all_stats"},
+            )
+        )
     used, usable = pf.connections_used, pf.connections_usable
     percent = 100.0 * used / usable if usable > 0 else 100.0
     if percent >= settings.connections_warning_percent:
         severity = "critical" if percent >= settings.connections_critical_percent else "warning"
-        top = [dict(zip(("usename", "application_name", "state", "sessions"), r))
-               for r in conn.execute(_TOP_CLIENTS_SQL).fetchall()]
-        lines = [f"connections: {used} of {usable} usable connections in use ({percent:.0f}%; warning at "
-                 f"{settings.connections_warning_percent:.0f}%, critical at {settings.connections_critical_percent:.0f}%)"]
+        top = [
+            dict(zip(("usename", "application_name", "state", "sessions"), r))
+            for r in conn.execute(_TOP_CLIENTS_SQL).fetchall()
+        ]
+        lines = [
+            f"connections: {used} of {usable} usable connections in use ({percent:.0f}%; warning at "
+            f"{settings.connections_warning_percent:.0f}%, critical at {settings.connections_critical_percent:.0f}%)"
+        ]
         lines += [f"  {t['sessions']} x {t['usename']}@{t['application_name']} ({t['state']})" for t in top]
-        out.conditions.append(Condition("connections", severity, "\n".join(lines),
-                                        {"used": used, "usable": usable, "percent": round(percent, 1), "top": top}))
+        out.conditions.append(
+            Condition(
+                "connections",
+                severity,
+                "\n".join(lines),
+                {"used": used, "usable": usable, "percent": round(percent, 1), "top": top},
+            )
+        )
     waits = lock_waits(conn, settings.lock_wait_seconds)
     if waits:
-        lines = [f"lock waits: {len(waits)} session(s) waiting for a lock for more than {settings.lock_wait_seconds:.0f} s"]
+        lines = [
+            f"lock waits: {len(waits)} session(s) waiting for a lock for more than {settings.lock_wait_seconds:.0f} s"
+        ]
         for w in waits:
             target = w["relation"] or w["locktype"]
-            lines.append(f"  pid {w['pid']} has waited {w['waiting_seconds']:.0f} s for {w['mode']} on {target}: "
-                         f"{' '.join(str(w['query'] or '').split())[:300]!r}")
+            lines.append(
+                f"  pid {w['pid']} has waited {w['waiting_seconds']:.0f} s for {w['mode']} on {target}: "
+                f"{' '.join(str(w['query'] or '').split())[:300]!r}"
+            )
             for b in w["blockers"]:
                 lines.append("    blocked by " + describe_session(b))
-        out.conditions.append(Condition("lock_waits", "warning", "\n".join(lines),
-                                        {"sessions": waits, "blocking_pids": sorted({b["pid"] for w in waits for b in w["blockers"]})}))
+        out.conditions.append(
+            Condition(
+                "lock_waits",
+                "warning",
+                "\n".join(lines),
+                {"sessions": waits, "blocking_pids": sorted({b["pid"] for w in waits for b in w["blockers"]})},
+            )
+        )
     return out
 
 
@@ -100,7 +125,6 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
     canary queues too, gives up, and pages, naming who holds and who waits for locks there.
     """
 
-
     now = now or datetime.now(timezone.utc)
     ms = settings.canary_timeout_ms
     out = CheckResult(scope=["canary"])
@@ -109,12 +133,18 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
     failed: list[str] = []
     sessions: list[dict] = []
     try:
-        with psycopg.connect(make_conninfo(conninfo, application_name="pgmaint-canary", options=options),
-                             autocommit=True, connect_timeout=max(2, math.ceil(ms / 1000))) as conn:
-            types = dict(conn.execute(
-                "SELECT n.name, format_type(a.atttypid, NULL) FROM unnest(%s::text[], %s::text[]) AS n(name, key) "
-                "JOIN pg_attribute a ON a.attrelid = to_regclass(n.name) AND a.attname = n.key",
-                [[t.name for t in config.tables], [t.partition_key for t in config.tables]]).fetchall())
+        with psycopg.connect(
+            make_conninfo(conninfo, application_name="pgmaint-canary", options=options),
+            autocommit=True,
+            connect_timeout=max(2, math.ceil(ms / 1000)),
+        ) as conn:
+            types = dict(
+                conn.execute(
+                    "SELECT n.name, format_type(a.atttypid, NULL) FROM unnest(%s::text[], %s::text[]) AS n(name, key) "
+                    "JOIN pg_attribute a ON a.attrelid = to_regclass(n.name) AND a.attname = n.key",
+                    [[t.name for t in config.tables], [t.partition_key for t in config.tables]],
+                ).fetchall()
+            )
             for cfg in config.tables:
                 relation = quoted(cfg.schema, cfg.table)
                 key_type = types.get(cfg.name)
@@ -122,13 +152,18 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
                     continue  # missing or unmanageable: the catalog check reports it
                 lo, hi = _recent_bounds(now, config.timezone, key_type)
                 query = sql.SQL("SELECT 1 FROM {} WHERE {} >= %s::{t} AND {} <= %s::{t} LIMIT 1").format(
-                    sql.Identifier(cfg.schema, cfg.table), sql.Identifier(cfg.partition_key),
-                    sql.Identifier(cfg.partition_key), t=sql.SQL(key_type))
+                    sql.Identifier(cfg.schema, cfg.table),
+                    sql.Identifier(cfg.partition_key),
+                    sql.Identifier(cfg.partition_key),
+                    t=sql.SQL(key_type),
+                )
                 try:
                     conn.execute(query, [lo, hi])
                 except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
-                    failed.append(f"reading {cfg.name} did not finish within {ms} ms ({type(exc).__name__}): "
-                                  "a lock on the table makes readers queue")
+                    failed.append(
+                        f"reading {cfg.name} did not finish within {ms} ms ({type(exc).__name__}): "
+                        "a lock on the table makes readers queue"
+                    )
                     try:
                         holders = [dict(vars(b), granted=True) for b in find_blockers(conn, (relation,))]
                         waiters = [dict(w, granted=False) for w in lock_waits(conn, 0, relation)]
@@ -143,11 +178,20 @@ def canary(conninfo: str, config: Config, settings: EscalationSettings, now: dat
         failed.append(f"query failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
     seconds = time.monotonic() - started
     if failed:
-        out.conditions.append(Condition(
-            "canary", "critical",
-            f"canary: the database is not answering reads on the managed tables ({seconds:.1f} s)\n" + "\n".join(failed),
-            {"seconds": round(seconds, 3), "connection_id": config.connection_id, "sessions": sessions,
-             "blocking_pids": sorted({s["pid"] for s in sessions if s.get("granted")})}))
+        out.conditions.append(
+            Condition(
+                "canary",
+                "critical",
+                f"canary: the database is not answering reads on the managed tables ({seconds:.1f} s)\n"
+                + "\n".join(failed),
+                {
+                    "seconds": round(seconds, 3),
+                    "connection_id": config.connection_id,
+                    "sessions": sessions,
+                    "blocking_pids": sorted({s["pid"] for s in sessions if s.get("granted")}),
+                },
+            )
+        )
     else:
         out.notes.append(f"canary: read {len(config.tables)} table(s) in {seconds * 1000:.0f} ms")
     return out

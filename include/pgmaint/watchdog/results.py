@@ -11,8 +11,16 @@ from include.pgmaint.escalation import Condition
 
 log = logging.getLogger("pgmaint.watchdog")
 
-TABLE_KINDS = ("catalog", "runway", "gaps", "default_rows", "expired_attached", "cadence", "long_transactions",
-               "dual_manager")
+TABLE_KINDS = (
+    "catalog",
+    "runway",
+    "gaps",
+    "default_rows",
+    "expired_attached",
+    "cadence",
+    "long_transactions",
+    "dual_manager",
+)
 DATABASE_KINDS = ("canary", "connections", "lock_waits")
 MAINTENANCE_DAG = "partition_maintenance"
 
@@ -25,19 +33,31 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)  # for the log
 
     def add(self, other: CheckResult) -> CheckResult:
-        return CheckResult(self.conditions + other.conditions, self.scope + other.scope, self.migrate + other.migrate,
-                           self.notes + other.notes)
+        return CheckResult(
+            self.conditions + other.conditions,
+            self.scope + other.scope,
+            self.migrate + other.migrate,
+            self.notes + other.notes,
+        )
 
     def as_dict(self) -> dict:
-        return {"conditions": [c.as_dict() for c in self.conditions], "scope": self.scope, "migrate": self.migrate,
-                "notes": self.notes}
+        return {
+            "conditions": [c.as_dict() for c in self.conditions],
+            "scope": self.scope,
+            "migrate": self.migrate,
+            "notes": self.notes,
+        }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> CheckResult:
         if not d:
             return cls()
-        return cls([Condition.from_dict(c) for c in d.get("conditions", [])], list(d.get("scope", [])),
-                   list(d.get("migrate", [])), list(d.get("notes", [])))
+        return cls(
+            [Condition.from_dict(c) for c in d.get("conditions", [])],
+            list(d.get("scope", [])),
+            list(d.get("migrate", [])),
+            list(d.get("notes", [])),
+        )
 
 
 def table_keys(table: str) -> list[str]:

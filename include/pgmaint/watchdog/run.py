@@ -45,8 +45,14 @@ def run_checks(conninfo: str, config: Config, settings: EscalationSettings, now:
     return result
 
 
-def task_conditions_over(conn, config: Config, settings: EscalationSettings, active: dict, now: datetime,
-                         healthy_tasks: set[str] = frozenset()) -> list[str]:
+def task_conditions_over(
+    conn,
+    config: Config,
+    settings: EscalationSettings,
+    active: dict,
+    now: datetime,
+    healthy_tasks: set[str] = frozenset(),
+) -> list[str]:
     """Failed-task conditions that are over.
 
     - with a table: the journal shows a successful run of the same DAG for the table since;
@@ -63,9 +69,12 @@ def task_conditions_over(conn, config: Config, settings: EscalationSettings, act
         if dag_task in healthy_tasks:
             over.append(key)
         elif d.get("table") and conn is not None:
-            ok = conn.execute(sql.SQL(
-                "SELECT max(finished_at) FROM {}.runs WHERE dag_id = %s AND table_name = %s AND outcome = 'success'"
-            ).format(sql.Identifier(config.state_schema)), [d.get("dag_id"), d["table"]]).fetchone()[0]
+            ok = conn.execute(
+                sql.SQL(
+                    "SELECT max(finished_at) FROM {}.runs WHERE dag_id = %s AND table_name = %s AND outcome = 'success'"
+                ).format(sql.Identifier(config.state_schema)),
+                [d.get("dag_id"), d["table"]],
+            ).fetchone()[0]
             if ok is not None and ok > st.last_seen:
                 over.append(key)
         elif not d.get("table") and now - st.last_seen >= settings.failure_resolve_after:
@@ -73,8 +82,15 @@ def task_conditions_over(conn, config: Config, settings: EscalationSettings, act
     return over
 
 
-def evaluate(results: CheckResult, config: Config, settings: EscalationSettings, *, conninfo: str | None = None,
-             healthy_tasks: set[str] = frozenset(), **escalator_kwargs):
+def evaluate(
+    results: CheckResult,
+    config: Config,
+    settings: EscalationSettings,
+    *,
+    conninfo: str | None = None,
+    healthy_tasks: set[str] = frozenset(),
+    **escalator_kwargs,
+):
     """Send what the checks found through the escalation policy. Returns the Evaluation."""
 
     with open_escalator(config, settings, conninfo=conninfo, **escalator_kwargs) as (esc, conn):

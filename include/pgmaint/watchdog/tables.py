@@ -40,10 +40,14 @@ def check_tables(conn, config: Config, settings: EscalationSettings, now: dateti
         f = facts[cfg.name]
         out.scope += table_keys(cfg.name)
         if isinstance(f, CatalogError):
-            out.conditions.append(Condition(
-                f"catalog:{cfg.name}", "warning",
-                f"{cfg.name}: cannot be maintained as configured: {f}",
-                {"table": cfg.name, "error": str(f)}))
+            out.conditions.append(
+                Condition(
+                    f"catalog:{cfg.name}",
+                    "warning",
+                    f"{cfg.name}: cannot be maintained as configured: {f}",
+                    {"table": cfg.name, "error": str(f)},
+                )
+            )
             # The other checks need the catalog: leave their keys as they are (not evaluated).
             out.scope = [k for k in out.scope if not (key_table(k) == cfg.name and not k.startswith("catalog:"))]
             continue
@@ -56,12 +60,20 @@ def check_tables(conn, config: Config, settings: EscalationSettings, now: dateti
         out.migrate += default_result.migrate
         out.notes += default_result.notes
         if late.expired_attached:
-            out.conditions.append(Condition(
-                f"expired_attached:{cfg.name}", "warning",
-                f"{cfg.name}: {late.expired_attached} partition(s) past the {cfg.retention} retention still attached "
-                f"(oldest: {late.oldest}); partition_maintenance retires them, so it is not running or not succeeding",
-                {"table": cfg.name, "count": late.expired_attached, "oldest": late.oldest,
-                 "retention": str(cfg.retention)}))
+            out.conditions.append(
+                Condition(
+                    f"expired_attached:{cfg.name}",
+                    "warning",
+                    f"{cfg.name}: {late.expired_attached} partition(s) past the {cfg.retention} retention still attached "
+                    f"(oldest: {late.oldest}); partition_maintenance retires them, so it is not running or not succeeding",
+                    {
+                        "table": cfg.name,
+                        "count": late.expired_attached,
+                        "oldest": late.oldest,
+                        "retention": str(cfg.retention),
+                    },
+                )
+            )
         if threshold is not None and cfg.maintained_by == "pgmaint":  # the split: pg_partman keeps the cadence
             out.conditions += _cadence(conn, config, cfg, journal, threshold, now)
         out.conditions += _long_transactions(conn, cfg, settings)
@@ -75,28 +87,56 @@ def _runway(cfg: TableConfig, facts, health, late, settings: EscalationSettings)
 
     clock = "(wall clock)" if facts.key_type in WALL_CLOCK_KEY_TYPES else "UTC"  # see plan.timeline
     until = f"; partitions end at {covered:%Y-%m-%d %H:%M} {clock}" if covered else "; no partitions at all"
-    details = {"table": cfg.name, "runway": health.runway, "ahead": ahead, "premake": cfg.premake,
-               "newest": health.newest, "covered_until": covered.isoformat() if covered else None}
+    details = {
+        "table": cfg.name,
+        "runway": health.runway,
+        "ahead": ahead,
+        "premake": cfg.premake,
+        "newest": health.newest,
+        "covered_until": covered.isoformat() if covered else None,
+    }
     where_rows = "the DEFAULT partition" if facts.default else "nowhere: inserts fail (there is no DEFAULT partition)"
     if health.runway == 0:
-        return [Condition(key, "critical",
-                          f"{cfg.name}: no partition for the current {cfg.interval} interval: new rows go to {where_rows}{until}",
-                          details)]
+        return [
+            Condition(
+                key,
+                "critical",
+                f"{cfg.name}: no partition for the current {cfg.interval} interval: new rows go to {where_rows}{until}",
+                details,
+            )
+        ]
     if ahead < 1:
-        return [Condition(key, "critical",
-                          f"{cfg.name}: less than one {cfg.interval} interval of partitions left (none ahead of the current "
-                          f"one, want {cfg.premake}){until}; after that rows go to {where_rows}", details)]
+        return [
+            Condition(
+                key,
+                "critical",
+                f"{cfg.name}: less than one {cfg.interval} interval of partitions left (none ahead of the current "
+                f"one, want {cfg.premake}){until}; after that rows go to {where_rows}",
+                details,
+            )
+        ]
     if facts.default is None and ahead < min(2, cfg.premake):
         # Without a DEFAULT, running out means failed inserts, not rows piling up: page one interval earlier.
-        return [Condition(key, "critical",
-                          f"{cfg.name}: only {ahead} {cfg.interval} interval of partitions ahead of the current one (want "
-                          f"{cfg.premake}){until}; the table has no DEFAULT partition, so inserts past it will fail",
-                          details)]
+        return [
+            Condition(
+                key,
+                "critical",
+                f"{cfg.name}: only {ahead} {cfg.interval} interval of partitions ahead of the current one (want "
+                f"{cfg.premake}){until}; the table has no DEFAULT partition, so inserts past it will fail",
+                details,
+            )
+        ]
     want = min(settings.runway_warning_intervals, cfg.premake)
     if ahead < want:
-        return [Condition(key, "warning",
-                          f"{cfg.name}: only {ahead} partition(s) ahead of the current one (want {cfg.premake}, "
-                          f"warning below {want}){until}", details)]
+        return [
+            Condition(
+                key,
+                "warning",
+                f"{cfg.name}: only {ahead} partition(s) ahead of the current one (want {cfg.premake}, "
+                f"warning below {want}){until}",
+                details,
+            )
+        ]
     return []
 
 
@@ -105,19 +145,31 @@ def _gaps(cfg: TableConfig, facts, now: datetime, late: datetime, tz: str) -> li
     partition; the runway condition covers the current interval and those ahead."""
 
     ended = timeline(facts, late, tz)[0]
-    missing = [(name, rng) for name, rng in missing_ranges(cfg, facts, now, tz) if rng.upper <= ended
-               and not any(p.range.overlaps(rng) for p in facts.partitions)]
+    missing = [
+        (name, rng)
+        for name, rng in missing_ranges(cfg, facts, now, tz)
+        if rng.upper <= ended and not any(p.range.overlaps(rng) for p in facts.partitions)
+    ]
     if not missing:
         return []
-    shown = ", ".join(f"{rng}" for _, rng in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-    where = ("late rows for them go to the DEFAULT partition" if facts.default is not None
-             else "late rows for them are rejected (there is no DEFAULT partition)")
-    return [Condition(
-        f"gaps:{cfg.name}", "warning",
-        f"{cfg.name}: {len(missing)} interval(s) inside the managed window have no partition: {shown}; {where}. "
-        "partition_maintenance creates them on its next run; an interval whose rows already sit in the DEFAULT "
-        "needs default_partition_migration (see default_rows)",
-        {"table": cfg.name, "missing": [str(rng) for _, rng in missing], "has_default": facts.default is not None})]
+    shown = ", ".join(f"{rng}" for _, rng in missing[:6]) + (
+        f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+    )
+    where = (
+        "late rows for them go to the DEFAULT partition"
+        if facts.default is not None
+        else "late rows for them are rejected (there is no DEFAULT partition)"
+    )
+    return [
+        Condition(
+            f"gaps:{cfg.name}",
+            "warning",
+            f"{cfg.name}: {len(missing)} interval(s) inside the managed window have no partition: {shown}; {where}. "
+            "partition_maintenance creates them on its next run; an interval whose rows already sit in the DEFAULT "
+            "needs default_partition_migration (see default_rows)",
+            {"table": cfg.name, "missing": [str(rng) for _, rng in missing], "has_default": facts.default is not None},
+        )
+    ]
 
 
 def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -> CheckResult:
@@ -130,8 +182,9 @@ def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -
     limit = settings.default_exact_count_limit
     rows, exact, low, high = estimate, False, None, None
     if estimate <= limit:
-        query = sql.SQL("SELECT count(*), min(k)::text, max(k)::text FROM (SELECT {key} AS k FROM ONLY {default} LIMIT %s) s").format(
-            key=sql.Identifier(facts.key_column), default=sql.Identifier(facts.schema, facts.default.name))
+        query = sql.SQL(
+            "SELECT count(*), min(k)::text, max(k)::text FROM (SELECT {key} AS k FROM ONLY {default} LIMIT %s) s"
+        ).format(key=sql.Identifier(facts.key_column), default=sql.Identifier(facts.schema, facts.default.name))
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", [f"{settings.canary_timeout_ms}ms"])
@@ -144,22 +197,41 @@ def _default_rows(conn, cfg: TableConfig, facts, settings: EscalationSettings) -
     amount = f"{rows} row(s)" if exact else f"about {rows} rows (estimate)"
     span = f" with {facts.key_column} from {low} to {high}" if exact and low else ""
     default = f"{facts.schema}.{facts.default.name}"
-    details = {"table": cfg.name, "default": default, "rows": rows, "exact": exact, "min": low, "max": high,
-               "auto_migrate": cfg.auto_migrate}
+    details = {
+        "table": cfg.name,
+        "default": default,
+        "rows": rows,
+        "exact": exact,
+        "min": low,
+        "max": high,
+        "auto_migrate": cfg.auto_migrate,
+    }
     if cfg.auto_migrate:
         out.migrate.append(cfg.name)
-        out.notes.append(f"{cfg.name}: {amount} in {default}; auto_migrate: asking default_partition_migration to move them")
-        out.conditions.append(Condition(
-            f"default_rows:{cfg.name}", "warning",
-            f"{cfg.name}: {amount} in the DEFAULT partition {default}{span}; auto_migrate is on and "
-            "default_partition_migration has been triggered, but they are still there", details, quiet=True))
+        out.notes.append(
+            f"{cfg.name}: {amount} in {default}; auto_migrate: asking default_partition_migration to move them"
+        )
+        out.conditions.append(
+            Condition(
+                f"default_rows:{cfg.name}",
+                "warning",
+                f"{cfg.name}: {amount} in the DEFAULT partition {default}{span}; auto_migrate is on and "
+                "default_partition_migration has been triggered, but they are still there",
+                details,
+                quiet=True,
+            )
+        )
     else:
-        out.conditions.append(Condition(
-            f"default_rows:{cfg.name}", "warning",
-            f"{cfg.name}: {amount} in the DEFAULT partition {default}{span}; queries on those ranges read the "
-            "DEFAULT, and partition_maintenance cannot create a partition for a range the DEFAULT holds rows of: "
-            "move them with default_partition_migration for this table",
-            details))
+        out.conditions.append(
+            Condition(
+                f"default_rows:{cfg.name}",
+                "warning",
+                f"{cfg.name}: {amount} in the DEFAULT partition {default}{span}; queries on those ranges read the "
+                "DEFAULT, and partition_maintenance cannot create a partition for a range the DEFAULT holds rows of: "
+                "move them with default_partition_migration for this table",
+                details,
+            )
+        )
     return out
 
 
@@ -168,11 +240,14 @@ def _cadence(conn, config: Config, cfg: TableConfig, journal, threshold: timedel
     key = f"cadence:{cfg.name}"
     last = journal.last_success(cfg.name, "maintenance")
     schema = sql.Identifier(config.state_schema)
-    born, latest = conn.execute(sql.SQL(
-        "SELECT (SELECT min(applied_at) FROM {s}.schema_version), "
-        "(SELECT json_build_object('outcome', outcome, 'finished_at', finished_at, 'error', left(error, 500), "
-        "'dag_run_id', dag_run_id) FROM {s}.runs WHERE table_name = %s AND job = 'maintenance' ORDER BY run_id DESC LIMIT 1)"
-    ).format(s=schema), [cfg.name]).fetchone()
+    born, latest = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT min(applied_at) FROM {s}.schema_version), "
+            "(SELECT json_build_object('outcome', outcome, 'finished_at', finished_at, 'error', left(error, 500), "
+            "'dag_run_id', dag_run_id) FROM {s}.runs WHERE table_name = %s AND job = 'maintenance' ORDER BY run_id DESC LIMIT 1)"
+        ).format(s=schema),
+        [cfg.name],
+    ).fetchone()
     since = last or born
     if since is None or now - since <= threshold:
         return []
@@ -180,34 +255,65 @@ def _cadence(conn, config: Config, cfg: TableConfig, journal, threshold: timedel
     if latest:
         latest_text = f"; latest run: {latest['outcome']}" + (f": {latest['error']}" if latest.get("error") else "")
     if last is None:
-        message = (f"{cfg.name}: no successful {MAINTENANCE_DAG} run recorded in the journal "
-                   f"(journal started {ago(now - born)} ago; expected at least every {ago(threshold)}){latest_text}")
+        message = (
+            f"{cfg.name}: no successful {MAINTENANCE_DAG} run recorded in the journal "
+            f"(journal started {ago(now - born)} ago; expected at least every {ago(threshold)}){latest_text}"
+        )
     else:
-        message = (f"{cfg.name}: the partition manager missed its cadence: last successful {MAINTENANCE_DAG} "
-                   f"{ago(now - last)} ago ({last:%Y-%m-%d %H:%M} UTC; alert after {ago(threshold)}){latest_text}")
-    return [Condition(key, "warning", message,
-                      {"table": cfg.name, "last_success": last.isoformat() if last else None,
-                       "threshold_seconds": threshold.total_seconds(), "latest_run": latest})]
+        message = (
+            f"{cfg.name}: the partition manager missed its cadence: last successful {MAINTENANCE_DAG} "
+            f"{ago(now - last)} ago ({last:%Y-%m-%d %H:%M} UTC; alert after {ago(threshold)}){latest_text}"
+        )
+    return [
+        Condition(
+            key,
+            "warning",
+            message,
+            {
+                "table": cfg.name,
+                "last_success": last.isoformat() if last else None,
+                "threshold_seconds": threshold.total_seconds(),
+                "latest_run": latest,
+            },
+        )
+    ]
 
 
 def _long_transactions(conn, cfg: TableConfig, settings: EscalationSettings) -> list[Condition]:
     """Sessions whose transaction has held a lock on the table family longer than long_transaction_seconds."""
 
-    result = preflight(conn, quoted(cfg.schema, cfg.table),
-                       Preflight(max_connection_usage=1.0, long_transaction_seconds=settings.long_transaction_seconds,
-                                 allow_waiting_sessions=1 << 30), require_visibility=False)
+    result = preflight(
+        conn,
+        quoted(cfg.schema, cfg.table),
+        Preflight(
+            max_connection_usage=1.0,
+            long_transaction_seconds=settings.long_transaction_seconds,
+            allow_waiting_sessions=1 << 30,
+        ),
+        require_visibility=False,
+    )
     holders = [s for s in result.sessions if s.get("granted")]
     if not holders:
         return []
-    who = {row[0]: row[1:] for row in conn.execute(  # who they are, for the responder
-        "SELECT pid, usename, application_name, client_addr::text FROM pg_stat_activity WHERE pid = ANY(%s)",
-        [[s["pid"] for s in holders]]).fetchall()}
+    who = {
+        row[0]: row[1:]
+        for row in conn.execute(  # who they are, for the responder
+            "SELECT pid, usename, application_name, client_addr::text FROM pg_stat_activity WHERE pid = ANY(%s)",
+            [[s["pid"] for s in holders]],
+        ).fetchall()
+    }
     for s in holders:
         s["usename"], s["application_name"], s["client_addr"] = who.get(s["pid"], (None, None, None))
     idle = [s for s in holders if str(s.get("state", "")).startswith("idle in transaction")]
-    lines = [f"{cfg.name}: {len(holders)} session(s) have held locks on the table for more than "
-             f"{settings.long_transaction_seconds:.0f} s" + (f" ({len(idle)} idle in transaction)" if idle else "")
-             + "; DDL on this table (maintenance, migration) queues behind them"]
+    lines = [
+        f"{cfg.name}: {len(holders)} session(s) have held locks on the table for more than "
+        f"{settings.long_transaction_seconds:.0f} s"
+        + (f" ({len(idle)} idle in transaction)" if idle else "")
+        + "; DDL on this table (maintenance, migration) queues behind them"
+    ]
     lines += ["  " + describe_session(s) for s in holders]
-    return [Condition(f"long_transactions:{cfg.name}", "warning", "\n".join(lines),
-                      {"table": cfg.name, "sessions": holders})]
+    return [
+        Condition(
+            f"long_transactions:{cfg.name}", "warning", "\n".join(lines), {"table": cfg.name, "sessions": holders}
+        )
+    ]

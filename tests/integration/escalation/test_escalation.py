@@ -39,14 +39,25 @@ def _rows(conn, schema: str, query: str, params=()):
 def _fake_failure(schema: str) -> dict:
     """What Airflow hands an on_failure_callback when partition_maintenance.table.premake fails on a lock."""
     table = f"{schema}.events"
-    blocker = Blocker(4242, "AccessShareLock", table, "idle in transaction", 312.0,
-                      "SELECT count(*) FROM events WHERE ts > now() - interval '30 days'")
+    blocker = Blocker(
+        4242,
+        "AccessShareLock",
+        table,
+        "idle in transaction",
+        312.0,
+        "SELECT count(*) FROM events WHERE ts > now() - interval '30 days'",
+    )
     step = Step("attach", f"{schema}.events_p20261127", ())
-    error = LockBudgetExhausted(step, f"attach {schema}.events_p20261127: gave up after 9 tries in 60.2s. Blocked by: {blocker}.",
-                                9, [blocker])
+    error = LockBudgetExhausted(
+        step, f"attach {schema}.events_p20261127: gave up after 9 tries in 60.2s. Blocked by: {blocker}.", 9, [blocker]
+    )
     ti = SimpleNamespace(
-        dag_id="partition_maintenance", task_id="table.premake", run_id="scheduled__2026-11-26T10:30:00+00:00",
-        try_number=1, map_index=0, rendered_map_index=table,
+        dag_id="partition_maintenance",
+        task_id="table.premake",
+        run_id="scheduled__2026-11-26T10:30:00+00:00",
+        try_number=1,
+        map_index=0,
+        rendered_map_index=table,
         log_url="http://airflow.example/dags/partition_maintenance/runs/scheduled/tasks/table.premake/mapped/0?try_number=1",
         task=SimpleNamespace(op_kwargs={}, upstream_task_ids={"select_tables"}, trigger_rule="all_success"),
     )
@@ -63,7 +74,9 @@ def test_a_task_failure_notifies_once(pg_dsn, pg_conn, scratch_schema, notify_co
     key = f"task:partition_maintenance.table.premake:{scratch_schema}.events"
     [slack] = webhooks.slack
     text = slack["text"]
-    assert text.startswith(f"[pgmaint] WARNING {key}: partition_maintenance.table.premake [{scratch_schema}.events] failed")
+    assert text.startswith(
+        f"[pgmaint] WARNING {key}: partition_maintenance.table.premake [{scratch_schema}.events] failed"
+    )
     assert f"step: attach {scratch_schema}.events_p20261127" in text
     assert "blocked by pid 4242 (idle in transaction, transaction 312 s" in text
     assert "SELECT count(*) FROM events WHERE ts > now() - interval '30 days'" in text
@@ -77,19 +90,31 @@ def test_a_task_failure_notifies_once(pg_dsn, pg_conn, scratch_schema, notify_co
     clock.advance(minutes=15)
     report_task_failure(context, config, settings, clock=clock, conninfo=pg_dsn, spill=MemoryStore())
     assert len(webhooks.slack) == 1 and len(mailbox) == 1 and webhooks.pagerduty == []
-    [(streak, details)] = _rows(pg_conn, scratch_schema, "SELECT streak, details FROM {s}.conditions WHERE key = %s", [key])
+    [(streak, details)] = _rows(
+        pg_conn, scratch_schema, "SELECT streak, details FROM {s}.conditions WHERE key = %s", [key]
+    )
     assert streak == 2 and details["blockers"][0]["pid"] == 4242 and details["table"] == f"{scratch_schema}.events"
     sent = _rows(pg_conn, scratch_schema, "SELECT channel, action, target, delivered FROM {s}.alerts ORDER BY alert_id")
-    assert sent == [("notify", "open", "slack:pgmaint_slack", True), ("notify", "open", "email:oncall@example.test", True),
-                    ("notify", "open", "log", True)]
+    assert sent == [
+        ("notify", "open", "slack:pgmaint_slack", True),
+        ("notify", "open", "email:oncall@example.test", True),
+        ("notify", "open", "log", True),
+    ]
 
 
 def test_a_persisting_condition_pages_once_renotifies_on_schedule_and_resolves(
-        pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, mailbox, clock):
-    config = _config(scratch_schema, escalation_block(notify_connections, page_after="24 hours", renotify_every="4 hours"))
+    pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, mailbox, clock
+):
+    config = _config(
+        scratch_schema, escalation_block(notify_connections, page_after="24 hours", renotify_every="4 hours")
+    )
     key = f"cadence:{scratch_schema}.events"
-    problem = Condition(key, "warning", f"{scratch_schema}.events: the partition manager missed its cadence",
-                        {"table": f"{scratch_schema}.events"})
+    problem = Condition(
+        key,
+        "warning",
+        f"{scratch_schema}.events: the partition manager missed its cadence",
+        {"table": f"{scratch_schema}.events"},
+    )
     start = clock.now
 
     def run(observed: bool) -> list[str]:
@@ -129,19 +154,26 @@ def test_a_persisting_condition_pages_once_renotifies_on_schedule_and_resolves(
     assert pd[0]["payload"]["severity"] == "error" and "missed its cadence" in pd[0]["payload"]["summary"]
     assert pd[0]["payload"]["source"] == "pgmaint/pgmaint_target" and pd[0]["payload"]["custom_details"]["table"]
     texts = [m["text"].splitlines()[0] for m in webhooks.slack]
-    assert [t.split(key)[0] for t in texts] == ["[pgmaint] WARNING ", "[pgmaint] WARNING (still) ",
-                                                "[pgmaint] WARNING -> PAGED ", "[pgmaint] RESOLVED "]
+    assert [t.split(key)[0] for t in texts] == [
+        "[pgmaint] WARNING ",
+        "[pgmaint] WARNING (still) ",
+        "[pgmaint] WARNING -> PAGED ",
+        "[pgmaint] RESOLVED ",
+    ]
     assert "paging: it has persisted for more than 24 h 00 min" in webhooks.slack[2]["text"]
     assert len(mailbox) == 4
     [(paged_at, resolved_at, streak)] = _rows(
-        pg_conn, scratch_schema, "SELECT paged_at, resolved_at, streak FROM {s}.conditions WHERE key = %s", [key])
+        pg_conn, scratch_schema, "SELECT paged_at, resolved_at, streak FROM {s}.conditions WHERE key = %s", [key]
+    )
     assert paged_at == start + timedelta(hours=24) and resolved_at == start + timedelta(hours=28, minutes=10)
     assert streak == 10
 
     # It comes back: a new episode, told again from the start.
     clock.now = start + timedelta(hours=30)
     assert run(True) == ["notify:open"]
-    [(episodes, paged_at)] = _rows(pg_conn, scratch_schema, "SELECT episodes, paged_at FROM {s}.conditions WHERE key = %s", [key])
+    [(episodes, paged_at)] = _rows(
+        pg_conn, scratch_schema, "SELECT episodes, paged_at FROM {s}.conditions WHERE key = %s", [key]
+    )
     assert episodes == 2 and paged_at is None
 
 
@@ -152,13 +184,18 @@ def test_a_critical_condition_pages_at_once(pg_dsn, scratch_schema, notify_conne
     [event] = webhooks.pagerduty
     assert event["event_action"] == "trigger" and event["dedup_key"] == "canary"
     assert event["payload"]["severity"] == "critical"
-    assert webhooks.slack[0]["text"].startswith("[pgmaint] CRITICAL -> PAGED canary: canary: the database is not answering")
+    assert webhooks.slack[0]["text"].startswith(
+        "[pgmaint] CRITICAL -> PAGED canary: canary: the database is not answering"
+    )
 
 
-def test_a_page_nobody_received_is_sent_again(pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, clock,
-                                              monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_PAGERDUTY", json.dumps(
-        {"conn_type": "pagerduty_events", "host": "http://127.0.0.1:9", "password": "k"}))  # nothing listens there
+def test_a_page_nobody_received_is_sent_again(
+    pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, clock, monkeypatch
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PGMAINT_PAGERDUTY",
+        json.dumps({"conn_type": "pagerduty_events", "host": "http://127.0.0.1:9", "password": "k"}),
+    )  # nothing listens there
     config = _config(scratch_schema, escalation_block(notify_connections, notify=[]))
     cond = Condition("canary", "critical", "canary: cannot connect")
 
@@ -168,15 +205,18 @@ def test_a_page_nobody_received_is_sent_again(pg_dsn, pg_conn, scratch_schema, n
     assert undelivered.action == "trigger" and "127.0.0.1:9" in undelivered.results[0][1]
     assert _rows(pg_conn, scratch_schema, "SELECT paged_at FROM {s}.conditions") == [(None,)]
 
-    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_PAGERDUTY", json.dumps(
-        {"conn_type": "pagerduty_events", "host": webhooks.url, "password": "k"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PGMAINT_PAGERDUTY",
+        json.dumps({"conn_type": "pagerduty_events", "host": webhooks.url, "password": "k"}),
+    )
     clock.advance(minutes=5)
     with open_escalator(config, conninfo=pg_dsn, clock=clock, spill=MemoryStore()) as (esc, _):
         ev = esc.evaluate([cond], scope=["canary"])
     assert [n.action for n in ev.notifications] == ["trigger", "paged"] and not ev.undelivered
     assert len(webhooks.pagerduty) == 1
-    assert _rows(pg_conn, scratch_schema, "SELECT delivered FROM {s}.alerts WHERE channel = 'page' ORDER BY alert_id") == [
-        (False,), (True,)]
+    assert _rows(
+        pg_conn, scratch_schema, "SELECT delivered FROM {s}.alerts WHERE channel = 'page' ORDER BY alert_id"
+    ) == [(False,), (True,)]
 
 
 # --- the policy without servers -------------------------------------------------------------
@@ -224,11 +264,14 @@ def test_escalation_settings_defaults_and_errors_name_the_field():
     s = parse_escalation({})
     assert s.notify == (Target("log"),) and s.page == (Target("log"),)
     assert s.page_after == timedelta(hours=24) and s.renotify_every == timedelta(hours=4)
-    s = parse_escalation({"page_after": "90 minutes", "notify": [{"kind": "email", "to": "a@example.test"}],
-                          "lock_wait_seconds": 5})
+    s = parse_escalation(
+        {"page_after": "90 minutes", "notify": [{"kind": "email", "to": "a@example.test"}], "lock_wait_seconds": 5}
+    )
     assert s.page_after == timedelta(minutes=90) and s.notify == (Target("email", "smtp_default", ("a@example.test",)),)
     assert s.lock_wait_seconds == 5
-    with pytest.raises(ConfigError, match=r"escalation.connections_warning_percent: 90 is above connections_critical_percent"):
+    with pytest.raises(
+        ConfigError, match=r"escalation.connections_warning_percent: 90 is above connections_critical_percent"
+    ):
         parse_escalation({"connections_warning_percent": 90, "connections_critical_percent": 85})
     with pytest.raises(ConfigError, match=r"escalation.renotify_every: '1 fortnight' is not a duration"):
         parse_escalation({"renotify_every": "1 fortnight"})

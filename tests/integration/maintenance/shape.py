@@ -95,8 +95,9 @@ def relation_shape(conn, schema: str, name: str) -> dict:
     def rows(query: str) -> list[tuple]:
         return [norm(tuple(r)) for r in conn.execute(query, args).fetchall()]
 
-    owner, acl, options, replident, persistence, tablespace, am, rls, force_rls, comment, is_partition = \
-        conn.execute(_RELATION, args).fetchone()
+    owner, acl, options, replident, persistence, tablespace, am, rls, force_rls, comment, is_partition = conn.execute(
+        _RELATION, args
+    ).fetchone()
     policies, statistics, rules = conn.execute(_OTHER, args).fetchone()
     return {
         "owner": owner,

@@ -28,8 +28,13 @@ def test_queue_behind_our_lock_request_trips_the_breaker(pg_dsn, scratch_schema)
 
     # lock_timeout alone would let readers queue behind our ALTER for up to 200 ms per try;
     # the breaker cancels as soon as 2 sessions queue or one has waited 50 ms.
-    budget = LockBudget(lock_timeout_ms=200, max_lock_timeout_ms=200, total_seconds=2.0,
-                        backoff_base_seconds=0.05, backoff_cap_seconds=0.2)
+    budget = LockBudget(
+        lock_timeout_ms=200,
+        max_lock_timeout_ms=200,
+        total_seconds=2.0,
+        backoff_base_seconds=0.05,
+        backoff_cap_seconds=0.2,
+    )
     breaker = CircuitBreaker(pg_dsn, max_waiters=2, max_wait_ms=50, poll_seconds=0.01)
     events: list[str] = []
     waits: list[float] = []
@@ -46,9 +51,13 @@ def test_queue_behind_our_lock_request_trips_the_breaker(pg_dsn, scratch_schema)
     readers = [threading.Thread(target=reader) for _ in range(3)]
     for t in readers:
         t.start()
-    step = Step("alter", "busy", (Statement(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(table),
-                                            "ACCESS EXCLUSIVE on busy"),),
-                lock_targets=(f'"{scratch_schema}"."busy"',), strong_lock=True)
+    step = Step(
+        "alter",
+        "busy",
+        (Statement(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(table), "ACCESS EXCLUSIVE on busy"),),
+        lock_targets=(f'"{scratch_schema}"."busy"',),
+        strong_lock=True,
+    )
     try:
         with connect(pg_dsn, budget) as conn:
             executor = Executor(conn, budget, breaker=breaker, on_event=events.append)

@@ -45,12 +45,19 @@ def test_creates_runway_and_retires_expired(conn, scratch_schema):
     assert "ev_old_70" in bounds  # [10-27, 10-28): upper bound inside the window, kept (safety rule 8)
     assert bounds["ev_p20261129"] == "FOR VALUES FROM ('2026-11-29 00:00:00+00') TO ('2026-11-30 00:00:00+00')"
     # No pgmaint CHECK is left on the DEFAULT (it would reject inserts).
-    left = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
-                        [f'"{scratch_schema}"."ev_default"']).fetchall()
+    left = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
+        [f'"{scratch_schema}"."ev_default"'],
+    ).fetchall()
     assert left == []
     # A row for a new day is routed to its new partition.
-    conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (%s)").format(sql.Identifier(scratch_schema, "ev")), [TODAY + timedelta(days=2, hours=5)])
-    where = conn.execute(sql.SQL("SELECT tableoid::regclass::text FROM {}").format(sql.Identifier(scratch_schema, "ev_p20261128"))).fetchall()
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts) VALUES (%s)").format(sql.Identifier(scratch_schema, "ev")),
+        [TODAY + timedelta(days=2, hours=5)],
+    )
+    where = conn.execute(
+        sql.SQL("SELECT tableoid::regclass::text FROM {}").format(sql.Identifier(scratch_schema, "ev_p20261128"))
+    ).fetchall()
     assert len(where) == 1
 
 
@@ -59,16 +66,22 @@ def test_second_run_is_a_noop(conn, scratch_schema):
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     run_maintenance(conn, cfg, now=NOW)
     before = partitions(conn, scratch_schema, "ev")
-    steps_before = conn.execute(sql.SQL("SELECT count(*) FROM {}.steps").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    steps_before = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.steps").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
 
     [again] = run_maintenance(conn, cfg, now=NOW + timedelta(minutes=15))
 
     assert again.outcome == "success"
     assert (again.created, again.detached, again.dropped) == ([], [], [])
     assert partitions(conn, scratch_schema, "ev") == before
-    steps_after = conn.execute(sql.SQL("SELECT count(*) FROM {}.steps").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    steps_after = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.steps").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
     assert steps_after == steps_before
-    runs = conn.execute(sql.SQL("SELECT outcome FROM {}.runs ORDER BY run_id").format(sql.Identifier(scratch_schema))).fetchall()
+    runs = conn.execute(
+        sql.SQL("SELECT outcome FROM {}.runs ORDER BY run_id").format(sql.Identifier(scratch_schema))
+    ).fetchall()
     assert runs == [("success",), ("success",)]
 
 
@@ -93,8 +106,12 @@ def test_attach_never_scans_the_default_partition(pg_dsn, scratch_schema):
     """PostgreSQL says (DEBUG1) when ATTACH skips the DEFAULT scan because a constraint proves it."""
     with connect(pg_dsn) as conn:
         make_table(conn, scratch_schema, "ev", days=range(-30, 0))  # the retention window is complete
-        conn.execute(sql.SQL("INSERT INTO {} (ts) SELECT %s::timestamptz - g * interval '1 minute' FROM generate_series(1, 5000) g")
-                     .format(sql.Identifier(scratch_schema, "ev")), [TODAY - timedelta(days=5)])
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (ts) SELECT %s::timestamptz - g * interval '1 minute' FROM generate_series(1, 5000) g"
+            ).format(sql.Identifier(scratch_schema, "ev")),
+            [TODAY - timedelta(days=5)],
+        )
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute("SET client_min_messages = debug1")
@@ -103,7 +120,9 @@ def test_attach_never_scans_the_default_partition(pg_dsn, scratch_schema):
         [result] = run_maintenance(conn, cfg, now=NOW)
 
     assert result.outcome == "success" and len(result.created) == 3
-    implied = [n for n in notices if n.startswith('updated partition constraint for default partition "ev_default" is implied')]
+    implied = [
+        n for n in notices if n.startswith('updated partition constraint for default partition "ev_default" is implied')
+    ]
     assert len(implied) == 3, notices
     # The only scan of the DEFAULT is VALIDATE, which holds SHARE UPDATE EXCLUSIVE (readers and writers continue).
     assert notices.count('verifying table "ev_default"') == 1
@@ -111,8 +130,10 @@ def test_attach_never_scans_the_default_partition(pg_dsn, scratch_schema):
 
 def test_range_with_rows_in_default_is_reported_not_created(conn, scratch_schema):
     make_table(conn, scratch_schema, "ev", days=range(-30, -1))  # yesterday and today missing
-    conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (%s), (%s)").format(sql.Identifier(scratch_schema, "ev")),
-                 [NOW - timedelta(hours=1), NOW + timedelta(days=1, hours=2)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts) VALUES (%s), (%s)").format(sql.Identifier(scratch_schema, "ev")),
+        [NOW - timedelta(hours=1), NOW + timedelta(days=1, hours=2)],
+    )
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=2)])
 
     [result] = run_maintenance(conn, cfg, now=NOW)
@@ -120,19 +141,29 @@ def test_range_with_rows_in_default_is_reported_not_created(conn, scratch_schema
     assert result.outcome == "success", result.errors
     assert [m["partition"] for m in result.needs_migration] == ["ev_p20261126", "ev_p20261127"]
     assert result.created == ["ev_p20261125", "ev_p20261128"]  # the empty missed day too
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev_default"))).fetchone()[0]
+    rows = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev_default"))
+    ).fetchone()[0]
     assert rows == 2  # nothing moved, nothing lost
 
 
 def test_gives_up_within_budget_and_readers_are_never_stuck_behind_it(pg_dsn, scratch_schema):
     """A long transaction holds the DEFAULT; maintenance must fail within its budget, naming it,
     and a concurrent reader must never wait behind our queued lock for more than one lock_timeout."""
-    budget = LockBudget(lock_timeout_ms=50, max_lock_timeout_ms=200, total_seconds=3.0, backoff_base_seconds=0.1,
-                        backoff_cap_seconds=0.5)
+    budget = LockBudget(
+        lock_timeout_ms=50,
+        max_lock_timeout_ms=200,
+        total_seconds=3.0,
+        backoff_base_seconds=0.1,
+        backoff_cap_seconds=0.5,
+    )
     with connect(pg_dsn) as setup:
         make_table(setup, scratch_schema, "ev", days=range(-2, 1))
-    cfg = replace(config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1)]),
-                  lock_budget=budget, preflight=Preflight(long_transaction_seconds=3600))
+    cfg = replace(
+        config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1)]),
+        lock_budget=budget,
+        preflight=Preflight(long_transaction_seconds=3600),
+    )
     parent = sql.Identifier(scratch_schema, "ev")
 
     holder = psycopg.connect(pg_dsn)  # a report query that keeps its transaction open
@@ -171,19 +202,26 @@ def test_gives_up_within_budget_and_readers_are_never_stuck_behind_it(pg_dsn, sc
     # Generous margin over the 200 ms per-try cap; the benchmark reports exact figures.
     assert max(latencies) < 1.0, f"reader stalled {max(latencies):.3f}s"
     with connect(pg_dsn) as check:
-        left = check.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
-                             [f'"{scratch_schema}"."ev_default"']).fetchone()[0]
+        left = check.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
+            [f'"{scratch_schema}"."ev_default"'],
+        ).fetchone()[0]
         assert left == 0
-        failed = check.execute(sql.SQL("SELECT action, blockers FROM {}.steps WHERE outcome = 'failed'").format(
-            sql.Identifier(scratch_schema))).fetchall()
+        failed = check.execute(
+            sql.SQL("SELECT action, blockers FROM {}.steps WHERE outcome = 'failed'").format(
+                sql.Identifier(scratch_schema)
+            )
+        ).fetchall()
         assert failed and any(b and b[0]["pid"] == holder_pid for _, b in failed)
 
 
 def test_preflight_skips_a_table_with_an_old_transaction_instead_of_queueing(pg_dsn, scratch_schema):
     with connect(pg_dsn) as setup:
         make_table(setup, scratch_schema, "ev", days=range(-2, 0))
-    cfg = replace(config_for(scratch_schema, [table_entry(scratch_schema, "ev")]),
-                  preflight=Preflight(long_transaction_seconds=0.3))
+    cfg = replace(
+        config_for(scratch_schema, [table_entry(scratch_schema, "ev")]),
+        preflight=Preflight(long_transaction_seconds=0.3),
+    )
     holder = psycopg.connect(pg_dsn)
     holder.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev")))
     holder_pid = holder.info.backend_pid
@@ -216,15 +254,23 @@ def test_one_runner_per_table(pg_dsn, scratch_schema):
         [free] = run_maintenance(conn, cfg, now=NOW)
         assert free.outcome == "success" and free.created
         # the lock was released after the run
-        held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()").fetchone()[0]
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
     assert held == 0
 
 
 def test_one_table_failing_does_not_stop_the_others(conn, scratch_schema):
     make_table(conn, scratch_schema, "good", days=range(-2, 0))
     conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz)").format(sql.Identifier(scratch_schema, "plain")))
-    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "missing"), table_entry(scratch_schema, "plain"),
-                                      table_entry(scratch_schema, "good")])
+    cfg = config_for(
+        scratch_schema,
+        [
+            table_entry(scratch_schema, "missing"),
+            table_entry(scratch_schema, "plain"),
+            table_entry(scratch_schema, "good"),
+        ],
+    )
     missing, plain, good = run_maintenance(conn, cfg, now=NOW)
     assert missing.outcome == "failed" and "does not exist" in missing.errors[0]
     assert plain.outcome == "failed" and "not partitioned" in plain.errors[0]
@@ -235,11 +281,21 @@ def test_recovers_from_an_interrupted_run(conn, scratch_schema):
     """Leftovers of a run killed between steps: a created-but-unattached table and the DEFAULT's exclusion CHECK."""
     make_table(conn, scratch_schema, "ev", days=range(-30, 0))
     s = sql.Identifier
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(s(scratch_schema, "ev_p20261126"), s(scratch_schema, "ev")))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT pgmaint_bound CHECK (ts IS NOT NULL AND ts >= '2026-11-26 00:00:00+00' AND ts < '2026-11-27 00:00:00+00')")
-                 .format(s(scratch_schema, "ev_p20261126")))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT pgmaint_excl CHECK (NOT (ts >= '2026-11-26' AND ts < '2026-11-27')) NOT VALID")
-                 .format(s(scratch_schema, "ev_default")))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+            s(scratch_schema, "ev_p20261126"), s(scratch_schema, "ev")
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT pgmaint_bound CHECK (ts IS NOT NULL AND ts >= '2026-11-26 00:00:00+00' AND ts < '2026-11-27 00:00:00+00')"
+        ).format(s(scratch_schema, "ev_p20261126"))
+    )
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT pgmaint_excl CHECK (NOT (ts >= '2026-11-26' AND ts < '2026-11-27')) NOT VALID"
+        ).format(s(scratch_schema, "ev_default"))
+    )
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1)])
 
     [result] = run_maintenance(conn, cfg, now=NOW)
@@ -247,8 +303,10 @@ def test_recovers_from_an_interrupted_run(conn, scratch_schema):
     assert result.outcome == "success", result.errors
     assert result.created == ["ev_p20261126", "ev_p20261127"]
     assert "ev_p20261126" in partitions(conn, scratch_schema, "ev")
-    left = conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
-                        [f'"{scratch_schema}"."ev_default"']).fetchone()[0]
+    left = conn.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname LIKE 'pgmaint%%'",
+        [f'"{scratch_schema}"."ev_default"'],
+    ).fetchone()[0]
     assert left == 0
 
 
@@ -258,8 +316,9 @@ def test_no_default_partition_uses_detach_concurrently(conn, scratch_schema):
     [result] = run_maintenance(conn, cfg, now=NOW)
     assert result.outcome == "success", result.errors
     assert result.dropped == ["ev_old_67", "ev_old_68", "ev_old_69"]
-    statements = conn.execute(sql.SQL("SELECT statements[1] FROM {}.steps WHERE action = 'detach'").format(
-        sql.Identifier(scratch_schema))).fetchall()
+    statements = conn.execute(
+        sql.SQL("SELECT statements[1] FROM {}.steps WHERE action = 'detach'").format(sql.Identifier(scratch_schema))
+    ).fetchall()
     assert statements and all(st.endswith("CONCURRENTLY") for (st,) in statements)
 
 
@@ -274,9 +333,19 @@ def test_keep_table_detaches_without_dropping(conn, scratch_schema):
 @pytest.mark.parametrize("key_type", ["date", "timestamp"])
 def test_date_and_timestamp_keys_in_a_non_utc_zone(conn, scratch_schema, key_type):
     """Wall-clock keys follow the configured zone: a Chicago day starts at local midnight."""
-    conn.execute(sql.SQL("CREATE TABLE {} (ts {} NOT NULL) PARTITION BY RANGE (ts)").format(
-        sql.Identifier(scratch_schema, "ev"), sql.SQL(key_type)))
-    add_partition(conn, scratch_schema, "ev", TODAY.replace(tzinfo=None) - timedelta(days=1), TODAY.replace(tzinfo=None), "ev_yesterday")
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (ts {} NOT NULL) PARTITION BY RANGE (ts)").format(
+            sql.Identifier(scratch_schema, "ev"), sql.SQL(key_type)
+        )
+    )
+    add_partition(
+        conn,
+        scratch_schema,
+        "ev",
+        TODAY.replace(tzinfo=None) - timedelta(days=1),
+        TODAY.replace(tzinfo=None),
+        "ev_yesterday",
+    )
     entry = table_entry(scratch_schema, "ev", premake=1)
     del entry["retention"]  # kept forever: the window starts at the oldest partition
     cfg = config_for(scratch_schema, [entry], timezone="America/Chicago")
@@ -296,7 +365,11 @@ def test_phases_split_premake_from_retire(conn, scratch_schema):
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
 
     [premade] = run_maintenance(conn, cfg, now=NOW, phases=("premake",))
-    assert premade.created and premade.detached == [] and premade.retires_planned == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    assert (
+        premade.created
+        and premade.detached == []
+        and premade.retires_planned == ["ev_old_67", "ev_old_68", "ev_old_69"]
+    )
     assert "ev_old_67" in partitions(conn, scratch_schema, "ev")
 
     [retired] = run_maintenance(conn, cfg, now=NOW, phases=("retire",))

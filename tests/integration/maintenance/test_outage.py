@@ -24,12 +24,20 @@ CHICAGO = ZoneInfo("America/Chicago")
 s = sql.Identifier
 
 
-def chicago_table(conn, schema: str, name: str, key: str, first: datetime, last: datetime, *, default: bool = True) -> None:
+def chicago_table(
+    conn, schema: str, name: str, key: str, first: datetime, last: datetime, *, default: bool = True
+) -> None:
     """A daily table on Chicago days [first, last] (dates), keys and names as given (quoted)."""
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {} timestamptz NOT NULL, payload text, "
-                         "PRIMARY KEY (id, {})) PARTITION BY RANGE ({})").format(s(schema, name), s(key), s(key), s(key)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {} timestamptz NOT NULL, payload text, "
+            "PRIMARY KEY (id, {})) PARTITION BY RANGE ({})"
+        ).format(s(schema, name), s(key), s(key), s(key))
+    )
     if default:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(schema, f"{name} default"), s(schema, name)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(s(schema, f"{name} default"), s(schema, name))
+        )
     day = first
     while day <= last:
         nxt = day + timedelta(days=1)
@@ -60,11 +68,16 @@ def test_a_multi_day_gap_over_a_dst_change_is_closed_in_one_run(conn, pg_dsn, sc
 
     assert result.outcome == "success", result.errors
     # the missed days (10-31, the 25-hour 11-01, 11-02), today (11-03) and two ahead
-    assert result.created == [f"Request Log_p202610{d}" for d in ("31",)] + [f"Request Log_p2026110{d}" for d in range(1, 6)]
+    assert result.created == [f"Request Log_p202610{d}" for d in ("31",)] + [
+        f"Request Log_p2026110{d}" for d in range(1, 6)
+    ]
     assert bounds(conn, scratch_schema, "Request Log")["Request Log_p20261101"] == (
-        "FOR VALUES FROM ('2026-11-01 05:00:00+00') TO ('2026-11-02 06:00:00+00')")
+        "FOR VALUES FROM ('2026-11-01 05:00:00+00') TO ('2026-11-02 06:00:00+00')"
+    )
     # expired ones retired in the same run: 30 days before 11-03 09:00 Chicago is 10-04 09:00
-    assert result.dropped == [f"Request Log {d:%m-%d}" for d in (datetime(2026, 9, 25) + timedelta(days=i) for i in range(9))]
+    assert result.dropped == [
+        f"Request Log {d:%m-%d}" for d in (datetime(2026, 9, 25) + timedelta(days=i) for i in range(9))
+    ]
     verdict = gate(pg_dsn, cfg, ["contiguity", "runway"], AFTER_DST)
     assert verdict.success, verdict.failures + verdict.errors
     [again] = run_maintenance(conn, cfg, now=AFTER_DST + timedelta(minutes=15))
@@ -73,8 +86,10 @@ def test_a_multi_day_gap_over_a_dst_change_is_closed_in_one_run(conn, pg_dsn, sc
 
 def test_rows_in_the_default_for_some_missed_days_need_migration_and_block_nothing_else(conn, pg_dsn, scratch_schema):
     make_table(conn, scratch_schema, "ev", days=range(-35, -4))  # partitions end four days ago
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late'), (%s, 'late')").format(s(scratch_schema, "ev")),
-                 [TODAY - timedelta(days=3, hours=-2), TODAY - timedelta(days=1, hours=-5)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late'), (%s, 'late')").format(s(scratch_schema, "ev")),
+        [TODAY - timedelta(days=3, hours=-2), TODAY - timedelta(days=1, hours=-5)],
+    )
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", auto_migrate=True)])
 
     [premade] = run_maintenance(conn, cfg, now=NOW, phases=("premake",))
@@ -83,7 +98,8 @@ def test_rows_in_the_default_for_some_missed_days_need_migration_and_block_nothi
     pending = [m["partition"] for m in premade.needs_migration]
     assert pending == ["ev_p20261123", "ev_p20261125"]
     assert premade.needs_migration[0]["trigger"] == (
-        f"scripts/airflow dags trigger default_partition_migration --conf '{{\"table\": \"{scratch_schema}.ev\"}}'")
+        f'scripts/airflow dags trigger default_partition_migration --conf \'{{"table": "{scratch_schema}.ev"}}\''
+    )
     assert all(m["requested"] for m in premade.needs_migration)  # auto_migrate: the DAG emits the asset event
     assert premade.created == ["ev_p20261122", "ev_p20261124", "ev_p20261126", "ev_p20261127", "ev_p20261128"]
     # The gate before retire tolerates exactly those gaps and says so ...
@@ -96,7 +112,9 @@ def test_rows_in_the_default_for_some_missed_days_need_migration_and_block_nothi
     assert rows == 2  # nothing moved, nothing lost
 
     # A gap maintenance cannot explain or fill (the name it would use is taken) still stops retirement, named.
-    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(s(scratch_schema, "ev"), s(scratch_schema, "ev_old_90")))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(s(scratch_schema, "ev"), s(scratch_schema, "ev_old_90"))
+    )
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(s(scratch_schema, "ev_old_91"), s("ev_p20261116")))
     [blocked] = run_maintenance(conn, cfg, now=NOW, phases=("premake",))
     assert any("ev_p20261116" in n and "already used" in n for n in blocked.notes)
@@ -113,7 +131,10 @@ def test_a_table_without_default_gets_its_gaps_and_the_watchdog_pages_one_interv
 
     before = {c.key: c for c in check_tables(conn, cfg, settings_for(cfg), now=NOW).conditions}
     gaps = before[f"gaps:{scratch_schema}.ev"]
-    assert gaps.details["missing"] == ["[2026-11-24 00:00:00Z, 2026-11-25 00:00:00Z)", "[2026-11-25 00:00:00Z, 2026-11-26 00:00:00Z)"]
+    assert gaps.details["missing"] == [
+        "[2026-11-24 00:00:00Z, 2026-11-25 00:00:00Z)",
+        "[2026-11-25 00:00:00Z, 2026-11-26 00:00:00Z)",
+    ]
     assert "rejected (there is no DEFAULT partition)" in gaps.message
     assert before[f"runway:{scratch_schema}.ev"].severity == "critical"
     # one partition ahead of today, premake 2: a table with a DEFAULT would only warn; without one, inserts are

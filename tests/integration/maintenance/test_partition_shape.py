@@ -51,7 +51,8 @@ def rich_parent(conn, schema: str, owner: str) -> None:
     conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(s, o))
     conn.execute(sql.SQL("SET ROLE {}").format(o))
     try:
-        conn.execute(sql.SQL("""
+        conn.execute(
+            sql.SQL("""
             CREATE TABLE {s}.ref (k int PRIMARY KEY);
             CREATE TABLE {s}.ev (
                 id bigint GENERATED ALWAYS AS IDENTITY,
@@ -74,18 +75,23 @@ def rich_parent(conn, schema: str, owner: str) -> None:
             CREATE FUNCTION {s}.touch() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$;
             CREATE TRIGGER ev_touch BEFORE INSERT ON {s}.ev FOR EACH ROW EXECUTE FUNCTION {s}.touch();
             CREATE TABLE {s}.ev_default PARTITION OF {s}.ev DEFAULT;
-        """).format(s=s))
+        """).format(s=s)
+        )
         add_partition(conn, schema, "ev", TODAY - timedelta(days=1), TODAY, "ev_native")
     finally:
         conn.execute("RESET ROLE")
 
 
 def assert_pgmaint_partition_is_native(conn, schema: str, role: str) -> None:
-    conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), sql.Identifier(role))
+    )
     conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))  # preflight must see other sessions
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     try:
-        [result] = run_maintenance(conn, config_for(schema, [table_entry(schema, "ev", premake=1, retention=None)]), now=NOW)
+        [result] = run_maintenance(
+            conn, config_for(schema, [table_entry(schema, "ev", premake=1, retention=None)]), now=NOW
+        )
     finally:
         conn.execute("RESET ROLE")
     assert result.outcome == "success", result.errors
@@ -99,20 +105,30 @@ def assert_pgmaint_partition_is_native(conn, schema: str, role: str) -> None:
     assert [c[5] for c in made["columns"] if c[0] == "id"] == [[c[5] for c in native["columns"] if c[0] == "id"][0]]
     # ... and what the comparison is worth: the parent's grants, comment and statistics are not a partition's.
     assert made["owner"] == role and made["acl"] is None and made["statistics"] == [] and made["comment"] is None
-    assert ("ev_touch", f'CREATE TRIGGER ev_touch BEFORE INSERT ON {schema}.<t> FOR EACH ROW EXECUTE FUNCTION {schema}.touch()',
-            "O") in made["triggers"]
+    assert (
+        "ev_touch",
+        f"CREATE TRIGGER ev_touch BEFORE INSERT ON {schema}.<t> FOR EACH ROW EXECUTE FUNCTION {schema}.touch()",
+        "O",
+    ) in made["triggers"]
     assert sorted(i[7] for i in made["indexes"]) == ["ev_payload", "ev_pkey", "ev_ts"]  # attached to the parent's
 
     # Rows through the parent keep getting the parent's identity; a direct INSERT behaves as on a native partition.
     parent = sql.Identifier(schema, "ev")
-    ids = [r[0] for r in conn.execute(sql.SQL("INSERT INTO {} (ts, n) VALUES (%s, 1), (%s, 1) RETURNING id").format(parent),
-                                      [TODAY - timedelta(hours=1), TODAY + timedelta(hours=1)]).fetchall()]
+    ids = [
+        r[0]
+        for r in conn.execute(
+            sql.SQL("INSERT INTO {} (ts, n) VALUES (%s, 1), (%s, 1) RETURNING id").format(parent),
+            [TODAY - timedelta(hours=1), TODAY + timedelta(hours=1)],
+        ).fetchall()
+    ]
     assert ids[1] == ids[0] + 1
     outcomes = []
     for name, at in (("ev_native", TODAY - timedelta(hours=2)), (ours, TODAY + timedelta(hours=2))):
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("INSERT INTO {} (ts, n) VALUES (%s, 1)").format(sql.Identifier(schema, name)), [at])
+                conn.execute(
+                    sql.SQL("INSERT INTO {} (ts, n) VALUES (%s, 1)").format(sql.Identifier(schema, name)), [at]
+                )
             outcomes.append("inserted")
         except psycopg.Error as exc:
             outcomes.append(type(exc).__name__)
@@ -143,8 +159,13 @@ def test_the_replacement_default_of_a_migration_has_the_catalog_of_a_native_defa
     parent = sql.Identifier(scratch_schema, "ev")
     conn.execute(sql.SQL("COMMENT ON COLUMN {}.payload IS 'body'").format(parent))
     conn.execute(sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(parent))
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * interval '1 minute', 'x' "
-                         "FROM generate_series(1, 200) g").format(parent), [today - timedelta(days=1)])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * interval '1 minute', 'x' "
+            "FROM generate_series(1, 200) g"
+        ).format(parent),
+        [today - timedelta(days=1)],
+    )
     native_default = relation_shape(conn, scratch_schema, "ev_default")
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1)])
 
@@ -160,9 +181,15 @@ def test_the_replacement_default_of_a_migration_has_the_catalog_of_a_native_defa
     moved_shape = relation_shape(conn, scratch_schema, moved_into)
     assert moved_shape["owned_sequences"] == []
     native = f"ev_native_{today:%Y%m%d}"  # what PARTITION OF gives, for the partition the migration attached
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)").format(
-        sql.Identifier(scratch_schema, native), parent).as_string(conn) % (
-        sql.Literal(today + timedelta(days=30)).as_string(conn), sql.Literal(today + timedelta(days=31)).as_string(conn)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)")
+        .format(sql.Identifier(scratch_schema, native), parent)
+        .as_string(conn)
+        % (
+            sql.Literal(today + timedelta(days=30)).as_string(conn),
+            sql.Literal(today + timedelta(days=31)).as_string(conn),
+        )
+    )
     assert differences(relation_shape(conn, scratch_schema, native), moved_shape) == {}
     assert own_sequences(conn, scratch_schema) == ["ev_id_seq"]
 
@@ -174,6 +201,7 @@ def _renamed(shape: dict, old: str, new: str) -> dict:
         if isinstance(value, (list, tuple)):
             return type(value)(swap(v) for v in value)
         return value
+
     return {k: swap(v) for k, v in shape.items()}
 
 
@@ -190,12 +218,16 @@ def test_partitions_in_the_parents_tablespace_like_native_ones(conn, scratch_sch
     conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(directory)))
     try:
         s = sql.Identifier(scratch_schema)
-        conn.execute(sql.SQL("CREATE TABLE {}.ev (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts) TABLESPACE {}")
-                     .format(s, sql.Identifier(space)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.ev (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts) TABLESPACE {}").format(
+                s, sql.Identifier(space)
+            )
+        )
         conn.execute(sql.SQL("CREATE INDEX ON {}.ev (ts)").format(s))
         add_partition(conn, scratch_schema, "ev", TODAY - timedelta(days=1), TODAY, "ev_native")
-        [result] = run_maintenance(conn, config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1, retention=None)]),
-                                   now=NOW)
+        [result] = run_maintenance(
+            conn, config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1, retention=None)]), now=NOW
+        )
         assert result.outcome == "success", result.errors
         made = relation_shape(conn, scratch_schema, f"ev_p{TODAY:%Y%m%d}")
         assert made["tablespace"] == space
@@ -214,14 +246,24 @@ def old_version_partition(conn, schema: str, name: str, *, lo=None, hi=None, def
     """What pgmaint did before: LIKE … INCLUDING ALL (copies the identity: a sequence of its own), then ATTACH."""
     child, parent = sql.Identifier(schema, name), sql.Identifier(schema, "ev")
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(child, parent))
-    bound = sql.SQL("DEFAULT") if default else sql.SQL("FOR VALUES FROM ({}) TO ({})").format(sql.Literal(lo), sql.Literal(hi))
+    bound = (
+        sql.SQL("DEFAULT")
+        if default
+        else sql.SQL("FOR VALUES FROM ({}) TO ({})").format(sql.Literal(lo), sql.Literal(hi))
+    )
     conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent, child, bound))
 
 
 def own_sequences(conn, schema: str) -> list[str]:
     """Sequences of the `ev` family (the schema also holds the state tables' own)."""
-    return [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = %s::regnamespace "
-                                       "AND relname LIKE 'ev%%' ORDER BY 1", [schema]).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = %s::regnamespace "
+            "AND relname LIKE 'ev%%' ORDER BY 1",
+            [schema],
+        ).fetchall()
+    ]
 
 
 def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_schema):
@@ -234,17 +276,26 @@ def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_sc
     assert own_sequences(conn, scratch_schema) == ["ev_default_id_seq", "ev_id_seq", "ev_p20261126_id_seq"]
     # The harm: a direct INSERT into such a partition hands out ids the parent already used.
     parent = sql.Identifier(scratch_schema, "ev")
-    conn.execute(sql.SQL("INSERT INTO {} (ts) SELECT %s FROM generate_series(1, 5)").format(parent), [TODAY + timedelta(hours=1)])
-    direct = conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (%s) RETURNING id").format(sql.Identifier(scratch_schema, "ev_p20261126")),
-                          [TODAY + timedelta(hours=2)]).fetchone()[0]
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts) SELECT %s FROM generate_series(1, 5)").format(parent), [TODAY + timedelta(hours=1)]
+    )
+    direct = conn.execute(
+        sql.SQL("INSERT INTO {} (ts) VALUES (%s) RETURNING id").format(sql.Identifier(scratch_schema, "ev_p20261126")),
+        [TODAY + timedelta(hours=2)],
+    ).fetchone()[0]
     assert direct == 1
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=1, retention=None)])
 
     [dry] = run_maintenance(conn, cfg, now=NOW, dry_run=True)
     repairs = [s for s in dry.statements if s["step"] == "drop_partition_identity"]
     assert [r["sql"] for r in repairs] == [
-        f'ALTER TABLE "{scratch_schema}"."{name}" ALTER COLUMN "id" DROP IDENTITY IF EXISTS' for name in ("ev_default", "ev_p20261126")]
-    assert all(r["lock"].startswith("ACCESS EXCLUSIVE on the partition ") and " only (catalog only" in r["lock"] for r in repairs)
+        f'ALTER TABLE "{scratch_schema}"."{name}" ALTER COLUMN "id" DROP IDENTITY IF EXISTS'
+        for name in ("ev_default", "ev_p20261126")
+    ]
+    assert all(
+        r["lock"].startswith("ACCESS EXCLUSIVE on the partition ") and " only (catalog only" in r["lock"]
+        for r in repairs
+    )
     assert len(own_sequences(conn, scratch_schema)) == 3  # the dry run changed nothing
 
     # The lock the step takes, looked at from inside its transaction: the partition (and its own sequence), never the parent.
@@ -253,32 +304,54 @@ def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_sc
     with pytest.raises(_Rollback), conn.transaction():
         for statement in step.statements:
             conn.execute(statement.sql)
-        held = conn.execute("SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                            "WHERE l.pid = pg_backend_pid() AND c.relnamespace = %s::regnamespace ORDER BY 1",
-                            [scratch_schema]).fetchall()
-        on_parent = conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation = %s::regclass",
-                                 [f'"{scratch_schema}"."ev"']).fetchone()[0]
+        held = conn.execute(
+            "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE l.pid = pg_backend_pid() AND c.relnamespace = %s::regnamespace ORDER BY 1",
+            [scratch_schema],
+        ).fetchall()
+        on_parent = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation = %s::regclass",
+            [f'"{scratch_schema}"."ev"'],
+        ).fetchone()[0]
         raise _Rollback
-    assert held == [("ev_p20261126", "AccessExclusiveLock")] and on_parent == 0  # (the dropped sequence is no longer in pg_class)
+    assert (
+        held == [("ev_p20261126", "AccessExclusiveLock")] and on_parent == 0
+    )  # (the dropped sequence is no longer in pg_class)
 
     [result] = run_maintenance(conn, cfg, now=NOW)
 
     assert result.outcome == "success", result.errors
     assert own_sequences(conn, scratch_schema) == ["ev_id_seq"]
     for name in ("ev_default", "ev_p20261126"):
-        assert differences(native, relation_shape(conn, scratch_schema, name)).keys() <= {"constraints", "indexes"}, name
+        assert differences(native, relation_shape(conn, scratch_schema, name)).keys() <= {"constraints", "indexes"}, (
+            name
+        )
         assert relation_shape(conn, scratch_schema, name)["owned_sequences"] == []
-    steps = conn.execute(sql.SQL("SELECT action, target, outcome FROM {}.steps WHERE action = 'drop_partition_identity' ORDER BY target")
-                         .format(sql.Identifier(scratch_schema))).fetchall()
-    assert steps == [("drop_partition_identity", "ev_default.id", "success"), ("drop_partition_identity", "ev_p20261126.id", "success")]
+    steps = conn.execute(
+        sql.SQL(
+            "SELECT action, target, outcome FROM {}.steps WHERE action = 'drop_partition_identity' ORDER BY target"
+        ).format(sql.Identifier(scratch_schema))
+    ).fetchall()
+    assert steps == [
+        ("drop_partition_identity", "ev_default.id", "success"),
+        ("drop_partition_identity", "ev_p20261126.id", "success"),
+    ]
     # Through the parent, ids go on from the parent's sequence; rows already there are untouched.
-    next_id = conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (%s) RETURNING id").format(parent), [TODAY + timedelta(hours=3)]).fetchone()[0]
+    next_id = conn.execute(
+        sql.SQL("INSERT INTO {} (ts) VALUES (%s) RETURNING id").format(parent), [TODAY + timedelta(hours=3)]
+    ).fetchone()[0]
     assert next_id == 6
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(parent)).fetchone()[0] == 7
     [again] = run_maintenance(conn, cfg, now=NOW)
     assert again.outcome == "success" and not again.errors
-    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.steps WHERE action = 'drop_partition_identity'")
-                        .format(sql.Identifier(scratch_schema))).fetchone()[0] == 2  # nothing left to repair
+    assert (
+        conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.steps WHERE action = 'drop_partition_identity'").format(
+                sql.Identifier(scratch_schema)
+            )
+        ).fetchone()[0]
+        == 2
+    )  # nothing left to repair
 
 
 class _Rollback(Exception):
@@ -304,6 +377,8 @@ def test_a_table_named_by_pg_partman_4_gets_pg_partman_4_names(conn, scratch_sch
     assert bounds["ev_p2026_11_27"] == "FOR VALUES FROM ('2026-11-27 00:00:00+00') TO ('2026-11-28 00:00:00+00')"
 
     # name_format overrides what the table shows.
-    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev", premake=3, retention=None, name_format="YYYYMMDD")])
+    cfg = config_for(
+        scratch_schema, [table_entry(scratch_schema, "ev", premake=3, retention=None, name_format="YYYYMMDD")]
+    )
     [result] = run_maintenance(conn, cfg, now=NOW)
     assert result.created == ["ev_p20261129"]

@@ -44,9 +44,12 @@ def test_maintenance_summary_names_what_stays_attached_when_the_gate_stopped_ret
     name = f"{scratch_schema}.ev"
     [premade] = run_maintenance(conn, cfg, now=NOW, phases=("premake",))  # nothing to premake: the fast path
 
-    summary, lines = summarize_tables([name], [premade.as_dict()], [None],
-                                      {"table.premake_0": "success", "table.gate_before_retire_0": "failed",
-                                       "table.retire_0": "upstream_failed"})
+    summary, lines = summarize_tables(
+        [name],
+        [premade.as_dict()],
+        [None],
+        {"table.premake_0": "success", "table.gate_before_retire_0": "failed", "table.retire_0": "upstream_failed"},
+    )
 
     assert summary["not_retired"] == {name: ["ev_old_67", "ev_old_68", "ev_old_69"]}
     [line] = [line for line in lines if line.startswith("not retired")]
@@ -70,8 +73,12 @@ def test_migration_summary_says_which_rows_stay_in_the_default_and_why(conn, pg_
     now = datetime.now(timezone.utc)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     make_table(conn, scratch_schema, "ev", days=range(-2, 3), anchor=today)
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'old'), (%s, 'old too')").format(
-        sql.Identifier(scratch_schema, "ev")), [now - timedelta(days=45), now - timedelta(days=44)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'old'), (%s, 'old too')").format(
+            sql.Identifier(scratch_schema, "ev")
+        ),
+        [now - timedelta(days=45), now - timedelta(days=44)],
+    )
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     messages: list[str] = []
 

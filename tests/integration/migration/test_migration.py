@@ -30,35 +30,56 @@ REPO = Path(__file__).resolve().parents[3]
 def seed(conn, schema: str, rows: int, days: int = 10) -> None:
     """A table whose partitions stopped `days` days ago: everything since sits in the DEFAULT."""
     make_table(conn, schema, "ev", days=range(-days - 3, -days), anchor=wall_today())
-    start, end = wall_today() - timedelta(days=days), wall_now() - timedelta(seconds=1)  # days + 1 intervals, today included
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
-                         "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, "ev")),
-                 [start, rows, end, start, rows])
+    start, end = (
+        wall_today() - timedelta(days=days),
+        wall_now() - timedelta(seconds=1),
+    )  # days + 1 intervals, today included
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
+            "md5(g::text) FROM generate_series(1, %s) g"
+        ).format(sql.Identifier(schema, "ev")),
+        [start, rows, end, start, rows],
+    )
     # out of the window: older than retention, and beyond the premake horizon
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'old'), (%s, 'future')").format(sql.Identifier(schema, "ev")),
-                 [wall_now() - timedelta(days=45), wall_now() + timedelta(days=30)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'old'), (%s, 'future')").format(sql.Identifier(schema, "ev")),
+        [wall_now() - timedelta(days=45), wall_now() + timedelta(days=30)],
+    )
 
 
 def fingerprint(conn, schema: str) -> dict[str, tuple[int, int]]:
     """Per day: row count and an order-independent checksum of every row, read through the parent."""
-    rows = conn.execute(sql.SQL("SELECT date_trunc('day', ts)::text, count(*), sum(hashtextextended(t::text, 0)) FROM {} t GROUP BY 1")
-                        .format(sql.Identifier(schema, "ev"))).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT date_trunc('day', ts)::text, count(*), sum(hashtextextended(t::text, 0)) FROM {} t GROUP BY 1"
+        ).format(sql.Identifier(schema, "ev"))
+    ).fetchall()
     return {day: (n, int(ck)) for day, n, ck in rows}
 
 
 def leftovers(conn, schema: str) -> list[str]:
     """Anything a migration builds that must not outlive it: shadow tables, the mirror trigger and function."""
-    rows = conn.execute("""
+    rows = conn.execute(
+        """
         SELECT 'table ' || relname FROM pg_class WHERE relnamespace = to_regnamespace(%(s)s) AND relname LIKE '%%pgmaint%%' AND relkind <> 'i'
         UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname = 'pgmaint_mirror'
         UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = to_regnamespace(%(s)s) AND proname LIKE '%%pgmaint%%'
-    """, {"s": sql.Identifier(schema).as_string(None)}).fetchall()
+    """,
+        {"s": sql.Identifier(schema).as_string(None)},
+    ).fetchall()
     return [r[0] for r in rows]
 
 
 def default_days(conn, schema: str) -> list[str]:
-    return [r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT date_trunc('day', ts)::date::text FROM ONLY {} ORDER BY 1")
-                                       .format(sql.Identifier(schema, "ev_default"))).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT DISTINCT date_trunc('day', ts)::date::text FROM ONLY {} ORDER BY 1").format(
+                sql.Identifier(schema, "ev_default")
+            )
+        ).fetchall()
+    ]
 
 
 def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_dsn, scratch_schema):
@@ -73,17 +94,31 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert len(result.partitions) == 11  # ten past days and today
     assert fingerprint(conn, scratch_schema) == before  # nothing lost, nothing duplicated
     # every row sits in the partition whose bounds hold it; only out-of-window rows remain in the DEFAULT
-    misplaced = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {} t JOIN pg_class c ON c.oid = t.tableoid WHERE c.relname <> 'ev_default' "
-        "AND to_char(t.ts AT TIME ZONE 'UTC', 'YYYYMMDD') <> right(c.relname, 8)").format(sql.Identifier(scratch_schema, "ev"))).fetchone()[0]
+    misplaced = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {} t JOIN pg_class c ON c.oid = t.tableoid WHERE c.relname <> 'ev_default' "
+            "AND to_char(t.ts AT TIME ZONE 'UTC', 'YYYYMMDD') <> right(c.relname, 8)"
+        ).format(sql.Identifier(scratch_schema, "ev"))
+    ).fetchone()[0]
     assert misplaced == 0
-    assert default_days(conn, scratch_schema) == [(wall_now() - timedelta(days=45)).date().isoformat(), (wall_now() + timedelta(days=30)).date().isoformat()]
-    assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {"older than the retention window", "beyond the premake horizon"}
+    assert default_days(conn, scratch_schema) == [
+        (wall_now() - timedelta(days=45)).date().isoformat(),
+        (wall_now() + timedelta(days=30)).date().isoformat(),
+    ]
+    assert {r["reason"].split(" (")[0] for r in result.left_in_default} == {
+        "older than the retention window",
+        "beyond the premake horizon",
+    }
     assert not any(table_exists(conn, scratch_schema, f"ev_default_pgmaint_{t}") for t in ("old", "next", "copy"))
     assert not leftovers(conn, scratch_schema)
     # the new partitions are autovacuumed like native ones (off only while they were copies)
-    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND reloptions IS NOT NULL",
-                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND reloptions IS NOT NULL",
+            [sql.Identifier(scratch_schema).as_string(None)],
+        ).fetchone()[0]
+        == 0
+    )
     phase = conn.execute(sql.SQL("SELECT phase FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchall()
     assert phase == [("done",)]
 
@@ -93,7 +128,9 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
 
 
 def _verified_how(conn, schema: str) -> str:
-    return conn.execute(sql.SQL("SELECT summary->>'verified' FROM {}.migrations").format(sql.Identifier(schema))).fetchone()[0]
+    return conn.execute(
+        sql.SQL("SELECT summary->>'verified' FROM {}.migrations").format(sql.Identifier(schema))
+    ).fetchone()[0]
 
 
 def test_without_writes_since_the_verification_the_swap_reads_no_row_again(conn, pg_dsn, scratch_schema, caplog):
@@ -115,7 +152,9 @@ def test_without_writes_since_the_verification_the_swap_reads_no_row_again(conn,
     assert not leftovers(conn, scratch_schema)
 
 
-def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_again(conn, pg_dsn, scratch_schema, monkeypatch):
+def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_again(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
     """An application update and delete land in the DEFAULT after the copies were verified: the write mark moved, so the
     rows are counted again at the instant of the swap (and still balance: the mirror replayed both writes)."""
     from include.pgmaint import migrate
@@ -167,8 +206,11 @@ def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
 def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         for _ in range(100):
-            held = c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = hashtext('pgmaint') "
-                             "AND objid::int = hashtext(%s)", [f'"{schema}"."ev"']).fetchone()[0]
+            held = c.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = hashtext('pgmaint') "
+                "AND objid::int = hashtext(%s)",
+                [f'"{schema}"."ev"'],
+            ).fetchone()[0]
             if not held:
                 return
             time.sleep(0.05)
@@ -177,25 +219,60 @@ def _wait_for_runner_lock_release(pg_dsn: str, schema: str) -> None:
 
 # Every step of the copy-first design (see include/pgmaint/mirror.py): the run is killed (SIGKILL, like kill -9)
 # right before it, or inside it where a step has an inside.
-KILL_POINTS = ["before_create_shadow_parent", "before_create_shadow", "before_attach_shadow", "before_create_next_default",
-               "before_mirror_writes", "inside_batch", "after_batch", "before_analyze_shadows", "before_verify", "before_swap", "inside_swap",
-               "after_swap", "after_verify", "before_enable_autovacuum", "before_drop_next_default_check",
-               "before_drop_shadow_parent"]
+KILL_POINTS = [
+    "before_create_shadow_parent",
+    "before_create_shadow",
+    "before_attach_shadow",
+    "before_create_next_default",
+    "before_mirror_writes",
+    "inside_batch",
+    "after_batch",
+    "before_analyze_shadows",
+    "before_verify",
+    "before_swap",
+    "inside_swap",
+    "after_swap",
+    "after_verify",
+    "before_enable_autovacuum",
+    "before_drop_next_default_check",
+    "before_drop_shadow_parent",
+]
 
 
 def run_killed(pg_dsn: str, schema: str, point: str, batch_rows: int = 300) -> subprocess.CompletedProcess:
     raw = {"state_schema": schema, "tables": [table_entry(schema, "ev")]}
-    return subprocess.run([sys.executable, "-m", "tests.integration.migration.run_migration", pg_dsn, json.dumps(raw),
-                           f"{schema}.ev", str(batch_rows)], cwd=REPO, env={**os.environ, "PGMAINT_FAILPOINT": point},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.migration.run_migration",
+            pg_dsn,
+            json.dumps(raw),
+            f"{schema}.ev",
+            str(batch_rows),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PGMAINT_FAILPOINT": point},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_writable(conn, schema: str) -> None:
     """The table takes an insert for today and for a moved day, an update and a delete, right now."""
     ev = sql.Identifier(schema, "ev")
-    row = conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (now(), 'probe'), (now() - interval '3 days', 'probe') "
-                               "RETURNING id").format(ev)).fetchall()
-    assert conn.execute(sql.SQL("UPDATE {} SET payload = 'probe2' WHERE id = ANY(%s)").format(ev), [[r[0] for r in row]]).rowcount == 2
+    row = conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) VALUES (now(), 'probe'), (now() - interval '3 days', 'probe') RETURNING id"
+        ).format(ev)
+    ).fetchall()
+    assert (
+        conn.execute(
+            sql.SQL("UPDATE {} SET payload = 'probe2' WHERE id = ANY(%s)").format(ev), [[r[0] for r in row]]
+        ).rowcount
+        == 2
+    )
     assert conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(ev), [[r[0] for r in row]]).rowcount == 2
 
 
@@ -209,8 +286,14 @@ def test_killed_at_any_step_every_row_stays_visible_and_the_rerun_finishes(conn,
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     # Right after the kill: every row readable through the parent exactly once, and the table writable.
     assert fingerprint(conn, scratch_schema) == before
-    assert conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY id, ts HAVING count(*) > 1) d").format(
-        sql.Identifier(scratch_schema, "ev"))).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY id, ts HAVING count(*) > 1) d").format(
+                sql.Identifier(scratch_schema, "ev")
+            )
+        ).fetchone()[0]
+        == 0
+    )
     _wait_for_runner_lock_release(pg_dsn, scratch_schema)
     assert_writable(conn, scratch_schema)
 
@@ -236,8 +319,15 @@ def test_connection_cut_mid_copy_then_resume(conn, pg_dsn, scratch_schema):
     def cutter():
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             while not stop.is_set():
-                moved = c.execute(sql.SQL("SELECT coalesce(max(rows_copied), 0) FROM {}.migrations").format(
-                    sql.Identifier(scratch_schema))).fetchone()[0] if table_exists(c, scratch_schema, "migrations") else 0
+                moved = (
+                    c.execute(
+                        sql.SQL("SELECT coalesce(max(rows_copied), 0) FROM {}.migrations").format(
+                            sql.Identifier(scratch_schema)
+                        )
+                    ).fetchone()[0]
+                    if table_exists(c, scratch_schema, "migrations")
+                    else 0
+                )
                 if moved > 3_000:
                     c.execute("SELECT pg_terminate_backend(%s)", [pid])
                     return
@@ -269,14 +359,23 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
     assert first.outcome == "incomplete" and first.rows_remaining == 20_000
     assert "max_minutes" in first.skipped_reason
     assert fingerprint(conn, scratch_schema) == before  # nothing visible changed; the mirror trigger stays on
-    copied = conn.execute(sql.SQL("SELECT rows_copied FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    copied = conn.execute(
+        sql.SQL("SELECT rows_copied FROM {}.migrations").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
     assert 0 < copied < 20_000
     # the copies are not autovacuumed until they are swapped in (the swap would queue behind a VACUUM of them)
-    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
-                        "AND reloptions @> '{autovacuum_enabled=off}'",
-                        [sql.Identifier(scratch_schema).as_string(None)]).fetchone()[0] == 11
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
+            "AND reloptions @> '{autovacuum_enabled=off}'",
+            [sql.Identifier(scratch_schema).as_string(None)],
+        ).fetchone()[0]
+        == 11
+    )
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
-    assert second.outcome == "success" and second.rows_moved == 20_002  # every row of the DEFAULT, out-of-window ones too
+    assert (
+        second.outcome == "success" and second.rows_moved == 20_002
+    )  # every row of the DEFAULT, out-of-window ones too
     assert fingerprint(conn, scratch_schema) == before
 
 
@@ -320,9 +419,14 @@ def test_readers_and_writers_are_not_blocked_while_rows_move(conn, pg_dsn, scrat
                     if i % 3 == 0:
                         c.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (now(), 'api')").format(parent))
                     elif i % 3 == 1:
-                        c.execute(sql.SQL("SELECT count(*) FROM {} WHERE ts > now() - interval '1 minute'").format(parent))
+                        c.execute(
+                            sql.SQL("SELECT count(*) FROM {} WHERE ts > now() - interval '1 minute'").format(parent)
+                        )
                     else:
-                        c.execute(sql.SQL("SELECT * FROM {} WHERE id = %s").format(parent), [(i * 7919 + worker) % 200_000 + 1])
+                        c.execute(
+                            sql.SQL("SELECT * FROM {} WHERE id = %s").format(parent),
+                            [(i * 7919 + worker) % 200_000 + 1],
+                        )
                 except psycopg.Error as exc:
                     errors.append(str(exc))
                 latencies.append(time.monotonic() - t0)
@@ -334,8 +438,11 @@ def test_readers_and_writers_are_not_blocked_while_rows_move(conn, pg_dsn, scrat
         """How long any session waits on a lock our migrating session holds or queues for."""
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             while not stop.is_set():
-                waited = c.execute("SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0) FROM pg_locks "
-                                   "WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid))", [pid]).fetchone()[0]
+                waited = c.execute(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0) FROM pg_locks "
+                    "WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid))",
+                    [pid],
+                ).fetchone()[0]
                 blocked_waits.append(float(waited))
                 time.sleep(0.01)
 
@@ -357,7 +464,9 @@ def test_readers_and_writers_are_not_blocked_while_rows_move(conn, pg_dsn, scrat
     # Generous margin over the 200 ms lock budget for a noisy 2-core machine; bench_migration reports exact figures.
     assert max(latencies) < 1.0, f"max API latency {max(latencies):.3f}s"
     # Seen from the server: no session ever waited on the migration longer than the 200 ms lock budget (+ margin).
-    assert len(blocked_waits) > 10 and max(blocked_waits) < 0.5, f"longest wait behind the migration {max(blocked_waits):.3f}s"
+    assert len(blocked_waits) > 10 and max(blocked_waits) < 0.5, (
+        f"longest wait behind the migration {max(blocked_waits):.3f}s"
+    )
     api_rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE payload = 'api'").format(parent)).fetchone()[0]
     assert api_rows > 0  # writes during the migration landed (in the DEFAULT or the new partitions) and are visible
 
@@ -374,7 +483,9 @@ def test_tables_with_unhashable_columns_fall_back_to_text_checksums(conn, pg_dsn
 
     assert result.outcome == "success", result.errors
     assert fingerprint(conn, scratch_schema) == before
-    method = conn.execute(sql.SQL("SELECT checksum FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    method = conn.execute(
+        sql.SQL("SELECT checksum FROM {}.migrations").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
     assert method == "text"
 
 
@@ -382,7 +493,9 @@ def test_plain_tables_use_the_faster_record_checksum(conn, pg_dsn, scratch_schem
     seed(conn, scratch_schema, 1_000)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     assert migrate_table(conn, pg_dsn, cfg, cfg.tables[0]).outcome == "success"
-    method = conn.execute(sql.SQL("SELECT checksum FROM {}.migrations").format(sql.Identifier(scratch_schema))).fetchone()[0]
+    method = conn.execute(
+        sql.SQL("SELECT checksum FROM {}.migrations").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
     assert method == "record"
 
 
@@ -399,9 +512,16 @@ def _app_seed(conn, schema: str, rows: int) -> tuple[list, list]:
 def _assert_app_saw_nothing(app: AppWorkload, conn) -> None:
     totals, state = app.totals(), app.check(conn)
     assert totals["reads"] > 50 and totals["updates"] > 20 and totals["upserts"] > 20, totals
-    bugs = {k: totals[k] for k in ("read_misses", "read_doubles", "stale_reads", "update_misses", "delete_misses", "errors")}
+    bugs = {
+        k: totals[k] for k in ("read_misses", "read_doubles", "stale_reads", "update_misses", "delete_misses", "errors")
+    }
     assert bugs == dict.fromkeys(bugs, 0), (bugs, totals["error_samples"])
-    assert (state["rows_lost"], state["rows_resurrected"], state["payloads_wrong"], state["duplicate_keys"]) == (0, 0, 0, 0), state
+    assert (state["rows_lost"], state["rows_resurrected"], state["payloads_wrong"], state["duplicate_keys"]) == (
+        0,
+        0,
+        0,
+        0,
+    ), state
 
 
 def test_an_application_working_on_its_rows_during_the_move_notices_nothing(conn, pg_dsn, scratch_schema):
@@ -415,9 +535,15 @@ def test_an_application_working_on_its_rows_during_the_move_notices_nothing(conn
     def sampler(pid: int):
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             while not stop.is_set():
-                blocked.append(float(c.execute(
-                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0) FROM pg_locks "
-                    "WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid))", [pid]).fetchone()[0]))
+                blocked.append(
+                    float(
+                        c.execute(
+                            "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0) FROM pg_locks "
+                            "WHERE NOT granted AND %s = ANY(pg_blocking_pids(pid))",
+                            [pid],
+                        ).fetchone()[0]
+                    )
+                )
                 time.sleep(0.005)
 
     watcher = threading.Thread(target=sampler, args=(conn.info.backend_pid,))
@@ -433,8 +559,10 @@ def test_an_application_working_on_its_rows_during_the_move_notices_nothing(conn
     assert result.outcome == "success", result.errors
     _assert_app_saw_nothing(app, conn)
     assert not result.verified["mismatches"]
-    assert default_days(conn, scratch_schema) == [(wall_now() - timedelta(days=45)).date().isoformat(),
-                                                  (wall_now() + timedelta(days=30)).date().isoformat()]
+    assert default_days(conn, scratch_schema) == [
+        (wall_now() - timedelta(days=45)).date().isoformat(),
+        (wall_now() + timedelta(days=30)).date().isoformat(),
+    ]
     assert not leftovers(conn, scratch_schema)
     # Seen from the server: nobody waited on the migrating session long (the lock budget is 200 ms; the copy
     # batches hold SHARE on the DEFAULT ~30 ms). Margin for a noisy 2-core machine; the benchmark reports exact figures.
@@ -455,7 +583,9 @@ def test_application_state_is_exact_after_the_move(conn, pg_dsn, scratch_schema)
     _assert_app_saw_nothing(app, conn)
 
 
-@pytest.mark.parametrize("point", ["before_mirror_writes", "after_batch", "before_verify", "inside_swap", "after_verify"])
+@pytest.mark.parametrize(
+    "point", ["before_mirror_writes", "after_batch", "before_verify", "inside_swap", "after_verify"]
+)
 def test_killed_while_the_application_works_it_notices_nothing(conn, pg_dsn, scratch_schema, point):
     existing, late_days = _app_seed(conn, scratch_schema, 30_000)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
@@ -496,8 +626,11 @@ def test_a_table_without_a_key_is_refused_before_anything_changes(conn, pg_dsn, 
 
 def test_a_foreign_key_referencing_the_parent_is_refused(conn, pg_dsn, scratch_schema):
     seed(conn, scratch_schema, 500)
-    conn.execute(sql.SQL("CREATE TABLE {} (ev_id bigint, ev_ts timestamptz, FOREIGN KEY (ev_id, ev_ts) REFERENCES {})").format(
-        sql.Identifier(scratch_schema, "child"), sql.Identifier(scratch_schema, "ev")))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (ev_id bigint, ev_ts timestamptz, FOREIGN KEY (ev_id, ev_ts) REFERENCES {})").format(
+            sql.Identifier(scratch_schema, "child"), sql.Identifier(scratch_schema, "ev")
+        )
+    )
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
 
     dry = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], dry_run=True)
@@ -514,28 +647,48 @@ def test_updates_that_change_the_partition_key_are_mirrored_as_moves(conn, pg_ds
     seed(conn, scratch_schema, 3_000, days=5)
     ev = sql.Identifier(scratch_schema, "ev")
     old_day = wall_today() - timedelta(days=7)  # has a partition (the table's partitions stopped 5 days ago)
-    [(kept_id,)] = conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'in a partition') RETURNING id").format(ev),
-                                [old_day + timedelta(hours=1)]).fetchall()
-    a, b = conn.execute(sql.SQL("SELECT id FROM ONLY {} WHERE ts >= %s AND ts < %s ORDER BY id LIMIT 2").format(
-        sql.Identifier(scratch_schema, "ev_default")), [wall_today() - timedelta(days=3), wall_today() - timedelta(days=2)]).fetchall()
+    [(kept_id,)] = conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'in a partition') RETURNING id").format(ev),
+        [old_day + timedelta(hours=1)],
+    ).fetchall()
+    a, b = conn.execute(
+        sql.SQL("SELECT id FROM ONLY {} WHERE ts >= %s AND ts < %s ORDER BY id LIMIT 2").format(
+            sql.Identifier(scratch_schema, "ev_default")
+        ),
+        [wall_today() - timedelta(days=3), wall_today() - timedelta(days=2)],
+    ).fetchall()
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     done = []
 
     def when(message: str) -> None:
         if "mirroring writes" in message and not done:
             with psycopg.connect(pg_dsn, autocommit=True) as c:
-                c.execute(sql.SQL("UPDATE {} SET ts = ts + interval '1 day', payload = 'moved a day' WHERE id = %s").format(ev), [a[0]])
-                c.execute(sql.SQL("UPDATE {} SET ts = %s, payload = 'into a partition' WHERE id = %s").format(ev),
-                          [old_day + timedelta(hours=2), b[0]])
-                c.execute(sql.SQL("UPDATE {} SET ts = %s, payload = 'out of a partition' WHERE id = %s").format(ev),
-                          [wall_today() - timedelta(days=4) + timedelta(hours=3), kept_id])
+                c.execute(
+                    sql.SQL("UPDATE {} SET ts = ts + interval '1 day', payload = 'moved a day' WHERE id = %s").format(
+                        ev
+                    ),
+                    [a[0]],
+                )
+                c.execute(
+                    sql.SQL("UPDATE {} SET ts = %s, payload = 'into a partition' WHERE id = %s").format(ev),
+                    [old_day + timedelta(hours=2), b[0]],
+                )
+                c.execute(
+                    sql.SQL("UPDATE {} SET ts = %s, payload = 'out of a partition' WHERE id = %s").format(ev),
+                    [wall_today() - timedelta(days=4) + timedelta(hours=3), kept_id],
+                )
             done.append(True)
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500, progress=when)
 
     assert done and result.outcome == "success", result.errors
-    rows = conn.execute(sql.SQL("SELECT id, payload, c.relname, count(*) OVER (PARTITION BY id) FROM {} t "
-                                "JOIN pg_class c ON c.oid = t.tableoid WHERE id = ANY(%s)").format(ev), [[a[0], b[0], kept_id]]).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT id, payload, c.relname, count(*) OVER (PARTITION BY id) FROM {} t "
+            "JOIN pg_class c ON c.oid = t.tableoid WHERE id = ANY(%s)"
+        ).format(ev),
+        [[a[0], b[0], kept_id]],
+    ).fetchall()
     where = {r[0]: (r[1], r[2], r[3]) for r in rows}
     day = lambda d: "ev_p" + (wall_today() + timedelta(days=d)).strftime("%Y%m%d")  # noqa: E731
     assert where[a[0]] == ("moved a day", day(-2), 1)
@@ -588,9 +741,13 @@ def test_wall_clock_keys_and_generated_columns_move_too(conn, pg_dsn, scratch_sc
     ev = sql.Identifier(scratch_schema, "ev")
     make_table(conn, scratch_schema, "ev", days=range(-9, -6), key_type=key_type, anchor=wall_today())
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN size int GENERATED ALWAYS AS (length(payload)) STORED").format(ev))
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT (%s::timestamp + g * interval '7 minutes')::{}, repeat('x', g %% 50) "
-                         "FROM generate_series(0, 1200) g").format(ev, sql.SQL(key_type)),
-                 [(wall_today() - timedelta(days=5)).replace(tzinfo=None)])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) SELECT (%s::timestamp + g * interval '7 minutes')::{}, repeat('x', g %% 50) "
+            "FROM generate_series(0, 1200) g"
+        ).format(ev, sql.SQL(key_type)),
+        [(wall_today() - timedelta(days=5)).replace(tzinfo=None)],
+    )
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")], timezone="America/Chicago")
 
@@ -599,7 +756,9 @@ def test_wall_clock_keys_and_generated_columns_move_too(conn, pg_dsn, scratch_sc
     assert result.outcome == "success", result.errors
     assert fingerprint(conn, scratch_schema) == before
     assert default_days(conn, scratch_schema) == []
-    wrong = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE size IS DISTINCT FROM length(payload)").format(ev)).fetchone()[0]
+    wrong = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE size IS DISTINCT FROM length(payload)").format(ev)
+    ).fetchone()[0]
     assert wrong == 0 and not leftovers(conn, scratch_schema)
 
 
@@ -612,18 +771,28 @@ def test_an_application_role_without_privileges_on_pgmaints_tables_keeps_writing
     ev = sql.Identifier(scratch_schema, "ev")
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(scratch_schema), sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(scratch_schema), sql.Identifier(role))
+        )
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ev, sql.Identifier(role)))
         cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
         first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
         assert first.outcome == "incomplete"  # the trigger is on, the copy half done
         with psycopg.connect(make_conninfo(pg_dsn, user=role), autocommit=True) as app:
-            [(new_id,)] = app.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (now() - interval '2 days', 'by app') "
-                                              "RETURNING id").format(ev)).fetchall()
-            assert app.execute(sql.SQL("UPDATE {} SET payload = 'app update' WHERE id = %s").format(ev), [new_id]).rowcount == 1
+            [(new_id,)] = app.execute(
+                sql.SQL(
+                    "INSERT INTO {} (ts, payload) VALUES (now() - interval '2 days', 'by app') RETURNING id"
+                ).format(ev)
+            ).fetchall()
+            assert (
+                app.execute(sql.SQL("UPDATE {} SET payload = 'app update' WHERE id = %s").format(ev), [new_id]).rowcount
+                == 1
+            )
         second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
         assert second.outcome == "success", second.errors
-        assert conn.execute(sql.SQL("SELECT payload FROM {} WHERE id = %s").format(ev), [new_id]).fetchall() == [("app update",)]
+        assert conn.execute(sql.SQL("SELECT payload FROM {} WHERE id = %s").format(ev), [new_id]).fetchall() == [
+            ("app update",)
+        ]
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

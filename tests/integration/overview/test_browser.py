@@ -5,6 +5,7 @@ tables, checks again. Screenshots: printed path (kept after the test).
 
 Skipped, with the reason, only when /usr/bin/chromium or the playwright package is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ from tests.conftest import REPO, _airflow_conn_json
 from tests.support import announce
 
 CHROMIUM = os.environ.get("PGMAINT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _http_status(url: str, headers: dict | None = None) -> int:
@@ -49,9 +57,11 @@ def api_server(request, demo_dsn, pg_dsn):
     meta = fresh_database(admin, meta_name)
     home = Path(tempfile.mkdtemp(prefix="overview-", dir=REPO / ".pytest-airflow"))
     port = airflow_local.free_port()
-    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta),
-           "AIRFLOW_CONN_PGMAINT_TARGET": _airflow_conn_json(demo_dsn),
-           "PGMAINT_CONFIG": str(REPO / "include" / "config" / "pgmaint.yaml")}
+    env = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta),
+        "AIRFLOW_CONN_PGMAINT_TARGET": _airflow_conn_json(demo_dsn),
+        "PGMAINT_CONFIG": str(REPO / "include" / "config" / "pgmaint.yaml"),
+    }
 
     class ApiOnly(airflow_local.Deployment):
         def components(self):
@@ -79,8 +89,13 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     user_data = tempfile.mkdtemp(prefix="pgmaint-chromium-")
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(user_data, executable_path=CHROMIUM, headless=True,
-                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(
+            user_data,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             yield ctx
         finally:
@@ -115,8 +130,14 @@ def test_partitions_view_in_chromium(request, api_server, browser, demo_dsn):
     config = load_config()
     watch(demo_dsn, config, settings_for(config))
     with connect(demo_dsn, config.lock_budget) as conn:
-        pause_services(conn, config, ["request_logging"], dag_id="default_partition_migration",
-                       run_id="manual__browser", reason="moving DEFAULT rows")
+        pause_services(
+            conn,
+            config,
+            ["request_logging"],
+            dag_id="default_partition_migration",
+            run_id="manual__browser",
+            reason="moving DEFAULT rows",
+        )
         default_rows = conn.execute("SELECT count(*) FROM ONLY public.inbound_requests_default").fetchone()[0]
 
     page = browser.new_page()
@@ -147,8 +168,13 @@ def test_partitions_view_in_chromium(request, api_server, browser, demo_dsn):
     # Repair (as the demo does) and look again.
     with connect(demo_dsn, config.lock_budget) as conn:
         for name in ("public.inbound_requests", "public.event_deltas"):
-            migrate_table(conn, demo_dsn, config, config.table(name),
-                          context=RunContext("default_partition_migration", "manual__repair", "migrate"))
+            migrate_table(
+                conn,
+                demo_dsn,
+                config,
+                config.table(name),
+                context=RunContext("default_partition_migration", "manual__repair", "migrate"),
+            )
         run_maintenance(conn, config, context=RunContext("partition_maintenance", "manual__repair", "premake"))
         resume_services(conn, config, dag_id="default_partition_migration", run_id="manual__browser")
     watch(demo_dsn, config, settings_for(config))

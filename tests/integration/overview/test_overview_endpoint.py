@@ -1,5 +1,6 @@
 """The Partitions view's JSON endpoint (plugins/pgmaint_partitions.py, include/pgmaint/overview.py) against a
 real PostgreSQL holding the demo's incident state, then after the repair the demo does."""
+
 from __future__ import annotations
 
 import threading
@@ -51,8 +52,15 @@ def test_timeline_classifies_partitions_gaps_and_missing_runway():
     tl = timeline(cfg, facts, now, "UTC")
     got = [(s.kind, (s.lower - today).days, (s.upper - today).days) for s in tl["segments"]]
     assert got == [
-        ("expired", -32, -31), ("expired", -31, -30), ("gap", -30, -20), ("retained", -20, -19),
-        ("retained", -19, -18), ("gap", -18, -1), ("retained", -1, 0), ("current", 0, 1), ("ahead", 1, 2),
+        ("expired", -32, -31),
+        ("expired", -31, -30),
+        ("gap", -30, -20),
+        ("retained", -20, -19),
+        ("retained", -19, -18),
+        ("gap", -18, -1),
+        ("retained", -1, 0),
+        ("current", 0, 1),
+        ("ahead", 1, 2),
         ("missing", 2, 5),
     ]
     assert [(r.lower - today).days for r in tl["missing"]] == [2, 3, 4]
@@ -91,19 +99,39 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     # The watchdog records its conditions; a migration run pauses request_logging; a maintenance run failed.
     watch(demo_dsn, config, settings)
     with connect(demo_dsn, config.lock_budget) as conn:
-        pause_services(conn, config, ["request_logging"], dag_id="default_partition_migration",
-                       run_id="manual__incident", reason="moving DEFAULT rows")
-        _journal_run(conn, "pgmaint", "maintenance", "public.inbound_requests", "partition_maintenance",
-                     "scheduled__2026-01-01T00:00:00+00:00", "failed", "lock timeout on public.inbound_requests")
+        pause_services(
+            conn,
+            config,
+            ["request_logging"],
+            dag_id="default_partition_migration",
+            run_id="manual__incident",
+            reason="moving DEFAULT rows",
+        )
+        _journal_run(
+            conn,
+            "pgmaint",
+            "maintenance",
+            "public.inbound_requests",
+            "partition_maintenance",
+            "scheduled__2026-01-01T00:00:00+00:00",
+            "failed",
+            "lock timeout on public.inbound_requests",
+        )
         exact_rows, first, last = conn.execute(
-            "SELECT count(*), min(created_at)::text, max(created_at)::text FROM ONLY public.inbound_requests_default").fetchone()
+            "SELECT count(*), min(created_at)::text, max(created_at)::text FROM ONLY public.inbound_requests_default"
+        ).fetchone()
 
     data = client.get("/api/overview").json()
     assert data["state"]["note"] is None
     inbound = table(data, "public.inbound_requests")
     # Missing runway: no partition for today nor the 4 days ahead; the last days are a gap.
-    assert inbound["runway"] == {"current": False, "ahead": 0, "premake": 4, "missing_intervals": 5,
-                                 "covered_until": inbound["runway"]["covered_until"]}
+    assert inbound["runway"] == {
+        "current": False,
+        "ahead": 0,
+        "premake": 4,
+        "missing_intervals": 5,
+        "covered_until": inbound["runway"]["covered_until"],
+    }
     assert kinds(inbound)[-2:] == ["gap", "missing"]
     # By default adjacent partitions of one kind are one segment (a expired_run): the six expired ones first.
     expired_run = inbound["timeline"]["segments"][0]
@@ -115,7 +143,8 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     assert [k for s in inbound["timeline"]["segments"] for k in [s["kind"]] * max(s["partitions"], 1)] == kinds(detail)
     assert [s["name"] for s in detail["timeline"]["segments"][:6]][::5] == [expired_run["name"], expired_run["last"]]
     assert sum(s["rows"] or 0 for s in detail["timeline"]["segments"]) == sum(
-        s["rows"] or 0 for s in inbound["timeline"]["segments"])
+        s["rows"] or 0 for s in inbound["timeline"]["segments"]
+    )
     assert client.get("/api/overview", params={"segments": "all"}).status_code == 422
     # The DEFAULT's rows, counted exactly, with their range.
     assert inbound["default"]["rows"] == exact_rows >= 2 * 24 * 60  # two whole days and today so far
@@ -130,7 +159,10 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     # The lease: request_logging writes to both tables.
     for name in ("public.inbound_requests", "public.event_deltas"):
         (lease,) = table(data, name)["leases"]
-        assert lease["service"] == "request_logging" and lease["paused_by"] == "default_partition_migration/manual__incident"
+        assert (
+            lease["service"] == "request_logging"
+            and lease["paused_by"] == "default_partition_migration/manual__incident"
+        )
         assert lease["run_url"] == "/dags/default_partition_migration/runs/manual__incident" and not lease["expired"]
     run = inbound["runs"]["maintenance"]
     assert run["outcome"] == "failed" and "lock timeout" in run["error"]
@@ -139,7 +171,10 @@ def test_endpoint_shows_the_incident_then_the_repair(demo_dsn):
     assert events["runway"]["current"] and events["runway"]["ahead"] == 1
     assert events["gaps"] == 1
     with psycopg.connect(demo_dsn) as c:
-        assert events["default"]["rows"] == c.execute("SELECT count(*) FROM ONLY public.event_deltas_default").fetchone()[0]
+        assert (
+            events["default"]["rows"]
+            == c.execute("SELECT count(*) FROM ONLY public.event_deltas_default").fetchone()[0]
+        )
 
     # The page shows what a person checks.
     page = client.get("/partitions").text

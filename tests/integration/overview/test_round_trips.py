@@ -2,6 +2,7 @@
 tables: counted from libpq's own protocol trace (every round trip of a non-pipelined client ends in one
 ReadyForQuery from the server, whether it came from `execute`, a cursor, BEGIN/COMMIT or a PREPARE).
 Not a timing test: the speed itself is measured by scripts/bench_overview.py."""
+
 from __future__ import annotations
 
 import functools
@@ -44,13 +45,17 @@ def many_tables(pg_dsn):
                 if i % 7 == 3 and d == -2:
                     continue  # a gap
                 lo = today + timedelta(days=d)
-                stmts.append(f"CREATE TABLE rt.{t}_d{d + 4} PARTITION OF rt.{t} "
-                             f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{(lo + timedelta(days=1)).isoformat()}')")
+                stmts.append(
+                    f"CREATE TABLE rt.{t}_d{d + 4} PARTITION OF rt.{t} "
+                    f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{(lo + timedelta(days=1)).isoformat()}')"
+                )
             if i % 2 == 0:
                 stmts.append(f"CREATE TABLE rt.{t}_default PARTITION OF rt.{t} DEFAULT")
                 if i % 10 == 0:  # rows three weeks ahead land in the DEFAULT
-                    stmts.append(f"INSERT INTO rt.{t} SELECT g, '{(today + timedelta(days=21)).isoformat()}'::timestamptz "
-                                 f"+ g * interval '1 minute' FROM generate_series(1, {i + 5}) g")
+                    stmts.append(
+                        f"INSERT INTO rt.{t} SELECT g, '{(today + timedelta(days=21)).isoformat()}'::timestamptz "
+                        f"+ g * interval '1 minute' FROM generate_series(1, {i + 5}) g"
+                    )
             conn.execute(";\n".join(stmts))
     try:
         yield dsn
@@ -60,11 +65,23 @@ def many_tables(pg_dsn):
 
 
 def _config(n: int):
-    return parse_config({
-        "timezone": "UTC", "state_schema": "pgmaint_rt",
-        "tables": [{"name": f"rt.t{i:03d}", "partition_key": "ts", "interval": "1 day", "premake": 1,
-                    "retention": "3 days"} for i in range(n)],
-    }, source="test")
+    return parse_config(
+        {
+            "timezone": "UTC",
+            "state_schema": "pgmaint_rt",
+            "tables": [
+                {
+                    "name": f"rt.t{i:03d}",
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 1,
+                    "retention": "3 days",
+                }
+                for i in range(n)
+            ],
+        },
+        source="test",
+    )
 
 
 def round_trips(conn, fn) -> int:

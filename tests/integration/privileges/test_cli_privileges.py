@@ -25,8 +25,14 @@ def run(module: str, *args: str, config: Path | None = None) -> subprocess.Compl
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if config is not None:
         env["PGMAINT_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", f"include.pgmaint.{module}", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", f"include.pgmaint.{module}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def ident(*names: str) -> str:
@@ -79,11 +85,13 @@ def test_doctor_lists_every_missing_privilege_and_its_fixes_make_it_clean(pg_dsn
     out = run("doctor", conninfo, config=config)
     assert out.returncode == 1, out
     schema, r = ident(scratch_schema), ident(role)
-    for fix in (f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {r};",
-                f"ALTER TABLE {ident(scratch_schema, 'req')} OWNER TO {r};",
-                f"ALTER TABLE {ident(scratch_schema, 'req_default')} OWNER TO {r};",
-                *(f"ALTER TABLE {ident(scratch_schema, f'req_old_{d + 100}')} OWNER TO {r};" for d in range(-2, 1)),
-                f"GRANT pg_monitor TO {r};"):
+    for fix in (
+        f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {r};",
+        f"ALTER TABLE {ident(scratch_schema, 'req')} OWNER TO {r};",
+        f"ALTER TABLE {ident(scratch_schema, 'req_default')} OWNER TO {r};",
+        *(f"ALTER TABLE {ident(scratch_schema, f'req_old_{d + 100}')} OWNER TO {r};" for d in range(-2, 1)),
+        f"GRANT pg_monitor TO {r};",
+    ):
         assert fix in out.stdout, fix
     assert "7 privilege(s) missing" in out.stdout  # the schema, the parent, the DEFAULT, 3 partitions, pg_monitor
     assert "GRANT SELECT" not in out.stdout  # the watchdog's reads are covered by ownership
@@ -96,13 +104,18 @@ def test_doctor_lists_every_missing_privilege_and_its_fixes_make_it_clean(pg_dsn
     clean = run("doctor", conninfo, config=config)
     assert clean.returncode == 0 and "nothing missing" in clean.stdout, clean
     checked = run("watchdog", conninfo, config=config)  # it can check now (and finds the table's runway used up)
-    assert checked.returncode == 2 and checked.stderr == "" and f"CRITICAL runway:{scratch_schema}.req" in checked.stdout
+    assert (
+        checked.returncode == 2 and checked.stderr == "" and f"CRITICAL runway:{scratch_schema}.req" in checked.stdout
+    )
 
 
 def test_doctor_cannot_check_an_unknown_role_or_table(pg_dsn, setup):
     role, state, config, conninfo = setup
     out = run("doctor", pg_dsn, "--role", "no_such_role_xyz", config=config)
-    assert out.returncode == 3 and out.stderr.strip() == "pgmaint doctor: could not check: ValueError: role 'no_such_role_xyz' does not exist"
+    assert (
+        out.returncode == 3
+        and out.stderr.strip() == "pgmaint doctor: could not check: ValueError: role 'no_such_role_xyz' does not exist"
+    )
     out = run("doctor", pg_dsn, "--table", "public.nope", config=config)
     assert out.returncode == 3 and "not configured" in out.stderr
 
@@ -116,12 +129,16 @@ def test_an_up_to_date_state_schema_needs_no_create_privilege_and_issues_no_ddl(
         ensure_state_schema(admin, state)
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
         admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(state), sql.Identifier(role)))
-        admin.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(state, "schema_version"), sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(state, "schema_version"), sql.Identifier(role))
+        )
         try:
             with connect(make_conninfo(pg_dsn, user=role)) as conn:
                 assert ensure_state_schema(conn, state) == latest_version()
-            admin.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(sql.Identifier(state, "schema_version")),
-                          [latest_version()])
+            admin.execute(
+                sql.SQL("DELETE FROM {} WHERE version = %s").format(sql.Identifier(state, "schema_version")),
+                [latest_version()],
+            )
             assert state_schema_version(admin, state) == latest_version() - 1
             assert ensure_state_schema(admin, state) == latest_version() == state_schema_version(admin, state)
             assert state_schema_version(admin, state + "_absent") is None

@@ -56,16 +56,26 @@ def snapshot(conn) -> dict:
     counts = {}
     for schema, name, kind, _, _ in rels:
         if kind in ("r", "p"):
-            counts[(schema, name)] = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtext(t::text)), 0) FROM {} t")
-                                                  .format(sql.Identifier(schema, name))).fetchone()
+            counts[(schema, name)] = conn.execute(
+                sql.SQL("SELECT count(*), coalesce(sum(hashtext(t::text)), 0) FROM {} t").format(
+                    sql.Identifier(schema, name)
+                )
+            ).fetchone()
     return {
-        "schemas": conn.execute("SELECT nspname, nspowner::regrole::text, nspacl::text FROM pg_namespace ORDER BY 1").fetchall(),
+        "schemas": conn.execute(
+            "SELECT nspname, nspowner::regrole::text, nspacl::text FROM pg_namespace ORDER BY 1"
+        ).fetchall(),
         "relations": rels,
-        "constraints": conn.execute("SELECT conrelid::regclass::text, conname, convalidated FROM pg_constraint "
-                                    "WHERE connamespace <> 'pg_catalog'::regnamespace ORDER BY 1, 2").fetchall(),
-        "inherits": conn.execute("SELECT inhrelid::regclass::text, inhparent::regclass::text, inhdetachpending "
-                                 "FROM pg_inherits ORDER BY 1").fetchall(),
-        "database_acl": conn.execute("SELECT datacl::text FROM pg_database WHERE datname = current_database()").fetchone(),
+        "constraints": conn.execute(
+            "SELECT conrelid::regclass::text, conname, convalidated FROM pg_constraint "
+            "WHERE connamespace <> 'pg_catalog'::regnamespace ORDER BY 1, 2"
+        ).fetchall(),
+        "inherits": conn.execute(
+            "SELECT inhrelid::regclass::text, inhparent::regclass::text, inhdetachpending FROM pg_inherits ORDER BY 1"
+        ).fetchall(),
+        "database_acl": conn.execute(
+            "SELECT datacl::text FROM pg_database WHERE datname = current_database()"
+        ).fetchone(),
         "rows": counts,
     }
 
@@ -74,17 +84,24 @@ def seed(conn, schema: str, role: str) -> None:
     """`req`: daily partitions for the last 40 days (some past the 30-day retention), rows in the
     DEFAULT for tomorrow; the role owns the parent only (ALTER TABLE parent OWNER does not cascade)."""
     make_table(conn, schema, "req", days=range(-40, 1))
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'in the DEFAULT')").format(sql.Identifier(schema, "req")),
-                 [TODAY + timedelta(days=1, hours=3)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'in the DEFAULT')").format(sql.Identifier(schema, "req")),
+        [TODAY + timedelta(days=1, hours=3)],
+    )
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
     conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(schema, "req"), sql.Identifier(role)))
     conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(sql.Identifier(role)))
 
 
 def partition_names(conn, schema: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s) "
-        "ORDER BY 1", [ident(schema, "req")]).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s) "
+            "ORDER BY 1",
+            [ident(schema, "req")],
+        ).fetchall()
+    ]
 
 
 def expected_fixes(conn, schema: str, role: str, state: str, *, create_on_database: bool) -> set[str]:
@@ -93,7 +110,9 @@ def expected_fixes(conn, schema: str, role: str, state: str, *, create_on_databa
     fixes |= {f"ALTER TABLE {ident(schema, p)} OWNER TO {ident(role)};" for p in partition_names(conn, schema)}
     fixes.add(f"GRANT pg_monitor TO {ident(role)};")  # to see other roles' sessions (preflight, old snapshots)
     if create_on_database:
-        fixes.add(f"CREATE SCHEMA {ident(state)} AUTHORIZATION {ident(role)};  -- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};")
+        fixes.add(
+            f"CREATE SCHEMA {ident(state)} AUTHORIZATION {ident(role)};  -- or: GRANT CREATE ON DATABASE {ident(db)} TO {ident(role)};"
+        )
     return fixes
 
 
@@ -106,12 +125,16 @@ def test_dry_runs_report_every_missing_privilege_at_once_and_write_nothing(pg_ds
     seed(pg_conn, scratch_schema, maint)
     cfg = config_for(state, [table_entry(scratch_schema, "req")])
     expected = expected_fixes(pg_conn, scratch_schema, maint, state, create_on_database=True)
-    assert len(expected) == 1 + 42 + 1 + 1  # CREATE on the schema, 41 partitions + the DEFAULT, the state schema, pg_monitor
+    assert (
+        len(expected) == 1 + 42 + 1 + 1
+    )  # CREATE on the schema, 41 partitions + the DEFAULT, the state schema, pg_monitor
     before = snapshot(pg_conn)
 
     with connect(make_conninfo(pg_dsn, user=maint)) as conn:
         assert conn.execute("SELECT current_user, current_setting('transaction_read_only')").fetchone() == (maint, "on")
-        results = [run_maintenance(conn, cfg, dry_run=True, now=NOW, phases=(phase,))[0] for phase in ("premake", "retire")]
+        results = [
+            run_maintenance(conn, cfg, dry_run=True, now=NOW, phases=(phase,))[0] for phase in ("premake", "retire")
+        ]
         migrated = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], dry_run=True, now=NOW)
 
     for r in results + [migrated]:
@@ -125,7 +148,8 @@ def test_dry_runs_report_every_missing_privilege_at_once_and_write_nothing(pg_ds
 
 
 def test_an_existing_state_schema_needs_usage_and_its_table_privileges_not_create_on_the_database(
-        pg_dsn, pg_conn, scratch_schema, maint):
+    pg_dsn, pg_conn, scratch_schema, maint
+):
     state = f"{scratch_schema}_state"
     seed(pg_conn, scratch_schema, maint)
     ensure_state_schema(pg_conn, state)  # created by an administrator; the role has no privilege on it
@@ -151,7 +175,8 @@ def test_an_existing_state_schema_needs_usage_and_its_table_privileges_not_creat
 
 
 def test_the_migration_dry_run_dag_as_a_role_lacking_privileges_writes_nothing(
-        airflow_db, pg_dsn, pg_conn, scratch_schema, maint, tmp_path, monkeypatch):
+    airflow_db, pg_dsn, pg_conn, scratch_schema, maint, tmp_path, monkeypatch
+):
     """Through Airflow: the migrate task fails listing the privileges; the failure callback and the
     resume teardown write nothing (on the old code they created the state schema and a condition)."""
     from airflow.dag_processing.dagbag import DagBag
@@ -160,12 +185,20 @@ def test_the_migration_dry_run_dag_as_a_role_lacking_privileges_writes_nothing(
 
     state = f"{scratch_schema}_state"
     seed(pg_conn, scratch_schema, maint)
-    pg_conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-        sql.Identifier(pg_conn.info.dbname), sql.Identifier(maint)))  # as the newcomer's role had
+    pg_conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(pg_conn.info.dbname), sql.Identifier(maint))
+    )  # as the newcomer's role had
     pg_conn.execute(sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(sql.Identifier(maint)))
     path = tmp_path / "pgmaint.yaml"
-    path.write_text(yaml.safe_dump({"state_schema": state, "tables": [
-        table_entry(scratch_schema, "req", writers=["logger"])], "services": [{"name": "logger", "kind": "flag"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "state_schema": state,
+                "tables": [table_entry(scratch_schema, "req", writers=["logger"])],
+                "services": [{"name": "logger", "kind": "flag"}],
+            }
+        )
+    )
     monkeypatch.setenv("PGMAINT_CONFIG", str(path))
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", _airflow_conn_json(make_conninfo(pg_dsn, user=maint)))
     before = snapshot(pg_conn)

@@ -53,7 +53,9 @@ def test_a_passing_gate_returns_a_small_summary(target, scratch_schema, tmp_path
     logged = out + err + caplog.text
     assert f"Data Docs for gate before_retire: {value['docs_path']}" in logged
     assert "5 expectation(s) passed, 0 failed, 0 could not be evaluated" in logged
-    assert "great_expectations" not in out + err + caplog.text and "Calculating Metrics" not in out + err  # GX kept quiet
+    assert (
+        "great_expectations" not in out + err + caplog.text and "Calculating Metrics" not in out + err
+    )  # GX kept quiet
 
 
 def test_a_data_failure_fails_the_task_without_retries_one_line_per_expectation(conn, target, scratch_schema):
@@ -61,19 +63,24 @@ def test_a_data_failure_fails_the_task_without_retries_one_line_per_expectation(
 
     future = [n for n in partition_names(conn, scratch_schema) if n != "ev_default"][-1]
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(scratch_schema, future)))
-    conn.execute(sql.SQL("INSERT INTO {} (ts) VALUES (now() + interval '60 days')").format(sql.Identifier(scratch_schema, "ev")))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts) VALUES (now() + interval '60 days')").format(sql.Identifier(scratch_schema, "ev"))
+    )
     ti = FakeTI()
 
     with pytest.raises(AirflowFailException) as failed:
         gate_task(target, f"{scratch_schema}.ev", "after_retire", CHECKS, ti=ti)
 
     message = str(failed.value).splitlines()
-    assert message[0] == (f"{scratch_schema}.ev: gate after_retire failed: 2 expectation(s) not met "
-                          "(data failure: not retried)")
+    assert message[0] == (
+        f"{scratch_schema}.ev: gate after_retire failed: 2 expectation(s) not met (data failure: not retried)"
+    )
     assert message[1].startswith(f"{scratch_schema}.ev: at least 4 partitions exist ahead of now: expected ")
     assert "observed 1 problem(s): no partition for [" in message[1]
-    assert message[2].startswith(f"{scratch_schema}.ev: the DEFAULT partition ev_default is empty: expected 0 rows, "
-                                 "observed 1 problem(s): the DEFAULT partition ev_default holds 1 row(s)")
+    assert message[2].startswith(
+        f"{scratch_schema}.ev: the DEFAULT partition ev_default is empty: expected 0 rows, "
+        "observed 1 problem(s): the DEFAULT partition ev_default holds 1 row(s)"
+    )
     assert len(message) == 3
     assert ti.pushed[XCOM_KEY_ON_FAILURE]["success"] is False and len(ti.pushed[XCOM_KEY_ON_FAILURE]["failures"]) == 2
 

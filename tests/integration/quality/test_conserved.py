@@ -34,13 +34,28 @@ def seed(conn, schema: str, rows: int = 3_000) -> None:
     """Partitions stopped 6 days ago; since then rows went to the DEFAULT, plus one expired and one future row."""
     create_parent(conn, schema, "ev", primary_key=True)
     for d in range(-9, -6):
-        add_partition(conn, schema, "ev", wall_today() + timedelta(days=d), wall_today() + timedelta(days=d + 1), f"ev_old_{d + 100}")
+        add_partition(
+            conn,
+            schema,
+            "ev",
+            wall_today() + timedelta(days=d),
+            wall_today() + timedelta(days=d + 1),
+            f"ev_old_{d + 100}",
+        )
     start = wall_today() - timedelta(days=6)
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
-                         "md5(g::text) FROM generate_series(1, %s) g").format(sql.Identifier(schema, "ev")),
-                 [start, rows, wall_now() - timedelta(seconds=1), start, rows])
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'future'), (%s, 'future'), (%s, 'expired')").format(
-        sql.Identifier(schema, "ev")), [wall_now() + timedelta(days=20), wall_now() + timedelta(days=20), wall_now() - timedelta(days=45)])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
+            "md5(g::text) FROM generate_series(1, %s) g"
+        ).format(sql.Identifier(schema, "ev")),
+        [start, rows, wall_now() - timedelta(seconds=1), start, rows],
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'future'), (%s, 'future'), (%s, 'expired')").format(
+            sql.Identifier(schema, "ev")
+        ),
+        [wall_now() + timedelta(days=20), wall_now() + timedelta(days=20), wall_now() - timedelta(days=45)],
+    )
 
 
 def config(schema: str):
@@ -90,10 +105,16 @@ def swapped(conn, pg_dsn, scratch_schema):
 def test_application_writes_after_the_swap_never_fail_the_gate(conn, pg_dsn, scratch_schema, swapped):
     cfg, migration = swapped
     today, yesterday = migration.partitions[-1], migration.partitions[-2]
-    conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(
-        sql.Identifier(scratch_schema, today), sql.Identifier(scratch_schema, today)))
-    conn.execute(sql.SQL("UPDATE {} SET payload = 'changed' WHERE ctid = (SELECT min(ctid) FROM {})").format(
-        sql.Identifier(scratch_schema, yesterday), sql.Identifier(scratch_schema, yesterday)))
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(
+            sql.Identifier(scratch_schema, today), sql.Identifier(scratch_schema, today)
+        )
+    )
+    conn.execute(
+        sql.SQL("UPDATE {} SET payload = 'changed' WHERE ctid = (SELECT min(ctid) FROM {})").format(
+            sql.Identifier(scratch_schema, yesterday), sql.Identifier(scratch_schema, yesterday)
+        )
+    )
 
     result = gate(pg_dsn, cfg, migration.migration_id)
 
@@ -104,20 +125,32 @@ def test_application_writes_after_the_swap_never_fail_the_gate(conn, pg_dsn, scr
 def test_a_journal_that_does_not_balance_fails_conservation(conn, pg_dsn, scratch_schema, migrated):
     cfg, migration = migrated
     bucket = (wall_today() - timedelta(days=3)).strftime("%Y-%m-%d 00:00:00+00")
-    conn.execute(sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
-        sql.Identifier(scratch_schema)), [bucket])
-    before = conn.execute(sql.SQL("SELECT rows FROM {}.migration_figures WHERE kind = 'before' AND bucket = %s").format(
-        sql.Identifier(scratch_schema)), [bucket]).fetchone()[0]
+    conn.execute(
+        sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
+            sql.Identifier(scratch_schema)
+        ),
+        [bucket],
+    )
+    before = conn.execute(
+        sql.SQL("SELECT rows FROM {}.migration_figures WHERE kind = 'before' AND bucket = %s").format(
+            sql.Identifier(scratch_schema)
+        ),
+        [bucket],
+    ).fetchone()[0]
 
     result = gate(pg_dsn, cfg, migration.migration_id)
 
     [line] = result.failures
-    assert line.startswith(f"{scratch_schema}.ev: migration {migration.migration_id} lost and duplicated no rows "
-                           "(per interval, rows and checksum in the DEFAULT = in their new partitions, counted at the "
-                           f"instant of the swap): expected in all 9 interval(s) of {scratch_schema}.migration_figures for "
-                           f"migration {migration.migration_id}, the 'before' count and checksum equal the 'moved' ones")
-    assert line.endswith(f"observed 1 problem(s): interval {bucket}: {before} row(s) in the DEFAULT at the swap, "
-                         f"{before - 1} in their new partitions (1 lost)")
+    assert line.startswith(
+        f"{scratch_schema}.ev: migration {migration.migration_id} lost and duplicated no rows "
+        "(per interval, rows and checksum in the DEFAULT = in their new partitions, counted at the "
+        f"instant of the swap): expected in all 9 interval(s) of {scratch_schema}.migration_figures for "
+        f"migration {migration.migration_id}, the 'before' count and checksum equal the 'moved' ones"
+    )
+    assert line.endswith(
+        f"observed 1 problem(s): interval {bucket}: {before} row(s) in the DEFAULT at the swap, "
+        f"{before - 1} in their new partitions (1 lost)"
+    )
 
 
 def test_the_old_default_is_read_only_until_it_is_dropped(conn, pg_dsn, scratch_schema, swapped):
@@ -126,17 +159,21 @@ def test_the_old_default_is_read_only_until_it_is_dropped(conn, pg_dsn, scratch_
     from psycopg import errors
 
     old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
-    for statement in (sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old),
-                      sql.SQL("UPDATE {} SET payload = 'changed'").format(old),
-                      sql.SQL("INSERT INTO {} (ts, payload) VALUES (now() - interval '45 days', 'sneaked in')").format(old),
-                      sql.SQL("TRUNCATE {}").format(old)):
+    for statement in (
+        sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old),
+        sql.SQL("UPDATE {} SET payload = 'changed'").format(old),
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (now() - interval '45 days', 'sneaked in')").format(old),
+        sql.SQL("TRUNCATE {}").format(old),
+    ):
         with pytest.raises(errors.ReadOnlySqlTransaction, match="kept read-only"):
             with conn.transaction():
                 conn.execute("SET LOCAL session_replication_role = replica")
                 conn.execute(statement)
 
 
-def test_a_row_deleted_from_the_old_default_behind_the_migrations_back_stops_its_drop(conn, pg_dsn, scratch_schema, swapped):
+def test_a_row_deleted_from_the_old_default_behind_the_migrations_back_stops_its_drop(
+    conn, pg_dsn, scratch_schema, swapped
+):
     """The gate proves the figures balance at the swap. Someone who disables the old DEFAULT's read-only trigger to
     delete a row changes its catalog row: the DROP then re-reads the old DEFAULT under its lock and refuses, since it
     no longer holds what was counted."""
@@ -145,8 +182,11 @@ def test_a_row_deleted_from_the_old_default_behind_the_migrations_back_stops_its
     cfg, migration = swapped
     old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
     conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old))
-    conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {} WHERE payload <> 'expired' "
-                         "AND payload <> 'future')").format(old, old))
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {} WHERE payload <> 'expired' AND payload <> 'future')"
+        ).format(old, old)
+    )
     conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_read_only").format(old))
 
     assert gate(pg_dsn, cfg, migration.migration_id, ["conserved"]).success  # the journal still balances
@@ -160,14 +200,20 @@ def test_a_migration_of_another_table_or_none_at_all_fails_the_gate(conn, pg_dsn
 
     result = gate(pg_dsn, cfg, migration.migration_id + 100, ["conserved"])
 
-    assert result.failures == [f"{scratch_schema}.ev: migration {migration.migration_id + 100} can be verified: expected a "
-                               "finished or draining migration of this table in the journal, observed migration "
-                               f"{migration.migration_id + 100} is not in {scratch_schema}.migrations"]
+    assert result.failures == [
+        f"{scratch_schema}.ev: migration {migration.migration_id + 100} can be verified: expected a "
+        "finished or draining migration of this table in the journal, observed migration "
+        f"{migration.migration_id + 100} is not in {scratch_schema}.migrations"
+    ]
 
 
 def _verdicts(result) -> tuple:
-    return (result.success, result.failures, result.errors,
-            [(e["key"], e["success"], e["observed_value"], e["error"]) for e in result.summary["expectations"]])
+    return (
+        result.success,
+        result.failures,
+        result.errors,
+        [(e["key"], e["success"], e["observed_value"], e["error"]) for e in result.summary["expectations"]],
+    )
 
 
 def test_the_sql_evaluator_reaches_the_verdicts_great_expectations_reaches(conn, pg_dsn, scratch_schema, migrated):
@@ -178,20 +224,40 @@ def test_the_sql_evaluator_reaches_the_verdicts_great_expectations_reaches(conn,
     checks = ["conserved", "default_clean", "contiguity", "not_null_key"]
 
     def both(dsn=pg_dsn, ranges="migrated"):
-        return [run_gate(dsn, cfg, cfg.tables[0], "after_migration", checks, migration_id=migration.migration_id,
-                         ranges=ranges, evaluator=e) for e in ("gx", "sql")]
+        return [
+            run_gate(
+                dsn,
+                cfg,
+                cfg.tables[0],
+                "after_migration",
+                checks,
+                migration_id=migration.migration_id,
+                ranges=ranges,
+                evaluator=e,
+            )
+            for e in ("gx", "sql")
+        ]
 
     gx, direct = both()
     assert gx.success and _verdicts(gx) == _verdicts(direct)
 
     bucket = (wall_today() - timedelta(days=3)).strftime("%Y-%m-%d 00:00:00+00")
-    conn.execute(sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
-        sql.Identifier(scratch_schema)), [bucket])
-    expired = (wall_now() - timedelta(days=50), wall_now() - timedelta(days=40))  # the seeded expired row stayed in the DEFAULT
+    conn.execute(
+        sql.SQL("UPDATE {}.migration_figures SET rows = rows - 1 WHERE kind = 'moved' AND bucket = %s").format(
+            sql.Identifier(scratch_schema)
+        ),
+        [bucket],
+    )
+    expired = (
+        wall_now() - timedelta(days=50),
+        wall_now() - timedelta(days=40),
+    )  # the seeded expired row stayed in the DEFAULT
     gx, direct = both(ranges=[expired])
     assert not gx.success and len(gx.failures) == 2 and _verdicts(gx) == _verdicts(direct)
 
     gx, direct = both(pg_dsn + " port=1")
     assert gx.errors and not gx.failures and _verdicts(gx)[0:2] == _verdicts(direct)[0:2]
-    assert all(line.split(": not evaluated: ")[0] == other.split(": not evaluated: ")[0]
-               for line, other in zip(gx.errors, direct.errors))
+    assert all(
+        line.split(": not evaluated: ")[0] == other.split(": not evaluated: ")[0]
+        for line, other in zip(gx.errors, direct.errors)
+    )

@@ -50,18 +50,31 @@ def test_a_gap_fails_contiguity_naming_the_gap(conn, pg_dsn, scratch_schema):
     assert result.failures == [
         f"{scratch_schema}.ev: no gaps and no overlaps between consecutive partitions in "
         "[2026-10-28 15:00Z, 2026-11-05 00:00Z): expected each partition ends exactly where the next one begins, "
-        "observed 1 problem(s): gap [2026-10-30 00:00Z, 2026-10-31 00:00Z) between ev_p20261029 and ev_p20261031"]
+        "observed 1 problem(s): gap [2026-10-30 00:00Z, 2026-10-31 00:00Z) between ev_p20261029 and ev_p20261031"
+    ]
     assert [e["success"] for e in result.summary["expectations"]] == [True, False]  # runway starts today: intact
 
 
 def test_a_gap_before_the_window_is_not_contiguitys_business(conn, pg_dsn, scratch_schema):
     cfg = healthy_table(conn, scratch_schema)
     # an old partition, expired, separated from the rest by a gap that ends before the cutoff
-    add_partition(conn, scratch_schema, "ev", NOW.replace(hour=0) - timedelta(days=10),
-                  NOW.replace(hour=0) - timedelta(days=9), "ev_ancient")
+    add_partition(
+        conn,
+        scratch_schema,
+        "ev",
+        NOW.replace(hour=0) - timedelta(days=10),
+        NOW.replace(hour=0) - timedelta(days=9),
+        "ev_ancient",
+    )
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(scratch_schema, "ev_p20261028")))
-    add_partition(conn, scratch_schema, "ev", NOW.replace(hour=0) - timedelta(days=3) + timedelta(hours=12),
-                  NOW.replace(hour=0) - timedelta(days=2), "ev_half")  # [10-28 12:00, 10-29): covers the cutoff
+    add_partition(
+        conn,
+        scratch_schema,
+        "ev",
+        NOW.replace(hour=0) - timedelta(days=3) + timedelta(hours=12),
+        NOW.replace(hour=0) - timedelta(days=2),
+        "ev_half",
+    )  # [10-28 12:00, 10-29): covers the cutoff
 
     result = gate(pg_dsn, cfg, ["contiguity"])
 
@@ -79,14 +92,21 @@ def test_a_missing_future_partition_fails_runway_but_leaves_no_gap(conn, pg_dsn,
     assert result.failures == [
         f"{scratch_schema}.ev: at least {PREMAKE} partitions exist ahead of now: expected attached partitions covering "
         f"the current day and the next {PREMAKE} (2026-10-31 00:00Z to 2026-11-05 00:00Z), observed 1 problem(s): "
-        "no partition for [2026-11-04 00:00Z, 2026-11-05 00:00Z)"]
+        "no partition for [2026-11-04 00:00Z, 2026-11-05 00:00Z)"
+    ]
     assert [e["check"] for e in result.summary["expectations"] if e["success"]] == ["contiguity"]
 
 
 def test_an_expired_partition_left_attached_fails_retention(conn, pg_dsn, scratch_schema):
     cfg = healthy_table(conn, scratch_schema)
-    add_partition(conn, scratch_schema, "ev", NOW.replace(hour=0) - timedelta(days=4), NOW.replace(hour=0) - timedelta(days=3),
-                  "ev_p20261027")  # [10-27, 10-28): ends before the cutoff 10-28 15:00
+    add_partition(
+        conn,
+        scratch_schema,
+        "ev",
+        NOW.replace(hour=0) - timedelta(days=4),
+        NOW.replace(hour=0) - timedelta(days=3),
+        "ev_p20261027",
+    )  # [10-27, 10-28): ends before the cutoff 10-28 15:00
 
     result = gate(pg_dsn, cfg, ["retention", "contiguity"])
 
@@ -94,7 +114,8 @@ def test_an_expired_partition_left_attached_fails_retention(conn, pg_dsn, scratc
         f"{scratch_schema}.ev: no attached partition lies entirely before now - 3 days: expected no partition whose "
         "upper bound is at or before 2026-10-28 14:50Z (now - 3 days - 10 minutes' grace), observed 1 problem(s): "
         "partition ev_p20261027 "
-        "[2026-10-27 00:00Z, 2026-10-28 00:00Z) lies entirely before the cutoff"]
+        "[2026-10-27 00:00Z, 2026-10-28 00:00Z) lies entirely before the cutoff"
+    ]
 
 
 def test_a_partition_that_expired_minutes_ago_is_within_the_grace(conn, pg_dsn, scratch_schema):
@@ -104,26 +125,37 @@ def test_a_partition_that_expired_minutes_ago_is_within_the_grace(conn, pg_dsn, 
 
     assert_passed(gate(pg_dsn, cfg, ["retention"], now=expiry + timedelta(minutes=5)))
     late = gate(pg_dsn, cfg, ["retention"], now=expiry + timedelta(minutes=11))
-    assert len(late.failures) == 1 and "partition ev_p20261028 [2026-10-28 00:00Z, 2026-10-29 00:00Z)" in late.failures[0]
+    assert (
+        len(late.failures) == 1 and "partition ev_p20261028 [2026-10-28 00:00Z, 2026-10-29 00:00Z)" in late.failures[0]
+    )
 
 
 def test_null_keys_in_the_default_fail_not_null_key(conn, pg_dsn, scratch_schema):
     cfg = healthy_table(conn, scratch_schema, nullable=True)
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT NULL, 'no key' FROM generate_series(1, 3)").format(
-        sql.Identifier(scratch_schema, "ev")))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) SELECT NULL, 'no key' FROM generate_series(1, 3)").format(
+            sql.Identifier(scratch_schema, "ev")
+        )
+    )
 
     result = gate(pg_dsn, cfg, ["not_null_key"])
 
     assert result.failures == [
         f"{scratch_schema}.ev: the partition key ts is never NULL (only the DEFAULT partition could hold NULL keys): "
-        "expected 0 rows with a NULL ts, observed 1 problem(s): the DEFAULT partition ev_default holds 3 row(s) whose ts is NULL"]
+        "expected 0 rows with a NULL ts, observed 1 problem(s): the DEFAULT partition ev_default holds 3 row(s) whose ts is NULL"
+    ]
 
 
 def test_default_clean_probes_only_the_given_ranges(conn, pg_dsn, scratch_schema):
     cfg = healthy_table(conn, scratch_schema)
     day = NOW.replace(hour=0) + timedelta(days=10)  # beyond the horizon: such rows sit in the DEFAULT
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * interval '1 second', 'late' "
-                         "FROM generate_series(1, 1500) g").format(sql.Identifier(scratch_schema, "ev")), [day])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * interval '1 second', 'late' "
+            "FROM generate_series(1, 1500) g"
+        ).format(sql.Identifier(scratch_schema, "ev")),
+        [day],
+    )
     clean = [(day - timedelta(days=1), day)]
     dirty = [(day - timedelta(days=1), day), (day, day + timedelta(days=1))]
 
@@ -134,10 +166,12 @@ def test_default_clean_probes_only_the_given_ranges(conn, pg_dsn, scratch_schema
     assert result.failures == [
         f"{scratch_schema}.ev: the DEFAULT partition ev_default holds no rows in the 2 migrated range(s): expected 0 rows "
         "in [2026-11-09 00:00Z, 2026-11-10 00:00Z), [2026-11-10 00:00Z, 2026-11-11 00:00Z), observed 1 problem(s): "
-        "the DEFAULT partition ev_default holds more than 1000 row(s) in [2026-11-10 00:00Z, 2026-11-11 00:00Z)"]
+        "the DEFAULT partition ev_default holds more than 1000 row(s) in [2026-11-10 00:00Z, 2026-11-11 00:00Z)"
+    ]
     assert empty.failures == [
         f"{scratch_schema}.ev: the DEFAULT partition ev_default is empty: expected 0 rows, observed 1 problem(s): "
-        "the DEFAULT partition ev_default holds more than 1000 row(s)"]
+        "the DEFAULT partition ev_default holds more than 1000 row(s)"
+    ]
 
 
 def test_a_table_that_is_not_as_configured_fails_the_gate(conn, pg_dsn, scratch_schema):
@@ -146,7 +180,10 @@ def test_a_table_that_is_not_as_configured_fails_the_gate(conn, pg_dsn, scratch_
     result = gate(pg_dsn, cfg, ["runway"])
 
     assert result.errors == [] and len(result.failures) == 1
-    assert "the table is range-partitioned as configured: expected a table range-partitioned on ts, observed" in result.failures[0]
+    assert (
+        "the table is range-partitioned as configured: expected a table range-partitioned on ts, observed"
+        in result.failures[0]
+    )
     assert "does not exist" in result.failures[0]
 
 
@@ -167,7 +204,9 @@ def test_a_lock_held_by_someone_else_makes_the_gate_retryable_not_failed(conn, p
     """A session holds ACCESS EXCLUSIVE on the DEFAULT: even reading its bound (pg_get_expr) waits; lock_timeout is 200 ms."""
     cfg = healthy_table(conn, scratch_schema)
     with psycopg.connect(pg_dsn) as locker:
-        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(scratch_schema, "ev_default")))
+        locker.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(scratch_schema, "ev_default"))
+        )
         result = gate(pg_dsn, cfg, ["runway", "default_clean", "not_null_key"])
         locker.rollback()
 
@@ -197,15 +236,24 @@ def test_a_sql_error_inside_gx_is_an_error_and_the_other_checks_still_count(conn
     assert result.failures == [] and not result.success
     assert len(result.errors) == 2, result.errors
     assert all(": not evaluated: " in e and "permission denied" in e for e in result.errors)
-    assert result.errors[0].startswith(f"{scratch_schema}.ev: the DEFAULT partition ev_default is empty: not evaluated:")
+    assert result.errors[0].startswith(
+        f"{scratch_schema}.ev: the DEFAULT partition ev_default is empty: not evaluated:"
+    )
     assert [(e["check"], e["success"], e["error"]) for e in result.summary["expectations"]] == [
-        ("runway", True, False), ("default_clean", False, True), ("not_null_key", False, True)]
+        ("runway", True, False),
+        ("default_clean", False, True),
+        ("not_null_key", False, True),
+    ]
 
 
 def test_summary_is_small_json_and_data_docs_land_in_the_given_folder(conn, pg_dsn, scratch_schema, tmp_path):
     cfg = healthy_table(conn, scratch_schema)
-    conn.execute(sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'secret payload')").format(
-        sql.Identifier(scratch_schema, "ev")), [NOW + timedelta(days=30)])
+    conn.execute(
+        sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'secret payload')").format(
+            sql.Identifier(scratch_schema, "ev")
+        ),
+        [NOW + timedelta(days=30)],
+    )
 
     result = gate(pg_dsn, cfg, CATALOG_CHECKS, data_docs_dir=str(tmp_path))
 

@@ -24,9 +24,22 @@ from tests.fixtures.security import ident, run_role_script
 
 
 def config_of(setup):
-    return parse_config({"state_schema": setup.state, "services": [{"name": "api_logging", "kind": "flag"}],
-                         "tables": [{"name": setup.table, "partition_key": "ts", "interval": "1 day", "premake": 2,
-                                     "retention": "30 days", "writers": ["api_logging"]}]})
+    return parse_config(
+        {
+            "state_schema": setup.state,
+            "services": [{"name": "api_logging", "kind": "flag"}],
+            "tables": [
+                {
+                    "name": setup.table,
+                    "partition_key": "ts",
+                    "interval": "1 day",
+                    "premake": 2,
+                    "retention": "30 days",
+                    "writers": ["api_logging"],
+                }
+            ],
+        }
+    )
 
 
 def catalog(setup) -> dict:
@@ -36,13 +49,20 @@ def catalog(setup) -> dict:
             "relations": conn.execute(
                 "SELECT c.relname, c.relkind, c.relowner::regrole::text, pg_get_expr(c.relpartbound, c.oid), "
                 "(SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = c.oid) "
-                "FROM pg_class c WHERE c.relnamespace = %s::regnamespace ORDER BY 1", [ident(setup.schema)]).fetchall(),
+                "FROM pg_class c WHERE c.relnamespace = %s::regnamespace ORDER BY 1",
+                [ident(setup.schema)],
+            ).fetchall(),
             "constraints": conn.execute(
                 "SELECT conrelid::regclass::text, conname, convalidated FROM pg_constraint "
-                "WHERE connamespace = %s::regnamespace ORDER BY 1, 2", [ident(setup.schema)]).fetchall(),
-            "state_schema": conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s",
-                                         [setup.state]).fetchall(),
-            "rows": conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(setup.schema, "req"))).fetchone(),
+                "WHERE connamespace = %s::regnamespace ORDER BY 1, 2",
+                [ident(setup.schema)],
+            ).fetchall(),
+            "state_schema": conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", [setup.state]
+            ).fetchall(),
+            "rows": conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(setup.schema, "req"))
+            ).fetchone(),
         }
 
 
@@ -63,12 +83,23 @@ def test_the_script_makes_a_role_that_is_no_superuser_and_is_idempotent(least_pr
     again = run_role_script(s.admin_dsn, owner=s.owner, table_schema=s.schema, role=s.role, state_schema=s.state)
     assert again.returncode == 0, again.stderr
     with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
-        attrs = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin, "
-                             "rolconnlimit FROM pg_roles WHERE rolname = %s", [s.role]).fetchone()
-        member_of = {r[0] for r in conn.execute("SELECT roleid::regrole::text FROM pg_auth_members WHERE member = %s::regrole",
-                                                [ident(s.role)]).fetchall()}
-        db_create = conn.execute("SELECT has_database_privilege(%s, current_database(), 'CREATE')", [s.role]).fetchone()[0]
-        state_owner = conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", [s.state]).fetchone()[0]
+        attrs = conn.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin, "
+            "rolconnlimit FROM pg_roles WHERE rolname = %s",
+            [s.role],
+        ).fetchone()
+        member_of = {
+            r[0]
+            for r in conn.execute(
+                "SELECT roleid::regrole::text FROM pg_auth_members WHERE member = %s::regrole", [ident(s.role)]
+            ).fetchall()
+        }
+        db_create = conn.execute(
+            "SELECT has_database_privilege(%s, current_database(), 'CREATE')", [s.role]
+        ).fetchone()[0]
+        state_owner = conn.execute(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", [s.state]
+        ).fetchone()[0]
     assert attrs == (False, False, False, False, False, True, 16)
     assert member_of == {s.owner, "pg_monitor"}
     assert not db_create
@@ -119,14 +150,18 @@ def revoke_pg_monitor(s):
     s.admin(sql.SQL("REVOKE pg_monitor FROM {}").format(sql.Identifier(s.role)))
 
 
-@pytest.mark.parametrize(("revoke", "job", "names"), [
-    (revoke_owner, "maintenance", ["ownership (owner: {owner})", "ALTER TABLE"]),
-    (revoke_owner, "migration", ["ownership (owner: {owner})"]),
-    (revoke_schema_create, "maintenance", ["missing CREATE on schema", "GRANT CREATE ON SCHEMA"]),
-    (revoke_schema_create, "migration", ["missing CREATE on schema"]),
-    (revoke_pg_monitor, "maintenance", ["pg_read_all_stats", "GRANT pg_monitor TO"]),
-    (revoke_pg_monitor, "migration", ["pg_read_all_stats", "GRANT pg_monitor TO"]),
-], ids=lambda v: getattr(v, "__name__", v if isinstance(v, str) else ""))
+@pytest.mark.parametrize(
+    ("revoke", "job", "names"),
+    [
+        (revoke_owner, "maintenance", ["ownership (owner: {owner})", "ALTER TABLE"]),
+        (revoke_owner, "migration", ["ownership (owner: {owner})"]),
+        (revoke_schema_create, "maintenance", ["missing CREATE on schema", "GRANT CREATE ON SCHEMA"]),
+        (revoke_schema_create, "migration", ["missing CREATE on schema"]),
+        (revoke_pg_monitor, "maintenance", ["pg_read_all_stats", "GRANT pg_monitor TO"]),
+        (revoke_pg_monitor, "migration", ["pg_read_all_stats", "GRANT pg_monitor TO"]),
+    ],
+    ids=lambda v: getattr(v, "__name__", v if isinstance(v, str) else ""),
+)
 def test_each_grant_is_needed_and_its_absence_is_named_before_anything_is_done(least_privilege, revoke, job, names):
     s = least_privilege
     revoke(s)
@@ -137,7 +172,9 @@ def test_each_grant_is_needed_and_its_absence_is_named_before_anything_is_done(l
     assert result.outcome == "failed", result
     error = "\n".join(result.errors)
     # the up-front check (MissingPrivileges), or the first read it could not do, followed by the full list
-    assert ("MissingPrivileges" in error and "nothing was done" in error) or error.startswith("InsufficientPrivilege: "), error
+    assert ("MissingPrivileges" in error and "nothing was done" in error) or error.startswith(
+        "InsufficientPrivilege: "
+    ), error
     assert f"role '{s.role}' lacks " in error
     for name in names:
         assert name.format(owner=s.owner) in error, (name, error)
@@ -195,15 +232,22 @@ def test_an_upgrade_without_ownership_of_the_state_schema_names_it_and_applies_n
     with connect(s.dsn()) as conn:
         ensure_state_schema(conn, s.state)
     with psycopg.connect(s.admin_dsn, autocommit=True) as admin:  # an older pgmaint's schema, owned by an administrator
-        for (name,) in admin.execute("SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p')",
-                                     [ident(s.state)]).fetchall():
+        for (name,) in admin.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p')",
+            [ident(s.state)],
+        ).fetchall():
             admin.execute(sql.SQL("ALTER TABLE {} OWNER TO CURRENT_USER").format(sql.Identifier(s.state, name)))
         admin.execute(sql.SQL("ALTER SCHEMA {} OWNER TO CURRENT_USER").format(sql.Identifier(s.state)))
         admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(s.state), sql.Identifier(s.role)))
-        admin.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {} TO {}").format(
-            sql.Identifier(s.state), sql.Identifier(s.role)))
-        admin.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(sql.Identifier(s.state, "schema_version")),
-                      [latest_version()])
+        admin.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(s.state), sql.Identifier(s.role)
+            )
+        )
+        admin.execute(
+            sql.SQL("DELETE FROM {} WHERE version = %s").format(sql.Identifier(s.state, "schema_version")),
+            [latest_version()],
+        )
     with connect(s.dsn()) as conn, pytest.raises(PermissionError) as raised:
         ensure_state_schema(conn, s.state)
     assert f"GRANT CREATE ON SCHEMA {ident(s.state)} TO {ident(s.role)}" in str(raised.value)
@@ -211,6 +255,9 @@ def test_an_upgrade_without_ownership_of_the_state_schema_names_it_and_applies_n
     with psycopg.connect(s.admin_dsn, autocommit=True) as admin:
         assert state_schema_version(admin, s.state) == latest_version() - 1
     # the script repairs it: the role owns the schema and its tables again, and the upgrade runs
-    assert run_role_script(s.admin_dsn, owner=s.owner, table_schema=s.schema, role=s.role, state_schema=s.state).returncode == 0
+    assert (
+        run_role_script(s.admin_dsn, owner=s.owner, table_schema=s.schema, role=s.role, state_schema=s.state).returncode
+        == 0
+    )
     with connect(s.dsn()) as conn:
         assert ensure_state_schema(conn, s.state) == latest_version()

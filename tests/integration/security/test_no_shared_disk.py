@@ -37,7 +37,9 @@ def _audit(event: str, args) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         return  # an fd or an opener's result
     path = os.path.abspath(os.fsdecode(path))
-    writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS)
+    writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+        isinstance(flags, int) and flags & _WRITE_FLAGS
+    )
     with _lock:
         _watch["events"].append((_watch["task"], path, "write" if writes else "read"))
 
@@ -92,16 +94,29 @@ def test_the_hook_sees_a_handoff_through_the_disk(tmp_path):
 
 
 def test_no_task_reads_a_file_another_task_wrote_and_none_writes_outside_the_logs(
-        airflow_db, least_privilege, tmp_path, monkeypatch):
+    airflow_db, least_privilege, tmp_path, monkeypatch
+):
     s = least_privilege
-    config = {"state_schema": s.state, "services": [{"name": "api_logging", "kind": "flag"}],
-              "tables": [{"name": s.table, "partition_key": "ts", "interval": "1 day", "premake": 2,
-                          "retention": "30 days", "writers": ["api_logging"]}]}
+    config = {
+        "state_schema": s.state,
+        "services": [{"name": "api_logging", "kind": "flag"}],
+        "tables": [
+            {
+                "name": s.table,
+                "partition_key": "ts",
+                "interval": "1 day",
+                "premake": 2,
+                "retention": "30 days",
+                "writers": ["api_logging"],
+            }
+        ],
+    }
     path = tmp_path / "pgmaint.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("PGMAINT_CONFIG", str(path))
-    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", __import__("json").dumps(
-        {"conn_type": "postgres", **_airflow_fields(s.dsn())}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PGMAINT_TARGET", __import__("json").dumps({"conn_type": "postgres", **_airflow_fields(s.dsn())})
+    )
 
     import airflow.sdk.definitions.dag as dag_module
     from airflow.dag_processing.dagbag import DagBag
@@ -132,7 +147,9 @@ def test_no_task_reads_a_file_another_task_wrote_and_none_writes_outside_the_log
     if os.environ.get("PGMAINT_DUMP_OPENS"):
         Path(os.environ["PGMAINT_DUMP_OPENS"]).write_text("\n".join(map(repr, events)))
     tasks = {task for task, _, _ in events}
-    assert {"default_partition_migration.migrate", "partition_maintenance.table.retire[0]"} <= tasks, tasks  # it watched
+    assert {"default_partition_migration.migrate", "partition_maintenance.table.retire[0]"} <= tasks, (
+        tasks
+    )  # it watched
     logs_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     assert violations(events, logs_dir) == []
 
@@ -141,5 +158,14 @@ def _airflow_fields(dsn: str) -> dict:
     from psycopg.conninfo import conninfo_to_dict
 
     p = conninfo_to_dict(dsn)
-    return {k: v for k, v in {"host": p.get("host"), "port": int(p.get("port") or 5432), "login": p.get("user"),
-                              "password": p.get("password"), "schema": p.get("dbname")}.items() if v is not None}
+    return {
+        k: v
+        for k, v in {
+            "host": p.get("host"),
+            "port": int(p.get("port") or 5432),
+            "login": p.get("user"),
+            "password": p.get("password"),
+            "schema": p.get("dbname"),
+        }.items()
+        if v is not None
+    }

@@ -46,9 +46,21 @@ TABLES = [{"name": "public.t", "partition_key": "ts", "interval": "1 day", "prem
 
 
 def test_a_lease_stores_no_secret_and_resume_takes_them_from_the_config():
-    config = parse_config({"state_schema": "pgmaint", "tables": TABLES, "services": [
-        {"name": "arch", "kind": "http", "pause_url": "https://ops:S3cr3t-pw@h/pause", "resume_url": "https://ops:S3cr3t-pw@h/resume",
-         "headers": {"Authorization": "Bearer S3cr3t-tok"}}]})
+    config = parse_config(
+        {
+            "state_schema": "pgmaint",
+            "tables": TABLES,
+            "services": [
+                {
+                    "name": "arch",
+                    "kind": "http",
+                    "pause_url": "https://ops:S3cr3t-pw@h/pause",
+                    "resume_url": "https://ops:S3cr3t-pw@h/resume",
+                    "headers": {"Authorization": "Bearer S3cr3t-tok"},
+                }
+            ],
+        }
+    )
     stored = _stored_config(config.services[0])
     assert "S3cr3t" not in repr(stored) and stored["options"]["resume_url"] == "https://ops:***@h/resume"
     lease = {"service": "arch", "kind": "http", "service_config": stored, "lease_id": 1}

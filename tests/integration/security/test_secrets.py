@@ -45,7 +45,10 @@ def _dagbag():
 
 
 def _states(run) -> dict[str, str]:
-    return {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state for ti in run.get_task_instances()}
+    return {
+        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state
+        for ti in run.get_task_instances()
+    }
 
 
 @pytest.fixture
@@ -69,8 +72,14 @@ def smtp_with_auth():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator,
-                            auth_require_tls=False, auth_required=True)
+    controller = Controller(
+        Handler(),
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+        auth_required=True,
+    )
     controller.start()
     try:
         yield port, logins, mails
@@ -79,28 +88,67 @@ def smtp_with_auth():
 
 
 def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
-        airflow_db, least_privilege, http_service, webhooks, smtp_with_auth, tmp_path, monkeypatch, capfd, caplog):
+    airflow_db, least_privilege, http_service, webhooks, smtp_with_auth, tmp_path, monkeypatch, capfd, caplog
+):
     s = least_privilege
     smtp_port, smtp_logins, mails = smtp_with_auth
-    secrets = {what: secret(what) for what in ("db-password", "header-env", "header-literal", "slack-token",
-                                               "url-password", "slack-revoked", "pagerduty-key", "smtp-password")}
+    secrets = {
+        what: secret(what)
+        for what in (
+            "db-password",
+            "header-env",
+            "header-literal",
+            "slack-token",
+            "url-password",
+            "slack-revoked",
+            "pagerduty-key",
+            "smtp-password",
+        )
+    }
 
     # --- where a deployment keeps them ---------------------------------------------------------
     s.admin(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(s.role), sql.Literal(secrets["db-password"])))
     params = psycopg.conninfo.conninfo_to_dict(s.dsn(password=secrets["db-password"]))
-    target = {"conn_type": "postgres", "host": params.get("host"), "port": int(params.get("port") or 5432),
-              "login": params["user"], "password": params["password"], "schema": params["dbname"]}
+    target = {
+        "conn_type": "postgres",
+        "host": params.get("host"),
+        "port": int(params.get("port") or 5432),
+        "login": params["user"],
+        "password": params["password"],
+        "schema": params["dbname"],
+    }
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", json.dumps(target))
     monkeypatch.setenv("PGMAINT_TEST_SYNC_TOKEN", secrets["header-env"])
     connections = {
-        "SECRET_SLACK": {"conn_type": "slackwebhook", "host": f"{webhooks.url}/services", "password": secrets["slack-token"]},
-        "SECRET_SLACK_REVOKED": {"conn_type": "slackwebhook", "host": f"{webhooks.url}/services",
-                                 "password": secrets["slack-revoked"]},
-        "SECRET_PAGERDUTY": {"conn_type": "pagerduty_events", "host": webhooks.url, "password": secrets["pagerduty-key"]},
-        "SECRET_SMTP": {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port, "login": "pgmaint",
-                        "password": secrets["smtp-password"],
-                        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "pgmaint@example.test",
-                                  "retry_limit": 0, "timeout": 10}},
+        "SECRET_SLACK": {
+            "conn_type": "slackwebhook",
+            "host": f"{webhooks.url}/services",
+            "password": secrets["slack-token"],
+        },
+        "SECRET_SLACK_REVOKED": {
+            "conn_type": "slackwebhook",
+            "host": f"{webhooks.url}/services",
+            "password": secrets["slack-revoked"],
+        },
+        "SECRET_PAGERDUTY": {
+            "conn_type": "pagerduty_events",
+            "host": webhooks.url,
+            "password": secrets["pagerduty-key"],
+        },
+        "SECRET_SMTP": {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "login": "pgmaint",
+            "password": secrets["smtp-password"],
+            "extra": {
+                "disable_ssl": True,
+                "disable_tls": True,
+                "from_email": "pgmaint@example.test",
+                "retry_limit": 0,
+                "timeout": 10,
+            },
+        },
     }
     for name, conn in connections.items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{name}", json.dumps(conn))
@@ -114,22 +162,43 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
         "state_schema": s.state,
         "services": [
             {"name": "api_logging", "kind": "flag"},
-            {"name": "sync_fn", "kind": "http", "depends_on": ["api_logging"], "retries": 0,
-             "pause_url": f"{http_service.base_url}/sync/pause", "resume_url": f"{http_service.base_url}/sync/resume",
-             "headers": {"Authorization": "Bearer ${PGMAINT_TEST_SYNC_TOKEN}", "X-Api-Key": secrets["header-literal"]}},
-            {"name": "archiver", "kind": "http", "retries": 0,  # basic auth in its URLs
-             **{f"{verb}_url": f"{with_password}/archiver/{verb}" for verb in ("status", "pause", "resume")}},
+            {
+                "name": "sync_fn",
+                "kind": "http",
+                "depends_on": ["api_logging"],
+                "retries": 0,
+                "pause_url": f"{http_service.base_url}/sync/pause",
+                "resume_url": f"{http_service.base_url}/sync/resume",
+                "headers": {
+                    "Authorization": "Bearer ${PGMAINT_TEST_SYNC_TOKEN}",
+                    "X-Api-Key": secrets["header-literal"],
+                },
+            },
+            {
+                "name": "archiver",
+                "kind": "http",
+                "retries": 0,  # basic auth in its URLs
+                **{f"{verb}_url": f"{with_password}/archiver/{verb}" for verb in ("status", "pause", "resume")},
+            },
         ],
         "tables": [
-            {"name": s.table, "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days",
-             "writers": ["sync_fn", "archiver", "api_logging"]},
+            {
+                "name": s.table,
+                "partition_key": "ts",
+                "interval": "1 day",
+                "premake": 2,
+                "retention": "30 days",
+                "writers": ["sync_fn", "archiver", "api_logging"],
+            },
             {"name": missing, "partition_key": "ts", "interval": "1 day", "premake": 2, "retention": "30 days"},
         ],
         "escalation": {
-            "notify": [{"kind": "slack", "connection_id": "secret_slack"},
-                       {"kind": "slack", "connection_id": "secret_slack_revoked"},
-                       {"kind": "email", "connection_id": "secret_smtp", "to": ["oncall@example.test"]},
-                       {"kind": "log"}],
+            "notify": [
+                {"kind": "slack", "connection_id": "secret_slack"},
+                {"kind": "slack", "connection_id": "secret_slack_revoked"},
+                {"kind": "email", "connection_id": "secret_smtp", "to": ["oncall@example.test"]},
+                {"kind": "log"},
+            ],
             "page": [{"kind": "pagerduty", "connection_id": "secret_pagerduty"}, {"kind": "log"}],
         },
     }
@@ -151,17 +220,31 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
 
     migration = dags()["default_partition_migration"].test(run_conf={"table": s.table})
     assert migration.state == "success", _states(migration)
-    assert sorted(http_service.paths()) == ["GET /archiver/status", "POST /archiver/pause", "POST /archiver/resume",
-                                            "POST /sync/pause", "POST /sync/resume"]
+    assert sorted(http_service.paths()) == [
+        "GET /archiver/status",
+        "POST /archiver/pause",
+        "POST /archiver/resume",
+        "POST /sync/pause",
+        "POST /sync/resume",
+    ]
 
     maintenance = dags()["partition_maintenance"].test()  # the missing table's premake fails: the callback alerts
     assert maintenance.state == "failed"
     assert _states(maintenance)["table.premake[1]"] == "failed" and _states(maintenance)["table.retire[0]"] == "success"
 
     # an http writer that refuses the pause, quoting the credentials it was sent (some gateways do)
-    http_service.plan["/sync/pause"] = [(401, {"error": "unauthorized",
-                                               "received": {"Authorization": f"Bearer {secrets['header-env']}",
-                                                            "X-Api-Key": secrets["header-literal"]}})]
+    http_service.plan["/sync/pause"] = [
+        (
+            401,
+            {
+                "error": "unauthorized",
+                "received": {
+                    "Authorization": f"Bearer {secrets['header-env']}",
+                    "X-Api-Key": secrets["header-literal"],
+                },
+            },
+        )
+    ]
     failed_pause = dags()["default_partition_migration"].test(run_conf={"table": s.table})
     assert failed_pause.state == "failed" and _states(failed_pause)["pause_writers"] == "failed"
 
@@ -176,18 +259,26 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
     assert sent and all(h.get("Authorization") == f"Bearer {secrets['header-env']}" for h in sent), sent
     assert all(h.get("X-Api-Key") == secrets["header-literal"] for h in sent)
     basic = "Basic " + base64.b64encode(f"archive:{secrets['url-password']}".encode()).decode()
-    assert {c["headers"].get("Authorization") for c in http_service.calls if c["path"].startswith("/archiver/")} == {basic}
+    assert {c["headers"].get("Authorization") for c in http_service.calls if c["path"].startswith("/archiver/")} == {
+        basic
+    }
     paths = {r["path"] for r in webhooks.requests}
     assert f"/services/{secrets['slack-token']}" in paths and f"/services/{secrets['slack-revoked']}" in paths, paths
     assert {e["routing_key"] for e in webhooks.pagerduty} == {secrets["pagerduty-key"]}
     assert {e["dedup_key"] for e in webhooks.pagerduty} >= {f"runway:{s.table}", "canary"}
     assert smtp_logins and set(smtp_logins) == {("pgmaint", secrets["smtp-password"])} and mails
-    task_failures = [r["body"]["text"] for r in webhooks.requests if r["path"] == f"/services/{secrets['slack-token']}"
-                     and r["body"].get("text", "").startswith("[pgmaint] WARNING task:")]
+    task_failures = [
+        r["body"]["text"]
+        for r in webhooks.requests
+        if r["path"] == f"/services/{secrets['slack-token']}"
+        and r["body"].get("text", "").startswith("[pgmaint] WARNING task:")
+    ]
     assert any(missing in t for t in task_failures) and any("pause_writers" in t for t in task_failures), task_failures
     with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
-        revoked = conn.execute(sql.SQL("SELECT error FROM {}.alerts WHERE target = %s").format(sql.Identifier(s.state)),
-                               ["slack:secret_slack_revoked"]).fetchall()
+        revoked = conn.execute(
+            sql.SQL("SELECT error FROM {}.alerts WHERE target = %s").format(sql.Identifier(s.state)),
+            ["slack:secret_slack_revoked"],
+        ).fetchall()
     assert revoked and all(e and "invalid_token" in e for (e,) in revoked), revoked  # the failure is recorded...
 
     # --- ... and none of them is anywhere -----------------------------------------------------------
@@ -196,7 +287,9 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
     logs = "\n".join([caplog.text, out, err])
     if os.environ.get("PGMAINT_DUMP_TEST_LOGS"):
         Path(os.environ["PGMAINT_DUMP_TEST_LOGS"]).write_text(logs)
-    found = search(secrets, logs=logs, home=Path(os.environ["AIRFLOW_HOME"]), admin_dsn=s.admin_dsn, state_schema=s.state)
+    found = search(
+        secrets, logs=logs, home=Path(os.environ["AIRFLOW_HOME"]), admin_dsn=s.admin_dsn, state_schema=s.state
+    )
     assert found == [], "secrets leaked:\n" + "\n".join(found)
     # the logs searched are the tasks' logs: the dry run's statements, the failed pause with the echo redacted
     assert "[dry run] ALTER TABLE" in logs and "/sync/pause failed: HTTP 401" in logs and '"X-Api-Key": "***"' in logs
@@ -215,7 +308,7 @@ def search(secrets: dict[str, str], *, logs: str, home: Path, admin_dsn: str, st
             for form in forms(value):
                 at = text.find(form)
                 if at >= 0:
-                    found.append(f"{what} in {where}: ...{text[max(0, at - 200):at + len(form) + 40]!r}")
+                    found.append(f"{what} in {where}: ...{text[max(0, at - 200) : at + len(form) + 40]!r}")
                     break
 
     look("the task logs", logs)
@@ -237,9 +330,13 @@ def search(secrets: dict[str, str], *, logs: str, home: Path, admin_dsn: str, st
 
     # the state schema: every row of every table (runs, steps, alerts, conditions, leases, ...)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p') ORDER BY 1",
-            [sql.Identifier(state_schema).as_string(conn)]).fetchall()]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p') ORDER BY 1",
+                [sql.Identifier(state_schema).as_string(conn)],
+            ).fetchall()
+        ]
         assert {"runs", "steps", "alerts", "conditions", "service_leases"} <= set(tables), tables
         for name in tables:
             for (row,) in conn.execute(sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(state_schema, name))):

@@ -18,8 +18,9 @@ class Api:
     """An independent client, to read back what the adapter did."""
 
     def __init__(self, server):
-        token = httpx.post(f"{server.base_url}/auth/token", json={"username": server.login, "password": server.password},
-                           timeout=10).json()["access_token"]
+        token = httpx.post(
+            f"{server.base_url}/auth/token", json={"username": server.login, "password": server.password}, timeout=10
+        ).json()["access_token"]
         self.client = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
     def is_paused(self, dag_id: str = DAG) -> bool:
@@ -28,15 +29,27 @@ class Api:
         return response.json()["is_paused"]
 
     def set_paused(self, paused: bool, dag_id: str = DAG) -> None:
-        self.client.patch(f"/api/v2/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused}).raise_for_status()
+        self.client.patch(
+            f"/api/v2/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused}
+        ).raise_for_status()
 
 
 @pytest.fixture
 def api(airflow_api, monkeypatch):
     host, port = airflow_api.base_url.rsplit(":", 1)
-    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": int(port), "schema": "http",
-         "login": airflow_api.login, "password": airflow_api.password}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRFLOW_API",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": int(port),
+                "schema": "http",
+                "login": airflow_api.login,
+                "password": airflow_api.password,
+            }
+        ),
+    )
     client = Api(airflow_api)
     client.set_paused(False)  # the DAG is "running" before each test
     yield client
@@ -66,8 +79,17 @@ def test_dag_paused_by_hand_stays_paused(api, target, cfg):
 
 
 def test_connection_with_a_url_host(api, airflow_api, monkeypatch, target, cfg):
-    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(
-        {"conn_type": "http", "host": airflow_api.base_url, "login": airflow_api.login, "password": airflow_api.password}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRFLOW_API",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": airflow_api.base_url,
+                "login": airflow_api.login,
+                "password": airflow_api.password,
+            }
+        ),
+    )
     snap = make_adapter(cfg.services[0], cfg, target).status()
     assert snap.paused is False and snap.state == {"is_paused": False}
 
@@ -80,8 +102,12 @@ def test_unknown_dag_is_a_clear_error(api, target, make_config, scratch_schema):
 
 def test_wrong_password_is_a_clear_error_and_not_retried(api, airflow_api, monkeypatch, target, cfg):
     host, port = airflow_api.base_url.rsplit(":", 1)
-    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": int(port), "login": "admin", "password": "wrong"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRFLOW_API",
+        json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": int(port), "login": "admin", "password": "wrong"}
+        ),
+    )
     with pytest.raises(ServiceError, match=r"POST http://127.0.0.1:\d+/auth/token failed: HTTP 401.*not retried"):
         make_adapter(cfg.services[0], cfg, target).status()
     assert api.is_paused() is False

@@ -28,7 +28,9 @@ OTHER = {"dag_id": "default_partition_migration", "run_id": "manual__2"}
 
 
 def flags(conn, schema: str) -> dict[str, bool]:
-    return dict(conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(schema))).fetchall())
+    return dict(
+        conn.execute(sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(schema))).fetchall()
+    )
 
 
 def enabled(conn, schema: str, name: str) -> bool:
@@ -36,8 +38,11 @@ def enabled(conn, schema: str, name: str) -> bool:
 
 
 def leases(conn, schema: str) -> list[tuple]:
-    return conn.execute(sql.SQL("SELECT service, dag_id, run_id, state, resumed_by FROM {}.service_leases ORDER BY lease_id")
-                        .format(sql.Identifier(schema))).fetchall()
+    return conn.execute(
+        sql.SQL("SELECT service, dag_id, run_id, state, resumed_by FROM {}.service_leases ORDER BY lease_id").format(
+            sql.Identifier(schema)
+        )
+    ).fetchall()
 
 
 def now(conn):
@@ -46,10 +51,19 @@ def now(conn):
 
 @pytest.fixture
 def cfg(make_config, scratch_schema):
-    return make_config(scratch_schema, [
-        {"name": "request_logging", "kind": "flag"},
-        {"name": "sync_pipeline", "kind": "flag", "flag": "sync", "depends_on": ["request_logging"], "lease_minutes": 5},
-    ])
+    return make_config(
+        scratch_schema,
+        [
+            {"name": "request_logging", "kind": "flag"},
+            {
+                "name": "sync_pipeline",
+                "kind": "flag",
+                "flag": "sync",
+                "depends_on": ["request_logging"],
+                "lease_minutes": 5,
+            },
+        ],
+    )
 
 
 def test_service_enabled_function_for_applications(target, scratch_schema, cfg):
@@ -60,8 +74,9 @@ def test_service_enabled_function_for_applications(target, scratch_schema, cfg):
     # what an application writes: the insert happens only while the flag is on
     target.execute("CREATE TABLE public.flag_demo_log (msg text)")
     try:
-        insert = sql.SQL("INSERT INTO public.flag_demo_log SELECT 'hit' WHERE {}.service_enabled('request_logging')").format(
-            sql.Identifier(scratch_schema))
+        insert = sql.SQL(
+            "INSERT INTO public.flag_demo_log SELECT 'hit' WHERE {}.service_enabled('request_logging')"
+        ).format(sql.Identifier(scratch_schema))
         target.execute(insert)
         resume_services(target, cfg, **RUN)
         target.execute(insert)
@@ -75,11 +90,19 @@ def test_pause_then_resume_in_order_with_leases(target, scratch_schema, cfg):
     assert report.order == ["sync_pipeline", "request_logging"]  # sync needs request_logging running: paused first
     assert report.held == ["sync_pipeline", "request_logging"]
     assert flags(target, scratch_schema) == {"sync": False, "request_logging": False}
-    row = target.execute(sql.SQL("SELECT changed_by, reason FROM {}.service_flags WHERE name = 'sync'").format(
-        sql.Identifier(scratch_schema))).fetchone()
+    row = target.execute(
+        sql.SQL("SELECT changed_by, reason FROM {}.service_flags WHERE name = 'sync'").format(
+            sql.Identifier(scratch_schema)
+        )
+    ).fetchone()
     assert row == ("default_partition_migration/manual__1", "migrating public.t")
     [a, b] = live_leases(target, cfg)
-    assert (a["service"], a["state"], a["reason"], a["previous_state"]) == ("sync_pipeline", "paused", "migrating public.t", {"enabled": True})
+    assert (a["service"], a["state"], a["reason"], a["previous_state"]) == (
+        "sync_pipeline",
+        "paused",
+        "migrating public.t",
+        {"enabled": True},
+    )
     assert a["lease_until"] - a["paused_at"] == pytest.approx(timedelta(minutes=5), abs=timedelta(seconds=5))
     assert b["lease_until"] - b["paused_at"] == pytest.approx(timedelta(minutes=120), abs=timedelta(seconds=5))
 
@@ -102,8 +125,12 @@ def test_pause_then_resume_in_order_with_leases(target, scratch_schema, cfg):
 
 def test_service_paused_by_hand_is_left_alone_and_reported(target, scratch_schema, cfg):
     ensure_state_schema(target, scratch_schema)
-    target.execute(sql.SQL("INSERT INTO {}.service_flags (name, enabled, changed_by, reason) VALUES "
-                           "('request_logging', false, 'oncall', 'incident 42')").format(sql.Identifier(scratch_schema)))
+    target.execute(
+        sql.SQL(
+            "INSERT INTO {}.service_flags (name, enabled, changed_by, reason) VALUES "
+            "('request_logging', false, 'oncall', 'incident 42')"
+        ).format(sql.Identifier(scratch_schema))
+    )
     report = pause_services(target, cfg, ["request_logging", "sync_pipeline"], **RUN)
     assert report.held == ["sync_pipeline"]
     [alone] = report.left_alone
@@ -156,8 +183,13 @@ time.sleep(600)  # "migrating" until killed
 
 
 def test_killed_run_services_come_back_when_the_lease_expires(target, pg_dsn, scratch_schema, cfg):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN.format(repo=str(REPO), schema=scratch_schema, dsn=pg_dsn)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN.format(repo=str(REPO), schema=scratch_schema, dsn=pg_dsn)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "paused", proc.stderr.read() if proc.poll() is not None else line
@@ -171,19 +203,31 @@ def test_killed_run_services_come_back_when_the_lease_expires(target, pg_dsn, sc
     outcomes = resume_expired_leases(target, cfg, now=now(target) + timedelta(minutes=2))
     assert [(o.service, o.action) for o in outcomes] == [("request_logging", "resumed"), ("sync_pipeline", "resumed")]
     assert flags(target, scratch_schema) == {"sync": True, "request_logging": True}
-    assert {lease[4] for lease in leases(target, scratch_schema)} == {"lease expired (held by default_partition_migration/killed)"}
+    assert {lease[4] for lease in leases(target, scratch_schema)} == {
+        "lease expired (held by default_partition_migration/killed)"
+    }
 
 
 def test_diamond_third_pause_fails_first_two_resumed(target, scratch_schema, make_config, http_service):
     # A->B, A->C, B->D, C->D: paused A, B, C, D; C is an admin endpoint that fails.
     http_service.plan["/c/pause"] = [500]
-    cfg = make_config(scratch_schema, [
-        {"name": "A", "kind": "flag", "depends_on": ["B", "C"]},
-        {"name": "B", "kind": "flag", "depends_on": ["D"]},
-        {"name": "C", "kind": "http", "depends_on": ["D"], "pause_url": f"{http_service.base_url}/c/pause",
-         "resume_url": f"{http_service.base_url}/c/resume", "retries": 1, "timeout_seconds": 2},
-        {"name": "D", "kind": "flag"},
-    ])
+    cfg = make_config(
+        scratch_schema,
+        [
+            {"name": "A", "kind": "flag", "depends_on": ["B", "C"]},
+            {"name": "B", "kind": "flag", "depends_on": ["D"]},
+            {
+                "name": "C",
+                "kind": "http",
+                "depends_on": ["D"],
+                "pause_url": f"{http_service.base_url}/c/pause",
+                "resume_url": f"{http_service.base_url}/c/resume",
+                "retries": 1,
+                "timeout_seconds": 2,
+            },
+            {"name": "D", "kind": "flag"},
+        ],
+    )
     with pytest.raises(ServicePauseError) as info:
         pause_services(target, cfg, ["D", "C", "B", "A"], **RUN)
     message = str(info.value)
@@ -194,15 +238,27 @@ def test_diamond_third_pause_fails_first_two_resumed(target, scratch_schema, mak
     # C's pause may have half-happened on the other side: its resume URL was called too (after the failures)
     assert http_service.paths() == ["POST /c/pause", "POST /c/pause", "POST /c/resume"]
     assert live_leases(target, cfg) == []
-    assert [(lease[0], lease[3]) for lease in leases(target, scratch_schema)] == [("A", "resumed"), ("B", "resumed"), ("C", "resumed")]
+    assert [(lease[0], lease[3]) for lease in leases(target, scratch_schema)] == [
+        ("A", "resumed"),
+        ("B", "resumed"),
+        ("C", "resumed"),
+    ]
 
 
 def test_failed_resume_keeps_the_lease_for_the_watchdog(target, scratch_schema, make_config, http_service):
-    cfg = make_config(scratch_schema, [
-        {"name": "fn", "kind": "http", "pause_url": f"{http_service.base_url}/pause",
-         "resume_url": f"{http_service.base_url}/resume", "retries": 0},
-        {"name": "logger", "kind": "flag", "depends_on": ["fn"]},
-    ])
+    cfg = make_config(
+        scratch_schema,
+        [
+            {
+                "name": "fn",
+                "kind": "http",
+                "pause_url": f"{http_service.base_url}/pause",
+                "resume_url": f"{http_service.base_url}/resume",
+                "retries": 0,
+            },
+            {"name": "logger", "kind": "flag", "depends_on": ["fn"]},
+        ],
+    )
     pause_services(target, cfg, ["fn", "logger"], **RUN)
     http_service.plan["/resume"] = [503, 200]
     with pytest.raises(Exception, match=r"could not resume fn \[http\].*HTTP 503") as info:
@@ -217,7 +273,9 @@ def test_failed_resume_keeps_the_lease_for_the_watchdog(target, scratch_schema, 
 
 def test_resume_restores_what_was_paused_even_if_the_config_changed(target, scratch_schema, make_config, cfg):
     pause_services(target, cfg, ["request_logging", "sync_pipeline"], **RUN)
-    changed = make_config(scratch_schema, [{"name": "request_logging", "kind": "flag", "flag": "renamed"}])  # sync_pipeline gone
+    changed = make_config(
+        scratch_schema, [{"name": "request_logging", "kind": "flag", "flag": "renamed"}]
+    )  # sync_pipeline gone
     outcomes = resume_services(target, changed, **RUN)
     assert [(o.service, o.action) for o in outcomes] == [("request_logging", "resumed"), ("sync_pipeline", "resumed")]
     assert flags(target, scratch_schema) == {"sync": True, "request_logging": True}
@@ -235,7 +293,9 @@ def test_concurrent_runs_pausing_the_same_service_one_pauses_one_joins(pg_dsn, t
         try:
             with connect(pg_dsn) as conn:
                 barrier.wait()
-                results[run_id] = pause_services(conn, cfg, ["request_logging"], dag_id="d", run_id=run_id).outcomes[0].action
+                results[run_id] = (
+                    pause_services(conn, cfg, ["request_logging"], dag_id="d", run_id=run_id).outcomes[0].action
+                )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -274,12 +334,20 @@ pause_services(conn, cfg, ["request_logging"], dag_id="default_partition_migrati
 
 
 def test_worker_dies_mid_pause_the_retry_finishes_it_and_resume_restores(target, pg_dsn, scratch_schema, make_config):
-    out = subprocess.run([sys.executable, "-c", DIES_MID_PAUSE.format(repo=str(REPO), schema=scratch_schema, dsn=pg_dsn)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", DIES_MID_PAUSE.format(repo=str(REPO), schema=scratch_schema, dsn=pg_dsn)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 9, out.stderr[-2000:]
     cfg = make_config(scratch_schema, [{"name": "request_logging", "kind": "flag"}])
     [lease] = live_leases(target, cfg)
-    assert (lease["state"], lease["previous_state"]) == ("pausing", {"enabled": True})  # intent and snapshot recorded first
+    assert (lease["state"], lease["previous_state"]) == (
+        "pausing",
+        {"enabled": True},
+    )  # intent and snapshot recorded first
     assert enabled(target, scratch_schema, "request_logging") is True
 
     report = pause_services(target, cfg, ["request_logging"], **RUN)  # Airflow retries the task
@@ -294,5 +362,7 @@ def test_min_lease_minutes_lengthens_short_leases(target, cfg):
     pause_services(target, cfg, ["request_logging", "sync_pipeline"], **RUN, min_lease_minutes=90)
     lengths = {lease["service"]: lease["lease_until"] - lease["paused_at"] for lease in live_leases(target, cfg)}
     assert lengths["sync_pipeline"] == pytest.approx(timedelta(minutes=90), abs=timedelta(seconds=5))  # configured 5
-    assert lengths["request_logging"] == pytest.approx(timedelta(minutes=120), abs=timedelta(seconds=5))  # already longer
+    assert lengths["request_logging"] == pytest.approx(
+        timedelta(minutes=120), abs=timedelta(seconds=5)
+    )  # already longer
     resume_services(target, cfg, **RUN)

@@ -16,8 +16,13 @@ ACTOR = Actor("test")
 
 
 def http_config(base_url: str, **fields):
-    service = {"name": "fn", "kind": "http", "pause_url": f"{base_url}/admin/pause", "resume_url": f"{base_url}/admin/resume",
-               **fields}
+    service = {
+        "name": "fn",
+        "kind": "http",
+        "pause_url": f"{base_url}/admin/pause",
+        "resume_url": f"{base_url}/admin/resume",
+        **fields,
+    }
     return build_config("pgmaint", [service])
 
 
@@ -27,8 +32,12 @@ def adapter(base_url: str, **fields) -> HttpAdapter:
 
 def test_pause_and_resume_call_the_urls_with_method_headers_and_body(http_service, monkeypatch):
     monkeypatch.setenv("FN_ADMIN_TOKEN", "s3cret-token")
-    a = adapter(http_service.base_url, method="PUT", headers={"Authorization": "Bearer ${FN_ADMIN_TOKEN}"},
-                body={"reason": "partition migration"})
+    a = adapter(
+        http_service.base_url,
+        method="PUT",
+        headers={"Authorization": "Bearer ${FN_ADMIN_TOKEN}"},
+        body={"reason": "partition migration"},
+    )
     before = a.status()
     assert before.paused is None  # no status_url: pgmaint cannot tell
     a.pause(before, ACTOR)
@@ -78,22 +87,35 @@ def test_hanging_server_times_out_naming_the_url(http_service):
     with pytest.raises(ServiceError) as info:
         a.pause(a.status(), ACTOR)
     elapsed = time.monotonic() - started
-    assert f"POST {http_service.base_url}/admin/pause failed after 2 attempt(s): timed out after 0.3s" in str(info.value)
+    assert f"POST {http_service.base_url}/admin/pause failed after 2 attempt(s): timed out after 0.3s" in str(
+        info.value
+    )
     assert elapsed < 2.0  # 2 x 0.3 s + backoff, not the server's 3 s
     assert len(http_service.calls) == 2
 
 
 def test_unreachable_server_names_the_url():
     a = adapter("http://127.0.0.1:9", retries=1)  # discard port: nothing listens
-    with pytest.raises(ServiceError, match=r"POST http://127.0.0.1:9/admin/pause failed after 2 attempt\(s\): ConnectError"):
+    with pytest.raises(
+        ServiceError, match=r"POST http://127.0.0.1:9/admin/pause failed after 2 attempt\(s\): ConnectError"
+    ):
         a.pause(a.status(), ACTOR)
 
 
 def test_status_url_tells_a_service_paused_by_hand(http_service, target, scratch_schema, make_config):
     http_service.plan["/admin/status"] = [(200, {"paused": True})]
-    cfg = make_config(scratch_schema, [{"name": "fn", "kind": "http", "pause_url": f"{http_service.base_url}/admin/pause",
-                                        "resume_url": f"{http_service.base_url}/admin/resume",
-                                        "status_url": f"{http_service.base_url}/admin/status"}])
+    cfg = make_config(
+        scratch_schema,
+        [
+            {
+                "name": "fn",
+                "kind": "http",
+                "pause_url": f"{http_service.base_url}/admin/pause",
+                "resume_url": f"{http_service.base_url}/admin/resume",
+                "status_url": f"{http_service.base_url}/admin/status",
+            }
+        ],
+    )
     report = pause_services(target, cfg, ["fn"], **RUN)
     assert report.held == [] and "paused=True" in report.left_alone[0].detail
     resume_services(target, cfg, **RUN)
@@ -109,9 +131,18 @@ def test_status_url_with_a_bad_answer_is_a_clear_error(http_service):
 
 def test_leased_pause_and_resume(http_service, target, scratch_schema, make_config):
     http_service.plan["/admin/status"] = [(200, {"paused": False})]
-    cfg = make_config(scratch_schema, [{"name": "fn", "kind": "http", "pause_url": f"{http_service.base_url}/admin/pause",
-                                        "resume_url": f"{http_service.base_url}/admin/resume",
-                                        "status_url": f"{http_service.base_url}/admin/status"}])
+    cfg = make_config(
+        scratch_schema,
+        [
+            {
+                "name": "fn",
+                "kind": "http",
+                "pause_url": f"{http_service.base_url}/admin/pause",
+                "resume_url": f"{http_service.base_url}/admin/resume",
+                "status_url": f"{http_service.base_url}/admin/status",
+            }
+        ],
+    )
     assert pause_services(target, cfg, ["fn"], **RUN).held == ["fn"]
     assert [o.action for o in resume_services(target, cfg, **RUN)] == ["resumed"]
     assert http_service.paths() == ["GET /admin/status", "POST /admin/pause", "POST /admin/resume"]

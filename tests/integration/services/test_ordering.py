@@ -31,8 +31,14 @@ def test_diamond_order_does_not_depend_on_the_input_order(names):
 
 
 def test_every_dependent_paused_before_its_dependency():
-    specs = flags(("api", []), ("logger", ["api"]), ("sync", ["logger", "api"]), ("fn", ["sync"]), ("cron", []),
-                  ("reports", ["sync", "cron"]))
+    specs = flags(
+        ("api", []),
+        ("logger", ["api"]),
+        ("sync", ["logger", "api"]),
+        ("fn", ["sync"]),
+        ("cron", []),
+        ("reports", ["sync", "cron"]),
+    )
     cfg = build_config("pgmaint", specs)
     order = pause_order(cfg, [s["name"] for s in specs])
     for s in specs:

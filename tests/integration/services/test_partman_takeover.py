@@ -43,11 +43,15 @@ def partman_db(pg15_server):
     conninfo = pg15_server.conninfo(name)
     with psycopg.connect(conninfo, autocommit=True) as c:
         c.execute("CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman; CREATE SCHEMA app")
-        c.execute("CREATE TABLE app.request_log (id bigint, created_at timestamptz NOT NULL) PARTITION BY RANGE (created_at)")
+        c.execute(
+            "CREATE TABLE app.request_log (id bigint, created_at timestamptz NOT NULL) PARTITION BY RANGE (created_at)"
+        )
         c.execute("CREATE INDEX ON app.request_log (created_at)")
         c.execute("SELECT partman.create_parent('app.request_log', 'created_at', 'native', 'daily')")
-        c.execute("UPDATE partman.part_config SET retention = '2 days', retention_keep_table = false "
-                  "WHERE parent_table = 'app.request_log'")
+        c.execute(
+            "UPDATE partman.part_config SET retention = '2 days', retention_keep_table = false "
+            "WHERE parent_table = 'app.request_log'"
+        )
         c.execute("CREATE TABLE app.monthly (id bigint, ts timestamp NOT NULL) PARTITION BY RANGE (ts)")
         c.execute("SELECT partman.create_parent('app.monthly', 'ts', 'native', 'monthly', p_premake := 2)")
         c.execute("CREATE TABLE app.weekly (id bigint, d date NOT NULL) PARTITION BY RANGE (d)")
@@ -59,7 +63,9 @@ def partman_db(pg15_server):
         c.execute("CREATE TABLE app.templated (id bigint NOT NULL, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
         c.execute("SELECT partman.create_parent('app.templated', 'ts', 'native', 'daily')")
         c.execute("CREATE UNIQUE INDEX ON partman.template_app_templated (id)")  # what the parent cannot have
-        c.execute("INSERT INTO app.request_log SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g")
+        c.execute(
+            "INSERT INTO app.request_log SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g"
+        )
         c.execute("SELECT partman.run_maintenance()")  # partman's runway and retention in place
     yield conninfo
     with psycopg.connect(pg15_server.conninfo("postgres"), autocommit=True) as c:
@@ -96,8 +102,11 @@ def config(imported):
 
 
 def partition_set(c, parent: str) -> list[tuple[str, str]]:
-    return c.execute("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                     "WHERE i.inhparent = %s::regclass ORDER BY 1", [parent]).fetchall()
+    return c.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass ORDER BY 1",
+        [parent],
+    ).fetchall()
 
 
 def automatic(c) -> dict[str, str]:
@@ -113,9 +122,15 @@ def test_import_reads_part_config_and_says_what_it_cannot_express(imported):
     cfg = parse_config(raw)  # the output is a valid pgmaint config as printed
     assert cfg.timezone == ZONE
     by_name = {t["name"]: t for t in raw["tables"]}
-    assert by_name["app.request_log"] == {"name": "app.request_log", "partition_key": "created_at", "interval": "1 day",
-                                          "premake": 4, "retention": "2 days", "retention_keep_table": False,
-                                          "writers": ["pg_partman"]}
+    assert by_name["app.request_log"] == {
+        "name": "app.request_log",
+        "partition_key": "created_at",
+        "interval": "1 day",
+        "premake": 4,
+        "retention": "2 days",
+        "retention_keep_table": False,
+        "writers": ["pg_partman"],
+    }
     assert (by_name["app.monthly"]["interval"], by_name["app.monthly"]["premake"]) == ("1 month", 2)
     assert (by_name["app.weekly"]["interval"], by_name["app.hourly"]["interval"]) == ("1 week", "1 hour")
     assert raw["services"] == [{"name": "pg_partman", "kind": "pg_partman"}]
@@ -154,8 +169,11 @@ def test_dual_manager_is_detected_and_maintenance_skips(conn, config):
     assert {r.table: r.outcome for r in results} == dict.fromkeys(ADOPTABLE, "skipped")
     assert all(r.skipped_reason.startswith("dual_manager:") for r in results)
     assert {t: partition_set(conn, t) for t in ADOPTABLE} == before
-    journal = conn.execute(sql.SQL("SELECT outcome, error FROM {}.runs WHERE job = 'maintenance'")
-                           .format(sql.Identifier(config.state_schema))).fetchall()
+    journal = conn.execute(
+        sql.SQL("SELECT outcome, error FROM {}.runs WHERE job = 'maintenance'").format(
+            sql.Identifier(config.state_schema)
+        )
+    ).fetchall()
     assert len(journal) == 4 and all(o == "skipped" and e.startswith("dual_manager:") for o, e in journal)
 
 
@@ -169,10 +187,16 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
     states = automatic(conn)
     assert {t: states[t] for t in ADOPTABLE} == dict.fromkeys(ADOPTABLE, "off")
     assert states["app.by_id"] == states["app.templated"] == "on"  # not adopted: left to pg_partman
-    rows = conn.execute(sql.SQL("SELECT table_name, outcome, summary->>'who', summary->'automatic_maintenance', started_at "
-                                "FROM {}.runs WHERE job = 'partman_handover'").format(sql.Identifier(config.state_schema))).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT table_name, outcome, summary->>'who', summary->'automatic_maintenance', started_at "
+            "FROM {}.runs WHERE job = 'partman_handover'"
+        ).format(sql.Identifier(config.state_schema))
+    ).fetchall()
     assert sorted(r[0] for r in rows) == sorted(ADOPTABLE)
-    assert all(r[1] == "success" and r[2] == "alice (change 4711)" and r[3] == {"before": "on", "after": "off"} for r in rows)
+    assert all(
+        r[1] == "success" and r[2] == "alice (change 4711)" and r[3] == {"before": "on", "after": "off"} for r in rows
+    )
 
     # pgmaint maintains them now, and its first run changes nothing pg_partman had made
     maintained = run_maintenance(conn, config)
@@ -180,7 +204,9 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
     assert all(not (r.created or r.detached or r.dropped) for r in maintained)
     assert {t: partition_set(conn, t) for t in ADOPTABLE} == before
     ensure_state_schema(conn, config.state_schema)
-    assert not [c.key for c in check_tables(conn, config, settings_for(config)).conditions if c.key.startswith("dual_manager:")]
+    assert not [
+        c.key for c in check_tables(conn, config, settings_for(config)).conditions if c.key.startswith("dual_manager:")
+    ]
 
     # pg_partman's worker (run_maintenance() without a parent) leaves them alone even when it would premake more
     conn.execute("UPDATE partman.part_config SET premake = premake + 3")
@@ -193,7 +219,9 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
         conn.execute("UPDATE partman.part_config SET premake = premake - 3")
 
     lines = partman.status(conn, config)
-    assert all("pgmaint (handed over)" in line and "alice (change 4711)" in line for line in lines if line.startswith("app."))
+    assert all(
+        "pgmaint (handed over)" in line and "alice (change 4711)" in line for line in lines if line.startswith("app.")
+    )
 
     # the way back: one call; pgmaint then skips the tables again
     back = partman.handback(conn, config, who="bob")
@@ -202,10 +230,17 @@ def test_handover_then_maintenance_changes_nothing_and_partman_skips(conn, confi
     assert {r.outcome for r in run_maintenance(conn, config)} == {"skipped"}
     keys = {c.key for c in check_tables(conn, config, settings_for(config)).conditions}
     assert {f"dual_manager:{t}" for t in ADOPTABLE} <= keys
-    who = conn.execute(sql.SQL("SELECT summary->>'who' FROM {}.runs WHERE job = 'partman_handback'")
-                       .format(sql.Identifier(config.state_schema))).fetchall()
+    who = conn.execute(
+        sql.SQL("SELECT summary->>'who' FROM {}.runs WHERE job = 'partman_handback'").format(
+            sql.Identifier(config.state_schema)
+        )
+    ).fetchall()
     assert who == [("bob",)] * 4
-    assert all("DUAL MANAGER" in line and "handback" in line for line in partman.status(conn, config) if line.startswith("app."))
+    assert all(
+        "DUAL MANAGER" in line and "handback" in line
+        for line in partman.status(conn, config)
+        if line.startswith("app.")
+    )
 
 
 def test_handback_without_a_recorded_handover_changes_nothing(conn, config):
@@ -231,8 +266,13 @@ def test_split_partman_premakes_pgmaint_only_migrates(conn, imported):
 
 def test_cli_import_and_handover(partman_db, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(REPO / "scripts" / "pgmaint-partman"), "import", partman_db, "--tables", "app.request_log",
-                          "app.by_id"], capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "pgmaint-partman"), "import", partman_db, "--tables", "app.request_log", "app.by_id"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert out.returncode == 1, out.stderr  # one table could not be imported
     assert "NOT IMPORTED app.by_id: id-based partitioning" in out.stderr
     assert f"timezone {ZONE}:" in out.stderr
@@ -243,13 +283,33 @@ def test_cli_import_and_handover(partman_db, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with connect(partman_db) as c:
         c.execute("UPDATE partman.part_config SET automatic_maintenance = 'on'")
-    for command, expected in (("handover", "app.request_log: handed_over"), ("status", "pgmaint (handed over)"),
-                              ("handback", "app.request_log: handed_back"), ("status", "DUAL MANAGER")):
-        out = subprocess.run([str(REPO / "scripts" / "pgmaint-partman"), command, partman_db, "--config", str(path),
-                              *(["--who", "erin"] if command != "status" else [])],
-                             capture_output=True, text=True, timeout=120, env=env)
+    for command, expected in (
+        ("handover", "app.request_log: handed_over"),
+        ("status", "pgmaint (handed over)"),
+        ("handback", "app.request_log: handed_back"),
+        ("status", "DUAL MANAGER"),
+    ):
+        out = subprocess.run(
+            [
+                str(REPO / "scripts" / "pgmaint-partman"),
+                command,
+                partman_db,
+                "--config",
+                str(path),
+                *(["--who", "erin"] if command != "status" else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert expected in out.stdout, out.stdout
-    bad = subprocess.run([str(REPO / "scripts" / "pgmaint-partman"), "import", partman_db, "--tables", "app.nope"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    bad = subprocess.run(
+        [str(REPO / "scripts" / "pgmaint-partman"), "import", partman_db, "--tables", "app.nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert bad.returncode == 2 and "not in partman.part_config: app.nope" in bad.stderr

@@ -55,7 +55,9 @@ def test_unknown_job_is_a_clear_error(cron_conn, jobs, pg15_state_schema, make_c
 def test_extension_absent_is_a_clear_error(target, scratch_schema, make_config):
     """The embedded PostgreSQL 16 has no pg_cron: runs anywhere."""
     cfg = make_config(scratch_schema, [{"name": "cron", "kind": "pg_cron", "jobs": ["nightly"]}])
-    with pytest.raises(ServiceError, match=r"the pg_cron extension is not installed in database 'pgmaint_test_\d+'.*cron.database_name"):
+    with pytest.raises(
+        ServiceError, match=r"the pg_cron extension is not installed in database 'pgmaint_test_\d+'.*cron.database_name"
+    ):
         make_adapter(cfg.services[0], cfg, target).status()
     with pytest.raises(ServicePauseError, match="pg_cron extension is not installed"):
         pause_services(target, cfg, ["cron"], **RUN)

@@ -19,8 +19,12 @@ def parents(partman_conn):
     names = []
     for table in ("events", "deltas"):
         parent = sql.Identifier(schema, table)
-        partman_conn.execute(sql.SQL("CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)").format(parent))
-        partman_conn.execute("SELECT partman.create_parent(%s, 'ts', 'native', 'daily', p_premake := 2)", [f"{schema}.{table}"])
+        partman_conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)").format(parent)
+        )
+        partman_conn.execute(
+            "SELECT partman.create_parent(%s, 'ts', 'native', 'daily', p_premake := 2)", [f"{schema}.{table}"]
+        )
         names.append(f"{schema}.{table}")
     yield names
     partman_conn.execute("DELETE FROM partman.part_config WHERE parent_table = ANY(%s)", [names])
@@ -28,12 +32,17 @@ def parents(partman_conn):
 
 
 def automatic(conn, names: list[str]) -> dict[str, str]:
-    return dict(conn.execute("SELECT parent_table, automatic_maintenance FROM partman.part_config WHERE parent_table = ANY(%s)",
-                             [names]).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT parent_table, automatic_maintenance FROM partman.part_config WHERE parent_table = ANY(%s)", [names]
+        ).fetchall()
+    )
 
 
 def config_for(make_config, state_schema: str, tables_: list[str], **service):
-    tables = [{"name": p, "partition_key": "ts", "interval": "1 day", "premake": 2, "writers": ["partman"]} for p in tables_]
+    tables = [
+        {"name": p, "partition_key": "ts", "interval": "1 day", "premake": 2, "writers": ["partman"]} for p in tables_
+    ]
     return make_config(state_schema, [{"name": "partman", "kind": "pg_partman", **service}], tables)
 
 
@@ -41,7 +50,9 @@ def partitions(conn, parent: str) -> int:
     return conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass", [parent]).fetchone()[0]
 
 
-def test_pause_switches_off_maintenance_for_the_writers_tables_and_resume_restores(partman_conn, parents, pg15_state_schema, make_config):
+def test_pause_switches_off_maintenance_for_the_writers_tables_and_resume_restores(
+    partman_conn, parents, pg15_state_schema, make_config
+):
     cfg = config_for(make_config, pg15_state_schema, parents)  # parents: the tables naming the service in writers
     report = pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert report.held == ["partman"]
@@ -66,7 +77,9 @@ def test_pause_switches_off_maintenance_for_the_writers_tables_and_resume_restor
 
 def test_parent_switched_off_by_hand_stays_off(partman_conn, parents, pg15_state_schema, make_config):
     events, deltas = parents
-    partman_conn.execute("UPDATE partman.part_config SET automatic_maintenance = 'off' WHERE parent_table = %s", [deltas])
+    partman_conn.execute(
+        "UPDATE partman.part_config SET automatic_maintenance = 'off' WHERE parent_table = %s", [deltas]
+    )
     cfg = config_for(make_config, pg15_state_schema, parents)
     pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert automatic(partman_conn, parents) == {events: "off", deltas: "off"}
@@ -75,7 +88,9 @@ def test_parent_switched_off_by_hand_stays_off(partman_conn, parents, pg15_state
 
 
 def test_all_parents_off_by_hand_is_paused_by_someone_else(partman_conn, parents, pg15_state_schema, make_config):
-    partman_conn.execute("UPDATE partman.part_config SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s)", [parents])
+    partman_conn.execute(
+        "UPDATE partman.part_config SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s)", [parents]
+    )
     cfg = config_for(make_config, pg15_state_schema, parents)
     report = pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert report.held == [] and [o.service for o in report.left_alone] == ["partman"]
@@ -94,7 +109,9 @@ def test_explicit_parents(partman_conn, parents, pg15_state_schema, make_config)
 
 def test_parent_not_managed_by_pg_partman_is_a_clear_error(partman_conn, parents, pg15_state_schema, make_config):
     cfg = config_for(make_config, pg15_state_schema, parents, parents=[parents[0], "public.not_partman"])
-    with pytest.raises(ServicePauseError, match=r"not managed by pg_partman \(no row in part_config\): public.not_partman"):
+    with pytest.raises(
+        ServicePauseError, match=r"not managed by pg_partman \(no row in part_config\): public.not_partman"
+    ):
         pause_services(partman_conn, cfg, ["partman"], **RUN)
     assert automatic(partman_conn, parents) == dict.fromkeys(parents, "on")  # nothing was changed
 

@@ -36,20 +36,31 @@ def _healthy(conn, config) -> None:
     assert result.outcome == "success", result
 
 
-def test_a_watchdog_run_on_a_healthy_database_sends_nothing(pg_dsn, scratch_schema, notify_connections, webhooks,
-                                                            mailbox, clock):
+def test_a_watchdog_run_on_a_healthy_database_sends_nothing(
+    pg_dsn, scratch_schema, notify_connections, webhooks, mailbox, clock
+):
     config = _config(scratch_schema, [table_entry(scratch_schema, "events")], escalation_block(notify_connections))
     with connect(pg_dsn) as conn:
         make_table(conn, scratch_schema, "events", days=range(-40, 1), anchor=wall_today())
-        conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT now() - g * interval '1 hour', 'x' "
-                             "FROM generate_series(0, 48) g").format(sql.Identifier(scratch_schema, "events")))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (ts, payload) SELECT now() - g * interval '1 hour', 'x' FROM generate_series(0, 48) g"
+            ).format(sql.Identifier(scratch_schema, "events"))
+        )
         _healthy(conn, config)
 
     results, ev = watch(pg_dsn, config, settings_for(config), clock=clock, spill=MemoryStore())
 
     assert results.conditions == [], [c.message for c in results.conditions]
-    assert {"canary", "connections", "lock_waits", "leases", f"runway:{scratch_schema}.events",
-            f"cadence:{scratch_schema}.events", f"default_rows:{scratch_schema}.events"} <= set(results.scope)
+    assert {
+        "canary",
+        "connections",
+        "lock_waits",
+        "leases",
+        f"runway:{scratch_schema}.events",
+        f"cadence:{scratch_schema}.events",
+        f"default_rows:{scratch_schema}.events",
+    } <= set(results.scope)
     assert ev.persisted and ev.notifications == [] and ev.active == {}
     assert webhooks.requests == [] and list(mailbox) == []
 
@@ -66,16 +77,26 @@ def test_seeded_problems_are_found_per_table(pg_dsn, scratch_schema):
             # Day -31 is left out: it ends exactly 30 days before today's midnight, so whether it counts as
             # expired depends on the hour (expiry also waits a cadence grace).
             make_table(conn, scratch_schema, name, days=[*range(-40, -31), *range(-30, -2)], anchor=wall_today())
-            conn.execute(sql.SQL("INSERT INTO {} (ts, payload) SELECT greatest(now() - g * interval '1 minute', "
-                                 "date_trunc('day', now(), 'UTC')), 'late' FROM generate_series(0, 9) g").format(sql.Identifier(scratch_schema, name)))
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (ts, payload) SELECT greatest(now() - g * interval '1 minute', "
+                    "date_trunc('day', now(), 'UTC')), 'late' FROM generate_series(0, 9) g"
+                ).format(sql.Identifier(scratch_schema, name))
+            )
         result = check_tables(conn, config, settings_for(config))
 
     found = {c.key: c for c in result.conditions}
     t = f"{scratch_schema}.broken"
-    assert set(found) == {f"runway:{t}", f"default_rows:{t}", f"expired_attached:{t}",
-                          f"runway:{scratch_schema}.auto", f"default_rows:{scratch_schema}.auto",
-                          f"expired_attached:{scratch_schema}.auto",
-                          f"gaps:{t}", f"gaps:{scratch_schema}.auto"}  # the last two days have no partition either
+    assert set(found) == {
+        f"runway:{t}",
+        f"default_rows:{t}",
+        f"expired_attached:{t}",
+        f"runway:{scratch_schema}.auto",
+        f"default_rows:{scratch_schema}.auto",
+        f"expired_attached:{scratch_schema}.auto",
+        f"gaps:{t}",
+        f"gaps:{scratch_schema}.auto",
+    }  # the last two days have no partition either
     runway = found[f"runway:{t}"]
     assert runway.severity == "critical" and "no partition for the current 1 day interval" in runway.message
     rows = found[f"default_rows:{t}"]
@@ -92,17 +113,27 @@ def test_missed_cadence_is_reported_from_the_journal(pg_dsn, scratch_schema):
         make_table(conn, scratch_schema, "events", days=range(-2, 1), anchor=wall_today())
         _healthy(conn, config)
         s = sql.Identifier(scratch_schema)
-        conn.execute(sql.SQL("UPDATE {}.runs SET started_at = now() - interval '2 hours', "
-                             "finished_at = now() - interval '2 hours'").format(s))
+        conn.execute(
+            sql.SQL(
+                "UPDATE {}.runs SET started_at = now() - interval '2 hours', finished_at = now() - interval '2 hours'"
+            ).format(s)
+        )
         conn.execute(sql.SQL("UPDATE {}.schema_version SET applied_at = now() - interval '1 day'").format(s))
-        conn.execute(sql.SQL("INSERT INTO {}.runs (job, table_name, outcome, finished_at, error) "
-                             "VALUES ('maintenance', %s, 'failed', now(), 'LockBudgetExhausted: gave up')").format(s),
-                     [f"{scratch_schema}.events"])
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.runs (job, table_name, outcome, finished_at, error) "
+                "VALUES ('maintenance', %s, 'failed', now(), 'LockBudgetExhausted: gave up')"
+            ).format(s),
+            [f"{scratch_schema}.events"],
+        )
         result = check_tables(conn, config, settings_for(config))
 
     [cadence] = [c for c in result.conditions if c.key.startswith("cadence:")]
     assert "missed its cadence: last successful partition_maintenance 2 h 00 min ago" in cadence.message
-    assert "alert after 45 min" in cadence.message and "latest run: failed: LockBudgetExhausted: gave up" in cadence.message
+    assert (
+        "alert after 45 min" in cadence.message
+        and "latest run: failed: LockBudgetExhausted: gave up" in cadence.message
+    )
 
 
 def _wait_until(predicate, timeout: float = 10.0) -> None:
@@ -114,10 +145,12 @@ def _wait_until(predicate, timeout: float = 10.0) -> None:
 
 
 def test_a_lock_held_on_a_managed_table_is_reported_with_the_blocker_pid_and_query(
-        pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, clock):
+    pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, clock
+):
     """The incident: a session holds a lock, DDL queues behind it, and every reader queues behind the DDL."""
-    escalation = escalation_block(notify_connections, lock_wait_seconds=1, long_transaction_seconds=1,
-                                  canary_timeout_ms=500)
+    escalation = escalation_block(
+        notify_connections, lock_wait_seconds=1, long_transaction_seconds=1, canary_timeout_ms=500
+    )
     config = _config(scratch_schema, [table_entry(scratch_schema, "events")], escalation)
     table = f"{scratch_schema}.events"
     with connect(pg_dsn) as conn:
@@ -135,16 +168,24 @@ def test_a_lock_held_on_a_managed_table_is_reported_with_the_blocker_pid_and_que
         def alter():
             try:
                 ddl.execute("SET lock_timeout = '20s'")
-                ddl.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(sql.Identifier(scratch_schema, "events")))
+                ddl.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(sql.Identifier(scratch_schema, "events"))
+                )
             except psycopg.Error:
                 pass
             finally:
                 done.set()
 
         threading.Thread(target=alter, daemon=True).start()
-        _wait_until(lambda: pg_conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted AND waitstart < clock_timestamp() - interval '1.2 s'",
-            [ddl_pid]).fetchone()[0] == 1)
+        _wait_until(
+            lambda: (
+                pg_conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted AND waitstart < clock_timestamp() - interval '1.2 s'",
+                    [ddl_pid],
+                ).fetchone()[0]
+                == 1
+            )
+        )
 
         results, ev = watch(pg_dsn, config, settings_for(config), clock=clock, spill=MemoryStore())
     finally:
@@ -213,7 +254,8 @@ def test_the_canary_fails_against_a_stopped_database_and_pages(notify_connection
         assert spill.load() == {}
         with connect(dsn) as conn:
             [(first_seen, resolved_at)] = conn.execute(
-                "SELECT first_seen, resolved_at FROM pgmaint.conditions WHERE key = 'canary'").fetchall()
+                "SELECT first_seen, resolved_at FROM pgmaint.conditions WHERE key = 'canary'"
+            ).fetchall()
         assert resolved_at - first_seen == timedelta(minutes=10)
     finally:
         devdb.stop_server(pgdata, delete=True)
@@ -223,17 +265,27 @@ def test_expired_service_leases_are_resumed_and_reported(pg_dsn, scratch_schema)
     from include.pgmaint.services import pause_services
     from include.pgmaint.watchdog import check_leases
 
-    config = parse_config({"state_schema": scratch_schema, "tables": [table_entry(scratch_schema, "events",
-                                                                                   writers=["request_logging"])],
-                           "services": [{"name": "request_logging", "kind": "flag", "lease_minutes": 1}]})
+    config = parse_config(
+        {
+            "state_schema": scratch_schema,
+            "tables": [table_entry(scratch_schema, "events", writers=["request_logging"])],
+            "services": [{"name": "request_logging", "kind": "flag", "lease_minutes": 1}],
+        }
+    )
     with connect(pg_dsn) as conn:
         ensure_state_schema(conn, scratch_schema)
         assert check_leases(conn, config).conditions == []
         pause_services(conn, config, ["request_logging"], dag_id="default_partition_migration", run_id="manual__dead")
-        conn.execute(sql.SQL("UPDATE {}.service_leases SET lease_until = now() - interval '1 minute'").format(
-            sql.Identifier(scratch_schema)))  # the run died; its lease ran out
+        conn.execute(
+            sql.SQL("UPDATE {}.service_leases SET lease_until = now() - interval '1 minute'").format(
+                sql.Identifier(scratch_schema)
+            )
+        )  # the run died; its lease ran out
 
         [cond] = check_leases(conn, config).conditions
         assert cond.key == "leases" and cond.severity == "warning"
-        assert "request_logging [flag]: resumed" in cond.message and "default_partition_migration/manual__dead" in cond.message
+        assert (
+            "request_logging [flag]: resumed" in cond.message
+            and "default_partition_migration/manual__dead" in cond.message
+        )
         assert check_leases(conn, config).conditions == []  # given back: the condition clears
