@@ -197,13 +197,16 @@ def test_error_message_reads_both_exception_info_shapes():
 
 
 def test_importing_the_gate_modules_does_not_import_great_expectations():
-    """DAG files import these at parse time; GX (~3 s, ~250 MB) must only load inside a task."""
+    """GX (~3 s, ~250 MB) loads only when a gate runs: the engine's gate modules import neither GX nor
+    Airflow, and the gate task's module (imported inside the task) adds Airflow but not GX."""
     probe = (
         "import sys\n"
         "import include.pgmaint.quality, include.pgmaint.quality.suites, include.pgmaint.quality.facts\n"
-        "import include.pgmaint.airflow.quality\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('great_expectations', 'airflow', 'sqlalchemy')]\n"
         "assert not heavy, heavy[:5]\n"
+        "import include.pgmaint.airflow.quality\n"
+        "gx = [m for m in sys.modules if m.split('.')[0] == 'great_expectations']\n"
+        "assert not gx, gx[:5]\n"
         "print('ok')\n"
     )
     out = subprocess.run(
