@@ -150,9 +150,8 @@ def test_scripts_airflow_dags_list_on_a_fresh_metadata_db_lists_the_dags(tmp_pat
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__DATABASE__")}
-    env.update(
-        PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused"
-    )  # dags list never connects to it
+    # dags list never connects to it
+    env.update(PGMAINT_AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW_CONN_PGMAINT_TARGET="postgresql://nobody@/unused")
     command = [str(REPO / "scripts" / "airflow"), "dags", "list", "-o", "plain"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr

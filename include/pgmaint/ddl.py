@@ -43,9 +43,8 @@ BOUND_CHECK = "pgmaint_bound"
 
 def bound_text(moment: datetime, key_type: str, tz: str) -> str:
     """A bound value written in the key's own type, so PostgreSQL stores exactly this instant."""
-    wall = moment.astimezone(
-        timezone.utc
-    )  # date / timestamp ranges are kept on their wall clock as UTC (plan.timeline)
+    # date / timestamp ranges are kept on their wall clock as UTC (plan.timeline)
+    wall = moment.astimezone(timezone.utc)
     if key_type == "timestamp with time zone":
         return wall.strftime("%Y-%m-%d %H:%M:%S+00")
     if key_type == "date":

@@ -451,9 +451,8 @@ class _Run:
         if current is None:
             if facts.default is None:
                 return
-            privileges.require(
-                conn, self.config, cfg, "migration"
-            )  # before the survey reads the DEFAULT, and anything is built
+            # before the survey reads the DEFAULT, and anything is built
+            privileges.require(conn, self.config, cfg, "migration")
             plan = _survey_and_plan(conn, self.config, cfg, facts, now, move_out_of_window, self.result)
             if not plan.move:
                 return
@@ -724,9 +723,8 @@ class _Run:
     def wait_for_old_snapshots(self, mid: int) -> bool:
         """REPEATABLE READ / SERIALIZABLE transactions whose snapshot predates the last copy batch cannot see the copies:
         after the swap they would find the moved intervals empty. Wait for them to end (bounded), else stop here."""
-        require_session_visibility(
-            self.conn
-        )  # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
+        # other roles' backend_xmin / xact_start are NULL without pg_read_all_stats
+        require_session_visibility(self.conn)
         limit = min(self.deadline, time.monotonic() + self.snapshot_wait)
         while True:
             old = self.conn.execute(

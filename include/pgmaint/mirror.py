@@ -42,10 +42,11 @@ from include.pgmaint.plan import CreatePartition, fit_identifier, timeline
 
 MIRROR_TRIGGER = "pgmaint_mirror"
 MIRROR_TRUNCATE_TRIGGER = "pgmaint_mirror_truncate"  # counts a TRUNCATE of the DEFAULT as a write
+# on the detached old DEFAULT until it is dropped
 READ_ONLY_TRIGGERS = (
     "pgmaint_read_only",
     "pgmaint_read_only_truncate",
-)  # on the detached old DEFAULT until it is dropped
+)
 NEXT_DEFAULT_CHECK = "pgmaint_excl_next"  # "pgmaint_excl*" on a DEFAULT: maintenance drops it if left behind
 
 

@@ -354,6 +354,7 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
     valid: dict[int, tuple] = {}  # parent oid -> (name, key type, DEFAULT's oid, partitions, default)
     relations: dict[int, tuple[str, tuple[str, str]]] = {}
     for name, oid, relkind, schema, table, strategy, key_count, key_column, key_type, default_oid in parents:
+        # the parent's checks only; partitions below
         row = (
             name,
             oid is not None,
@@ -370,7 +371,7 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
             None,
             None,
             (),
-        )  # the parent's checks only; partitions below
+        )
         facts[name] = catalog_facts(by_name[name], row, tz)
         if isinstance(facts[name], TableFacts):
             valid[oid] = (name, key_type, default_oid, [], [])

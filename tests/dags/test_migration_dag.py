@@ -142,9 +142,8 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(
         swapped = migrate_table(conn, pg_dsn, config, config.tables[0], finish=False)  # moved, not cleaned up
         assert swapped.outcome == "swapped"
         old = sql.Identifier(scratch_schema, "ev_default_pgmaint_old")
-        conn.execute(
-            sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old)
-        )  # its guard, tampered with
+        # its guard, tampered with
+        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_read_only").format(old))
         conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = (SELECT min(ctid) FROM {})").format(old, old))
     path = tmp_path / "pgmaint.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -170,9 +170,8 @@ def test_dag_run_maintains_every_table(airflow_db, pg_dsn, scratch_schema, dag_c
 
 def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, scratch_schema, dag_config):
     with connect(pg_dsn) as conn:
-        make_table(
-            conn, scratch_schema, "good", days=range(-30, 0), anchor=wall_today()
-        )  # the retention window is complete
+        # the retention window is complete
+        make_table(conn, scratch_schema, "good", days=range(-30, 0), anchor=wall_today())
     dag_config([_entry(scratch_schema, "missing"), _entry(scratch_schema, "good")])
     dag = _dagbag().dags["partition_maintenance"]
 
@@ -184,9 +183,8 @@ def test_one_failing_table_fails_the_run_but_not_the_others(airflow_db, pg_dsn, 
     assert states["table.retire[0]"] == "upstream_failed" and states["table.retire[1]"] == "success"
     assert states["summarize"] == "failed"
     with connect(pg_dsn) as conn:
-        assert (
-            len([n for n in partitions(conn, scratch_schema, "good") if n.startswith("good_p")]) == 3
-        )  # despite the other failure
+        # despite the other failure
+        assert len([n for n in partitions(conn, scratch_schema, "good") if n.startswith("good_p")]) == 3
 
 
 def test_tables_param_limits_the_run_and_rejects_unknown_names(airflow_db, pg_dsn, scratch_schema, dag_config):
@@ -380,9 +378,8 @@ def test_only_the_tables_with_work_are_mapped_and_each_retire_is_gated(airflow_d
         for n in ("h0", "h1", "h2"):
             _healthy(conn, scratch_schema, n)
         make_table(conn, scratch_schema, "runway", days=range(-30, 0), anchor=wall_today())  # no partition for today
-        make_table(
-            conn, scratch_schema, "expired", days=range(-33, 3), anchor=wall_today()
-        )  # three days past retention
+        # three days past retention
+        make_table(conn, scratch_schema, "expired", days=range(-33, 3), anchor=wall_today())
     dag_config([_entry(scratch_schema, n) for n in ("h0", "runway", "h1", "expired", "h2")])
 
     run = _dagbag().dags["partition_maintenance"].test()
@@ -443,9 +440,8 @@ def test_two_targets_one_down_the_other_is_maintained_and_the_run_names_the_down
     from airflow.models.pool import Pool
 
     with connect(pg_dsn) as conn:
-        make_table(
-            conn, scratch_schema, "ev", days=range(-33, 0), anchor=wall_today()
-        )  # runway missing and three expired
+        # runway missing and three expired
+        make_table(conn, scratch_schema, "ev", days=range(-33, 0), anchor=wall_today())
         _healthy(conn, scratch_schema, "calm")
     monkeypatch.setenv(
         "AIRFLOW_CONN_PGMAINT_DOWN",

@@ -265,9 +265,8 @@ def utc(*a) -> datetime:
 
 
 def test_alignment_depends_on_the_zone():
-    new_york_days = _facts(
-        [(utc(2024, 3, 9, 5), utc(2024, 3, 10, 5)), (utc(2024, 3, 10, 5), utc(2024, 3, 11, 4))]
-    )  # DST starts
+    # DST starts
+    new_york_days = _facts([(utc(2024, 3, 9, 5), utc(2024, 3, 10, 5)), (utc(2024, 3, 10, 5), utc(2024, 3, 11, 4))])
     assert misaligned(new_york_days, "1 day", "America/New_York") == []
     assert len(misaligned(new_york_days, "1 day", "UTC")) == 2
     wall = _facts([(utc(2024, 3, 1), utc(2024, 4, 1))], key_type="date")

@@ -192,10 +192,11 @@ def test_a_critical_condition_pages_at_once(pg_dsn, scratch_schema, notify_conne
 def test_a_page_nobody_received_is_sent_again(
     pg_dsn, pg_conn, scratch_schema, notify_connections, webhooks, clock, monkeypatch
 ):
+    # nothing listens there
     monkeypatch.setenv(
         "AIRFLOW_CONN_PGMAINT_PAGERDUTY",
         json.dumps({"conn_type": "pagerduty_events", "host": "http://127.0.0.1:9", "password": "k"}),
-    )  # nothing listens there
+    )
     config = _config(scratch_schema, escalation_block(notify_connections, notify=[]))
     cond = Condition("canary", "critical", "canary: cannot connect")
 

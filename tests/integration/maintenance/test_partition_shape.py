@@ -314,9 +314,8 @@ def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_sc
             [f'"{scratch_schema}"."ev"'],
         ).fetchone()[0]
         raise _Rollback
-    assert (
-        held == [("ev_p20261126", "AccessExclusiveLock")] and on_parent == 0
-    )  # (the dropped sequence is no longer in pg_class)
+    # (the dropped sequence is no longer in pg_class)
+    assert held == [("ev_p20261126", "AccessExclusiveLock")] and on_parent == 0
 
     [result] = run_maintenance(conn, cfg, now=NOW)
 
@@ -344,6 +343,7 @@ def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_sc
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(parent)).fetchone()[0] == 7
     [again] = run_maintenance(conn, cfg, now=NOW)
     assert again.outcome == "success" and not again.errors
+    # nothing left to repair
     assert (
         conn.execute(
             sql.SQL("SELECT count(*) FROM {}.steps WHERE action = 'drop_partition_identity'").format(
@@ -351,7 +351,7 @@ def test_identity_sequences_copied_onto_partitions_are_repaired(conn, scratch_sc
             )
         ).fetchone()[0]
         == 2
-    )  # nothing left to repair
+    )
 
 
 class _Rollback(Exception):

@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parents[3]
 def seed(conn, schema: str, rows: int, days: int = 10) -> None:
     """A table whose partitions stopped `days` days ago: everything since sits in the DEFAULT."""
     make_table(conn, schema, "ev", days=range(-days - 3, -days), anchor=wall_today())
+    # days + 1 intervals, today included
     start, end = (
         wall_today() - timedelta(days=days),
         wall_now() - timedelta(seconds=1),
-    )  # days + 1 intervals, today included
+    )
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + (g::float8 / %s) * (%s::timestamptz - %s::timestamptz), "
@@ -373,9 +374,8 @@ def test_time_box_stops_cleanly_and_the_next_run_resumes(conn, pg_dsn, scratch_s
         == 11
     )
     second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=50_000)
-    assert (
-        second.outcome == "success" and second.rows_moved == 20_002
-    )  # every row of the DEFAULT, out-of-window ones too
+    # every row of the DEFAULT, out-of-window ones too
+    assert second.outcome == "success" and second.rows_moved == 20_002
     assert fingerprint(conn, scratch_schema) == before
 
 

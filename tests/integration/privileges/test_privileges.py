@@ -125,9 +125,8 @@ def test_dry_runs_report_every_missing_privilege_at_once_and_write_nothing(pg_ds
     seed(pg_conn, scratch_schema, maint)
     cfg = config_for(state, [table_entry(scratch_schema, "req")])
     expected = expected_fixes(pg_conn, scratch_schema, maint, state, create_on_database=True)
-    assert (
-        len(expected) == 1 + 42 + 1 + 1
-    )  # CREATE on the schema, 41 partitions + the DEFAULT, the state schema, pg_monitor
+    # CREATE on the schema, 41 partitions + the DEFAULT, the state schema, pg_monitor
+    assert len(expected) == 1 + 42 + 1 + 1
     before = snapshot(pg_conn)
 
     with connect(make_conninfo(pg_dsn, user=maint)) as conn:
@@ -185,9 +184,10 @@ def test_the_migration_dry_run_dag_as_a_role_lacking_privileges_writes_nothing(
 
     state = f"{scratch_schema}_state"
     seed(pg_conn, scratch_schema, maint)
+    # as the newcomer's role had
     pg_conn.execute(
         sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(pg_conn.info.dbname), sql.Identifier(maint))
-    )  # as the newcomer's role had
+    )
     pg_conn.execute(sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(sql.Identifier(maint)))
     path = tmp_path / "pgmaint.yaml"
     path.write_text(

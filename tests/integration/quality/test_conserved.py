@@ -248,10 +248,11 @@ def test_the_sql_evaluator_reaches_the_verdicts_great_expectations_reaches(conn,
         ),
         [bucket],
     )
+    # the seeded expired row stayed in the DEFAULT
     expired = (
         wall_now() - timedelta(days=50),
         wall_now() - timedelta(days=40),
-    )  # the seeded expired row stayed in the DEFAULT
+    )
     gx, direct = both(ranges=[expired])
     assert not gx.success and len(gx.failures) == 2 and _verdicts(gx) == _verdicts(direct)
 

@@ -67,6 +67,7 @@ def test_a_gap_before_the_window_is_not_contiguitys_business(conn, pg_dsn, scrat
         "ev_ancient",
     )
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(scratch_schema, "ev_p20261028")))
+    # [10-28 12:00, 10-29): covers the cutoff
     add_partition(
         conn,
         scratch_schema,
@@ -74,7 +75,7 @@ def test_a_gap_before_the_window_is_not_contiguitys_business(conn, pg_dsn, scrat
         NOW.replace(hour=0) - timedelta(days=3) + timedelta(hours=12),
         NOW.replace(hour=0) - timedelta(days=2),
         "ev_half",
-    )  # [10-28 12:00, 10-29): covers the cutoff
+    )
 
     result = gate(pg_dsn, cfg, ["contiguity"])
 
@@ -99,6 +100,7 @@ def test_a_missing_future_partition_fails_runway_but_leaves_no_gap(conn, pg_dsn,
 
 def test_an_expired_partition_left_attached_fails_retention(conn, pg_dsn, scratch_schema):
     cfg = healthy_table(conn, scratch_schema)
+    # [10-27, 10-28): ends before the cutoff 10-28 15:00
     add_partition(
         conn,
         scratch_schema,
@@ -106,7 +108,7 @@ def test_an_expired_partition_left_attached_fails_retention(conn, pg_dsn, scratc
         NOW.replace(hour=0) - timedelta(days=4),
         NOW.replace(hour=0) - timedelta(days=3),
         "ev_p20261027",
-    )  # [10-27, 10-28): ends before the cutoff 10-28 15:00
+    )
 
     result = gate(pg_dsn, cfg, ["retention", "contiguity"])
 

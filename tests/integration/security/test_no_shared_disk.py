@@ -147,9 +147,8 @@ def test_no_task_reads_a_file_another_task_wrote_and_none_writes_outside_the_log
     if os.environ.get("PGMAINT_DUMP_OPENS"):
         Path(os.environ["PGMAINT_DUMP_OPENS"]).write_text("\n".join(map(repr, events)))
     tasks = {task for task, _, _ in events}
-    assert {"default_partition_migration.migrate", "partition_maintenance.table.retire[0]"} <= tasks, (
-        tasks
-    )  # it watched
+    # it watched
+    assert {"default_partition_migration.migrate", "partition_maintenance.table.retire[0]"} <= tasks, tasks
     logs_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     assert violations(events, logs_dir) == []
 

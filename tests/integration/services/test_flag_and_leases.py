@@ -273,9 +273,8 @@ def test_failed_resume_keeps_the_lease_for_the_watchdog(target, scratch_schema, 
 
 def test_resume_restores_what_was_paused_even_if_the_config_changed(target, scratch_schema, make_config, cfg):
     pause_services(target, cfg, ["request_logging", "sync_pipeline"], **RUN)
-    changed = make_config(
-        scratch_schema, [{"name": "request_logging", "kind": "flag", "flag": "renamed"}]
-    )  # sync_pipeline gone
+    # sync_pipeline gone
+    changed = make_config(scratch_schema, [{"name": "request_logging", "kind": "flag", "flag": "renamed"}])
     outcomes = resume_services(target, changed, **RUN)
     assert [(o.service, o.action) for o in outcomes] == [("request_logging", "resumed"), ("sync_pipeline", "resumed")]
     assert flags(target, scratch_schema) == {"sync": True, "request_logging": True}
@@ -344,10 +343,11 @@ def test_worker_dies_mid_pause_the_retry_finishes_it_and_resume_restores(target,
     assert out.returncode == 9, out.stderr[-2000:]
     cfg = make_config(scratch_schema, [{"name": "request_logging", "kind": "flag"}])
     [lease] = live_leases(target, cfg)
+    # intent and snapshot recorded first
     assert (lease["state"], lease["previous_state"]) == (
         "pausing",
         {"enabled": True},
-    )  # intent and snapshot recorded first
+    )
     assert enabled(target, scratch_schema, "request_logging") is True
 
     report = pause_services(target, cfg, ["request_logging"], **RUN)  # Airflow retries the task
@@ -362,7 +362,6 @@ def test_min_lease_minutes_lengthens_short_leases(target, cfg):
     pause_services(target, cfg, ["request_logging", "sync_pipeline"], **RUN, min_lease_minutes=90)
     lengths = {lease["service"]: lease["lease_until"] - lease["paused_at"] for lease in live_leases(target, cfg)}
     assert lengths["sync_pipeline"] == pytest.approx(timedelta(minutes=90), abs=timedelta(seconds=5))  # configured 5
-    assert lengths["request_logging"] == pytest.approx(
-        timedelta(minutes=120), abs=timedelta(seconds=5)
-    )  # already longer
+    # already longer
+    assert lengths["request_logging"] == pytest.approx(timedelta(minutes=120), abs=timedelta(seconds=5))
     resume_services(target, cfg, **RUN)

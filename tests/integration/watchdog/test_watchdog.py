@@ -276,11 +276,12 @@ def test_expired_service_leases_are_resumed_and_reported(pg_dsn, scratch_schema)
         ensure_state_schema(conn, scratch_schema)
         assert check_leases(conn, config).conditions == []
         pause_services(conn, config, ["request_logging"], dag_id="default_partition_migration", run_id="manual__dead")
+        # the run died; its lease ran out
         conn.execute(
             sql.SQL("UPDATE {}.service_leases SET lease_until = now() - interval '1 minute'").format(
                 sql.Identifier(scratch_schema)
             )
-        )  # the run died; its lease ran out
+        )
 
         [cond] = check_leases(conn, config).conditions
         assert cond.key == "leases" and cond.severity == "warning"
