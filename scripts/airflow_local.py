@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -205,8 +206,23 @@ class Deployment:
         with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=5) as r:
             return json.loads(r.read())
 
+    def workers_ready(self) -> list[str]:
+        """The Celery workers that have not yet said "<name>@<host> ready." (they consume tasks only after)."""
+        return [
+            f"worker{i}"
+            for i in range(1, self.celery_workers + 1)
+            if not re.search(rf"worker{i}@\S+ ready\.", self._log_text(f"worker{i}"))
+        ]
+
+    def _log_text(self, name: str) -> str:
+        try:
+            return (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def wait_healthy(self, timeout: float = 240) -> None:
-        """Until the API server reports the metadata DB, scheduler, DAG processor and triggerer healthy."""
+        """Until the API server reports the metadata DB, scheduler, DAG processor and triggerer healthy, and
+        every Celery worker is consuming (the health endpoint does not cover workers)."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -217,6 +233,7 @@ class Deployment:
             try:
                 h = self.health()
                 bad = [k for k, v in h.items() if isinstance(v, dict) and v.get("status") != "healthy"]
+                bad += self.workers_ready()
                 if not bad:
                     return
                 last = f"not yet healthy: {', '.join(bad)}"

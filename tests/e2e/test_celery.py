@@ -11,6 +11,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.e2e.conftest import e2e_config, free_tcp_port, make_daily_table, start_deployment, table_entry
 
@@ -91,7 +92,30 @@ def _hosts(e2e, dag_id, run_id, task_id):
 
 
 def test_one_maintenance_run_uses_both_workers(ready):
-    run_id, run, states = ready.run_and_wait("partition_maintenance", {"tables": TABLES})
+    # Short tasks may all run one after another on whichever worker is free first. So two tables'
+    # premakes wait (lock budget) behind a SHARE lock held here until both are running: with
+    # concurrency 1 per worker, two tasks running at once are on two workers.
+    blockers = [psycopg.connect(ready.target_dsn) for _ in range(2)]
+    try:
+        for conn, table in zip(blockers, TABLES[:2]):
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(*table.split("."))))
+        run_id = ready.trigger("partition_maintenance", {"tables": TABLES})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = [
+                ti
+                for ti in ready.task_instances("partition_maintenance", run_id)
+                if ti["task_id"] == "table.premake" and ti["state"] == "running"
+            ]
+            if len(running) >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        for conn in blockers:
+            conn.rollback()
+            conn.close()
+    run = ready.wait_run("partition_maintenance", run_id)
+    states = ready.task_states("partition_maintenance", run_id)
     assert run["state"] == "success", states
     # request_migration is skipped: no table here has auto_migrate
     assert {s for t, s in states.items() if not t.startswith("table.request_migration")} == {"success"}, states
