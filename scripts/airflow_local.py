@@ -197,28 +197,26 @@ class Deployment:
         return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        try:
-            return "\n".join((self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        text = self._log_text(name)
+        return "(no log)" if text is None else "\n".join(text.splitlines()[-lines:])
 
     def health(self) -> dict:
         with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=5) as r:
             return json.loads(r.read())
 
-    def workers_ready(self) -> list[str]:
+    def workers_not_ready(self) -> list[str]:
         """The Celery workers that have not yet said "<name>@<host> ready." (they consume tasks only after)."""
         return [
             f"worker{i}"
             for i in range(1, self.celery_workers + 1)
-            if not re.search(rf"worker{i}@\S+ ready\.", self._log_text(f"worker{i}"))
+            if not re.search(rf"worker{i}@\S+ ready\.", self._log_text(f"worker{i}") or "")
         ]
 
-    def _log_text(self, name: str) -> str:
+    def _log_text(self, name: str) -> str | None:
         try:
             return (self.log_dir / f"{name}.log").read_text(errors="replace")
         except FileNotFoundError:
-            return ""
+            return None
 
     def wait_healthy(self, timeout: float = 240) -> None:
         """Until the API server reports the metadata DB, scheduler, DAG processor and triggerer healthy, and
@@ -233,7 +231,7 @@ class Deployment:
             try:
                 h = self.health()
                 bad = [k for k, v in h.items() if isinstance(v, dict) and v.get("status") != "healthy"]
-                bad += self.workers_ready()
+                bad += self.workers_not_ready()
                 if not bad:
                     return
                 last = f"not yet healthy: {', '.join(bad)}"

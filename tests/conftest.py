@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # --- Environment: must happen before anything imports airflow (config is read at import).
@@ -130,11 +129,9 @@ def _drop_database(admin_conninfo: str, dbname: str) -> None:
 def _not_across_midnight():
     """Tests build data around the real today and the database reads now(): a test that began in the
     last seconds of a UTC day would see two days. Such a test waits for the new day first."""
-    from tests.wall_clock import MIDNIGHT_MARGIN, seconds_to_midnight
+    from tests.wall_clock import clear_of_midnight
 
-    left = seconds_to_midnight()
-    if left < MIDNIGHT_MARGIN.total_seconds():
-        time.sleep(left + 1)
+    clear_of_midnight()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ date and the database's now() agree for the test's whole (short) life.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 # A test that starts this close to midnight UTC waits for the new day first.
@@ -26,3 +27,10 @@ def wall_today() -> datetime:
 
 def seconds_to_midnight() -> float:
     return (wall_today() + timedelta(days=1) - wall_now()).total_seconds()
+
+
+def clear_of_midnight(margin: timedelta = MIDNIGHT_MARGIN) -> None:
+    """Return at once, or, when midnight UTC is less than `margin` away, just after it."""
+    left = seconds_to_midnight()
+    if left < margin.total_seconds():
+        time.sleep(left + 1)

@@ -36,7 +36,7 @@ from include.pgmaint.maintenance import run_maintenance
 from tests.conftest import REPO
 from tests.e2e.conftest import e2e_config, make_daily_table, start_deployment, table_entry, utc_today
 from tests.support import announce
-from tests.wall_clock import seconds_to_midnight
+from tests.wall_clock import clear_of_midnight
 
 DAG = "partition_maintenance"
 KEPT, HIST = "public.bf_kept", "public.bf_hist"  # 30 days' retention; kept forever
@@ -109,8 +109,7 @@ def _when(text: str) -> datetime:
 
 def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_one_at_a_time(request, e2e):
     # The runs and the reference must see the same day: keep clear of midnight UTC.
-    if seconds_to_midnight() < 600:
-        time.sleep(seconds_to_midnight() + 1)
+    clear_of_midnight(timedelta(minutes=10))
     today = utc_today()
     _shape(e2e.target_dsn)
     first = today - timedelta(days=BACKFILL_DAYS + 2)

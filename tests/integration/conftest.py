@@ -32,10 +32,3 @@ def conn(pg_dsn):
     """A pgmaint-style connection (autocommit, timeouts) to the test database."""
     with connect(pg_dsn) as c:
         yield c
-
-
-@pytest.fixture(autouse=True)
-def _gx_imported_once(request):
-    """The gate tests import Great Expectations once per session (~3 s), so no single test carries the cost."""
-    if "/quality/" in str(request.node.path):
-        request.getfixturevalue("gx_warm")

@@ -14,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 def conninfo_from_airflow(conn_id: str) -> str:
     """libpq conninfo for an Airflow connection."""
-    c = Connection.get(conn_id)
+    c = airflow_connection(conn_id)
     params: dict[str, Any] = {
         "host": c.host or None,
         "port": c.port or None,

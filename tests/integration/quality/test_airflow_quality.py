@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from include.pgmaint.airflow.quality import DATA_DOCS_ENV, XCOM_KEY_ON_FAILURE, gate_task
 from tests.fixtures.quality import airflow_conn_json, healthy_table, partition_names
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.usefixtures("gx_warm")]  # GX imported once per session
 CONN_ID = "pgmaint_quality_test"
 CHECKS = ["runway", "retention", "contiguity", "default_clean", "not_null_key"]
 

@@ -24,7 +24,7 @@ from tests.fixtures.quality import create_parent
 from tests.integration.helpers import add_partition, config_for, table_entry, table_exists
 from tests.wall_clock import wall_now, wall_today
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.usefixtures("gx_warm")]  # GX imported once per session
 REPO = Path(__file__).resolve().parents[3]
 # Migrations plan around the real clock (their window is "now"): data is built around today.
 AFTER_MIGRATION = ["conserved", "default_clean", "contiguity"]

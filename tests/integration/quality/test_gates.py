@@ -15,7 +15,7 @@ from include.pgmaint.quality import run_gate
 from tests.fixtures.quality import KEY_TYPES, NOW, PREMAKE, healthy_table, partition_names
 from tests.integration.helpers import add_partition, config_for, table_entry
 
-pytestmark = pytest.mark.pg
+pytestmark = [pytest.mark.pg, pytest.mark.usefixtures("gx_warm")]  # GX imported once per session
 CATALOG_CHECKS = ["runway", "retention", "contiguity", "default_clean", "not_null_key"]
 
 

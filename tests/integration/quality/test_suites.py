@@ -27,6 +27,8 @@ from include.pgmaint.quality.suites import (
 )
 from tests.integration.helpers import config_for, table_entry
 
+pytestmark = pytest.mark.usefixtures("gx_warm")  # GX imported once per session
+
 REPO = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 10, 31, 15, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
