@@ -2,14 +2,23 @@
 and prove, at the instant of the swap, that the copies equal the originals.
 
 `Backfill`: each batch is one short transaction — copy a page range of the DEFAULT into the
-shadow parent with `ON CONFLICT DO NOTHING` while holding KEY SHARE row locks on the rows it
-reads, and advance the journal. Inserts never wait for it (a table lock would make every insert
-into the DEFAULT queue behind each batch, and back-to-back batches would starve them); only a
-DELETE or key change of a row in the batch waits for the batch's commit, and then its mirrored
-delete removes the fresh copy. A row updated meanwhile is read in its newest version, and a
-mirrored version always wins over ours through the unique key (`ON CONFLICT DO NOTHING` waits
-for an uncommitted mirrored insert, then yields to it; a mirrored upsert waits for ours, then
-overwrites it). So a copy never overwrites or resurrects an application's change. A batch is
+shadow parent while holding KEY SHARE row locks on the rows it reads, and advance the journal.
+Inserts never wait for it (a table lock would make every insert into the DEFAULT queue behind
+each batch, and back-to-back batches would starve them); only a DELETE or key change of a row in
+the batch waits for the batch's commit, and then its mirrored delete removes the fresh copy. A
+row updated meanwhile is read in its newest version, and a mirrored version always wins over
+ours through the unique key: a batch is a plain INSERT, which fails on a key the mirror already
+wrote (unique violation: the batch rolls back, nothing of it stays) and is then run again with
+`ON CONFLICT DO NOTHING` (which waits for an uncommitted mirrored insert, then yields to it; a
+mirrored upsert waits for ours, then overwrites it), as are the batches after it for a while.
+So a copy never overwrites or resurrects an application's change. The plain INSERT is the usual
+case (writers paused, or not writing to the rows ahead of the copy) and the cheaper one: a
+speculative insertion costs an extra index probe and WAL record per row (measured on 1 M rows:
+6.1-6.9 s with `ON CONFLICT`, 3.5 s without, with asynchronous commit).
+
+A batch commits with `synchronous_commit = off`: its copied rows and its journal advance are one
+transaction, so a server crash loses both or neither, and any later transaction that commits
+durably (an application write, the swap) flushes the WAL before it, batch included. A batch is
 atomic: killed at any point, the next run resumes at the journalled page; the trigger has kept
 mirroring meanwhile.
 
@@ -34,11 +43,18 @@ from include.pgmaint.db import connect
 from include.pgmaint.figures import figures_query
 
 log = logging.getLogger("pgmaint.backfill")
+_ON_CONFLICT = sql.SQL("\n    ON CONFLICT DO NOTHING")
 PROGRESS_EVERY_SECONDS = 10.0
 # A batch holds row locks on the rows it copies: a DELETE or key update of one of them waits for it. Keep it short.
 BATCH_TARGET_SECONDS = 0.05
 BATCH_LOCK_TIMEOUT_MS = 20
 BATCH_STATEMENT_TIMEOUT_MS = 80
+# After a batch met a key the mirror had written, this many batches run with ON CONFLICT DO NOTHING straight away
+# (the application is writing rows ahead of the copy: rolling back plain batches would waste their work).
+GUARDED_BATCHES_AFTER_CONFLICT = 32
+
+
+_CONFLICT = object()  # `Backfill._batch`: an unguarded batch met a key the mirror had written
 
 
 class Backfill:
@@ -67,8 +83,7 @@ class Backfill:
         self.batch_sql = sql.SQL("""
 WITH ins AS (
     INSERT INTO {sp} ({cols}){overriding}
-    SELECT {cols} FROM ONLY {d} WHERE ctid >= {lo}::tid AND ctid < {hi}::tid FOR KEY SHARE
-    ON CONFLICT DO NOTHING
+    SELECT {cols} FROM ONLY {d} WHERE ctid >= {lo}::tid AND ctid < {hi}::tid FOR KEY SHARE{on_conflict}
     RETURNING 1
 )
 UPDATE {state}.migrations
@@ -83,28 +98,34 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
             "d": migration.q(migration.default_name),
             "state": migration.state,
         }
-        self._timeouts = sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
-            sql.Literal(f"{BATCH_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{BATCH_STATEMENT_TIMEOUT_MS}ms")
+        self._timeouts = sql.SQL(
+            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL synchronous_commit = off"
+        ).format(sql.Literal(f"{BATCH_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{BATCH_STATEMENT_TIMEOUT_MS}ms"))
+        self.guarded_batches = (
+            0  # batches still to run with ON CONFLICT DO NOTHING (see GUARDED_BATCHES_AFTER_CONFLICT)
         )
+        self.conflicts = 0
 
-    def statement(self, lo_page: int, hi_page: int) -> sql.Composable:
+    def statement(self, lo_page: int, hi_page: int, *, guarded: bool) -> sql.Composable:
         """The batch copying pages [lo_page, hi_page): every value a literal (the whole transaction goes in one
-        simple-protocol query string)."""
+        simple-protocol query string). `guarded`: with ON CONFLICT DO NOTHING."""
         return self.batch_sql.format(
             lo=sql.Literal(f"({lo_page},0)"),
             hi=sql.Literal(f"({hi_page},0)"),
             hi_page=sql.Literal(hi_page),
             mid=sql.Literal(self.migration_id),
+            on_conflict=_ON_CONFLICT if guarded else sql.SQL(""),
             **self._parts,
         )
 
-    def template(self) -> sql.Composable:
+    def template(self, *, guarded: bool) -> sql.Composable:
         """The batch statement with its per-batch values as placeholders (dry runs show it)."""
         return self.batch_sql.format(
             lo=sql.Placeholder("lo"),
             hi=sql.Placeholder("hi"),
             hi_page=sql.Placeholder("hi_page"),
             mid=sql.Placeholder("mid"),
+            on_conflict=_ON_CONFLICT if guarded else sql.SQL(""),
             **self._parts,
         )
 
@@ -132,10 +153,16 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
             if batches and time.monotonic() >= deadline:  # every run copies at least one batch: it always progresses
                 return copied_here, False
             hi_page = min(total_pages, next_page + pages)
-            done = self._batch(next_page, hi_page)
+            guarded = self.guarded_batches > 0
+            done = self._batch(next_page, hi_page, guarded=guarded)
+            if done is _CONFLICT:  # a key the mirror wrote: the same pages again, guarded
+                self.conflicts += 1
+                self.guarded_batches = GUARDED_BATCHES_AFTER_CONFLICT
+                continue
             if done is None:  # too slow or locked: smaller, after a pause
                 pages = max(1, pages // 2)
                 continue
+            self.guarded_batches -= guarded
             copied, n, took = done
             batches += 1
             self.failpoint("after_batch")
@@ -150,23 +177,30 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
                 rate = copied_here / max(now - started, 1e-6)
                 left = max(0, total_pages - next_page)
                 eta = left * rows_per_page / rate if rate > 0 else float("inf")
+                met = (
+                    f"; {self.conflicts:,} met keys the mirror had written and ran again guarded"
+                    if self.conflicts
+                    else ""
+                )
                 progress(
                     f"{self.m.cfg.name}: copied {copied:,} rows ({next_page:,} of {total_pages:,} pages, {batches:,} "
-                    f"batches), {rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT meanwhile"
+                    f"batches{met}), {rate:,.0f} rows/s, ETA {eta:,.0f}s; every row stays readable in the DEFAULT "
+                    "meanwhile"
                 )
                 last_report = now
         return copied_here, True
 
-    def _batch(self, lo_page: int, hi_page: int) -> tuple[int, int, float] | None:
-        """One atomic batch, sent as one query string (BEGIN; timeouts; copy + journal; COMMIT): one round trip.
+    def _batch(self, lo_page: int, hi_page: int, *, guarded: bool):
+        """One atomic batch, sent as one query string (BEGIN; settings; copy + journal; COMMIT): one round trip.
         Returns (rows copied so far, rows copied by it, server seconds); None when it waited past its lock
-        timeout or ran past its statement timeout (rolled back)."""
-        parts = [sql.SQL("BEGIN"), self._timeouts, self.statement(lo_page, hi_page)]
+        timeout or ran past its statement timeout, `_CONFLICT` when an unguarded batch met a key already in the
+        copies (rolled back in both cases)."""
+        parts = [sql.SQL("BEGIN"), self._timeouts, self.statement(lo_page, hi_page, guarded=guarded)]
         if not self.hold_commit:
             parts.append(sql.SQL("COMMIT"))
         try:
             cur = self.conn.execute(sql.SQL("; ").join(parts))
-            while cur.description is None or len(cur.description) != 3:  # BEGIN, SET, SET: no rows
+            while cur.description is None or len(cur.description) != 3:  # BEGIN and the SETs: no rows
                 if not cur.nextset():
                     raise RuntimeError("copy batch: no result from the batch statement")
             copied, n, took = cur.fetchone()
@@ -174,6 +208,18 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
                 self.failpoint("inside_batch")  # the batch ran but did not commit
                 self.conn.execute("COMMIT")
             return copied, n, took
+        except errors.UniqueViolation:
+            self._rollback()
+            if guarded:
+                raise
+            log.info(
+                "%s: copy batch of pages %d-%d met a key the mirror had written; running it again with "
+                "ON CONFLICT DO NOTHING",
+                self.m.cfg.name,
+                lo_page,
+                hi_page,
+            )
+            return _CONFLICT
         except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
             self._rollback()
             delay = random.uniform(0.01, 0.1)

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from psycopg import sql
 
 from include.pgmaint import privileges
-from include.pgmaint.backfill import Backfill, CutVerifier, compare, figures_in_snapshot
+from include.pgmaint.backfill import GUARDED_BATCHES_AFTER_CONFLICT, Backfill, CutVerifier, compare, figures_in_snapshot
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, GuardFailed, Statement, Step, StepFailed
@@ -355,10 +355,15 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
             m.default_name,
             (
                 Statement(
-                    copy.template(),
-                    f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~30 ms; "
+                    copy.template(guarded=False),
+                    f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~50 ms; "
                     "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
                     f"{m.shadow_parent}; repeated per page range until every page is copied",
+                ),
+                Statement(
+                    copy.template(guarded=True),
+                    "the same locks: a batch that met a key the mirror had already written (unique violation, "
+                    f"rolled back) runs again like this, and so do the next {GUARDED_BATCHES_AFTER_CONFLICT} batches",
                 ),
             ),
         )

@@ -184,6 +184,39 @@ def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_agai
     assert not leftovers(conn, scratch_schema)
 
 
+def test_a_batch_meeting_a_key_the_mirror_wrote_runs_again_guarded(conn, pg_dsn, scratch_schema, monkeypatch, caplog):
+    """Batches are plain INSERTs (cheaper than ON CONFLICT). The application updates rows ahead of the copy: the mirror
+    writes them into the copies first, so the batch reaching them fails on their key, rolls back and runs again with
+    ON CONFLICT DO NOTHING, and the mirrored versions win. Without the fallback the run fails (unique violation)."""
+    from include.pgmaint import backfill
+
+    seed(conn, scratch_schema, 20_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev = sql.Identifier(scratch_schema, "ev")
+    run = backfill.Backfill.run
+
+    def update_ahead_of_the_copy(self, **kwargs):
+        with psycopg.connect(pg_dsn, autocommit=True) as app:
+            app.execute(sql.SQL("UPDATE {} SET payload = 'changed ahead' WHERE id IN (50, 15000)").format(ev))
+        return run(self, **kwargs)
+
+    monkeypatch.setattr(backfill.Backfill, "run", update_ahead_of_the_copy)
+    caplog.set_level("INFO", logger="pgmaint.backfill")
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=200)
+
+    assert result.outcome == "success", result.errors
+    assert result.rows_moved == 20_002 and not result.verified["mismatches"]
+    assert "met a key the mirror had written" in caplog.text
+    rows = conn.execute(sql.SQL("SELECT id, payload FROM {} WHERE id IN (50, 15000) ORDER BY id").format(ev)).fetchall()
+    assert rows == [(50, "changed ahead"), (15000, "changed ahead")]
+    assert conn.execute(sql.SQL("SELECT count(*), count(DISTINCT id) FROM {}").format(ev)).fetchone() == (
+        20_002,
+        20_002,
+    )
+    assert not leftovers(conn, scratch_schema)
+
+
 def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
     seed(conn, scratch_schema, 2_000)
     before = (fingerprint(conn, scratch_schema), partitions(conn, scratch_schema, "ev"))
