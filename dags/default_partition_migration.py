@@ -29,9 +29,11 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
    through GX when Data Docs are asked for) must pass before **finish** drops the detached old
    DEFAULT, in the same transaction as checking it is unchanged since the swap (its read-only
    triggers untouched, else it is read again); **gate_after_cleanup** checks again.
-6. **resume_writers** (teardown): always runs, resumes what this run paused, in reverse order
-   (retried twice; a resume that still fails fails the run, and the watchdog retries it when the
-   lease expires). **fail_run_if_work_failed** marks the run failed when pausing or moving failed.
+6. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
+   failed — beside the gates and `finish` (they only touch the detached old DEFAULT), and resumes
+   what this run paused, in reverse order (retried twice; a resume that still fails fails the run,
+   and the watchdog retries it when the lease expires). **fail_run_if_work_failed** marks the run
+   failed when pausing, moving, the drop or a gate failed.
 
 **What applications see:** nothing. Every row is readable through the parent exactly once at
 every instant; their updates, deletes, upserts and inserts take effect exactly once, before,
@@ -198,7 +200,7 @@ def default_partition_migration():
     checked = gate_after_cleanup(table, moved, finished)
     resume = resume_writers(table).as_teardown(setups=window, on_failure_fail_dagrun=True)
     window >> paused >> moved
-    checked >> resume
+    moved >> resume  # the rows are in their partitions: writers need not wait for the drop and its gates
     [paused, moved, finished, checked] >> fail_run_if_work_failed()
 
 

@@ -5,7 +5,8 @@
                                                 [--live-day in-default|partitioned|both]
                                                 [--contenders pgmaint,pgmaint-dag,partman,partman-no-late,
                                                               partman-api-only,physical,pgmaint-api-only,
-                                                              pgmaint-dag-api-only]
+                                                              pgmaint-dag-api-only,pgmaint-deployed,
+                                                              pgmaint-deployed-api-only]
                                                 [--batch-rows 50000]
                                                 [--quiet-wait 180] [--keep-cluster]
     make bench-migration [BENCH_ARGS="--quick"]
@@ -77,6 +78,13 @@ pgmaint-dag  The whole `default_partition_migration` DAG, gates included:
             beside it: the engine's time (the migration's row in <state_schema>.runs, and the
             `finish` task that drops the old DEFAULT) and every task's time (Airflow's DB).
 
+pgmaint-deployed  The same DAG as a user runs it: a deployed Airflow (scripts/airflow_local.py:
+            API server, scheduler with LocalExecutor and Airflow's default scheduler settings, DAG
+            processor, triggerer; metadata DB in a database of the benchmark's cluster) is started
+            before the contender and stopped after it, untimed; the run is triggered with
+            `POST /api/v2/dags/default_partition_migration/dagRuns` (the UI's trigger form) and its
+            state polled every 0.2 s. Wall time: from the POST to the poll that sees it finished.
+
 Application workload (scripts/app_workload.py), beside the API during each move and the
 baseline: 4 connections, each owning ~500 of the seeded rows (ids that are multiples of
 N / 2,000, spread over every day) and the rows it inserts (ids from 50,000,000), reading
@@ -127,6 +135,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -813,7 +822,7 @@ def pgmaint_timers():
         timer.wrap(
             pg_migrate.Backfill,
             "_batch",
-            "one copy batch (SHARE on the DEFAULT, INSERT ... SELECT ON CONFLICT DO NOTHING + journal)",
+            "one copy batch (INSERT ... SELECT FOR KEY SHARE + journal; ON CONFLICT DO NOTHING after a conflict)",
         ),
         timer.wrap(
             pg_migrate.CutVerifier,
@@ -1023,6 +1032,7 @@ def _utc(text: str | None) -> datetime | None:
 
 
 AIRFLOW_HOME: AirflowHome | None = None
+DEPLOYED = None  # DeployedAirflow, while a pgmaint-deployed contender runs
 
 
 def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -> None:
@@ -1094,6 +1104,154 @@ def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcom
             f"DAG run {run.get('state')} (exit {proc.returncode}); {dag.get('engine_error') or ''} "
             f"log {logfile}: " + " / ".join(tail)
         )
+
+
+class DeployedAirflow:
+    """A deployed Airflow for `pgmaint-deployed`: scripts/airflow_local.py's Deployment (API server, scheduler with
+    LocalExecutor, DAG processor, triggerer; Airflow's default scheduler settings) with its metadata DB in a database
+    of the benchmark's cluster, the bench database as target and the bench config. Started before its contender
+    and stopped after it (untimed, and idle while the others run), as a production deployment is already up when
+    someone presses "Trigger"."""
+
+    def __init__(self, admin_conninfo: str, conninfo: str):
+        import airflow_local  # scripts/airflow_local.py
+
+        self.home = Path(tempfile.mkdtemp(prefix="pgmaint-bench-deployed-"))
+        config = self.home / "pgmaint-bench.yaml"
+        config.write_text(json.dumps(BENCH_CONFIG, indent=2) + "\n")
+        with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEPLOYED_META_DB)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEPLOYED_META_DB)))
+        meta = conninfo_to_dict(with_db(admin_conninfo, DEPLOYED_META_DB))
+        host = meta.get("host") or "127.0.0.1"
+        url = f"postgresql+psycopg2://{meta.get('user') or 'postgres'}@/{DEPLOYED_META_DB}?port={meta.get('port') or 5432}"
+        url += f"&host={host}"
+        self.d = airflow_local.Deployment(
+            home=self.home,
+            port=airflow_local.free_port(),
+            env_overrides={
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+                "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps(airflow_target(conninfo)),
+                "PGMAINT_CONFIG": str(config),
+            },
+        )
+        self.ready_seconds: float | None = None
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.d.start()
+        self.d.wait_healthy(timeout=300)
+        deadline = time.monotonic() + 180
+        while self.d.api("GET", f"/api/v2/dags/{DAG_ID}")[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{DAG_ID} not parsed by the deployment after 180 s; logs in {self.d.log_dir}")
+            time.sleep(1)
+        status, body = self.d.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+        if status != 200:
+            raise RuntimeError(f"unpausing {DAG_ID}: {status} {body}")
+        # A deployment in use has run tasks before: one dry run first, so that the timed run does not pay for
+        # the components' first task (imports and connections made once per process).
+        status, body = self.d.api(
+            "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"table": PARENT, "dry_run": True}}
+        )
+        if status != 200:
+            raise RuntimeError(f"warm-up trigger: {status} {body}")
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(body['dag_run_id'], safe='')}"
+        while (run := self.d.api("GET", path)[1])["state"] not in ("success", "failed"):
+            if time.monotonic() > deadline + 300:
+                raise RuntimeError(f"warm-up dry run not finished; logs in {self.d.log_dir}")
+            time.sleep(DEPLOYED_POLL_S)
+        tis = self.d.api("GET", f"{path}/taskInstances?limit=100")[1].get("task_instances", [])
+        self.warmup = {t["task_id"]: t.get("duration") for t in tis}
+        if run["state"] != "success":
+            raise RuntimeError(f"warm-up dry run {run['state']}: {self.warmup}; logs in {self.d.log_dir}")
+        self.ready_seconds = time.monotonic() - t0
+
+    def stop(self) -> None:
+        self.d.stop()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+DEPLOYED_META_DB = "pgmaint_bench_airflow"
+DEPLOYED_POLL_S = 0.2
+
+
+def airflow_target(conninfo: str) -> dict:
+    """The bench database as an Airflow connection (JSON form)."""
+    params = conninfo_to_dict(conninfo)
+    target = {
+        "conn_type": "postgres",
+        "host": params.get("host"),
+        "port": int(params.get("port") or 5432),
+        "login": params.get("user"),
+        "password": params.get("password"),
+        "schema": params.get("dbname"),
+    }
+    return {k: v for k, v in target.items() if v is not None}
+
+
+def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: int, outcome: Outcome) -> None:
+    """The whole DAG run in a running deployment: `POST /api/v2/dags/{DAG_ID}/dagRuns` with the conf (what the UI's
+    trigger form sends), then the run's state polled every 0.2 s. Wall time: from the POST to the first poll that
+    sees the run finished. Task times from the REST API."""
+    config = bench_config()
+    with connect(conninfo, config.lock_budget) as conn:
+        ensure_state_schema(conn, config.state_schema)
+    conf = {"table": PARENT, "batch_rows": batch_rows, "max_minutes": 60}
+    d = deployed.d
+    started_at = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    status, body = d.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    if status != 200:
+        raise RuntimeError(f"trigger: {status} {body}")
+    run_id = body["dag_run_id"]
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    while True:
+        status, run = d.api("GET", path)
+        if status == 200 and run["state"] in ("success", "failed"):
+            break
+        if time.monotonic() - t0 > DAG_TIMEOUT_S:
+            raise RuntimeError(f"{run_id} not finished after {DAG_TIMEOUT_S} s")
+        time.sleep(DEPLOYED_POLL_S)
+    outcome.wall = time.monotonic() - t0
+    status, tis = d.api("GET", f"{path}/taskInstances?limit=100")
+    tasks = sorted(
+        (
+            (t["task_id"], t["state"], _utc(t["start_date"]), _utc(t["end_date"]), t.get("duration"))
+            for t in tis.get("task_instances", [])
+        ),
+        key=lambda t: t[2] or started_at,
+    )
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        row = c.execute(
+            sql.SQL(
+                "SELECT extract(epoch FROM finished_at - started_at), summary->>'outcome', "
+                "(summary->>'rows_moved')::bigint, error FROM {}.runs "
+                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1"
+            ).format(sql.Identifier(STATE_SCHEMA)),
+            [DAG_ID],
+        ).fetchone()
+    fin = {t[0]: t for t in tasks}.get("finish")
+    outcome.dag = {
+        "how": f"a running Airflow (LocalExecutor, scheduler defaults), triggered over REST; {outcome.wall:.2f}s "
+        "from the POST to the poll that saw the run finished",
+        "state": run["state"],
+        "started_at": started_at,
+        "run": {"start": _utc(run.get("start_date")), "end": _utc(run.get("end_date"))},
+        "tasks": tasks,
+        "engine_journal": float(row[0]) if row and row[0] is not None else None,
+        "finish_seconds": fin[4] if fin else None,
+        "log": str(d.log_dir),
+    }
+    outcome.note = (
+        f"deployed run {run_id}: {run['state']}; migrate: {row[1] if row else None}, "
+        f"{(row[2] if row else 0) or 0:,} rows"
+    )
+    if run["state"] != "success":
+        raise RuntimeError(f"DAG run {run['state']}: {row[3] if row else ''}; component logs in {d.log_dir}")
 
 
 def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
@@ -1287,6 +1445,8 @@ def run_contender(
             run_pgmaint(conninfo, lay, batch_rows, outcome)
         elif name in ("pgmaint-dag", "pgmaint-dag-api-only"):
             run_pgmaint_dag(conninfo, lay, batch_rows, outcome)
+        elif name in ("pgmaint-deployed", "pgmaint-deployed-api-only"):
+            run_pgmaint_deployed(DEPLOYED, conninfo, batch_rows, outcome)
         elif name.startswith("partman"):
             run_partman(conninfo, lay, outcome)
         else:
@@ -1429,9 +1589,13 @@ def dag_breakdown(o: Outcome) -> list[str]:
     if not d:
         return []
     tasks = d.get("tasks") or []
+    how = d.get("how") or (
+        f"`scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
+        f"{o.wall:.2f}s from starting the command to its exit"
+    )
+    deployed = "how" in d
     out = [
-        f"{o.contender}: `scripts/airflow dags test {DAG_ID}` (own process, private SQLite metadata DB), "
-        f"{o.wall:.2f}s from starting the command to its exit:",
+        f"{o.contender}: {how}:",
         "",
         "| part | s |",
         "|---|---:|",
@@ -1439,10 +1603,12 @@ def dag_breakdown(o: Outcome) -> list[str]:
     starts = [t[2] for t in tasks if t[2]]
     ends = [t[3] for t in tasks if t[3]]
     if starts:
-        out.append(
-            f"| before the first task (interpreter, Airflow import, DAG parse, run set-up) | "
-            f"{(min(starts) - d['started_at']).total_seconds():.2f} |"
+        before = (
+            "the trigger to the first task (scheduler picks the run up, executor starts the task process)"
+            if deployed
+            else "before the first task (interpreter, Airflow import, DAG parse, run set-up)"
         )
+        out.append(f"| {before} | {(min(starts) - d['started_at']).total_seconds():.2f} |")
     for task_id, state, _started, _ended, secs in tasks:
         extra = ""
         if task_id == "migrate" and d.get("engine_journal") is not None:
@@ -1450,11 +1616,15 @@ def dag_breakdown(o: Outcome) -> list[str]:
         out.append(f"| task `{task_id}` ({state}){extra} | {secs if secs is not None else float('nan'):.2f} |")
     if ends:
         gaps = (max(ends) - min(starts)).total_seconds() - sum(t[4] or 0 for t in tasks)
-        out.append(f"| between tasks (scheduling inside `dags test`; negative = tasks overlapped) | {gaps:.2f} |")
+        where = "the scheduler's passes" if deployed else "scheduling inside `dags test`"
+        out.append(f"| between tasks ({where}; negative = tasks overlapped) | {gaps:.2f} |")
         exit_at = d["started_at"] + timedelta(seconds=o.wall)
-        out.append(
-            f"| after the last task (run wrap-up, interpreter exit) | {(exit_at - max(ends)).total_seconds():.2f} |"
+        after = (
+            "after the last task (the run marked finished, seen by the next poll)"
+            if deployed
+            else "after the last task (run wrap-up, interpreter exit)"
         )
+        out.append(f"| {after} | {(exit_at - max(ends)).total_seconds():.2f} |")
     out.append("")
     return out
 
@@ -1462,7 +1632,11 @@ def dag_breakdown(o: Outcome) -> list[str]:
 def targets(outcomes: dict[str, Outcome]) -> list[str]:
     out = []
     alone = outcomes.get("partman-api-only")
-    for name, what in (("pgmaint-api-only", "the engine"), ("pgmaint-dag-api-only", "the whole DAG (gates included)")):
+    for name, what in (
+        ("pgmaint-api-only", "the engine"),
+        ("pgmaint-dag-api-only", "the whole DAG (gates included), `dags test`"),
+        ("pgmaint-deployed-api-only", "the whole DAG (gates included), triggered in a running Airflow"),
+    ):
         o = outcomes.get(name)
         if o and not o.skipped and o.wall and alone and not alone.skipped and alone.wall and not alone.failure:
             r = o.wall / alone.wall
@@ -1696,7 +1870,9 @@ def main() -> int:
         "partman, partman-no-late (the same, while the application makes no late inserts for the days "
         "being moved: they make partition_data_proc fail), partman-api-only (the simulated API alone, no "
         "application workload), physical (default: all six); pgmaint-api-only, pgmaint-dag-api-only: "
-        "pgmaint's engine and whole DAG under the simulated API alone, like partman-api-only",
+        "pgmaint's engine and whole DAG under the simulated API alone, like partman-api-only; pgmaint-deployed "
+        "(-api-only): the whole DAG triggered over REST in a running Airflow (scheduler, LocalExecutor) started "
+        "for it before timing",
     )
     ap.add_argument(
         "--live-day",
@@ -1729,12 +1905,14 @@ def main() -> int:
         "physical",
         "pgmaint-api-only",
         "pgmaint-dag-api-only",
+        "pgmaint-deployed",
+        "pgmaint-deployed-api-only",
     }
     if unknown:
         raise SystemExit(f"--contenders: unknown {sorted(unknown)}")
 
     all_ok = True
-    global METER, AIRFLOW_HOME
+    global METER, AIRFLOW_HOME, DEPLOYED
     with server(args.dsn, args.keep_cluster) as (admin_conninfo, where, postmaster), contextlib.ExitStack() as stack:
         METER = CpuMeter(postmaster) if postmaster else None
         conninfo = fresh_database(admin_conninfo)
@@ -1814,8 +1992,23 @@ def main() -> int:
                             # scripts/airflow migrates the metadata DB again when the (shared) venv was re-installed
                             # since: do that now, untimed, as a deployment has; the run's note says if it happened again.
                             AIRFLOW_HOME.prepare()
+                        if name.startswith("pgmaint-deployed"):
+                            DEPLOYED = DeployedAirflow(admin_conninfo, conninfo)
+                            log(f"{label}: starting a deployed Airflow in {DEPLOYED.home} (untimed)")
+                            DEPLOYED.start()
+                            log(
+                                f"  up, DAG parsed and unpaused, one dry run done in {DEPLOYED.ready_seconds:.1f}s "
+                                f"(its task times: {DEPLOYED.warmup})"
+                            )
                         log(f"{label}: running {name}")
-                        o = run_contender(name, conninfo, admin, lay, seeded, pgss, args.batch_rows, args.quiet_wait)
+                        try:
+                            o = run_contender(
+                                name, conninfo, admin, lay, seeded, pgss, args.batch_rows, args.quiet_wait
+                            )
+                        finally:
+                            if DEPLOYED:
+                                DEPLOYED.close()
+                                DEPLOYED = None
                         log(
                             f"{label}: {name}: {o.wall:.2f}s; API max {fmt_ms(o.api.max_ms)} ms, errors {o.api.errors}; {o.verify}"
                         )
