@@ -952,6 +952,20 @@ def run_pgmaint(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcome) -
         conn.close()
 
 
+def airflow_target(conninfo: str) -> dict:
+    """The bench database as an Airflow connection (JSON form)."""
+    params = conninfo_to_dict(conninfo)
+    target = {
+        "conn_type": "postgres",
+        "host": params.get("host"),
+        "port": int(params.get("port") or 5432),
+        "login": params.get("user"),
+        "password": params.get("password"),
+        "schema": params.get("dbname"),
+    }
+    return {k: v for k, v in target.items() if v is not None}
+
+
 class AirflowHome:
     """A private AIRFLOW_HOME under /tmp for `scripts/airflow dags test` (never the repo's .airflow).
 
@@ -963,15 +977,6 @@ class AirflowHome:
         self.path = Path(tempfile.mkdtemp(prefix="pgmaint-bench-airflow-"))
         self.config = self.path / "pgmaint-bench.yaml"
         self.config.write_text(json.dumps(BENCH_CONFIG, indent=2) + "\n")  # JSON is YAML
-        params = conninfo_to_dict(conninfo)
-        target = {
-            "conn_type": "postgres",
-            "host": params.get("host"),
-            "port": int(params.get("port") or 5432),
-            "login": params.get("user"),
-            "password": params.get("password"),
-            "schema": params.get("dbname"),
-        }
         self.env = {
             k: v
             for k, v in os.environ.items()
@@ -983,7 +988,7 @@ class AirflowHome:
                 "PGMAINT_CONFIG": str(self.config),
                 # the SQLite DB `dags test` uses, for `--prepare` too (else it would prepare the embedded dev DB)
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.path}/airflow.db",
-                "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps({k: v for k, v in target.items() if v is not None}),
+                "AIRFLOW_CONN_PGMAINT_TARGET": json.dumps(airflow_target(conninfo)),
             }
         )
         self.prepare_seconds: float | None = None
@@ -1031,6 +1036,29 @@ def _utc(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def journalled_migration(conninfo: str) -> dict:
+    """The DAG's migration as <state_schema>.runs recorded it: engine time, outcome, rows, error ({} if none)."""
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        row = c.execute(
+            sql.SQL(
+                "SELECT extract(epoch FROM finished_at - started_at), outcome, summary->>'outcome', "
+                "(summary->>'seconds')::float8, (summary->>'rows_moved')::bigint, error FROM {}.runs "
+                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1"
+            ).format(sql.Identifier(STATE_SCHEMA)),
+            [DAG_ID],
+        ).fetchone()
+    if row is None:
+        return {}
+    return {
+        "engine_journal": float(row[0]) if row[0] is not None else None,
+        "journal_outcome": row[1],
+        "engine_outcome": row[2],
+        "engine_seconds": row[3],
+        "rows_moved": row[4],
+        "engine_error": row[5],
+    }
+
+
 AIRFLOW_HOME: AirflowHome | None = None
 DEPLOYED = None  # DeployedAirflow, while a pgmaint-deployed contender runs
 
@@ -1059,15 +1087,6 @@ def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcom
     outcome.wall = time.monotonic() - t0
     remigrated = (marker.stat().st_mtime if marker.exists() else None) != migrated_before
     run, tasks = home.task_times()
-    with psycopg.connect(conninfo, autocommit=True) as c:
-        row = c.execute(
-            sql.SQL(
-                "SELECT extract(epoch FROM finished_at - started_at), outcome, summary->>'outcome', "
-                "(summary->>'seconds')::float8, (summary->>'rows_moved')::bigint, error FROM {}.runs "
-                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1"
-            ).format(sql.Identifier(STATE_SCHEMA)),
-            [DAG_ID],
-        ).fetchone()
     dag = outcome.dag = {
         "exit": proc.returncode,
         "state": run.get("state"),
@@ -1075,16 +1094,8 @@ def run_pgmaint_dag(conninfo: str, lay: Layout, batch_rows: int, outcome: Outcom
         "run": run,
         "tasks": tasks,
         "log": str(logfile),
+        **journalled_migration(conninfo),
     }
-    if row:
-        dag.update(
-            engine_journal=float(row[0]) if row[0] is not None else None,
-            journal_outcome=row[1],
-            engine_outcome=row[2],
-            engine_seconds=row[3],
-            rows_moved=row[4],
-            engine_error=row[5],
-        )
     by_task = {t[0]: t for t in tasks}
     fin = by_task.get("finish")
     dag["finish_seconds"] = fin[4] if fin else None
@@ -1179,20 +1190,6 @@ DEPLOYED_META_DB = "pgmaint_bench_airflow"
 DEPLOYED_POLL_S = 0.2
 
 
-def airflow_target(conninfo: str) -> dict:
-    """The bench database as an Airflow connection (JSON form)."""
-    params = conninfo_to_dict(conninfo)
-    target = {
-        "conn_type": "postgres",
-        "host": params.get("host"),
-        "port": int(params.get("port") or 5432),
-        "login": params.get("user"),
-        "password": params.get("password"),
-        "schema": params.get("dbname"),
-    }
-    return {k: v for k, v in target.items() if v is not None}
-
-
 def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: int, outcome: Outcome) -> None:
     """The whole DAG run in a running deployment: `POST /api/v2/dags/{DAG_ID}/dagRuns` with the conf (what the UI's
     trigger form sends), then the run's state polled every 0.2 s. Wall time: from the POST to the first poll that
@@ -1225,33 +1222,24 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         ),
         key=lambda t: t[2] or started_at,
     )
-    with psycopg.connect(conninfo, autocommit=True) as c:
-        row = c.execute(
-            sql.SQL(
-                "SELECT extract(epoch FROM finished_at - started_at), summary->>'outcome', "
-                "(summary->>'rows_moved')::bigint, error FROM {}.runs "
-                "WHERE job = 'migration' AND dag_id = %s ORDER BY run_id DESC LIMIT 1"
-            ).format(sql.Identifier(STATE_SCHEMA)),
-            [DAG_ID],
-        ).fetchone()
     fin = {t[0]: t for t in tasks}.get("finish")
-    outcome.dag = {
+    dag = outcome.dag = {
         "how": f"a running Airflow (LocalExecutor, scheduler defaults), triggered over REST; {outcome.wall:.2f}s "
         "from the POST to the poll that saw the run finished",
         "state": run["state"],
         "started_at": started_at,
         "run": {"start": _utc(run.get("start_date")), "end": _utc(run.get("end_date"))},
         "tasks": tasks,
-        "engine_journal": float(row[0]) if row and row[0] is not None else None,
         "finish_seconds": fin[4] if fin else None,
         "log": str(d.log_dir),
+        **journalled_migration(conninfo),
     }
     outcome.note = (
-        f"deployed run {run_id}: {run['state']}; migrate: {row[1] if row else None}, "
-        f"{(row[2] if row else 0) or 0:,} rows"
+        f"deployed run {run_id}: {run['state']}; migrate: {dag.get('engine_outcome')}, "
+        f"{dag.get('rows_moved') or 0:,} rows"
     )
     if run["state"] != "success":
-        raise RuntimeError(f"DAG run {run['state']}: {row[3] if row else ''}; component logs in {d.log_dir}")
+        raise RuntimeError(f"DAG run {run['state']}: {dag.get('engine_error') or ''}; component logs in {d.log_dir}")
 
 
 def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
