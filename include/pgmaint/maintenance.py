@@ -77,6 +77,20 @@ def probe_default(conn, facts: TableFacts, ranges: list[Range], tz: str) -> froz
 PHASES = ("premake", "retire")
 
 
+def _check_as_of(as_of: datetime | None) -> None:
+    """Checked before anything runs: a moment without a zone offset is ambiguous."""
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
+
+
+def _journal(conn, config: Config, dry_run: bool) -> Journal | None:
+    """The run journal (the state schema made or migrated first); none on a dry run, which writes nothing."""
+    if dry_run:
+        return None
+    ensure_state_schema(conn, config.state_schema)
+    return Journal(conn, config.state_schema)
+
+
 def run_maintenance(
     conn,
     config: Config,
@@ -98,16 +112,12 @@ def run_maintenance(
     unknown = set(phases) - set(PHASES)
     if unknown or not phases:
         raise ValueError(f"phases must be a non-empty subset of {PHASES}, got {phases}")
+    _check_as_of(as_of)
     tables = list(tables or config.tables)
     now = now or datetime.now(timezone.utc)
-    journal = None
-    if not dry_run:
-        ensure_state_schema(conn, config.state_schema)
-        journal = Journal(conn, config.state_schema)
+    journal = _journal(conn, config, dry_run)
     refused = _refused_by_privileges(conn, config, tables) if dry_run else {}
     facts = read_catalog(conn, [t for t in tables if t.name not in refused], config.timezone)
-    if as_of is not None and as_of.tzinfo is None:
-        raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
     skips = maintenance_skips(conn, tables)  # never work on a table pg_partman maintains (dual_manager, or the split)
     return [
         refused.get(cfg.name)
@@ -149,16 +159,12 @@ def plan_run(
                logical date here
     """
     # whole: one decision per table (failed, skipped, work, healthy), then one batched journal write.
+    _check_as_of(as_of)
     tables = list(tables or config.tables)
     now = now or datetime.now(timezone.utc)
-    if as_of is not None and as_of.tzinfo is None:
-        raise ValueError(f"as_of must carry a time zone offset, got {as_of.isoformat()}")
     started = time.monotonic()
     tz = config.timezone
-    journal = None
-    if not dry_run:
-        ensure_state_schema(conn, config.state_schema)
-        journal = Journal(conn, config.state_schema)
+    journal = _journal(conn, config, dry_run)
     refused = {cfg.name: privileges.problems(conn, config, cfg, "maintenance") for cfg in tables} if dry_run else {}
     facts = read_catalog(conn, [t for t in tables if not refused.get(t.name)], tz)
     skips = maintenance_skips(conn, tables)
