@@ -817,34 +817,11 @@ def handover(
             results.append(Handover(t.name, "unchanged", "off", notes=["automatic_maintenance is already off"]))
         else:
             to_switch.append(t)
-    db_user = conn.execute("SELECT current_user").fetchone()[0]
-
-    def switch() -> list[Handover]:
-        done = []
-        with conn.transaction():  # the switch and its journal rows commit together
-            conn.execute(
-                sql.SQL("UPDATE {} SET automatic_maintenance = 'off' WHERE parent_table = ANY(%s)").format(
-                    sql.Identifier(schema, "part_config")
-                ),
-                [[partman_parent(t) for t in to_switch]],
-            )
-            for t in to_switch:
-                run_id = journal.start_run(HANDOVER_JOB, t.name)
-                journal.finish_run(
-                    run_id,
-                    "success",
-                    {
-                        "who": who,
-                        "db_user": db_user,
-                        "partman_parent": partman_parent(t),
-                        "automatic_maintenance": {"before": "on", "after": "off"},
-                    },
-                )
-                done.append(Handover(t.name, "handed_over", "on", run_id=run_id))
-        return done
-
     if to_switch:
-        results += retry_lock_timeouts(switch, f"pg_partman part_config for {', '.join(t.name for t in to_switch)}")
+        run_ids = _switch(
+            conn, schema, journal, to_switch, HANDOVER_JOB, who, before={t.name: "on" for t in to_switch}, after="off"
+        )
+        results += [Handover(t.name, "handed_over", "on", run_id=run_ids[t.name]) for t in to_switch]
     verify(
         conn,
         config,
@@ -936,19 +913,42 @@ def handback(conn, config: Config, tables: list[str] | None = None, *, who: str 
             results.append(Handover(t.name, "refused", problems=[f"no longer in {schema}.part_config"]))
         else:
             to_switch.append(t)
+    if to_switch:
+        run_ids = _switch(conn, schema, journal, to_switch, HANDBACK_JOB, who, before=current, after="on")
+        results += [
+            Handover(
+                t.name,
+                "handed_back",
+                current[t.name],
+                run_id=run_ids[t.name],
+                notes=[
+                    "pg_partman maintains it again; partition_maintenance now skips it (dual_manager) and the watchdog "
+                    "warns until it leaves pgmaint's config or is marked maintained_by: pg_partman"
+                ],
+            )
+            for t in to_switch
+        ]
+    return results
+
+
+def _switch(
+    conn, schema: str, journal: Journal, tables: list, job: str, who: str, *, before: dict[str, str], after: str
+) -> dict[str, int]:
+    """Set `automatic_maintenance = after` in part_config for `tables` and journal each change (who, the database
+    user, before and after), in one transaction retried on lock timeouts. Returns each table's journal run id."""
     db_user = conn.execute("SELECT current_user").fetchone()[0]
 
-    def switch() -> list[Handover]:
-        done = []
-        with conn.transaction():
+    def switch() -> dict[str, int]:
+        run_ids = {}
+        with conn.transaction():  # the switch and its journal rows commit together
             conn.execute(
-                sql.SQL("UPDATE {} SET automatic_maintenance = 'on' WHERE parent_table = ANY(%s)").format(
+                sql.SQL("UPDATE {} SET automatic_maintenance = %s WHERE parent_table = ANY(%s)").format(
                     sql.Identifier(schema, "part_config")
                 ),
-                [[partman_parent(t) for t in to_switch]],
+                [after, [partman_parent(t) for t in tables]],
             )
-            for t in to_switch:
-                run_id = journal.start_run(HANDBACK_JOB, t.name)
+            for t in tables:
+                run_ids[t.name] = run_id = journal.start_run(job, t.name)
                 journal.finish_run(
                     run_id,
                     "success",
@@ -956,26 +956,12 @@ def handback(conn, config: Config, tables: list[str] | None = None, *, who: str 
                         "who": who,
                         "db_user": db_user,
                         "partman_parent": partman_parent(t),
-                        "automatic_maintenance": {"before": current[t.name], "after": "on"},
+                        "automatic_maintenance": {"before": before[t.name], "after": after},
                     },
                 )
-                done.append(
-                    Handover(
-                        t.name,
-                        "handed_back",
-                        current[t.name],
-                        run_id=run_id,
-                        notes=[
-                            "pg_partman maintains it again; partition_maintenance now skips it (dual_manager) and the watchdog "
-                            "warns until it leaves pgmaint's config or is marked maintained_by: pg_partman"
-                        ],
-                    )
-                )
-        return done
+        return run_ids
 
-    if to_switch:
-        results += retry_lock_timeouts(switch, f"pg_partman part_config for {', '.join(t.name for t in to_switch)}")
-    return results
+    return retry_lock_timeouts(switch, f"pg_partman part_config for {', '.join(t.name for t in tables)}")
 
 
 def last_handovers(conn, config: Config) -> dict[str, dict]:
