@@ -1162,21 +1162,30 @@ class DeployedAirflow:
             raise RuntimeError(f"unpausing {DAG_ID}: {status} {body}")
         # A deployment in use has run tasks before: one dry run first, so that the timed run does not pay for
         # the components' first task (imports and connections made once per process).
-        status, body = self.d.api(
-            "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"table": PARENT, "dry_run": True}}
-        )
-        if status != 200:
-            raise RuntimeError(f"warm-up trigger: {status} {body}")
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(body['dag_run_id'], safe='')}"
-        while (run := self.d.api("GET", path)[1])["state"] not in ("success", "failed"):
-            if time.monotonic() > deadline + 300:
-                raise RuntimeError(f"warm-up dry run not finished; logs in {self.d.log_dir}")
-            time.sleep(DEPLOYED_POLL_S)
-        tis = self.d.api("GET", f"{path}/taskInstances?limit=100")[1].get("task_instances", [])
+        _run_id, run, tis, _seconds = self.run({"table": PARENT, "dry_run": True}, timeout=300)
         self.warmup = {t["task_id"]: t.get("duration") for t in tis}
         if run["state"] != "success":
             raise RuntimeError(f"warm-up dry run {run['state']}: {self.warmup}; logs in {self.d.log_dir}")
         self.ready_seconds = time.monotonic() - t0
+
+    def run(self, conf: dict, timeout: float) -> tuple[str, dict, list[dict], float]:
+        """Trigger a run with `conf` over REST (as the UI's trigger form does), poll it every DEPLOYED_POLL_S until
+        it has finished; (run id, the run, its task instances, seconds from the POST to the poll that saw it end)."""
+        t0 = time.monotonic()
+        status, body = self.d.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+        if status != 200:
+            raise RuntimeError(f"trigger: {status} {body}")
+        run_id = body["dag_run_id"]
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        while True:
+            status, run = self.d.api("GET", path)
+            if status == 200 and run["state"] in ("success", "failed"):
+                break
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"{run_id} not finished after {timeout:.0f} s; logs in {self.d.log_dir}")
+            time.sleep(DEPLOYED_POLL_S)
+        seconds = time.monotonic() - t0
+        return run_id, run, self.d.api("GET", f"{path}/taskInstances?limit=100")[1].get("task_instances", []), seconds
 
     def stop(self) -> None:
         self.d.stop()
@@ -1198,28 +1207,10 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
     with connect(conninfo, config.lock_budget) as conn:
         ensure_state_schema(conn, config.state_schema)
     conf = {"table": PARENT, "batch_rows": batch_rows, "max_minutes": 60}
-    d = deployed.d
     started_at = datetime.now(timezone.utc)
-    t0 = time.monotonic()
-    status, body = d.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-    if status != 200:
-        raise RuntimeError(f"trigger: {status} {body}")
-    run_id = body["dag_run_id"]
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-    while True:
-        status, run = d.api("GET", path)
-        if status == 200 and run["state"] in ("success", "failed"):
-            break
-        if time.monotonic() - t0 > DAG_TIMEOUT_S:
-            raise RuntimeError(f"{run_id} not finished after {DAG_TIMEOUT_S} s")
-        time.sleep(DEPLOYED_POLL_S)
-    outcome.wall = time.monotonic() - t0
-    status, tis = d.api("GET", f"{path}/taskInstances?limit=100")
+    run_id, run, tis, outcome.wall = deployed.run(conf, timeout=DAG_TIMEOUT_S)
     tasks = sorted(
-        (
-            (t["task_id"], t["state"], _utc(t["start_date"]), _utc(t["end_date"]), t.get("duration"))
-            for t in tis.get("task_instances", [])
-        ),
+        ((t["task_id"], t["state"], _utc(t["start_date"]), _utc(t["end_date"]), t.get("duration")) for t in tis),
         key=lambda t: t[2] or started_at,
     )
     fin = {t[0]: t for t in tasks}.get("finish")
@@ -1231,7 +1222,7 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         "run": {"start": _utc(run.get("start_date")), "end": _utc(run.get("end_date"))},
         "tasks": tasks,
         "finish_seconds": fin[4] if fin else None,
-        "log": str(d.log_dir),
+        "log": str(deployed.d.log_dir),
         **journalled_migration(conninfo),
     }
     outcome.note = (
@@ -1239,7 +1230,9 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         f"{dag.get('rows_moved') or 0:,} rows"
     )
     if run["state"] != "success":
-        raise RuntimeError(f"DAG run {run['state']}: {dag.get('engine_error') or ''}; component logs in {d.log_dir}")
+        raise RuntimeError(
+            f"DAG run {run['state']}: {dag.get('engine_error') or ''}; component logs in {deployed.d.log_dir}"
+        )
 
 
 def run_partman(conninfo: str, lay: Layout, outcome: Outcome) -> None:
