@@ -123,6 +123,7 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
     # Another runner holds KEPT (as a concurrent run would) until some run has met it and skipped KEPT. Taken
     # before the backfill exists: its runs may start as soon as it is created, paused DAG or not.
     holder = psycopg.connect(e2e.target_dsn, autocommit=True)
+    request.addfinalizer(holder.close)  # released by the server with the session, if the test stops first
     held = runner_lock(holder, quoted(*KEPT.split(".")))  # the key maintenance locks: the quoted name
     held.__enter__()
     checked: set[str] = set()
