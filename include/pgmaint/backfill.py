@@ -41,6 +41,7 @@ from psycopg import errors, sql
 
 from include.pgmaint.db import connect
 from include.pgmaint.figures import figures_query
+from include.pgmaint.guards import quoted
 
 log = logging.getLogger("pgmaint.backfill")
 _ON_CONFLICT = sql.SQL("\n    ON CONFLICT DO NOTHING")
@@ -259,6 +260,72 @@ def figures_in_snapshot(conn, migration, method: str, relations: list[str]) -> d
     return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query).fetchall()}
 
 
+# Above this many keys written between the write cut and the swap, counting everything again is the cheaper way.
+WRITTEN_KEYS_RECOUNT_LIMIT = 200_000
+
+
+def written_keys(conn, migration) -> list[tuple[str, ...]] | None:
+    """The keys the mirror logged since the write cut (each as text, as many as the mirror key has columns), in the
+    snapshot of `conn`; None when the log cannot tell: a TRUNCATE of the DEFAULT (a row of NULL keys), or too many."""
+    cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in migration.key.columns)
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT {} FROM {} LIMIT {}").format(
+            cols, migration.q(migration.written), sql.Literal(WRITTEN_KEYS_RECOUNT_LIMIT + 1)
+        )
+    ).fetchall()
+    if len(rows) > WRITTEN_KEYS_RECOUNT_LIMIT or any(r[0] is None for r in rows):
+        return None
+    return rows
+
+
+def figures_of_keys(conn, migration, method: str, relations: list[str], keys: list[tuple[str, ...]]) -> dict:
+    """`figures_in_snapshot` over only the rows whose mirror key is one of `keys` (index lookups)."""
+    if not keys:
+        return {}
+    types = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped",
+            [quoted(migration.facts.schema, migration.facts.table)],
+        ).fetchall()
+    )
+    names = [sql.Identifier(f"k{i}") for i in range(len(migration.key.columns))]
+    # format_type's output is a type name as PostgreSQL spells (and quotes) it. The keys once, looked up by index.
+    wanted = sql.SQL("WITH pgmaint_keys AS MATERIALIZED (SELECT {} FROM unnest({}) AS u({})) ").format(
+        sql.SQL(", ").join(
+            sql.SQL("CAST({} AS {})").format(n, sql.SQL(types[k])) for n, k in zip(names, migration.key.columns)
+        ),
+        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
+        sql.SQL(", ").join(names),
+    )
+    where = sql.SQL("({}) IN (SELECT * FROM pgmaint_keys)").format(
+        sql.SQL(", ").join(map(sql.Identifier, migration.key.columns))
+    )
+    query = wanted + figures_query(
+        migration.facts,
+        migration.cfg,
+        migration.config.timezone,
+        method,
+        migration.columns,
+        [migration.q(r) for r in relations],
+        where=where,
+    )
+    return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query, [list(c) for c in zip(*keys)]).fetchall()}
+
+
+def replace_counted(figures: dict, was: dict, now: dict) -> dict:
+    """`figures` with the rows counted in `was` taken out and those counted in `now` put in, per interval."""
+    out = dict(figures)
+    for bucket in set(was) | set(now):
+        n0, c0 = out.get(bucket, (0, 0))
+        n1, c1 = was.get(bucket, (0, 0))
+        n2, c2 = now.get(bucket, (0, 0))
+        out[bucket] = (n0 - n1 + n2, c0 - c1 + c2)
+        if out[bucket] == (0, 0):
+            del out[bucket]
+    return out
+
+
 def compare(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
     out = []
     for bucket in sorted(set(before) | set(after)):
@@ -285,7 +352,10 @@ class CutVerifier:
 
     def adopt(self, cursor) -> None:
         """`Statement.then` of a step's `SELECT pg_export_snapshot()[, write mark]`: runs inside that step's transaction."""
-        row = cursor.fetchone()
+        self.adopt_row(cursor.fetchone())
+
+    def adopt_row(self, row) -> None:
+        """`adopt` with the row already fetched (several verifiers adopting one exported snapshot)."""
         snapshot = row[0]
         self.write_mark = row[1] if len(row) > 1 else None
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -326,4 +396,12 @@ class CutVerifier:
             pass
 
 
-__all__ = ["Backfill", "CutVerifier", "compare", "figures_in_snapshot"]
+__all__ = [
+    "Backfill",
+    "CutVerifier",
+    "compare",
+    "figures_in_snapshot",
+    "figures_of_keys",
+    "replace_counted",
+    "written_keys",
+]

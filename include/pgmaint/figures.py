@@ -49,15 +49,24 @@ def checksum_expression(method: str, alias: str) -> sql.Composable:
 
 
 def figures_query(
-    facts: TableFacts, cfg: TableConfig, tz: str, method: str, columns: list[str], relations: list[sql.Composable]
+    facts: TableFacts,
+    cfg: TableConfig,
+    tz: str,
+    method: str,
+    columns: list[str],
+    relations: list[sql.Composable],
+    where: sql.Composable | None = None,
 ) -> sql.Composable:
-    """`bucket, rows, checksum` per interval over the rows of `relations` (ONLY each).
+    """`bucket, rows, checksum` per interval over the rows of `relations` (ONLY each; those matching `where`).
 
     Rows are read as the same explicit column list from every relation, so a table whose
     physical column order differs (an attached partition, a detached old DEFAULT) hashes equal.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM ONLY {}").format(cols, r) for r in relations)
+    filtered = sql.SQL("") if where is None else sql.SQL(" WHERE ") + where
+    union = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} FROM ONLY {}{}").format(cols, r, filtered) for r in relations
+    )
     return sql.SQL(
         "SELECT coalesce({b}::text, 'NULL') AS bucket, count(*) AS rows, coalesce(sum({ck}), 0) AS checksum "
         "FROM ({u}) AS m GROUP BY 1"

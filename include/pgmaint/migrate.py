@@ -30,10 +30,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import psycopg
 from psycopg import sql
 
 from include.pgmaint import privileges
-from include.pgmaint.backfill import GUARDED_BATCHES_AFTER_CONFLICT, Backfill, CutVerifier, compare, figures_in_snapshot
+from include.pgmaint.backfill import (
+    GUARDED_BATCHES_AFTER_CONFLICT,
+    Backfill,
+    CutVerifier,
+    compare,
+    figures_in_snapshot,
+    figures_of_keys,
+    replace_counted,
+    written_keys,
+)
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
 from include.pgmaint.config import Config, TableConfig
 from include.pgmaint.execute import Executor, GuardFailed, Statement, Step, StepFailed
@@ -547,13 +557,29 @@ class _Run:
             return False
         self.step(m.analyze_step())
         failpoint("before_verify")
+        # The keeper holds the cut's snapshot (touching no table) until the swap, when the rows written in between are
+        # read again in it: only those need counting at the swap. Only with this version's key log (see mirror.py).
+        logged = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [m.text(m.written)]).fetchone()[0]
         verifier = CutVerifier(self.conninfo, self.config.lock_budget)
+        keeper = CutVerifier(self.conninfo, self.config.lock_budget) if logged else None
         try:
-            self.step(m.verify_cut_step(on_snapshot=verifier.adopt))
+            self.step(m.verify_cut_step(on_snapshot=_adopt_both(verifier, keeper), log_written=logged))
             before, after = verifier.figures(m, current.checksum, swapped=False)
             checked_mark = verifier.write_mark
+        except BaseException:
+            if keeper is not None:
+                keeper.close()
+            raise
         finally:
             verifier.close()
+        try:
+            return self._swap(m, current, before, after, checked_mark, keeper)
+        finally:
+            if keeper is not None:
+                keeper.close()
+
+    def _swap(self, m: DefaultPartitionMigration, current: OpenMigration, before, after, checked_mark, keeper) -> bool:
+        cfg, mid = self.cfg, current.migration_id
         mismatches = compare(before, after)
         if mismatches:
             self.abandon(m.facts, current, "copies differ from the DEFAULT: " + "; ".join(mismatches))
@@ -583,8 +609,12 @@ class _Run:
                 verifier.release()
                 how = UNWRITTEN_SINCE_CHECK
             else:
-                before, after = verifier.figures(m, current.checksum, swapped=True)
-                how = "counted at the swap"
+                recounted = self.recount_written(m, current, before, after, keeper, verifier)
+                if recounted is not None:
+                    before, after, how = recounted
+                else:
+                    before, after = verifier.figures(m, current.checksum, swapped=True)
+                    how = "counted at the swap"
         finally:
             verifier.close()
         self.record_figures(mid, before, after, at_swap=True, how=how)
@@ -593,6 +623,38 @@ class _Run:
             f"(peak sessions queued behind the swap: {self.breaker.peak_waiters}, longest wait {self.breaker.peak_wait_ms:.0f} ms)"
         )
         return True
+
+    def recount_written(self, m, current: OpenMigration, before: dict, after: dict, keeper, verifier):
+        """(DEFAULT, copies, how) at the swap from the figures verified at the cut, counting again only the rows whose
+        keys were written in between: each in the cut's snapshot (the keeper's) and in the swap's. The copies equaled
+        the DEFAULT at the cut, and every other row is as it was then on both sides, so the two sides are equal at the
+        swap exactly when those rows are. None when the key log cannot tell (then everything is counted again)."""
+        if keeper is None or keeper.snapshot is None or not self.mirror_untouched_since_check(current.migration_id):
+            return None
+        keys = written_keys(verifier.conn, m)
+        if keys is None:
+            return None
+        new_homes = [r.partition for r in m.plan.move] + [m.default_name]
+        method = current.checksum
+        try:
+            was_default = figures_of_keys(keeper.conn, m, method, [m.old_name], keys)
+            was_copies = figures_of_keys(keeper.conn, m, method, new_homes, keys)
+        except psycopg.Error as e:  # the keeper was ended (idle_in_transaction_session_timeout?): count everything
+            log.warning(
+                "%s: could not read the cut's snapshot again (%s); counting every row at the swap", self.cfg.name, e
+            )
+            return None
+        if compare(was_default, was_copies):
+            return None  # cannot be after a verified cut; count everything rather than reason from it
+        now_default = figures_of_keys(verifier.conn, m, method, [m.old_name], keys)
+        now_copies = figures_of_keys(verifier.conn, m, method, new_homes, keys)
+        verifier.release()
+        return (
+            replace_counted(before, was_default, now_default),
+            replace_counted(after, was_copies, now_copies),
+            f"counted at the swap: the {len(keys):,} row key(s) written since the check before the swap, read in the "
+            "check's snapshot and in the swap's; every other row as verified at the check",
+        )
 
     def _adopt(self, verifier: CutVerifier):
         def then(cursor):
@@ -607,6 +669,19 @@ class _Run:
             self.conn.execute(
                 sql.SQL(
                     "SELECT summary->>'write_mark_checked' = summary->>'write_mark_at_swap' FROM {}.migrations WHERE migration_id = %s"
+                ).format(self.state),
+                [mid],
+            ).fetchone()[0]
+        )
+
+    def mirror_untouched_since_check(self, mid: int) -> bool:
+        """Only the write counter moved between the check and the swap: the mirror's triggers were neither disabled nor
+        replaced in between (their catalog rows are the same versions), so every write since was logged with its key."""
+        return bool(
+            self.conn.execute(
+                sql.SQL(
+                    "SELECT split_part(summary->>'write_mark_checked', '|', 1) = "
+                    "split_part(summary->>'write_mark_at_swap', '|', 1) FROM {}.migrations WHERE migration_id = %s"
                 ).format(self.state),
                 [mid],
             ).fetchone()[0]
@@ -661,9 +736,17 @@ class _Run:
         """The run died between the swap and its count. The copies matched the DEFAULT in the check before the swap;
         if the old DEFAULT still holds exactly what it held then, no write reached it in between, so the copies
         matched it at the swap too. (With writers paused, the usual case, that holds.)"""
-        if current.verified:
-            return
         mid = current.migration_id
+        if (
+            current.verified
+            or self.conn.execute(
+                sql.SQL("SELECT summary ? 'mismatches_at_swap' FROM {}.migrations WHERE migration_id = %s").format(
+                    self.state
+                ),
+                [mid],
+            ).fetchone()[0]
+        ):
+            return  # counted at the swap (in this run, or the one that swapped): agreed or not, that count stands
         if self.unwritten_since_check(mid):
             self.conn.execute(
                 sql.SQL(
@@ -773,6 +856,16 @@ class _Run:
         for step in m.abandon_steps():
             self.step(step)
         self.set(current.migration_id, phase="abandoned", summary={"abandoned": why})
+
+
+def _adopt_both(verifier: CutVerifier, keeper: CutVerifier | None):
+    def then(cursor):
+        row = cursor.fetchone()
+        for v in (verifier, keeper):
+            if v is not None:
+                v.adopt_row(row)
+
+    return then
 
 
 def journal_verification(conn, config: Config, mid: int) -> dict:

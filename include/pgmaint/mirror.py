@@ -135,6 +135,8 @@ class DefaultPartitionMigration:
         self.old_name = fit_identifier(facts.default.name, "_pgmaint_old")
         self.function = fit_identifier(facts.table, "_pgmaint_mirror")
         self.writes = fit_identifier(facts.default.name, "_pgmaint_writes")  # the mirror's write counter (a sequence)
+        # The keys the mirror wrote since the write cut (emptied there): at the swap only those rows are counted again.
+        self.written = fit_identifier(facts.default.name, "_pgmaint_written")
         self.read_only_function = fit_identifier(facts.table, "_pgmaint_read_only")
         self.columns = [c for c, _, _ in columns]
         self.writable = [c for c, generated, _ in columns if not generated]
@@ -259,25 +261,33 @@ class DefaultPartitionMigration:
             else sql.SQL("DO NOTHING")
         )
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if self.identity else sql.SQL("")
+        new_keys = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(k)) for k in self.key.columns)
         body = sql.SQL(
             "BEGIN\n"
             # Non-transactional and contention-free: lets the swap tell that no write reached the DEFAULT since the
             # verification (`write_mark`). Counted before the write, so a write in progress is never missed.
             "  PERFORM nextval({writes});\n"
             "  IF TG_OP = 'TRUNCATE' THEN\n"  # the DEFAULT emptied: so are its copies (same transaction)
+            "    INSERT INTO {written} DEFAULT VALUES;\n"  # a row of NULL keys: every row changed
             "    TRUNCATE {sp};\n"
             "    RETURN NULL;\n"
             "  END IF;\n"
             "  IF TG_OP <> 'INSERT' THEN\n"
+            "    INSERT INTO {written} VALUES ({old_keys});\n"
             "    DELETE FROM {sp} WHERE ({keys}) = ({old_keys});\n"
             "  END IF;\n"
             "  IF TG_OP <> 'DELETE' THEN\n"
+            "    IF TG_OP = 'INSERT' OR ({new_keys}) IS DISTINCT FROM ({old_keys}) THEN\n"
+            "      INSERT INTO {written} VALUES ({new_keys});\n"
+            "    END IF;\n"
             "    INSERT INTO {sp} ({cols}){overriding} VALUES ({new_vals}) ON CONFLICT ({keys}) {on_conflict};\n"
             "  END IF;\n"
             "  RETURN NULL;\n"
             "END"
         ).format(
             writes=sql.Literal(self.text(self.writes)),
+            written=self.q(self.written),
+            new_keys=new_keys,
             sp=sp,
             keys=keys,
             old_keys=old_keys,
@@ -292,6 +302,7 @@ class DefaultPartitionMigration:
         """CREATE the trigger and start copying in one transaction: every write committed after it is mirrored,
         every row committed before it lies in the pages counted here."""
         d = self.q(self.default_name)
+        keys = sql.SQL(", ").join(map(sql.Identifier, self.key.columns))
         return Step(
             "mirror_writes",
             self.default_name,
@@ -299,6 +310,14 @@ class DefaultPartitionMigration:
                 Statement(
                     sql.SQL("CREATE SEQUENCE {} AS bigint").format(self.q(self.writes)),
                     "none (a new sequence: the mirror counts the DEFAULT's writes in it)",
+                ),
+                # UNLOGGED: read only by the run that emptied it at its write cut, before the swap's count; a server
+                # crash in between ends that run too, and the next one cuts (and empties it) again.
+                Statement(
+                    sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM ONLY {} WITH NO DATA").format(
+                        self.q(self.written), keys, d
+                    ),
+                    "none (a new table: the mirror logs the keys it writes in it)",
                 ),
                 # SECURITY DEFINER: the application's roles write to D and may hold no privilege on our shadow tables.
                 Statement(
@@ -356,9 +375,10 @@ class DefaultPartitionMigration:
             b=sql.Literal(MIRROR_TRUNCATE_TRIGGER),
         )
 
-    def verify_cut_step(self, on_snapshot=None) -> Step:
+    def verify_cut_step(self, on_snapshot=None, log_written: bool = True) -> Step:
         """The instant the copies are verified at: no write to the DEFAULT is in flight (SHARE waits for them and holds
-        new ones back for the few milliseconds of the export), so every later write counts in the write mark."""
+        new ones back for the few milliseconds of the export), so every later write counts in the write mark, and
+        (`log_written`: the mirror logs keys, as this version's does) its keys are in the emptied key log."""
         d = self.q(self.default_name)
         return Step(
             "verify_cut",
@@ -380,6 +400,17 @@ class DefaultPartitionMigration:
                     sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(d),
                     f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
                     "breaker), holds new writes back until the snapshot is exported; reads go on",
+                ),
+                *(
+                    [
+                        Statement(
+                            sql.SQL("TRUNCATE {}").format(self.q(self.written)),
+                            f"ACCESS EXCLUSIVE on {self.written} (ours; no writer of the DEFAULT is in flight, so none "
+                            "of the mirror): from here it logs the keys written after this instant",
+                        )
+                    ]
+                    if log_written
+                    else []
                 ),
                 Statement(
                     sql.SQL("SELECT pg_export_snapshot(), ({})").format(self.write_mark()),
@@ -607,6 +638,7 @@ class DefaultPartitionMigration:
                     Statement(
                         sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.q(self.writes)), "none (our write counter)"
                     ),
+                    Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.written)), "none (our key log)"),
                 ),
                 lock_targets=(self.text(self.shadow_parent),),
             ),
@@ -657,6 +689,7 @@ class DefaultPartitionMigration:
                     Statement(
                         sql.SQL("DROP SEQUENCE IF EXISTS {}").format(self.q(self.writes)), "none (our write counter)"
                     ),
+                    Statement(sql.SQL("DROP TABLE IF EXISTS {}").format(self.q(self.written)), "none (our key log)"),
                     Statement(
                         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.q(self.read_only_function)),
                         "none (our function)",

@@ -178,10 +178,108 @@ def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_agai
 
     assert result.outcome == "success", result.errors
     assert result.rows_moved == 5_001 and not result.verified["mismatches"]
-    assert _verified_how(conn, scratch_schema) == "counted at the swap"
+    assert _verified_how(conn, scratch_schema).startswith(
+        "counted at the swap: the 2 row key(s) written since the check"
+    )
     rows = conn.execute(sql.SQL("SELECT id, payload FROM {} WHERE id IN (10, 11)").format(ev)).fetchall()
     assert rows == [(10, "late change")]
     assert not leftovers(conn, scratch_schema)
+
+
+def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_full_count(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """Between the check and the swap the application updates, deletes, inserts (late and today) and moves a row to
+    another day: at the swap only those keys are read again (in the check's snapshot and the swap's), and the
+    figures journalled equal those of counting every row in the swap's snapshot."""
+    from include.pgmaint import backfill, migrate
+
+    seed(conn, scratch_schema, 5_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev = sql.Identifier(scratch_schema, "ev")
+    step, recount = migrate._Run.step, migrate._Run.recount_written
+    full = {}
+
+    def write_before_the_swap(self, s):
+        if s.action == "swap":
+            with psycopg.connect(pg_dsn, autocommit=True) as app:
+                app.execute(sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev))
+                app.execute(sql.SQL("DELETE FROM {} WHERE id = 11").format(ev))
+                app.execute(sql.SQL("UPDATE {} SET ts = ts - interval '1 day' WHERE id = 2500").format(ev))
+                app.execute(
+                    sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late'), (%s, 'today')").format(ev),
+                    [wall_now() - timedelta(days=3), wall_now() - timedelta(seconds=1)],
+                )
+        return step(self, s)
+
+    def count_both_ways(self, m, current, b, a, keeper, verifier):
+        homes = [r.partition for r in m.plan.move] + [m.default_name]
+        full["before"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, [m.old_name])
+        full["moved"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, homes)
+        full["incremental"] = recount(self, m, current, b, a, keeper, verifier)
+        return full["incremental"]
+
+    monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
+    monkeypatch.setattr(migrate._Run, "recount_written", count_both_ways)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome == "success", result.errors
+    assert full["incremental"] is not None
+    counted_before, counted_moved, how = full["incremental"]
+    assert how.startswith("counted at the swap: the 6 row key(s)")  # 2500 counts twice: its old key and its new one
+    assert counted_before == full["before"] and counted_moved == full["moved"]
+    assert result.rows_moved == 5_003 and not result.verified["mismatches"]
+    journal = {
+        (kind, bucket): (rows, int(ck))
+        for kind, bucket, rows, ck in conn.execute(
+            sql.SQL("SELECT kind, bucket, rows, checksum FROM {}.migration_figures").format(
+                sql.Identifier(scratch_schema)
+            )
+        ).fetchall()
+    }
+    assert {b: v for (k, b), v in journal.items() if k == "moved"} == full["moved"]
+    after = fingerprint(conn, scratch_schema)
+    assert sum(n for n, _ in after.values()) == sum(n for n, _ in before.values()) + 1  # +2 inserted, -1 deleted
+    assert not leftovers(conn, scratch_schema)
+
+
+def test_a_mirror_trigger_switched_off_and_on_between_the_check_and_the_swap_makes_the_swap_count_everything(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """A write made while the mirror was disabled is in no key log: the swap must not trust the log then. The trigger's
+    catalog row changed, so every row is counted again, the unmirrored write shows as a mismatch, and the old DEFAULT
+    is kept for comparison instead of being dropped."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 5_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev, d = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default")
+    step = migrate._Run.step
+
+    def unmirrored_write_before_the_swap(self, s):
+        if s.action == "swap":
+            with psycopg.connect(pg_dsn, autocommit=True) as dba:
+                dba.execute(sql.SQL("UPDATE {} SET payload = 'mirrored' WHERE id = 10").format(ev))
+                dba.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_mirror").format(d))
+                dba.execute(sql.SQL("UPDATE {} SET payload = 'not mirrored' WHERE id = 20").format(ev))
+                dba.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_mirror").format(d))
+        return step(self, s)
+
+    monkeypatch.setattr(migrate._Run, "step", unmirrored_write_before_the_swap)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
+
+    assert result.outcome != "success"
+    assert "checksums differ" in " ".join(result.errors)
+    assert _verified_how(conn, scratch_schema) == "counted at the swap"
+    # and stays unverified: nothing later may mark it verified and let the old DEFAULT be dropped
+    verified_at = conn.execute(
+        sql.SQL("SELECT verified_at FROM {}.migrations").format(sql.Identifier(scratch_schema))
+    ).fetchone()[0]
+    assert verified_at is None
+    assert table_exists(conn, scratch_schema, "ev_default_pgmaint_old")
 
 
 def test_a_batch_meeting_a_key_the_mirror_wrote_runs_again_guarded(conn, pg_dsn, scratch_schema, monkeypatch, caplog):
