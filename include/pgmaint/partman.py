@@ -48,6 +48,7 @@ from include.pgmaint.config import Config, ConfigError, TableConfig, load_config
 from include.pgmaint.db import connect
 from include.pgmaint.escalation import Condition
 from include.pgmaint.intervals import PartitionInterval
+from include.pgmaint.naming import check_format
 from include.pgmaint.plan import to_utc
 from include.pgmaint.services.base import extension_schema, retry_lock_timeouts
 from include.pgmaint.services.pg_partman import _RUNNING
@@ -147,7 +148,9 @@ class PartConfig:
     undo_in_progress: bool = False
     constraint_cols: tuple[str, ...] = ()
     inherit_privileges: bool = False
-    publications: tuple[str, ...] = ()
+    publications: tuple[str, ...] = ()  # 4.x
+    subscription_refresh: str | None = None  # 4.x
+    drop_cascade_fk: bool = False  # 4.x
     date_trunc_interval: str | None = None
     datetime_string: str | None = None
     partition_timezone: str | None = None  # 5.4.4+
@@ -177,6 +180,8 @@ class PartConfig:
             constraint_cols=tuple(get("constraint_cols", ()) or ()),
             inherit_privileges=bool(get("inherit_privileges", False)),
             publications=tuple(get("publications", ()) or ()),
+            subscription_refresh=get("subscription_refresh"),
+            drop_cascade_fk=bool(get("drop_cascade_fk", False)),
             date_trunc_interval=get("date_trunc_interval"),
             datetime_string=get("datetime_string"),
             partition_timezone=get("partition_timezone"),
@@ -321,7 +326,7 @@ class TableImport:
     item: dict[str, Any] | None = None  # the pgmaint table entry; None when refused
     refused: list[str] = field(default_factory=list)  # why pgmaint cannot take the table over
     notes: list[str] = field(default_factory=list)  # what pg_partman does that pgmaint will not (or differently)
-    name_format: str | None = None  # pg_partman's datetime_string (for the name_format key, once pgmaint has it)
+    name_format: str | None = None  # pg_partman's datetime_string (the name_format key when pgmaint can write it)
     summary: str = ""
     partition_timezone: str | None = None
 
@@ -413,8 +418,29 @@ def translate(
                 out.notes.append(
                     "retention_keep_index false: pg_partman drops the indexes of detached tables; pgmaint keeps them"
                 )
-            if row.publications or row.retention_keep_publication:
-                out.notes.append("publications: pgmaint does not add partitions to (or remove them from) publications")
+            if row.retention_keep_publication:
+                out.notes.append(
+                    "retention_keep_publication: pg_partman decides whether a partition detached for retention stays "
+                    "in its publications; pgmaint never changes publications when it detaches"
+                )
+    if row.drop_cascade_fk:
+        out.notes.append(
+            "drop_cascade_fk: when retention drops an expired partition, pg_partman uses DROP TABLE ... CASCADE "
+            "(another table's foreign key referencing that partition goes with it); pgmaint drops without "
+            "CASCADE, so such a drop fails and the run reports it instead of removing the foreign key"
+        )
+    if row.publications:
+        out.notes.append(
+            f"publications {list(row.publications)}: pg_partman adds each new partition to them (ALTER PUBLICATION "
+            "... ADD TABLE); pgmaint does not, so a publication listing partitions one by one misses pgmaint's "
+            "new ones (a publication that includes the parent covers every partition, present and future)"
+        )
+    if row.subscription_refresh:
+        out.notes.append(
+            f"subscription_refresh {row.subscription_refresh}: pg_partman runs ALTER SUBSCRIPTION "
+            f"{row.subscription_refresh} REFRESH PUBLICATION in each maintenance run, so the subscription picks up "
+            "tables newly added to the publication; pgmaint does not: schedule that refresh yourself"
+        )
     if not row.infinite_time_partitions:
         out.notes.append(
             "infinite_time_partitions off: pg_partman premakes ahead of the newest row; pgmaint always "
@@ -443,6 +469,15 @@ def translate(
     if retention:
         item["retention"] = retention
         item["retention_keep_table"] = bool(row.retention_keep_table or row.retention_schema)
+    if out.name_format:
+        try:
+            check_format(out.name_format, PartitionInterval.parse(item["interval"]).unit)
+            item["name_format"] = out.name_format  # new partitions get the names pg_partman would give them
+        except ValueError as exc:
+            out.notes.append(
+                f"datetime_string {out.name_format!r}: {exc}. Without name_format, new partitions follow the "
+                "existing partitions' naming scheme when pgmaint recognises it, else <parent>_pYYYYMMDD"
+            )
     item["writers"] = [SERVICE_NAME]
     if keep_partman:
         item["maintained_by"] = "pg_partman"
@@ -650,11 +685,10 @@ def render(result: ImportResult, *, keep_partman: bool = False) -> str:
         lines.append("tables: []  # nothing could be imported (see below); pgmaint needs at least one table")
     for t in result.imported:
         lines.append(f"  # {t.parent}: {t.summary}")
-        if t.name_format:
+        if "name_format" in t.item:
             lines.append(
-                f"  # name_format: pg_partman's datetime_string is {t.name_format!r} (existing partitions "
-                f"{t.parent.split('.', 1)[1]}_p<{t.name_format}>); new pgmaint partitions are named "
-                "_pYYYYMMDD until pgmaint's name_format key can reproduce it"
+                f"  # name_format: pg_partman's datetime_string {t.name_format!r}: new partitions are named "
+                f"{t.parent.split('.', 1)[1]}_p<{t.name_format}> as pg_partman names them"
             )
         for note in t.notes:
             lines.append(f"  # not expressed: {note}")

@@ -20,9 +20,18 @@ What each job needs (README "Privileges" lists the same):
                            role; if it exists, USAGE on it and the table privileges in
                            STATE_TABLES; if it is older than this pgmaint, CREATE on it and
                            ownership of its objects (the upgrade alters them)
+  migration, watchdog      what the service adapters of the checked tables' `writers` need (the
+                           migration pauses and resumes them; the watchdog resumes them when a
+                           lease expires). pg_partman: USAGE on its schema, SELECT on part_config
+                           and UPDATE of its automatic_maintenance column. pg_cron: USAGE on schema
+                           cron, EXECUTE on cron.alter_job, and the jobs themselves owned by the
+                           role (cron.job.username; alter_job refuses anyone else's job). A pg_cron
+                           service with its own connection_id lives in another database: not
+                           checked here. The real run does not re-check these before its first
+                           DDL: the writers are paused (or deliberately not) by then.
 
 Ownership counts through role membership (`pg_has_role(role, owner, 'USAGE')`), as PostgreSQL
-checks it.
+checks it (except a pg_cron job's owner, which pg_cron compares by name).
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ from datetime import datetime
 
 from psycopg import sql
 
-from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.config import Config, ServiceConfig, TableConfig
 from include.pgmaint.plan import retention_cutoff, timeline
 from include.pgmaint.state import latest_version
 
 log = logging.getLogger("pgmaint.privileges")
 JOBS = ("maintenance", "migration", "watchdog")
+SERVICE_JOBS = ("migration", "watchdog")  # the jobs that pause or resume a table's writers
 
 # The privileges each job's writes and reads need on pgmaint's own tables (include/sql/).
 STATE_TABLES: dict[str, tuple[str, ...]] = {
@@ -87,8 +97,10 @@ def check(
     *,
     jobs: tuple[str, ...] = JOBS,
     role: str | None = None,
+    services: bool = True,
 ) -> list[Missing]:
-    """Every privilege `role` (default: the session's user) lacks for `jobs` on `tables` (default: all configured)."""
+    """Every privilege `role` (default: the session's user) lacks for `jobs` on `tables` (default: all configured);
+    with `services`, also what the adapters of the tables' writers need (migration and watchdog only)."""
     unknown = set(jobs) - set(JOBS)
     if unknown or not jobs:
         raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs}")
@@ -104,6 +116,8 @@ def check(
         missing += _table_family(conn, role, cfg, ddl_jobs, "watchdog" in jobs)
     missing += _state_schema(conn, role, config.state_schema, jobs)
     missing += _session_visibility(conn, role, jobs)
+    if services:
+        missing += _writer_services(conn, role, config, tables, tuple(j for j in jobs if j in SERVICE_JOBS))
     return missing
 
 
@@ -122,9 +136,9 @@ def _session_visibility(conn, role: str, jobs: tuple[str, ...]) -> list[Missing]
     ]
 
 
-def problems(conn, config: Config, cfg: TableConfig, job: str) -> list[str]:
+def problems(conn, config: Config, cfg: TableConfig, job: str, *, services: bool = True) -> list[str]:
     """For a dry run of `job` on one table: one line per missing privilege (empty when all are there)."""
-    found = check(conn, config, [cfg], jobs=(job,))
+    found = check(conn, config, [cfg], jobs=(job,), services=services)
     if not found:
         return []
     role = current_role(conn)
@@ -141,7 +155,7 @@ class MissingPrivileges(PermissionError):
 def require(conn, config: Config, cfg: TableConfig, job: str) -> None:
     """Before a real run's first DDL on a table: raise MissingPrivileges listing every missing
     privilege (with its fix), so that a run never stops half-way on `permission denied`."""
-    found = problems(conn, config, cfg, job)
+    found = problems(conn, config, cfg, job, services=False)  # the writers are paused (or deliberately not) by now
     if found:
         raise MissingPrivileges(
             found[0].replace("(grant them, then dry-run again; ", "(nothing was done; grant them; ")
@@ -335,6 +349,146 @@ def _state_schema(conn, role: str, schema: str, jobs: tuple[str, ...]) -> list[M
                     f"GRANT {', '.join(lacking)} ON TABLE {ident(schema, name)} TO {ident(role)};",
                 )
             )
+    return out
+
+
+# --- the writers' service adapters --------------------------------------------------------------
+
+
+def _writer_services(
+    conn, role: str, config: Config, tables: list[TableConfig], jobs: tuple[str, ...]
+) -> list[Missing]:
+    if not jobs:
+        return []
+    names = dict.fromkeys(w for t in tables for w in t.writers)
+    used = [s for s in config.services if s.name in names]
+    partman = [s for s in used if s.kind == "pg_partman"]
+    cron = [s for s in used if s.kind == "pg_cron" and not s.options.get("connection_id")]
+    return (_pg_partman(conn, role, partman, jobs) if partman else []) + (
+        _pg_cron(conn, role, cron, jobs) if cron else []
+    )
+
+
+def _services_why(services: list[ServiceConfig], what: str) -> str:
+    named = ", ".join(repr(s.name) for s in services)
+    return (
+        f"the writer service{'s' if len(services) > 1 else ''} {named} ({services[0].kind}) {what} while rows move "
+        "(pause_services, on by default) and when the watchdog resumes an expired lease"
+    )
+
+
+def _extension(conn, name: str) -> tuple[int, str] | None:
+    return conn.execute(
+        "SELECT n.oid::int, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = %s",
+        [name],
+    ).fetchone()
+
+
+def _absent(name: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
+    named = ", ".join(s.name for s in services)
+    return [
+        Missing(
+            "existence",
+            f"extension {ident(name)}",
+            jobs,
+            f"{name} is not installed in this database, and the tables' writers name {named} (kind {name})",
+            f"-- install {name} in this database, or remove {named} from the tables' writers",
+        )
+    ]
+
+
+def _pg_partman(conn, role: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
+    found = _extension(conn, "pg_partman")
+    if found is None:
+        return _absent("pg_partman", services, jobs)
+    schema_oid, schema = found
+    why = _services_why(services, "switches automatic_maintenance in part_config off and on again")
+    usage, select, update = conn.execute(
+        "SELECT has_schema_privilege(%(r)s, %(s)s::oid, 'USAGE'), "
+        "has_column_privilege(%(r)s, c.oid, 'parent_table', 'SELECT') "
+        "AND has_column_privilege(%(r)s, c.oid, 'automatic_maintenance', 'SELECT'), "
+        "has_column_privilege(%(r)s, c.oid, 'automatic_maintenance', 'UPDATE') "
+        "FROM pg_class c WHERE c.relnamespace = %(s)s::oid AND c.relname = 'part_config'",
+        {"r": role, "s": schema_oid},
+    ).fetchone()
+    table, r = ident(schema, "part_config"), ident(role)
+    out = []
+    if not usage:
+        out.append(
+            Missing("USAGE", f"schema {ident(schema)}", jobs, why, f"GRANT USAGE ON SCHEMA {ident(schema)} TO {r};")
+        )
+    if not select:
+        out.append(Missing("SELECT", f"table {table}", jobs, why, f"GRANT SELECT ON TABLE {table} TO {r};"))
+    if not update:
+        out.append(
+            Missing(
+                "UPDATE (automatic_maintenance)",
+                f"table {table}",
+                jobs,
+                why,
+                f"GRANT UPDATE (automatic_maintenance) ON TABLE {table} TO {r};",
+            )
+        )
+    return out
+
+
+def _pg_cron(conn, role: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
+    if _extension(conn, "pg_cron") is None:
+        return _absent("pg_cron", services, jobs)
+    schema = "cron"  # pg_cron's objects live in schema cron whatever the extension's own schema says
+    schema_oid = conn.execute("SELECT oid::int FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()[0]
+    why = _services_why(services, "deactivates and reactivates its jobs with cron.alter_job")
+    r = ident(role)
+    usage, session_usage, superuser = conn.execute(
+        "SELECT has_schema_privilege(%(r)s, %(s)s::oid, 'USAGE'), has_schema_privilege(current_user, %(s)s::oid, "
+        "'USAGE'), (SELECT rolsuper FROM pg_roles WHERE rolname = %(r)s)",
+        {"r": role, "s": schema_oid},
+    ).fetchone()
+    out = []
+    if not usage:
+        out.append(
+            Missing("USAGE", f"schema {ident(schema)}", jobs, why, f"GRANT USAGE ON SCHEMA {ident(schema)} TO {r};")
+        )
+    for signature, execute in conn.execute(
+        "SELECT format('%%s(%%s)', %s::text, pg_get_function_identity_arguments(p.oid)), "
+        "has_function_privilege(%s, p.oid, 'EXECUTE') "
+        "FROM pg_proc p WHERE p.pronamespace = %s::oid AND p.proname = 'alter_job'",
+        [ident(schema, "alter_job"), role, schema_oid],
+    ):
+        if not execute:
+            out.append(
+                Missing("EXECUTE", f"function {signature}", jobs, why, f"GRANT EXECUTE ON FUNCTION {signature} TO {r};")
+            )
+    if superuser or not session_usage:  # a superuser may alter any job; else: checked once USAGE is granted
+        return out
+    wanted = sorted({j for s in services for j in s.options.get("jobs") or ()})
+    owners: dict[str, set[str]] = {}
+    for jobname, username in conn.execute(
+        sql.SQL("SELECT jobname, username FROM {} WHERE jobname = ANY(%s)").format(sql.Identifier(schema, "job")),
+        [wanted],
+    ):
+        owners.setdefault(jobname, set()).add(username)
+    foreign = [j for j in wanted if role not in owners.get(j, ())]
+    if foreign:
+        seen = "; ".join(
+            f"{j}: owned by {', '.join(sorted(owners[j]))}" if owners.get(j) else f"{j}: not visible to this session"
+            for j in foreign
+        )
+        names = ", ".join(sql.Literal(j).as_string(conn) for j in foreign)
+        out.append(
+            Missing(
+                f"ownership ({seen})",
+                f"pg_cron job{'s' if len(foreign) > 1 else ''} {', '.join(foreign)}",
+                jobs,
+                why + "; cron.alter_job changes only the jobs of the calling role (cron.job.username), and "
+                "cron.job shows each role only its own jobs. A job not visible here does not exist or belongs to "
+                "another role. Changing a job's owner makes its command run as that role",
+                f"SELECT {ident(schema, 'alter_job')}(jobid, username := {sql.Literal(role).as_string(conn)}) "
+                f"FROM {ident(schema, 'job')} WHERE jobname IN ({names});  -- as a superuser, who sees every job; "
+                f"or schedule the jobs as {r}",
+            )
+        )
     return out
 
 

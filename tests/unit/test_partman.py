@@ -135,6 +135,7 @@ def test_5x_row_is_read_with_its_column_set():
         "premake": 4,
         "retention": "30 days",
         "retention_keep_table": True,
+        "name_format": "YYYYMMDD",
         "writers": ["pg_partman"],
     }
     assert t.name_format == "YYYYMMDD"
@@ -235,6 +236,38 @@ def test_what_pgmaint_does_differently_is_noted_not_dropped():
     assert not [n for n in translate(row(infinite_time_partitions=True), TIMESTAMPTZ).notes if "infinite" in n]
 
 
+@pytest.mark.parametrize("retention", [None, "30 days"])
+def test_4x_publications_subscription_refresh_and_drop_cascade_fk_are_noted_with_or_without_retention(retention):
+    t = translate(
+        row(
+            ROW_4X,
+            retention=retention,
+            retention_keep_table=False,
+            publications=["to_warehouse"],
+            subscription_refresh="from_origin",
+            drop_cascade_fk=True,
+        ),
+        TIMESTAMPTZ,
+    )
+    assert t.item is not None
+    publications = [n for n in t.notes if n.startswith("publications ['to_warehouse']")]
+    assert len(publications) == 1 and "ALTER PUBLICATION" in publications[0]
+    assert [n for n in t.notes if n.startswith("subscription_refresh from_origin") and "REFRESH PUBLICATION" in n]
+    assert [n for n in t.notes if n.startswith("drop_cascade_fk") and "CASCADE" in n]
+    text = render(ImportResult("partman", "4.7.2", "app", ZoneChoice("UTC", "the server's TimeZone"), [t]))
+    for expected in (
+        "# not expressed: publications",
+        "# not expressed: subscription_refresh",
+        "# not expressed: drop_cascade_fk",
+    ):
+        assert expected in text
+
+
+def test_4x_defaults_add_no_publication_notes():
+    notes = " | ".join(translate(row(ROW_4X, retention="30 days"), TIMESTAMPTZ).notes)
+    assert "publication" not in notes and "subscription_refresh" not in notes and "drop_cascade_fk" not in notes
+
+
 def test_date_trunc_interval_matching_the_interval_is_fine():
     assert translate(row(date_trunc_interval="day"), TIMESTAMPTZ).item is not None
     assert (
@@ -302,7 +335,24 @@ def test_render_is_a_valid_config_with_comments():
     assert cfg.tables[0].writers == ("pg_partman",) and cfg.services[0].kind == "pg_partman"
     assert "# - public.ids: id-based partitioning" in text
     assert "# timezone: Europe/Berlin - the server's TimeZone" in text
-    assert "# name_format: pg_partman's datetime_string is 'YYYYMMDD'" in text
+    assert cfg.tables[0].name_format == "YYYYMMDD"  # new partitions are named as pg_partman names them
+    assert "# name_format: pg_partman's datetime_string 'YYYYMMDD': new partitions are named events_p<YYYYMMDD>" in text
+    assert "_pYYYYMMDD until" not in text
+
+
+def test_name_format_follows_datetime_string_when_pgmaint_can_write_it():
+    for changes, expected in (
+        ({"partition_interval": "01:00:00", "datetime_string": "YYYY_MM_DD_HH24MI"}, "YYYY_MM_DD_HH24MI"),
+        ({"partition_interval": "7 days", "datetime_string": 'IYYY"w"IW'}, 'IYYY"w"IW'),
+        ({"partition_interval": "1 mon", "datetime_string": "YYYY_MM"}, "YYYY_MM"),
+    ):
+        t = translate(row(ROW_4X, **changes), TIMESTAMPTZ)
+        assert t.item["name_format"] == expected
+        parse_config({"tables": [t.item], "services": [{"name": "pg_partman", "kind": "pg_partman"}]})
+    odd = translate(row(ROW_4X, datetime_string="YYYY-MM-DD"), TIMESTAMPTZ)
+    assert "name_format" not in odd.item
+    assert [n for n in odd.notes if n.startswith("datetime_string 'YYYY-MM-DD'") and "not a known" in n]
+    assert "name_format" not in translate(row(datetime_string=None), TIMESTAMPTZ).item
 
 
 def test_maintained_by_pg_partman_needs_a_pg_partman_writer():

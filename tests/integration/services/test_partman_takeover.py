@@ -22,7 +22,7 @@ from include.pgmaint import partman
 from include.pgmaint.config import parse_config
 from include.pgmaint.db import connect
 from include.pgmaint.escalation import settings_for
-from include.pgmaint.maintenance import run_maintenance
+from include.pgmaint.maintenance import plan_run, run_maintenance
 from include.pgmaint.state import ensure_state_schema
 from include.pgmaint.watchdog import check_tables
 
@@ -33,7 +33,7 @@ ADOPTABLE = ["app.request_log", "app.monthly", "app.weekly", "app.hourly"]
 
 @pytest.fixture(scope="module")
 def partman_db(pg15_server):
-    """conninfo of a fresh database with pg_partman and six partman-managed parents."""
+    """conninfo of a fresh database with pg_partman and seven partman-managed parents."""
     if not pg15_server.has_partman:
         pytest.skip("pg_partman is not installed for PostgreSQL 15 (apt-get install postgresql-15-partman)")
     name = f"takeover_{uuid.uuid4().hex[:8]}"
@@ -63,6 +63,9 @@ def partman_db(pg15_server):
         c.execute("CREATE TABLE app.templated (id bigint NOT NULL, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
         c.execute("SELECT partman.create_parent('app.templated', 'ts', 'native', 'daily')")
         c.execute("CREATE UNIQUE INDEX ON partman.template_app_templated (id)")  # what the parent cannot have
+        c.execute("CREATE TABLE app.unlogged (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
+        c.execute("SELECT partman.create_parent('app.unlogged', 'ts', 'native', 'daily')")
+        c.execute("ALTER TABLE partman.template_app_unlogged SET UNLOGGED")  # 4.7 makes new partitions UNLOGGED
         c.execute(
             "INSERT INTO app.request_log SELECT g, now() - g * interval '1 minute' FROM generate_series(1, 100) g"
         )
@@ -129,16 +132,23 @@ def test_import_reads_part_config_and_says_what_it_cannot_express(imported):
         "premake": 4,
         "retention": "2 days",
         "retention_keep_table": False,
+        "name_format": "YYYY_MM_DD",  # pg_partman 4.x's daily datetime_string: new partitions are named like its own
         "writers": ["pg_partman"],
     }
     assert (by_name["app.monthly"]["interval"], by_name["app.monthly"]["premake"]) == ("1 month", 2)
     assert (by_name["app.weekly"]["interval"], by_name["app.hourly"]["interval"]) == ("1 week", "1 hour")
+    assert [by_name[t]["name_format"] for t in ("app.monthly", "app.weekly", "app.hourly")] == [
+        "YYYY_MM",
+        'IYYY"w"IW',
+        "YYYY_MM_DD_HH24MI",
+    ]
     assert raw["services"] == [{"name": "pg_partman", "kind": "pg_partman"}]
     left = {t.parent: " ".join(t.refused) for t in result.left_out}
     assert "id-based partitioning" in left["app.by_id"]
     assert "template_app_templated_id_idx" in left["app.templated"] and "CREATE UNIQUE INDEX" in left["app.templated"]
+    assert "UNLOGGED (the parent is logged)" in left["app.unlogged"]
     assert "# - app.by_id: id-based partitioning" in text and "# - app.templated: template table" in text
-    assert "# name_format: pg_partman's datetime_string is 'YYYY_MM_DD'" in text
+    assert "# name_format: pg_partman's datetime_string 'YYYY_MM_DD': new partitions are named request_log_p<" in text
     assert "# not expressed: infinite_time_partitions off" in text
 
 
@@ -165,6 +175,19 @@ def test_dual_manager_is_detected_and_maintenance_skips(conn, config):
     assert {f"dual_manager:{t}" for t in ADOPTABLE} <= keys
     assert all(f"dual_manager:{t}" in found.scope for t in ADOPTABLE)
     before = {t: partition_set(conn, t) for t in ADOPTABLE}
+    # what the partition_maintenance DAG maps: nothing, every table skipped with the reason (and journalled once)
+    planned = plan_run(conn, config)
+    assert planned["work"] == []
+    assert {t: v["status"] for t, v in planned["tables"].items()} == dict.fromkeys(ADOPTABLE, "skipped")
+    assert all(v["why"].startswith(f"dual_manager: {t} ") for t, v in planned["tables"].items())
+    assert {t: r["skipped_reason"][: len("dual_manager:")] for t, r in planned["results"].items()} == dict.fromkeys(
+        ADOPTABLE, "dual_manager:"
+    )
+    assert planned["journalled"] == 4
+    assert {t: partition_set(conn, t) for t in ADOPTABLE} == before
+    conn.execute(
+        sql.SQL("DELETE FROM {}.runs").format(sql.Identifier(config.state_schema))
+    )  # the run below journals too
     results = run_maintenance(conn, config)
     assert {r.table: r.outcome for r in results} == dict.fromkeys(ADOPTABLE, "skipped")
     assert all(r.skipped_reason.startswith("dual_manager:") for r in results)
@@ -275,6 +298,8 @@ def test_cli_import_and_handover(partman_db, tmp_path):
     )
     assert out.returncode == 1, out.stderr  # one table could not be imported
     assert "NOT IMPORTED app.by_id: id-based partitioning" in out.stderr
+    notes = [line for line in out.stderr.splitlines() if line.startswith("not expressed for app.request_log: ")]
+    assert [n for n in notes if "infinite_time_partitions off" in n and "ahead of now" in n], out.stderr
     assert f"timezone {ZONE}:" in out.stderr
     raw = yaml.safe_load(out.stdout)
     assert [t["name"] for t in raw["tables"]] == ["app.request_log"]
