@@ -35,6 +35,15 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
    and the watchdog retries it when the lease expires). **fail_run_if_work_failed** marks the run
    failed when pausing, moving, the drop or a gate failed.
 
+Steps 4–5 hold sessions to the table's database for the whole move, so they run in the target's
+pool; `pause_writers` and `resume_writers` (one short session each) do not, so resuming writers
+never waits for a slot.
+
+**Several databases** (`targets:` in the config; `table` is `target/schema.table`): steps 4–5
+exist once per target, in a group named after it (`<target>.migrate`, `<target>.finish`, …), each
+in that target's pool; **to_target**, after `pause_writers`, follows the table's group and skips
+the others.
+
 **What applications see:** nothing. Every row is readable through the parent exactly once at
 every instant; their updates, deletes, upserts and inserts take effect exactly once, before,
 during and after the move, even if the worker is killed (the next run resumes from the journal).
@@ -54,22 +63,51 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, setup, task
+from airflow.sdk import Param, TaskGroup, dag, setup, task
 
 from include.pgmaint.airflow.assets import DEFAULT_ROWS
 from include.pgmaint.airflow.callbacks import on_task_failure
 from include.pgmaint.fleet import load_fleet
 
 FLEET = load_fleet()  # file read + validation only; an invalid config is a DAG import error
-# With several targets (databases) the table is named `target/schema.table`; the migrate task then runs in
-# Airflow's default pool: max_active_runs=1 keeps it to one migration, in one database, at a time.
-POOL = "default_pool" if FLEET.multi else FLEET.targets[0].pool
 
 
 def on(ref: str):
     """(the target's Config, the table's configured name) of a `table` param value."""
     config, table = FLEET.resolve(ref)
     return config, table.name
+
+
+def move_and_clean_up(config, table):
+    """Steps 4-5 on one target's database: each task holds a session to it, so each runs in its pool."""
+
+    @task(multiple_outputs=False, pool=config.pool)
+    def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
+        from include.pgmaint.airflow.tasks import migrate_one
+
+        return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
+
+    @task(multiple_outputs=False, pool=config.pool, retries=1, retry_delay=timedelta(seconds=30))
+    def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
+        from include.pgmaint.airflow.tasks import migration_gate
+
+        return migration_gate(*on(table), "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+
+    @task(multiple_outputs=False, pool=config.pool)
+    def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
+        from include.pgmaint.airflow.tasks import finish_one
+
+        return finish_one(*on(table), migrated, dry_run=params["dry_run"])
+
+    @task(multiple_outputs=False, pool=config.pool, retries=1, retry_delay=timedelta(seconds=30))
+    def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
+        from include.pgmaint.airflow.tasks import migration_gate
+
+        return migration_gate(*on(table), "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
+
+    moved = migrate(table)
+    finished = finish(table, moved, gate_before_cleanup(table, moved))
+    return moved, finished, gate_after_cleanup(table, moved, finished)
 
 
 @dag(
@@ -154,30 +192,6 @@ def default_partition_migration():
             min_lease_minutes=int(params["max_minutes"]) + 30,
         )
 
-    @task(multiple_outputs=False, pool=POOL)
-    def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
-        from include.pgmaint.airflow.tasks import migrate_one
-
-        return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
-
-    @task(multiple_outputs=False, retries=1, retry_delay=timedelta(seconds=30))
-    def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
-        from include.pgmaint.airflow.tasks import migration_gate
-
-        return migration_gate(*on(table), "before_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
-
-    @task(multiple_outputs=False)
-    def finish(table: str, migrated: dict, checked: dict, params=None) -> dict:
-        from include.pgmaint.airflow.tasks import finish_one
-
-        return finish_one(*on(table), migrated, dry_run=params["dry_run"])
-
-    @task(multiple_outputs=False, retries=1, retry_delay=timedelta(seconds=30))
-    def gate_after_cleanup(table: str, migrated: dict, finished: dict, params=None, ti=None) -> dict:
-        from include.pgmaint.airflow.tasks import migration_gate
-
-        return migration_gate(*on(table), "after_cleanup", migrated, dry_run=params["dry_run"], ti=ti)
-
     @task(retries=2, retry_delay=timedelta(seconds=10))
     def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow.services import resume_writers as resume
@@ -192,16 +206,29 @@ def default_partition_migration():
 
         raise AirflowFailException("pausing writers or migrating rows failed (see those tasks); writers were resumed")
 
+    @task.branch
+    def to_target(table: str) -> str:
+        """Several databases: follow the table's target group; the other targets' groups are skipped."""
+        config, _ = on(table)
+        return f"{config.target}.migrate"
+
     table = resolve_table()
     window = open_window(table)
     paused = pause_writers(table)
-    moved = migrate(table)
-    finished = finish(table, moved, gate_before_cleanup(table, moved))
-    checked = gate_after_cleanup(table, moved, finished)
+    if FLEET.multi:  # one group per database, each in its own pool; only the table's target runs
+        route = to_target(table)
+        chains = []
+        for config in FLEET.targets:
+            with TaskGroup(group_id=config.target):
+                chains.append(move_and_clean_up(config, table))
+        window >> paused >> route >> [moved for moved, _, _ in chains]
+    else:
+        chains = [move_and_clean_up(FLEET.targets[0], table)]
+        window >> paused >> chains[0][0]
     resume = resume_writers(table).as_teardown(setups=window, on_failure_fail_dagrun=True)
-    window >> paused >> moved
-    moved >> resume  # the rows are in their partitions: writers need not wait for the drop and its gates
-    [paused, moved, finished, checked] >> fail_run_if_work_failed()
+    # the rows are in their partitions once `migrate` has ended: writers need not wait for the drop and its gates
+    [moved for moved, _, _ in chains] >> resume
+    [paused, *(t for chain in chains for t in chain)] >> fail_run_if_work_failed()
 
 
 default_partition_migration()

@@ -163,3 +163,110 @@ def test_a_changed_old_default_stops_the_cleanup_and_writers_are_resumed(
             sql.SQL("SELECT name, enabled FROM {}.service_flags").format(sql.Identifier(scratch_schema))
         ).fetchall()
     assert flags == [("request_logging", True)]  # paused for the run, resumed after the failure
+
+
+def test_with_two_targets_the_table_is_migrated_in_its_own_database_and_pool(
+    airflow_db, pg_dsn, scratch_schema, tmp_path, monkeypatch
+):
+    """Fleet mode: the same table on two databases; `second/<schema>.ev` is moved in the second database only, its
+    journal in that target's state schema, and every task holding a session to it runs in that target's pool."""
+    import psycopg
+    import yaml
+    from airflow.models.pool import Pool
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from include.pgmaint.db import connect
+    from tests.conftest import _airflow_conn_json
+    from tests.integration.helpers import table_exists
+    from tests.integration.migration.test_migration import fingerprint, seed
+
+    admin, name = make_conninfo(pg_dsn, dbname="postgres"), f"pgmaint_second_{scratch_schema}"
+    second_dsn, state = make_conninfo(pg_dsn, dbname=name), f"{scratch_schema}_state"
+
+    def drop_second() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    drop_second()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with connect(pg_dsn) as conn:
+            seed(conn, scratch_schema, 2_000)
+            first_before = fingerprint(conn, scratch_schema)
+        with connect(second_dsn) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch_schema)))
+            seed(conn, scratch_schema, 3_000)
+            second_before = fingerprint(conn, scratch_schema)
+        monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_SECOND", _airflow_conn_json(second_dsn))
+        Pool.create_or_update_pool("pgmaint_second", 1, "test: the second target's sessions", False)
+        table = {
+            "name": f"{scratch_schema}.ev",
+            "partition_key": "ts",
+            "interval": "1 day",
+            "premake": 2,
+            "retention": "30 days",
+        }
+        path = tmp_path / "fleet.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "state_schema": scratch_schema,
+                    "targets": [
+                        {
+                            "name": "first",
+                            "connection_id": "pgmaint_target",
+                            "pool": "pgmaint_target",
+                            "tables": [table],
+                        },
+                        {"name": "second", "connection_id": "pgmaint_second", "state_schema": state, "tables": [table]},
+                    ],
+                }
+            )
+        )
+        monkeypatch.setenv("PGMAINT_CONFIG", str(path))
+        dag = _dag()
+        for task_id in ("migrate", "gate_before_cleanup", "finish", "gate_after_cleanup"):
+            assert dag.get_task(f"first.{task_id}").pool == "pgmaint_target", task_id
+            assert dag.get_task(f"second.{task_id}").pool == "pgmaint_second", task_id
+        assert dag.get_task("resume_writers").upstream_task_ids == {
+            "resolve_table",
+            "open_window",
+            "first.migrate",
+            "second.migrate",
+        }
+
+        run = dag.test(run_conf={"table": f"second/{scratch_schema}.ev", "batch_rows": 1000})
+
+        tis = {ti.task_id: ti for ti in run.get_task_instances()}
+        states = {task_id: ti.state for task_id, ti in tis.items()}
+        assert run.state == "success", states
+        assert states["to_target"] == "success" and states["resume_writers"] == "success"
+        for task_id in ("migrate", "gate_before_cleanup", "finish", "gate_after_cleanup"):
+            assert states[f"second.{task_id}"] == "success" and states[f"first.{task_id}"] == "skipped", task_id
+        assert tis["second.migrate"].pool == "pgmaint_second" and tis["second.finish"].pool == "pgmaint_second"
+        with connect(second_dsn) as conn:
+            assert fingerprint(conn, scratch_schema) == second_before
+            moved = conn.execute(
+                sql.SQL("SELECT phase, rows_moved FROM {}.migrations").format(sql.Identifier(state))
+            ).fetchall()
+            journal = conn.execute(
+                sql.SQL("SELECT DISTINCT table_name, dag_run_id, task_id FROM {}.runs").format(sql.Identifier(state))
+            ).fetchall()
+            left = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev_default"))
+            ).fetchone()[0]
+        assert journal == [(f"{scratch_schema}.ev", run.run_id, "second.migrate")], journal
+        assert moved == [("done", 3_002)] and left == 2  # only the two rows outside the window stay
+        with connect(pg_dsn) as conn:  # the first target's table: untouched, no journal
+            assert fingerprint(conn, scratch_schema) == first_before
+            assert not table_exists(conn, scratch_schema, "migrations")
+            assert (
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(scratch_schema, "ev_default"))
+                ).fetchone()[0]
+                == 2_002
+            )
+    finally:
+        drop_second()

@@ -103,8 +103,8 @@ def test_invalid_config_shows_in_list_import_errors(tmp_path, airflow_db):
 
 @pytest.fixture
 def dag_config(tmp_path, monkeypatch, scratch_schema):
-    def write(tables: list[dict]) -> None:
-        raw = {"state_schema": scratch_schema, "tables": tables}
+    def write(tables: list[dict], services: list[dict] | None = None) -> None:
+        raw = {"state_schema": scratch_schema, "tables": tables, **({"services": services} if services else {})}
         path = tmp_path / "pgmaint.yaml"
         path.write_text(yaml.safe_dump(raw))
         monkeypatch.setenv("PGMAINT_CONFIG", str(path))
@@ -431,6 +431,78 @@ def test_a_failing_table_among_many_fails_the_run_naming_it(airflow_db, pg_dsn, 
     assert failures == [f"task:partition_maintenance.table.premake:{missing}"]  # named, by the failed task's callback
     assert {t for t, (o, _) in _journal(pg_dsn, scratch_schema, run).items() if o == "success"} == {
         f"{scratch_schema}.{n}" for n in ("h0", "h1", "h2", "h3", "runway")
+    }
+
+
+def test_tables_waiting_for_migration_and_skipped_tables_reach_the_summary_with_what_to_do(
+    airflow_db, pg_dsn, scratch_schema, dag_config
+):
+    """Plan statuses besides work/healthy: `needs_migration` (today's rows sit in the DEFAULT, every other partition
+    exists) — mapped to request the migration with `auto_migrate`, else only listed with the command to run — and
+    `skipped` (pg_partman maintains the table), listed with its reason. Neither is premade nor retired."""
+    with connect(pg_dsn) as conn:
+        for name in ("waits", "auto"):
+            make_table(conn, scratch_schema, name, days=[d for d in range(-30, 3) if d != 0], anchor=wall_today())
+            conn.execute(
+                sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late')").format(
+                    sql.Identifier(scratch_schema, name)
+                ),
+                [wall_today()],
+            )
+        make_table(conn, scratch_schema, "partman", days=range(-30, 0), anchor=wall_today())  # would need a runway
+    waits, auto, partman = (f"{scratch_schema}.{n}" for n in ("waits", "auto", "partman"))
+    today = f"{wall_today():%Y%m%d}"
+    dag_config(
+        [
+            _entry(scratch_schema, "waits"),
+            {**_entry(scratch_schema, "auto"), "auto_migrate": True},
+            {**_entry(scratch_schema, "partman"), "maintained_by": "pg_partman", "writers": ["partman"]},
+        ],
+        services=[{"name": "partman", "kind": "pg_partman"}],
+    )
+
+    run = _dagbag().dags["partition_maintenance"].test()
+
+    assert run.state == "success", _states(run)
+    planned = _xcom(run, "plan", "result", -1)
+    assert planned["work"] == [auto]  # only the auto_migrate table is mapped: to request its migration
+    assert planned["tables"][waits]["status"] == "needs_migration"
+    assert planned["tables"][waits]["create"] == [] and len(planned["tables"][waits]["needs_migration"]) == 1
+    assert planned["tables"][auto]["status"] == "work"
+    assert planned["tables"][partman] == {
+        "status": "skipped",
+        "why": f"maintained_by: pg_partman (pg_partman premakes and retires {partman}; pgmaint only migrates and watches)",
+    }
+    assert _mapped(run, "table.premake") == {0: (auto, "success")}
+    assert _mapped(run, "table.request_migration") == {0: (auto, "success")}
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.execute(
+            select(AssetModel.name, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetEvent.source_dag_id == "partition_maintenance", AssetEvent.source_run_id == run.run_id)
+        ).all()
+    assert [tuple(e) for e in events] == [("pgmaint_default_rows", {"table": auto})]  # the waiting one is not asked for
+
+    said = _xcom(run, "summarize", map_index=-1)
+    assert said["tables"] == 3 and said["healthy"] == 0 and not said["failed"] and not said["created"]
+    assert said["needs_migration"] == {waits: [f"waits_p{today}"], auto: [f"auto_p{today}"]}
+    assert said["skipped"] == {partman: f"premake: {planned['tables'][partman]['why']}"}
+    [waiting] = planned["results"][waits]["needs_migration"]  # what the summary's line tells to do, not asked for
+    assert waiting["requested"] is False and waiting["trigger"] == (
+        f'scripts/airflow dags trigger default_partition_migration --conf \'{{"table": "{waits}"}}\''
+    )
+    with connect(pg_dsn) as conn:
+        # nothing created over the DEFAULT's rows, and pg_partman's table left alone (its runway is still missing)
+        assert f"waits_p{today}" not in partitions(conn, scratch_schema, "waits")
+        assert len(partitions(conn, scratch_schema, "partman")) == 30 + 1
+    assert {t: o for t, (o, _) in _journal(pg_dsn, scratch_schema, run).items()} == {
+        waits: "success",
+        auto: "success",
+        partman: "skipped",
     }
 
 
