@@ -57,7 +57,7 @@ class Fleet:
 
     def ref(self, config: Config, table: str) -> str:
         """How a table is named across the deployment: `target/table` with several targets, else the table."""
-        return f"{config.target}{SEPARATOR}{table}" if self.multi else table
+        return config.ref(table)
 
     @property
     def table_refs(self) -> list[str]:
@@ -158,6 +158,8 @@ def parse_fleet(raw: Any, source: str = "config") -> Fleet:
     problems += shared_problems
     if problems:
         raise ConfigError(problems, source)
+    if len(configs) > 1:
+        configs = [replace(c, one_of_several=True) for c in configs]
     return Fleet(tuple(configs), source)
 
 

@@ -194,7 +194,7 @@ def plan_run(
                 {
                     "partition": m.name,
                     "range": str(m.range),
-                    "trigger": migration_trigger(cfg),
+                    "trigger": migration_trigger(config, cfg),
                     "requested": cfg.auto_migrate and not dry_run,
                 }
                 for m in plan.needs_migration
@@ -339,7 +339,7 @@ def _plan_into(
         {
             "partition": m.name,
             "range": str(m.range),
-            "trigger": migration_trigger(cfg),
+            "trigger": migration_trigger(config, cfg),
             "requested": cfg.auto_migrate and not dry_run,
         }
         for m in plan.needs_migration
@@ -360,9 +360,9 @@ def _plan(conn, cfg, facts, now, tz, phases, as_of=None) -> MaintenancePlan:
     return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing, as_of)
 
 
-def migration_trigger(cfg: TableConfig) -> str:
-    """The exact command that moves a table's DEFAULT rows into their partitions."""
-    conf = json.dumps({"table": cfg.name})
+def migration_trigger(config: Config, cfg: TableConfig) -> str:
+    """The exact command that moves a table's DEFAULT rows into their partitions (`target/table` in a fleet)."""
+    conf = json.dumps({"table": config.ref(cfg.name)})
     return f"scripts/airflow dags trigger default_partition_migration --conf '{conf}'"
 
 

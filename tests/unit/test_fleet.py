@@ -118,3 +118,26 @@ def test_commands_for_one_database_pick_a_target(tmp_path):
         load_target(path)
     with pytest.raises(ConfigError, match="lists targets"):
         parse_config(yaml.safe_load(path.read_text()))
+
+
+def test_the_migration_command_a_summary_gives_names_the_target_when_there_are_several():
+    """The command the maintenance summary tells to run for rows waiting in a DEFAULT must pass the DAG's `table`
+    Param, which takes `target/table` with several targets (a bare name there is ambiguous or rejected)."""
+    from include.pgmaint.maintenance import migration_trigger
+
+    def command_for(raw, ref):
+        fleet = parse_fleet(raw)
+        config, table = fleet.resolve(ref)
+        assert fleet.resolve(config.ref(table.name)) == (config, table)  # what it names resolves back
+        return migration_trigger(config, table)
+
+    two = {
+        "targets": [
+            {"connection_id": "a", "tables": [_table()]},
+            {"connection_id": "b", "tables": [_table()]},
+        ]
+    }
+    assert '{"table": "b/public.ev"}' in command_for(two, "b/public.ev")
+    one = {"targets": [{"connection_id": "a", "tables": [_table()]}]}
+    assert '{"table": "public.ev"}' in command_for(one, "public.ev")
+    assert '{"table": "public.ev"}' in command_for({"connection_id": "a", "tables": [_table()]}, "public.ev")

@@ -113,6 +113,11 @@ class Config:
     preflight: Preflight = Preflight()
     source: str = "config"
     target: str | None = None  # fleet mode: the target's name (include/pgmaint/fleet.py); else None
+    one_of_several: bool = False  # fleet mode with several targets: tables are named `target/table` deployment-wide
+
+    def ref(self, table: str) -> str:
+        """How `table` is named in DAG params and asset events: `target/table` when this is one of several targets."""
+        return f"{self.target}/{table}" if self.one_of_several else table
 
     def table(self, name: str) -> TableConfig:
         for table in self.tables:
