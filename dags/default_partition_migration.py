@@ -21,8 +21,8 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      taken at a write cut (SHARE on the DEFAULT for milliseconds: no write in flight);
    - **swap** in one catalog-only transaction (the parent's ACCESS EXCLUSIVE first, under a
      200 ms lock timeout and a circuit breaker); the old DEFAULT becomes read-only. If a write
-     reached the DEFAULT since the cut (the mirror counts them), the rows are counted again at
-     that exact instant.
+     reached the DEFAULT since the cut (the mirror counts them and logs their keys), the rows
+     with those keys are counted again, as they were at the cut and at the swap.
    Stops cleanly at `max_minutes` (nothing visible changed; the next run resumes the copy).
 5. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
    swap; no row left in the DEFAULT for a migrated interval; its expectations run as plain SQL,

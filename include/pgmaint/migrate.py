@@ -13,7 +13,8 @@ the copy and its proof: `backfill`):
 6. Wait for REPEATABLE READ snapshots older than the copy to end (they could not see the copies).
 7. Verify in one snapshot that the copies equal the DEFAULT, per interval (count + checksum).
 8. Swap in one short transaction (parent's ACCESS EXCLUSIVE first, then catalog-only DETACH /
-   ATTACH), exporting its snapshot: the rows are counted again exactly at the swap.
+   ATTACH), exporting its snapshot: the rows written since the check are counted again exactly
+   at the swap (everything, when the mirror's key log cannot tell which).
 9. Tidy; after the data-quality gate, drop the old DEFAULT (`finish_migration`).
 
 Every step is journalled in `<state_schema>.migrations`; a run killed at any point leaves
@@ -399,8 +400,9 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
         log.info("%s: [dry run] %s;  -- %s", cfg.name, s["sql"], s["lock"])
     log.info(
         "%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
-        "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant if a write "
-        "reached the DEFAULT since the cut; the old DEFAULT is dropped after the data-quality gate",
+        "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant the rows whose "
+        "keys were written since the cut (all rows if the key log cannot tell); the old DEFAULT is dropped after the "
+        "data-quality gate",
         cfg.name,
     )
 

@@ -9,7 +9,8 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
              swap. Nothing the application uses is locked.
 2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
              into SP by the mirror key (and a TRUNCATE trigger empties SP), in the writer's
-             own transaction, counting each write in a sequence (the write mark); both
+             own transaction, counting each write in a sequence (the write mark) and logging
+             the keys it wrote in an UNLOGGED table (emptied at the write cut); both
              ENABLE ALWAYS (SHARE ROW EXCLUSIVE on D for a moment: it waits for in-flight
              writers, under the lock budget).
 3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
@@ -21,7 +22,8 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
              move the shadows and D' from SP to the parent (their CHECKs prove the bounds:
              nothing is scanned), rename; D becomes read-only (ALWAYS triggers that raise).
              Until it commits every reader sees D; after, the shadows. No instant in between.
-             Unchanged write mark since the cut: the verified figures hold at the swap.
+             Unchanged write mark since the cut: the verified figures hold at the swap; else
+             the rows of the logged keys are counted again (migrate.py, `recount_written`).
 5. tidy      drop D's exclusion CHECK, the empty SP and the trigger function; the detached
              old DEFAULT is kept until conservation is proven, then dropped.
 """
