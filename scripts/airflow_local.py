@@ -11,6 +11,10 @@ login once the API server reports every component healthy. Ctrl-C (or SIGTERM) s
 it started. Run it again and it reuses what is there: the metadata DB, the login, and a running
 instance (it then prints where that one is and exits).
 
+Environment: PGMAINT_AIRFLOW_HOME (default .airflow/), PGMAINT_AIRFLOW_PORT (default 8080; --port
+wins), AIRFLOW_CONN_PGMAINT_TARGET (target) and AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (metadata DB)
+instead of the embedded databases; the ready message names the databases in use.
+
 Importable (tests/e2e): `Deployment(...)` with `start()`, `wait_healthy()`, `stop()`,
 `api(method, path, json=...)` (REST API v2 with a JWT from /auth/token). `executor="CeleryExecutor"`
 with `celery_workers=N` and `broker_url` adds N `airflow celery worker`s, each its own hostname.
