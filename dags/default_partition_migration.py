@@ -7,8 +7,10 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
 
 1. **resolve_table**: the `table` param, or the table named by the watchdog's asset event.
 2. **open_window** (setup): records which services write to the table, in pause order.
-3. **pause_writers**: pauses them, dependents first, each with a lease that expires
-   (`pause_services`; nothing is paused on a dry run).
+3. **pause_writers**: first checks every privilege the migration needs (the dry run's check):
+   one missing fails the run naming it and its GRANT, with nothing paused; then pauses the
+   writers, dependents first, each with a lease that expires (`pause_services`; nothing is
+   paused on a dry run).
 4. **migrate**, under the table's runner lock, copy first and swap last:
    - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many; refuse
      up front a table without a primary key (or unique key) or with foreign keys pointing at it;
@@ -185,11 +187,13 @@ def default_partition_migration():
         from include.pgmaint.airflow.services import pause_writers as pause
 
         # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
+        # Every privilege the migration needs is checked first: none missing, or nothing is paused.
         return pause(
             *on(table),
             params["pause_services"] and not params["dry_run"],
             dag_run,
             min_lease_minutes=int(params["max_minutes"]) + 30,
+            privileges_of="migration",
         )
 
     @task(retries=2, retry_delay=timedelta(seconds=10))

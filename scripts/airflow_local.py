@@ -11,6 +11,10 @@ login once the API server reports every component healthy. Ctrl-C (or SIGTERM) s
 it started. Run it again and it reuses what is there: the metadata DB, the login, and a running
 instance (it then prints where that one is and exits).
 
+Environment: PGMAINT_AIRFLOW_HOME (default .airflow/), PGMAINT_AIRFLOW_PORT (default 8080; --port
+wins), AIRFLOW_CONN_PGMAINT_TARGET (target) and AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (metadata DB)
+instead of the embedded databases; the ready message names the databases in use.
+
 Importable (tests/e2e): `Deployment(...)` with `start()`, `wait_healthy()`, `stop()`,
 `api(method, path, json=...)` (REST API v2 with a JWT from /auth/token). `executor="CeleryExecutor"`
 with `celery_workers=N` and `broker_url` adds N `airflow celery worker`s, each its own hostname.
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +351,45 @@ def _metadata_url(env: dict[str, str]) -> str:
     raise DeploymentError("devdb.py did not report a metadata DB URL")
 
 
+STARTUP_TIMEOUT = 300  # seconds for every component to report healthy
+
+
+def not_healthy(d: Deployment, last: str) -> str:
+    """Why a launch gave up: the components that exited (with the end of their logs), else the timeout."""
+    dead = d.dead()
+    if dead:
+        return "not healthy: " + "; ".join(f"{n} exited with {c}:\n{d.log_tail(n)}" for n, c in dead.items())
+    return f"not healthy after {STARTUP_TIMEOUT} s ({last}); logs in {d.log_dir}"
+
+
+def _where(raw: str) -> str:
+    """'database X on host:port as user' of an Airflow connection in JSON or URI form; never the password."""
+    if raw.lstrip().startswith("{"):
+        c = json.loads(raw)
+        host, port, db, user = c.get("host"), c.get("port"), c.get("schema"), c.get("login")
+    else:
+        u = urllib.parse.urlsplit(raw)
+        hostport = u.netloc.rpartition("@")[2]
+        host, _, port = hostport.rpartition(":") if ":" in hostport.rpartition("]")[2] else (hostport, "", "")
+        host, db, user = urllib.parse.unquote(host), urllib.parse.unquote(u.path.lstrip("/")), u.username
+        user = urllib.parse.unquote(user) if user else None
+    return f"database {db or '(default)'!r} on {host or 'localhost'}:{port or 5432} as {user or '(default user)'}"
+
+
+def databases(env: dict[str, str]) -> str:
+    """The target and metadata databases this launch uses, as printed once it is ready (no password)."""
+    raw = env.get("AIRFLOW_CONN_PGMAINT_TARGET")
+    target = f"{_where(raw)} (AIRFLOW_CONN_PGMAINT_TARGET)" if raw else "the embedded demo database (pgmaint_demo)"
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    if url:
+        from sqlalchemy.engine import make_url
+
+        metadata = make_url(url).render_as_string(hide_password=True) + " (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)"
+    else:
+        metadata = "database 'airflow' of the embedded PostgreSQL"
+    return f"target DB: {target}; metadata DB: {metadata}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="airflow_local.py", description="Run a whole Airflow on this machine for pgmaint."
@@ -358,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--parallelism", type=int, default=8, help="task instances running at once (default: %(default)s)")
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it is printed, also into a pipe or a file
 
     home = Path(os.environ.get("PGMAINT_AIRFLOW_HOME") or REPO / ".airflow").resolve()
     d = Deployment(home=home, port=args.port, parallelism=args.parallelism)
@@ -397,23 +442,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         d.start()
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        last = "no answer yet"
         while not stopping:
             try:
                 h = d.health()
-                if all(v.get("status") == "healthy" for v in h.values() if isinstance(v, dict)):
+                bad = [k for k, v in h.items() if isinstance(v, dict) and v.get("status") != "healthy"]
+                if not bad:
                     break
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
+                last = f"not yet healthy: {', '.join(bad)}"
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
             if d.dead() or time.monotonic() > deadline:
-                raise DeploymentError(
-                    "not healthy: " + "; ".join(f"{n} exited with {c}:\n{d.log_tail(n)}" for n, c in d.dead().items())
-                    or "timed out after 300 s"
-                )
+                raise DeploymentError(not_healthy(d, last))
             time.sleep(1)
         if not stopping:
             print(f"\nairflow: ready: {d.base_url}   login: {ADMIN} / {d.admin_password()}")
-            print("         target DB: the embedded demo database (pgmaint_demo); metadata DB: database 'airflow'")
+            print(f"         {databases(dict(os.environ))}")
             print("         DAGs are paused until you unpause them; Ctrl-C stops everything\n")
         while not stopping:
             dead = d.dead()

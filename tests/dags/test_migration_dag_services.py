@@ -1,6 +1,8 @@
 """default_partition_migration's pause/resume wiring, end to end with dag.test() (real PostgreSQL, real HTTP server).
 
-The configured table does not exist, so the migration work fails after the writers were paused.
+The configured table exists and the role may do everything (so `pause_writers`' up-front
+privilege check passes), but it has no primary key and a row in its DEFAULT: the migration
+refuses it after surveying the DEFAULT, so the work fails after the writers were paused.
 """
 
 from __future__ import annotations
@@ -34,11 +36,26 @@ def _xcom(dag_run, task_id: str):
 
 
 @pytest.fixture
-def migration_config(tmp_path, monkeypatch, scratch_schema):
-    """Write the config (diamond of writers on a table that does not exist) and point PGMAINT_CONFIG at it."""
+def migration_config(tmp_path, monkeypatch, pg_dsn, scratch_schema):
+    """Make the table (no primary key, a row in its DEFAULT), write the config (a diamond of writers
+    on it) and point PGMAINT_CONFIG at it."""
 
     def write(c_service: dict | None = None) -> str:
-        table = f"{scratch_schema}.missing"
+        table = f"{scratch_schema}.unkeyed"
+        with connect(pg_dsn) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)").format(
+                    sql.Identifier(scratch_schema, "unkeyed")
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+                    sql.Identifier(scratch_schema, "unkeyed_default"), sql.Identifier(scratch_schema, "unkeyed")
+                )
+            )
+            conn.execute(
+                sql.SQL("INSERT INTO {} VALUES (now(), 'today')").format(sql.Identifier(scratch_schema, "unkeyed"))
+            )
         services = [
             {"name": "A", "kind": "flag", "depends_on": ["B", "C"]},
             {"name": "B", "kind": "flag", "depends_on": ["D"]},

@@ -1,14 +1,18 @@
 """`scripts/airflow standalone` starts its components as `airflow …` from PATH: the wrapper must
-put the venv's `airflow` there (it died with FileNotFoundError: 'airflow' before)."""
+put the venv's `airflow` there (it died with FileNotFoundError: 'airflow' before). Started, the
+API server reports every component healthy."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
@@ -22,13 +26,14 @@ def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):
     meta_db = f"airflow_standalone_{os.getpid()}"
     meta = fresh_database(admin, meta_db)
     home = Path(tempfile.mkdtemp(prefix="e2e-standalone-", dir=REPO / ".pytest-airflow"))
+    port = free_tcp_port()
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p)
     env = {
         **os.environ,
         "PATH": path,
         "PGMAINT_AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_url(meta),
-        "AIRFLOW__API__PORT": str(free_tcp_port()),
+        "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_tcp_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_tcp_port()),
     }
@@ -42,7 +47,7 @@ def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         started = set()
         while time.monotonic() < deadline and proc.poll() is None:
             text = log.read_text(errors="replace")
@@ -54,6 +59,19 @@ def test_standalone_starts_its_components_from_the_wrapper(pg_dsn):
                 break
             time.sleep(1)
         assert len(started) == 4, f"components seen: {started}; log ends:\n{log.read_text(errors='replace')[-3000:]}"
+        health = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/api/v2/monitor/health", timeout=5) as r:
+                    health = {k: v.get("status") for k, v in json.loads(r.read()).items() if isinstance(v, dict)}
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if len(health) == 4 and set(health.values()) == {"healthy"}:
+                break
+            time.sleep(1)
+        assert health == dict.fromkeys(("metadatabase", "scheduler", "triggerer", "dag_processor"), "healthy"), (
+            f"health: {health}; log ends:\n{log.read_text(errors='replace')[-3000:]}"
+        )
     finally:
         try:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does: the whole group

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+from include.pgmaint import privileges
 from include.pgmaint.config import Config
 from include.pgmaint.db import connect
 from include.pgmaint.services.leases import (
@@ -54,12 +55,22 @@ def open_window(config: Config, table: str, dag_run) -> dict:
 
 
 def pause_writers(
-    config: Config, table: str, enabled: bool, dag_run, min_lease_minutes: int | None = None
+    config: Config,
+    table: str,
+    enabled: bool,
+    dag_run,
+    min_lease_minutes: int | None = None,
+    *,
+    privileges_of: str | None = None,
 ) -> list[str]:
     """Pause the table's writers in dependency order, leased to this run; undo and raise if one fails.
 
     `min_lease_minutes`: make every lease at least this long (pass the run's time box plus a
     margin, so the watchdog never resumes the writers under a run that is still working).
+    `privileges_of`: a job of `privileges.JOBS` (e.g. "migration"): before anything is paused,
+    every privilege its real run needs on the table is checked, the check the job and its dry run
+    make; one missing raises MissingPrivileges naming each (and its GRANT) with nothing paused,
+    instead of the writers being paused for work that would then stop on `permission denied`.
     """
     from include.pgmaint.airflow.connections import conninfo_from_airflow
 
@@ -72,6 +83,9 @@ def pause_writers(
         return []
     dag_id, run_id = _owner(dag_run)
     with connect(conninfo_from_airflow(config.connection_id), config.lock_budget) as conn:
+        if privileges_of:
+            privileges.require(conn, config, config.table(table), privileges_of)
+            log.info("%s: every privilege the %s needs is there: pausing its writers", table, privileges_of)
         report = pause_services(
             conn,
             config,

@@ -5,12 +5,19 @@ migration with a `flag` writer, watchdog; through the DAGs in test_secrets.py). 
 then taken away in turn: the job that needs it fails with an error naming the missing privilege,
 and the catalog is exactly as before (no table created, attached, detached, fenced or dropped).
 The application's `service_enabled()` works for a role with only USAGE on the state schema.
+
+The migration DAG with a privilege taken away (dag.test(), a `flag` writer): the run fails naming
+it before any writer is paused.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import psycopg
 import pytest
+import yaml
 from psycopg import sql
 
 from include.pgmaint.config import parse_config
@@ -24,22 +31,24 @@ from tests.fixtures.security import ident, run_role_script
 
 
 def config_of(setup):
-    return parse_config(
-        {
-            "state_schema": setup.state,
-            "services": [{"name": "api_logging", "kind": "flag"}],
-            "tables": [
-                {
-                    "name": setup.table,
-                    "partition_key": "ts",
-                    "interval": "1 day",
-                    "premake": 2,
-                    "retention": "30 days",
-                    "writers": ["api_logging"],
-                }
-            ],
-        }
-    )
+    return parse_config(raw_config(setup))
+
+
+def raw_config(setup) -> dict:
+    return {
+        "state_schema": setup.state,
+        "services": [{"name": "api_logging", "kind": "flag"}],
+        "tables": [
+            {
+                "name": setup.table,
+                "partition_key": "ts",
+                "interval": "1 day",
+                "premake": 2,
+                "retention": "30 days",
+                "writers": ["api_logging"],
+            }
+        ],
+    }
 
 
 def catalog(setup) -> dict:
@@ -261,3 +270,42 @@ def test_an_upgrade_without_ownership_of_the_state_schema_names_it_and_applies_n
     )
     with connect(s.dsn()) as conn:
         assert ensure_state_schema(conn, s.state) == latest_version()
+
+
+def test_the_migration_dag_names_a_missing_privilege_before_pausing_any_writer(
+    airflow_db, least_privilege, tmp_path, monkeypatch, caplog, capfd
+):
+    """pause_writers checks every privilege the move needs before it pauses anything: a role that
+    is no longer a member of the tables' owner fails the run, the flag was never switched off, no
+    lease was written, no migration journalled and the catalog is as it was."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    s = least_privilege
+    revoke_owner(s)
+    before = catalog(s)
+    monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", json.dumps(s.airflow_connection()))
+    config_path = tmp_path / "pgmaint.yaml"
+    config_path.write_text(yaml.safe_dump(raw_config(s)))
+    monkeypatch.setenv("PGMAINT_CONFIG", str(config_path))
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[3] / "dags" / "default_partition_migration.py"))
+    assert bag.import_errors == {}
+
+    run = bag.dags["default_partition_migration"].test(run_conf={"table": s.table})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed", states
+    assert states["pause_writers"] == "failed" and states["migrate"] == "upstream_failed", states
+    assert states["resume_writers"] == "success", states  # the teardown ran and found nothing to resume
+    out, err = capfd.readouterr()
+    logs = "\n".join([caplog.text, out, err])
+    assert "MissingPrivileges" in logs and "nothing was done" in logs
+    assert f"missing ownership (owner: {s.owner}) on partitioned table" in logs, logs[-3000:]
+    with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
+        state = sql.Identifier(s.state)
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.service_leases").format(state)).fetchone() == (0,)
+        assert conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.service_flags WHERE NOT enabled").format(state)
+        ).fetchone() == (0,)
+        assert conn.execute(sql.SQL("SELECT {}.service_enabled('api_logging')").format(state)).fetchone() == (True,)
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.migrations").format(state)).fetchone() == (0,)
+    assert catalog(s) == before

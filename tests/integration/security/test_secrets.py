@@ -108,15 +108,7 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
 
     # --- where a deployment keeps them ---------------------------------------------------------
     s.admin(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(s.role), sql.Literal(secrets["db-password"])))
-    params = psycopg.conninfo.conninfo_to_dict(s.dsn(password=secrets["db-password"]))
-    target = {
-        "conn_type": "postgres",
-        "host": params.get("host"),
-        "port": int(params.get("port") or 5432),
-        "login": params["user"],
-        "password": params["password"],
-        "schema": params["dbname"],
-    }
+    target = s.airflow_connection(password=secrets["db-password"])
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", json.dumps(target))
     monkeypatch.setenv("PGMAINT_TEST_SYNC_TOKEN", secrets["header-env"])
     connections = {
