@@ -2,6 +2,7 @@
 """DAG-level benchmark: what one `partition_maintenance` / `partition_watchdog` run costs.
 
     .venv/bin/python scripts/bench_dag.py [--sizes 1,100,1000] [--fleet 1000x5] [--repo DIR] [--partitions 12]
+                                          [--no-watchdog | --only-watchdog]
 
 For each scenario — N tables on one target, and N tables spread over T targets (T databases
 on one server, one connection each, `targets:` config) — it builds the tables (healthy: every
@@ -17,6 +18,18 @@ and prints, per run: task instances created, task instances executed (not skippe
 scheduler), the DAG run's wall time in `dag.test()`, and the statements the targets received
 (transactions committed + rolled back in `pg_stat_database` of the target databases: pgmaint runs
 every statement in autocommit, so that is the number of round trips, plus connection set-up).
+For the watchdog run also: the checks it made, as the watchdog counts them (the keys in the
+`scope` of the `CheckResult`s its `check_*` tasks push as XCom `result`, summed over tasks and
+targets), and the time its `check_*` tasks took (sum of their task instances' end - start).
+
+Then the watchdog engine without Airflow, on the same databases: `run_checks()` once per target
+as a warm-up, then once per target timed — the checks made, the seconds, the statements
+("watchdog engine: N checks in X s"). That is the figure of issue 16 ("200 tables, 1,204 checks,
+1.1 s"): measure it alone with `--sizes 200 --fleet '' --only-watchdog`.
+
+`--only-watchdog` skips the two measured maintenance runs (the warm-up maintenance run still runs:
+it creates the state schema and journals every table, so the watchdog's cadence check sees a
+maintained fleet, as in the full benchmark).
 
 `--repo DIR` runs the DAGs of another checkout of pgmaint (e.g. `git archive <rev> | tar -x -C DIR`)
 against the same tables, for before/after figures; `--max-tables-repo` bounds the sizes tried there
@@ -60,6 +73,17 @@ RUNNER = textwrap.dedent("""
     for name in json.loads(os.environ["BENCH_POOLS"]):
         Pool.create_or_update_pool(name, 8, "bench", False)
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    def n_checks(payload):
+        # a check task's XCom `result`: a CheckResult dict (one target) or {target: CheckResult dict or None}
+        if not isinstance(payload, dict):
+            return 0
+        if "scope" in payload:
+            return len(payload["scope"])
+        return sum(n_checks(v) for v in payload.values())
+
     out = {}
     for dag_id, conf in json.loads(sys.argv[2]):
         bag = DagBag(dag_folder=os.path.join(repo, "dags"))
@@ -73,9 +97,54 @@ RUNNER = textwrap.dedent("""
         for ti in tis:
             states[str(ti.state)] = states.get(str(ti.state), 0) + 1
         executed = sum(1 for ti in tis if ti.start_date is not None and str(ti.state) not in ("skipped", "upstream_failed"))
-        out[dag_id + (":" + json.dumps(conf) if conf else "")] = {
-            "state": str(run.state), "wall": wall, "tis": len(tis), "executed": executed, "states": states}
+        entry = {"state": str(run.state), "wall": wall, "tis": len(tis), "executed": executed, "states": states}
+        if dag_id == "partition_watchdog":
+            checks = [ti for ti in tis if ti.task_id.startswith("check_")]
+            with create_session() as session:
+                rows = session.scalars(XComModel.get_many(
+                    run_id=run.run_id, dag_ids=dag_id, key="result", task_ids=[ti.task_id for ti in checks])).all()
+                payloads = [XComModel.deserialize_value(r) for r in rows]
+            entry["checks"] = sum(n_checks(p) for p in payloads) if payloads else None
+            entry["check_tasks"] = len(checks)
+            entry["check_s"] = sum(
+                (ti.end_date - ti.start_date).total_seconds() for ti in checks if ti.start_date and ti.end_date)
+        out[dag_id + (":" + json.dumps(conf) if conf else "")] = entry
     print("BENCH-RESULT " + json.dumps(out))
+""")
+
+# The watchdog engine alone (no Airflow), with the checkout's own code: every target's run_checks()
+# once as a warm-up, then once timed; the statements of the timed calls from pg_stat_database.
+ENGINE = textwrap.dedent("""
+    import json, sys, time, logging
+    repo, config_path, admin, targets = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    sys.path.insert(0, repo)
+    logging.disable(logging.WARNING)
+    import psycopg
+    from include.pgmaint.fleet import load_target
+    from include.pgmaint.escalation import settings_for
+    from include.pgmaint.watchdog.run import run_checks
+
+    def statements():
+        time.sleep(1.2)  # backends flush their statistics at exit
+        with psycopg.connect(admin, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT coalesce(sum(xact_commit + xact_rollback), 0)::bigint FROM pg_stat_database "
+                "WHERE datname = ANY(%s)", [[db for _, _, db in targets]]).fetchone()[0]
+
+    configs = [(load_target(config_path, name), conninfo) for name, conninfo, _ in targets]
+    for config, conninfo in configs:
+        run_checks(conninfo, config, settings_for(config))
+    before = statements()
+    seconds, checks, conditions = 0.0, 0, 0
+    for config, conninfo in configs:
+        t = time.perf_counter()
+        result = run_checks(conninfo, config, settings_for(config))
+        seconds += time.perf_counter() - t
+        checks += len(result.scope)
+        conditions += len(result.conditions)
+    after = statements()
+    print("BENCH-RESULT " + json.dumps(
+        {"checks": checks, "seconds": seconds, "conditions": conditions, "statements": after - before}))
 """)
 
 
@@ -187,9 +256,42 @@ def run_dags(repo: Path, home: Path, config_path: Path, env_conns: dict, pools: 
     return json.loads(line.removeprefix("BENCH-RESULT "))
 
 
+def watchdog_engine(
+    repo: Path, config_path: Path, admin: str, targets: list[tuple[str | None, str, str]]
+) -> dict | None:
+    """run_checks() per target (warm-up, then timed) in a fresh interpreter with `repo`'s code; None if it failed."""
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE, str(repo), str(config_path), admin, json.dumps(targets)],
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH-RESULT ")), None)
+    if line is None:
+        log(f"watchdog engine: could not measure (run_checks failed in {repo}):\n{out.stderr[-2000:]}")
+        return None
+    return json.loads(line.removeprefix("BENCH-RESULT "))
+
+
+def engine_line(e: dict) -> str:
+    return (
+        f"watchdog engine: {e['checks']:,} checks in {e['seconds']:.2f} s ({e['statements']:,} statements, "
+        f"{e['conditions']} condition(s) found)"
+    )
+
+
 def scenario(
-    admin: str, repo: Path, label: str, n_tables: int, n_targets: int, n_parts: int, today: datetime, watchdog: bool
-) -> list[dict]:
+    admin: str,
+    repo: Path,
+    label: str,
+    n_tables: int,
+    n_targets: int,
+    n_parts: int,
+    today: datetime,
+    watchdog: bool,
+    maintenance: bool = True,
+) -> tuple[list[dict], dict | None]:
     per_target = n_tables // n_targets
     dbs = [f"pgmaint_dag_{i}" for i in range(n_targets)]
     log(f"{label}: building {n_targets} database(s) x {per_target} tables x {n_parts} partitions")
@@ -204,7 +306,7 @@ def scenario(
         pools = [conn_id for _, conn_id in targets]
         # warm-up: the first run creates the state schema
         run_dags(repo, home, config_path, conns, pools, [["partition_maintenance", None]])
-        plan = [("healthy", ["partition_maintenance", None])]
+        plan = [("healthy", ["partition_maintenance", None])] if maintenance else []
         for what, (dag_id, conf) in plan:
             before = statements(admin, dbs)
             got = run_dags(repo, home, config_path, conns, pools, [[dag_id, conf]])
@@ -216,17 +318,19 @@ def scenario(
                     "statements": statements(admin, dbs) - before,
                 }
             )
-        broken = sum(break_some(ci, per_target, n_parts) for ci in conninfos)
-        before = statements(admin, dbs)
-        got = run_dags(repo, home, config_path, conns, pools, [["partition_maintenance", None]])
-        rows.append(
-            {
-                "scenario": label,
-                "run": f"maintenance, {broken} table(s) with work",
-                **next(iter(got.values())),
-                "statements": statements(admin, dbs) - before,
-            }
-        )
+        if maintenance:
+            broken = sum(break_some(ci, per_target, n_parts) for ci in conninfos)
+            before = statements(admin, dbs)
+            got = run_dags(repo, home, config_path, conns, pools, [["partition_maintenance", None]])
+            rows.append(
+                {
+                    "scenario": label,
+                    "run": f"maintenance, {broken} table(s) with work",
+                    **next(iter(got.values())),
+                    "statements": statements(admin, dbs) - before,
+                }
+            )
+        engine = None
         if watchdog:
             before = statements(admin, dbs)
             got = run_dags(repo, home, config_path, conns, pools, [["partition_watchdog", None]])
@@ -238,12 +342,27 @@ def scenario(
                     "statements": statements(admin, dbs) - before,
                 }
             )
+            names = [name for name, _ in targets] if n_targets > 1 else [None]
+            engine = watchdog_engine(
+                repo, config_path, admin, [(name, ci, db) for name, ci, db in zip(names, conninfos, dbs)]
+            )
     for row in rows:
         log(
             f"  {row['run']}: {row['state']}, {row['tis']} task instances ({row['executed']} executed), "
             f"{row['wall']:.1f} s, {row['statements']} statements"
+            + (
+                f", {_fmt_checks(row)} checks, check tasks {row['check_s']:.2f} s ({row['check_tasks']} tasks)"
+                if "check_s" in row
+                else ""
+            )
         )
-    return rows
+    if engine:
+        log(f"  {engine_line(engine)}")
+    return rows, engine
+
+
+def _fmt_checks(row: dict) -> str:
+    return "?" if row.get("checks") is None else f"{row['checks']:,}"
 
 
 def main() -> int:
@@ -253,7 +372,13 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=12)
     ap.add_argument("--repo", type=Path, default=REPO, help="the pgmaint checkout whose DAGs to run")
     ap.add_argument("--max-tables-repo", type=int, default=None, help="skip sizes above this (for slow old checkouts)")
-    ap.add_argument("--no-watchdog", action="store_true")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--no-watchdog", action="store_true", help="skip the watchdog run and the engine figure")
+    only.add_argument(
+        "--only-watchdog",
+        action="store_true",
+        help="skip the measured maintenance runs: build, one warm-up maintenance run, the watchdog run, the engine figure",
+    )
     ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"))
     args = ap.parse_args()
     today = day_floor(datetime.now(timezone.utc))
@@ -262,19 +387,44 @@ def main() -> int:
         n, t = map(int, args.fleet.split("x"))
         scenarios.append((f"{n} tables, {t} targets", n, t))
     scenarios = [s for s in scenarios if args.max_tables_repo is None or s[1] <= args.max_tables_repo]
-    rows = []
+    rows, engines = [], []
     with server(args.dsn) as (admin, kind, _):
         for label, n, t in scenarios:
-            rows += scenario(admin, args.repo.resolve(), label, n, t, args.partitions, today, not args.no_watchdog)
+            got, engine = scenario(
+                admin,
+                args.repo.resolve(),
+                label,
+                n,
+                t,
+                args.partitions,
+                today,
+                watchdog=not args.no_watchdog,
+                maintenance=not args.only_watchdog,
+            )
+            rows += got
+            if engine:
+                engines.append((label, engine))
     print()
     print(f"## DAG runs in `dag.test()` — DAGs of {args.repo.resolve()}")
     print()
-    print("| scenario | run | state | task instances (executed) | wall s | statements on the targets |")
-    print("|---|---|---|---:|---:|---:|")
+    print(
+        "| scenario | run | state | task instances (executed) | wall s | statements on the targets "
+        "| watchdog checks | watchdog check tasks s |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        checks = (_fmt_checks(r), f"{r['check_s']:.2f}") if "check_s" in r else ("", "")
         print(
-            f"| {r['scenario']} | {r['run']} | {r['state']} | {r['tis']} ({r['executed']}) | {r['wall']:.1f} | {r['statements']} |"
+            f"| {r['scenario']} | {r['run']} | {r['state']} | {r['tis']} ({r['executed']}) | {r['wall']:.1f} "
+            f"| {r['statements']} | {checks[0]} | {checks[1]} |"
         )
+    if engines:
+        print()
+        print(
+            f"Watchdog engine without Airflow (`run_checks()` per target, after one warm-up call; code of {args.repo.resolve()}):"
+        )
+        for label, e in engines:
+            print(f"- {label}: {engine_line(e)}")
     healthy_1000 = [r for r in rows if r["scenario"].startswith("1000 table") and r["run"].endswith("healthy")]
     for r in healthy_1000:
         ok = r["tis"] <= TARGET_TIS and r["wall"] <= TARGET_WALL_S
