@@ -264,14 +264,16 @@ def figures_in_snapshot(conn, migration, method: str, relations: list[str]) -> d
 WRITTEN_KEYS_RECOUNT_LIMIT = 200_000
 
 
-def written_keys(conn, migration) -> list[tuple[str, ...]] | None:
-    """The keys the mirror logged since the write cut (each as text, as many as the mirror key has columns), in the
-    snapshot of `conn`; None when the log cannot tell: a TRUNCATE of the DEFAULT (a row of NULL keys), or too many."""
+def written_keys(conn, migration, since: int) -> list[tuple[str, ...]] | None:
+    """The keys the mirror logged for writes counted after `since` (the write cut's count; each key as text, as many
+    as the mirror key has columns), in the snapshot of `conn`; None when the log cannot tell: a TRUNCATE of the
+    DEFAULT (a row of NULL keys), or too many keys."""
     cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in migration.key.columns)
     rows = conn.execute(
-        sql.SQL("SELECT DISTINCT {} FROM {} LIMIT {}").format(
+        sql.SQL("SELECT DISTINCT {} FROM {} WHERE seq > %s LIMIT {}").format(
             cols, migration.q(migration.written), sql.Literal(WRITTEN_KEYS_RECOUNT_LIMIT + 1)
-        )
+        ),
+        [since],
     ).fetchall()
     if len(rows) > WRITTEN_KEYS_RECOUNT_LIMIT or any(r[0] is None for r in rows):
         return None

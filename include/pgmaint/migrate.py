@@ -565,7 +565,7 @@ class _Run:
         verifier = CutVerifier(self.conninfo, self.config.lock_budget)
         keeper = CutVerifier(self.conninfo, self.config.lock_budget) if logged else None
         try:
-            self.step(m.verify_cut_step(on_snapshot=_adopt_both(verifier, keeper), log_written=logged))
+            self.step(m.verify_cut_step(on_snapshot=_adopt_both(verifier, keeper)))
             before, after = verifier.figures(m, current.checksum, swapped=False)
             checked_mark = verifier.write_mark
         except BaseException:
@@ -633,7 +633,8 @@ class _Run:
         swap exactly when those rows are. None when the key log cannot tell (then everything is counted again)."""
         if keeper is None or keeper.snapshot is None or not self.mirror_untouched_since_check(current.migration_id):
             return None
-        keys = written_keys(verifier.conn, m)
+        since = _count_in_mark(keeper.write_mark)
+        keys = None if since is None else written_keys(verifier.conn, m, since)
         if keys is None:
             return None
         new_homes = [r.partition for r in m.plan.move] + [m.default_name]
@@ -858,6 +859,14 @@ class _Run:
         for step in m.abandon_steps():
             self.step(step)
         self.set(current.migration_id, phase="abandoned", summary={"abandoned": why})
+
+
+def _count_in_mark(mark: str | None) -> int | None:
+    """The write counter's value in a write mark (`DefaultPartitionMigration.write_mark`), None if there is none."""
+    try:
+        return int(mark.rsplit("|", 1)[1]) if mark else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _adopt_both(verifier: CutVerifier, keeper: CutVerifier | None):

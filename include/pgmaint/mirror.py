@@ -10,7 +10,7 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
 2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
              into SP by the mirror key (and a TRUNCATE trigger empties SP), in the writer's
              own transaction, counting each write in a sequence (the write mark) and logging
-             the keys it wrote in an UNLOGGED table (emptied at the write cut); both
+             the keys it wrote, with that count, in an UNLOGGED table; both
              ENABLE ALWAYS (SHARE ROW EXCLUSIVE on D for a moment: it waits for in-flight
              writers, under the lock budget).
 3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
@@ -137,7 +137,7 @@ class DefaultPartitionMigration:
         self.old_name = fit_identifier(facts.default.name, "_pgmaint_old")
         self.function = fit_identifier(facts.table, "_pgmaint_mirror")
         self.writes = fit_identifier(facts.default.name, "_pgmaint_writes")  # the mirror's write counter (a sequence)
-        # The keys the mirror wrote since the write cut (emptied there): at the swap only those rows are counted again.
+        # The keys the mirror wrote, with each write's count: at the swap only the rows written after the cut are counted again.
         self.written = fit_identifier(facts.default.name, "_pgmaint_written")
         self.read_only_function = fit_identifier(facts.table, "_pgmaint_read_only")
         self.columns = [c for c, _, _ in columns]
@@ -265,22 +265,24 @@ class DefaultPartitionMigration:
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if self.identity else sql.SQL("")
         new_keys = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(k)) for k in self.key.columns)
         body = sql.SQL(
+            "DECLARE\n"
+            "  w bigint;\n"
             "BEGIN\n"
             # Non-transactional and contention-free: lets the swap tell that no write reached the DEFAULT since the
             # verification (`write_mark`). Counted before the write, so a write in progress is never missed.
-            "  PERFORM nextval({writes});\n"
+            "  w := nextval({writes});\n"
             "  IF TG_OP = 'TRUNCATE' THEN\n"  # the DEFAULT emptied: so are its copies (same transaction)
-            "    INSERT INTO {written} DEFAULT VALUES;\n"  # a row of NULL keys: every row changed
+            "    INSERT INTO {written} (seq) VALUES (w);\n"  # NULL keys: every row changed
             "    TRUNCATE {sp};\n"
             "    RETURN NULL;\n"
             "  END IF;\n"
             "  IF TG_OP <> 'INSERT' THEN\n"
-            "    INSERT INTO {written} VALUES ({old_keys});\n"
+            "    INSERT INTO {written} VALUES (w, {old_keys});\n"
             "    DELETE FROM {sp} WHERE ({keys}) = ({old_keys});\n"
             "  END IF;\n"
             "  IF TG_OP <> 'DELETE' THEN\n"
             "    IF TG_OP = 'INSERT' OR ({new_keys}) IS DISTINCT FROM ({old_keys}) THEN\n"
-            "      INSERT INTO {written} VALUES ({new_keys});\n"
+            "      INSERT INTO {written} VALUES (w, {new_keys});\n"
             "    END IF;\n"
             "    INSERT INTO {sp} ({cols}){overriding} VALUES ({new_vals}) ON CONFLICT ({keys}) {on_conflict};\n"
             "  END IF;\n"
@@ -313,13 +315,13 @@ class DefaultPartitionMigration:
                     sql.SQL("CREATE SEQUENCE {} AS bigint").format(self.q(self.writes)),
                     "none (a new sequence: the mirror counts the DEFAULT's writes in it)",
                 ),
-                # UNLOGGED: read only by the run that emptied it at its write cut, before the swap's count; a server
-                # crash in between ends that run too, and the next one cuts (and empties it) again.
+                # UNLOGGED: only the run that made the write cut reads it, for the writes counted after that cut; a
+                # server crash in between ends that run too, and the next one cuts again.
                 Statement(
-                    sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM ONLY {} WITH NO DATA").format(
-                        self.q(self.written), keys, d
-                    ),
-                    "none (a new table: the mirror logs the keys it writes in it)",
+                    sql.SQL(
+                        "CREATE UNLOGGED TABLE {} AS SELECT NULL::bigint AS seq, {} FROM ONLY {} WITH NO DATA"
+                    ).format(self.q(self.written), keys, d),
+                    "none (a new table: the mirror logs the keys it writes in it, with the write's count)",
                 ),
                 # SECURITY DEFINER: the application's roles write to D and may hold no privilege on our shadow tables.
                 Statement(
@@ -377,10 +379,10 @@ class DefaultPartitionMigration:
             b=sql.Literal(MIRROR_TRUNCATE_TRIGGER),
         )
 
-    def verify_cut_step(self, on_snapshot=None, log_written: bool = True) -> Step:
+    def verify_cut_step(self, on_snapshot=None) -> Step:
         """The instant the copies are verified at: no write to the DEFAULT is in flight (SHARE waits for them and holds
-        new ones back for the few milliseconds of the export), so every later write counts in the write mark, and
-        (`log_written`: the mirror logs keys, as this version's does) its keys are in the emptied key log."""
+        new ones back for the few milliseconds of the export), so every later write counts in the write mark (and
+        is logged in the key log with a count above the mark's)."""
         d = self.q(self.default_name)
         return Step(
             "verify_cut",
@@ -402,17 +404,6 @@ class DefaultPartitionMigration:
                     sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(d),
                     f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
                     "breaker), holds new writes back until the snapshot is exported; reads go on",
-                ),
-                *(
-                    [
-                        Statement(
-                            sql.SQL("TRUNCATE {}").format(self.q(self.written)),
-                            f"ACCESS EXCLUSIVE on {self.written} (ours; no writer of the DEFAULT is in flight, so none "
-                            "of the mirror): from here it logs the keys written after this instant",
-                        )
-                    ]
-                    if log_written
-                    else []
                 ),
                 Statement(
                     sql.SQL("SELECT pg_export_snapshot(), ({})").format(self.write_mark()),

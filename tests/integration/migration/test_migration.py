@@ -199,7 +199,13 @@ def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_f
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     ev = sql.Identifier(scratch_schema, "ev")
     step, recount = migrate._Run.step, migrate._Run.recount_written
+    copy = backfill.Backfill.run
     full = {}
+
+    def write_while_copying(self, **kwargs):  # logged too, but before the check: not read again at the swap
+        with psycopg.connect(pg_dsn, autocommit=True) as app:
+            app.execute(sql.SQL("UPDATE {} SET payload = 'during the copy' WHERE id IN (100, 101, 102)").format(ev))
+        return copy(self, **kwargs)
 
     def write_before_the_swap(self, s):
         if s.action == "swap":
@@ -222,6 +228,7 @@ def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_f
 
     monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
     monkeypatch.setattr(migrate._Run, "recount_written", count_both_ways)
+    monkeypatch.setattr(backfill.Backfill, "run", write_while_copying)
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
 
