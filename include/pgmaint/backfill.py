@@ -248,16 +248,48 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
             self.conn.execute("ROLLBACK")
 
 
-def figures_in_snapshot(conn, migration, method: str, relations: list[str]) -> dict[str, tuple[int, int]]:
-    query = figures_query(
+def figures_in_snapshot(
+    conn, migration, method: str, relations: list[str], keys: list[tuple[str, ...]] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per interval (rows, checksum) of `relations` in the snapshot of `conn`; with `keys`, of only the rows whose
+    mirror key is one of them (index lookups)."""
+    if keys is not None and not keys:
+        return {}
+    prefix, where, params = (sql.SQL(""), None, None) if keys is None else _only_keys(conn, migration, keys)
+    query = prefix + figures_query(
         migration.facts,
         migration.cfg,
         migration.config.timezone,
         method,
         migration.columns,
         [migration.q(r) for r in relations],
+        where=where,
     )
-    return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query).fetchall()}
+    return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query, params).fetchall()}
+
+
+def _only_keys(conn, migration, keys: list[tuple[str, ...]]) -> tuple[sql.Composable, sql.Composable, list]:
+    """(WITH clause, WHERE condition, parameters) selecting the rows whose mirror key is one of `keys` (as text)."""
+    types = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped",
+            [quoted(migration.facts.schema, migration.facts.table)],
+        ).fetchall()
+    )
+    names = [sql.Identifier(f"k{i}") for i in range(len(migration.key.columns))]
+    # format_type's output is a type name as PostgreSQL spells (and quotes) it. The keys once, looked up by index.
+    with_keys = sql.SQL("WITH pgmaint_keys AS MATERIALIZED (SELECT {} FROM unnest({}) AS u({})) ").format(
+        sql.SQL(", ").join(
+            sql.SQL("CAST({} AS {})").format(n, sql.SQL(types[k])) for n, k in zip(names, migration.key.columns)
+        ),
+        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
+        sql.SQL(", ").join(names),
+    )
+    where = sql.SQL("({}) IN (SELECT * FROM pgmaint_keys)").format(
+        sql.SQL(", ").join(map(sql.Identifier, migration.key.columns))
+    )
+    return with_keys, where, [list(column) for column in zip(*keys)]
 
 
 # Above this many keys written between the write cut and the swap, counting everything again is the cheaper way.
@@ -278,41 +310,6 @@ def written_keys(conn, migration, since: int) -> list[tuple[str, ...]] | None:
     if len(rows) > WRITTEN_KEYS_RECOUNT_LIMIT or any(r[0] is None for r in rows):
         return None
     return rows
-
-
-def figures_of_keys(conn, migration, method: str, relations: list[str], keys: list[tuple[str, ...]]) -> dict:
-    """`figures_in_snapshot` over only the rows whose mirror key is one of `keys` (index lookups)."""
-    if not keys:
-        return {}
-    types = dict(
-        conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-            "AND attnum > 0 AND NOT attisdropped",
-            [quoted(migration.facts.schema, migration.facts.table)],
-        ).fetchall()
-    )
-    names = [sql.Identifier(f"k{i}") for i in range(len(migration.key.columns))]
-    # format_type's output is a type name as PostgreSQL spells (and quotes) it. The keys once, looked up by index.
-    wanted = sql.SQL("WITH pgmaint_keys AS MATERIALIZED (SELECT {} FROM unnest({}) AS u({})) ").format(
-        sql.SQL(", ").join(
-            sql.SQL("CAST({} AS {})").format(n, sql.SQL(types[k])) for n, k in zip(names, migration.key.columns)
-        ),
-        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names),
-        sql.SQL(", ").join(names),
-    )
-    where = sql.SQL("({}) IN (SELECT * FROM pgmaint_keys)").format(
-        sql.SQL(", ").join(map(sql.Identifier, migration.key.columns))
-    )
-    query = wanted + figures_query(
-        migration.facts,
-        migration.cfg,
-        migration.config.timezone,
-        method,
-        migration.columns,
-        [migration.q(r) for r in relations],
-        where=where,
-    )
-    return {b: (int(n), int(ck)) for b, n, ck in conn.execute(query, [list(c) for c in zip(*keys)]).fetchall()}
 
 
 def replace_counted(figures: dict, was: dict, now: dict) -> dict:
@@ -403,7 +400,6 @@ __all__ = [
     "CutVerifier",
     "compare",
     "figures_in_snapshot",
-    "figures_of_keys",
     "replace_counted",
     "written_keys",
 ]

@@ -41,7 +41,6 @@ from include.pgmaint.backfill import (
     CutVerifier,
     compare,
     figures_in_snapshot,
-    figures_of_keys,
     replace_counted,
     written_keys,
 )
@@ -640,8 +639,8 @@ class _Run:
         new_homes = [r.partition for r in m.plan.move] + [m.default_name]
         method = current.checksum
         try:
-            was_default = figures_of_keys(keeper.conn, m, method, [m.old_name], keys)
-            was_copies = figures_of_keys(keeper.conn, m, method, new_homes, keys)
+            was_default = figures_in_snapshot(keeper.conn, m, method, [m.old_name], keys)
+            was_copies = figures_in_snapshot(keeper.conn, m, method, new_homes, keys)
         except psycopg.Error as e:  # the keeper was ended (idle_in_transaction_session_timeout?): count everything
             log.warning(
                 "%s: could not read the cut's snapshot again (%s); counting every row at the swap", self.cfg.name, e
@@ -649,8 +648,8 @@ class _Run:
             return None
         if compare(was_default, was_copies):
             return None  # cannot be after a verified cut; count everything rather than reason from it
-        now_default = figures_of_keys(verifier.conn, m, method, [m.old_name], keys)
-        now_copies = figures_of_keys(verifier.conn, m, method, new_homes, keys)
+        now_default = figures_in_snapshot(verifier.conn, m, method, [m.old_name], keys)
+        now_copies = figures_in_snapshot(verifier.conn, m, method, new_homes, keys)
         verifier.release()
         return (
             replace_counted(before, was_default, now_default),
