@@ -382,7 +382,8 @@ def main() -> int:
     ap.add_argument("--dsn", default=os.environ.get("PGMAINT_BENCH_DSN"))
     args = ap.parse_args()
     today = day_floor(datetime.now(timezone.utc))
-    scenarios = [(f"{n} table(s), 1 target", n, 1) for n in map(int, args.sizes.split(",")) if n]
+    sizes = [int(n) for n in args.sizes.split(",") if n.strip()]  # '' or 0: no single-target scenario
+    scenarios = [(f"{n} table(s), 1 target", n, 1) for n in sizes if n]
     if args.fleet:
         n, t = map(int, args.fleet.split("x"))
         scenarios.append((f"{n} tables, {t} targets", n, t))
