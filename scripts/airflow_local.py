@@ -457,9 +457,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise DeploymentError(not_healthy(d, last))
             time.sleep(1)
         if not stopping:
-            print(f"\nairflow: ready: {d.base_url}   login: {ADMIN} / {d.admin_password()}")
-            print(f"         {databases(dict(os.environ))}")
-            print("         DAGs are paused until you unpause them; Ctrl-C stops everything\n")
+            # One write: a reader of the output never sees the login without the lines after it.
+            print(
+                f"\nairflow: ready: {d.base_url}   login: {ADMIN} / {d.admin_password()}\n"
+                f"         {databases(dict(os.environ))}\n"
+                "         DAGs are paused until you unpause them; Ctrl-C stops everything\n"
+            )
         while not stopping:
             dead = d.dead()
             if dead:

@@ -30,7 +30,8 @@ from tests.conftest import REPO, _airflow_conn_json
 from tests.e2e.conftest import drop_database, free_tcp_port, fresh_database, sqlalchemy_url
 
 LAUNCHER = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "scripts" / "airflow_local.py")]
-LOGIN = re.compile(r"airflow: ready: (\S+)\s+login: admin / (\S+)")
+# the whole ready message, up to its last line (the databases are named between)
+LOGIN = re.compile(r"airflow: ready: (\S+)\s+login: admin / (\S+)\n.*?Ctrl-C stops everything", re.S)
 
 
 def test_the_makefile_recipe_is_the_launcher():
