@@ -1199,6 +1199,12 @@ DEPLOYED_META_DB = "pgmaint_bench_airflow"
 DEPLOYED_POLL_S = 0.2
 
 
+def _scheduler_settings() -> str:
+    """How the deployed contender's scheduler is set: Airflow's defaults unless AIRFLOW__SCHEDULER__* is exported."""
+    own = sorted((k, v) for k, v in os.environ.items() if k.startswith("AIRFLOW__SCHEDULER__"))
+    return ", ".join(f"{k}={v}" for k, v in own) if own else "scheduler defaults"
+
+
 def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: int, outcome: Outcome) -> None:
     """The whole DAG run in a running deployment: `POST /api/v2/dags/{DAG_ID}/dagRuns` with the conf (what the UI's
     trigger form sends), then the run's state polled every 0.2 s. Wall time: from the POST to the first poll that
@@ -1226,7 +1232,7 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         if t[2] and t[3]
     ]
     dag = outcome.dag = {
-        "how": f"a running Airflow (LocalExecutor, scheduler defaults), triggered over REST; {outcome.wall:.2f}s "
+        "how": f"a running Airflow (LocalExecutor, {_scheduler_settings()}), triggered over REST; {outcome.wall:.2f}s "
         "from the POST to the poll that saw the run finished",
         "state": run["state"],
         "started_at": started_at,
