@@ -604,13 +604,14 @@ class _Run:
                 )
             )
             failpoint("after_swap")
-            if self.unwritten_since_check(mid):
+            marks = self.write_marks(mid)
+            if marks.unwritten:
                 # No write reached the DEFAULT between the verified instant and the swap: the figures taken then are
                 # the figures at the swap (only the mirror writes to the shadows, and only for a write to the DEFAULT).
                 verifier.release()
                 how = UNWRITTEN_SINCE_CHECK
             else:
-                recounted = self.recount_written(m, current, before, after, keeper, verifier)
+                recounted = self.recount_written(m, current, before, after, keeper, verifier, marks)
                 if recounted is not None:
                     before, after, how = recounted
                 else:
@@ -625,14 +626,14 @@ class _Run:
         )
         return True
 
-    def recount_written(self, m, current: OpenMigration, before: dict, after: dict, keeper, verifier):
+    def recount_written(self, m, current: OpenMigration, before: dict, after: dict, keeper, verifier, marks):
         """(DEFAULT, copies, how) at the swap from the figures verified at the cut, counting again only the rows whose
         keys were written in between: each in the cut's snapshot (the keeper's) and in the swap's. The copies equaled
         the DEFAULT at the cut, and every other row is as it was then on both sides, so the two sides are equal at the
         swap exactly when those rows are. None when the key log cannot tell (then everything is counted again)."""
-        if keeper is None or keeper.snapshot is None or not self.mirror_untouched_since_check(current.migration_id):
+        if keeper is None or keeper.snapshot is None or not marks.mirror_untouched:
             return None
-        since = _count_in_mark(keeper.write_mark)
+        since = marks.count_at_check
         keys = None if since is None else written_keys(verifier.conn, m, since)
         if keys is None:
             return None
@@ -665,29 +666,16 @@ class _Run:
 
         return then
 
-    def unwritten_since_check(self, mid: int) -> bool:
-        """The write mark journalled with the figures checked before the swap equals the one the swap journalled."""
-        return bool(
-            self.conn.execute(
-                sql.SQL(
-                    "SELECT summary->>'write_mark_checked' = summary->>'write_mark_at_swap' FROM {}.migrations WHERE migration_id = %s"
-                ).format(self.state),
-                [mid],
-            ).fetchone()[0]
-        )
-
-    def mirror_untouched_since_check(self, mid: int) -> bool:
-        """Only the write counter moved between the check and the swap: the mirror's triggers were neither disabled nor
-        replaced in between (their catalog rows are the same versions), so every write since was logged with its key."""
-        return bool(
-            self.conn.execute(
-                sql.SQL(
-                    "SELECT split_part(summary->>'write_mark_checked', '|', 1) = "
-                    "split_part(summary->>'write_mark_at_swap', '|', 1) FROM {}.migrations WHERE migration_id = %s"
-                ).format(self.state),
-                [mid],
-            ).fetchone()[0]
-        )
+    def write_marks(self, mid: int) -> WriteMarks:
+        """The write marks journalled with the figures checked before the swap and by the swap."""
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT summary->>'write_mark_checked', summary->>'write_mark_at_swap' FROM {}.migrations "
+                "WHERE migration_id = %s"
+            ).format(self.state),
+            [mid],
+        ).fetchone()
+        return WriteMarks(*row)
 
     def record_figures(
         self,
@@ -749,7 +737,7 @@ class _Run:
             ).fetchone()[0]
         ):
             return  # counted at the swap (in this run, or the one that swapped): agreed or not, that count stands
-        if self.unwritten_since_check(mid):
+        if self.write_marks(mid).unwritten:
             self.conn.execute(
                 sql.SQL(
                     "UPDATE {}.migrations SET verified_at = clock_timestamp(), summary = summary || %s::jsonb "
@@ -860,12 +848,36 @@ class _Run:
         self.set(current.migration_id, phase="abandoned", summary={"abandoned": why})
 
 
-def _count_in_mark(mark: str | None) -> int | None:
-    """The write counter's value in a write mark (`DefaultPartitionMigration.write_mark`), None if there is none."""
-    try:
-        return int(mark.rsplit("|", 1)[1]) if mark else None
-    except (IndexError, ValueError):
-        return None
+@dataclass(frozen=True)
+class WriteMarks:
+    """The DEFAULT's write mark (`DefaultPartitionMigration.write_mark`: the mirror triggers' catalog rows '|' the write
+    counter) at the check before the swap and at the swap; None where the mirror was not in place as built."""
+
+    checked: str | None
+    at_swap: str | None
+
+    @property
+    def unwritten(self) -> bool:
+        """No write reached the DEFAULT between the check and the swap."""
+        return self.checked is not None and self.checked == self.at_swap
+
+    @property
+    def mirror_untouched(self) -> bool:
+        """Only the write counter moved: the mirror's triggers were neither disabled nor replaced in between (their
+        catalog rows are the same versions), so every write since was logged with its key."""
+        return (
+            self.checked is not None
+            and self.at_swap is not None
+            and self.checked.split("|", 1)[0] == self.at_swap.split("|", 1)[0]
+        )
+
+    @property
+    def count_at_check(self) -> int | None:
+        """The write counter's value at the check."""
+        try:
+            return int(self.checked.rsplit("|", 1)[1]) if self.checked else None
+        except (IndexError, ValueError):
+            return None
 
 
 def _adopt_both(verifier: CutVerifier, keeper: CutVerifier | None):

@@ -128,6 +128,23 @@ def test_rows_move_to_the_right_partitions_and_a_second_run_is_a_noop(conn, pg_d
     assert fingerprint(conn, scratch_schema) == before
 
 
+def run_before_the_swap(monkeypatch, pg_dsn: str, *statements) -> None:
+    """Make the migration run `statements` (each a query, or a query and its parameters) in another session, just
+    before its swap step: writes that land after the copies were verified."""
+    from include.pgmaint import migrate
+
+    step = migrate._Run.step
+
+    def hooked(self, s):
+        if s.action == "swap":
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                for statement in statements:
+                    other.execute(*(statement if isinstance(statement, tuple) else (statement,)))
+        return step(self, s)
+
+    monkeypatch.setattr(migrate._Run, "step", hooked)
+
+
 def _verified_how(conn, schema: str) -> str:
     return conn.execute(
         sql.SQL("SELECT summary->>'verified' FROM {}.migrations").format(sql.Identifier(schema))
@@ -158,21 +175,15 @@ def test_a_write_between_the_verification_and_the_swap_makes_the_swap_count_agai
 ):
     """An application update and delete land in the DEFAULT after the copies were verified: the write mark moved, so the
     rows are counted again at the instant of the swap (and still balance: the mirror replayed both writes)."""
-    from include.pgmaint import migrate
-
     seed(conn, scratch_schema, 5_000)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     ev = sql.Identifier(scratch_schema, "ev")
-    step = migrate._Run.step
-
-    def write_before_the_swap(self, s):
-        if s.action == "swap":
-            with psycopg.connect(pg_dsn, autocommit=True) as app:
-                app.execute(sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev))
-                app.execute(sql.SQL("DELETE FROM {} WHERE id = 11").format(ev))
-        return step(self, s)
-
-    monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
+    run_before_the_swap(
+        monkeypatch,
+        pg_dsn,
+        sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev),
+        sql.SQL("DELETE FROM {} WHERE id = 11").format(ev),
+    )
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
 
@@ -198,7 +209,7 @@ def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_f
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     ev = sql.Identifier(scratch_schema, "ev")
-    step, recount = migrate._Run.step, migrate._Run.recount_written
+    recount = migrate._Run.recount_written
     copy = backfill.Backfill.run
     full = {}
 
@@ -207,26 +218,24 @@ def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_f
             app.execute(sql.SQL("UPDATE {} SET payload = 'during the copy' WHERE id IN (100, 101, 102)").format(ev))
         return copy(self, **kwargs)
 
-    def write_before_the_swap(self, s):
-        if s.action == "swap":
-            with psycopg.connect(pg_dsn, autocommit=True) as app:
-                app.execute(sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev))
-                app.execute(sql.SQL("DELETE FROM {} WHERE id = 11").format(ev))
-                app.execute(sql.SQL("UPDATE {} SET ts = ts - interval '1 day' WHERE id = 2500").format(ev))
-                app.execute(
-                    sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late'), (%s, 'today')").format(ev),
-                    [wall_now() - timedelta(days=3), wall_now() - timedelta(seconds=1)],
-                )
-        return step(self, s)
-
-    def count_both_ways(self, m, current, b, a, keeper, verifier):
+    def count_both_ways(self, m, current, b, a, keeper, verifier, marks):
         homes = [r.partition for r in m.plan.move] + [m.default_name]
         full["before"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, [m.old_name])
         full["moved"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, homes)
-        full["incremental"] = recount(self, m, current, b, a, keeper, verifier)
+        full["incremental"] = recount(self, m, current, b, a, keeper, verifier, marks)
         return full["incremental"]
 
-    monkeypatch.setattr(migrate._Run, "step", write_before_the_swap)
+    run_before_the_swap(
+        monkeypatch,
+        pg_dsn,
+        sql.SQL("UPDATE {} SET payload = 'late change' WHERE id = 10").format(ev),
+        sql.SQL("DELETE FROM {} WHERE id = 11").format(ev),
+        sql.SQL("UPDATE {} SET ts = ts - interval '1 day' WHERE id = 2500").format(ev),
+        (
+            sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, 'late'), (%s, 'today')").format(ev),
+            [wall_now() - timedelta(days=3), wall_now() - timedelta(seconds=1)],
+        ),
+    )
     monkeypatch.setattr(migrate._Run, "recount_written", count_both_ways)
     monkeypatch.setattr(backfill.Backfill, "run", write_while_copying)
 
@@ -258,23 +267,17 @@ def test_a_mirror_trigger_switched_off_and_on_between_the_check_and_the_swap_mak
     """A write made while the mirror was disabled is in no key log: the swap must not trust the log then. The trigger's
     catalog row changed, so every row is counted again, the unmirrored write shows as a mismatch, and the old DEFAULT
     is kept for comparison instead of being dropped."""
-    from include.pgmaint import migrate
-
     seed(conn, scratch_schema, 5_000)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     ev, d = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default")
-    step = migrate._Run.step
-
-    def unmirrored_write_before_the_swap(self, s):
-        if s.action == "swap":
-            with psycopg.connect(pg_dsn, autocommit=True) as dba:
-                dba.execute(sql.SQL("UPDATE {} SET payload = 'mirrored' WHERE id = 10").format(ev))
-                dba.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_mirror").format(d))
-                dba.execute(sql.SQL("UPDATE {} SET payload = 'not mirrored' WHERE id = 20").format(ev))
-                dba.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_mirror").format(d))
-        return step(self, s)
-
-    monkeypatch.setattr(migrate._Run, "step", unmirrored_write_before_the_swap)
+    run_before_the_swap(
+        monkeypatch,
+        pg_dsn,
+        sql.SQL("UPDATE {} SET payload = 'mirrored' WHERE id = 10").format(ev),
+        sql.SQL("ALTER TABLE {} DISABLE TRIGGER pgmaint_mirror").format(d),
+        sql.SQL("UPDATE {} SET payload = 'not mirrored' WHERE id = 20").format(ev),
+        sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_mirror").format(d),
+    )
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0])
 
