@@ -27,12 +27,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from include.pgmaint.config import Config, ConfigError, TableConfig, parse_config, read_config_file
+from include.pgmaint.config.model import TARGET_SEPARATOR
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 TARGET_KEYS = ("name", "connection_id", "pool", "tables", "services")  # a target's own
 OVERRIDABLE = ("timezone", "state_schema", "lock_budget", "preflight", "escalation")  # shared, a target may override
 SHARED_ONLY = ("schedules",)
-SEPARATOR = "/"
+SEPARATOR = TARGET_SEPARATOR
 
 
 @dataclass(frozen=True)

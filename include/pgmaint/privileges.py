@@ -44,6 +44,7 @@ from psycopg import sql
 
 from include.pgmaint.config import Config, ServiceConfig, TableConfig
 from include.pgmaint.plan import retention_cutoff, timeline
+from include.pgmaint.services.base import extension_schema
 from include.pgmaint.state import latest_version
 
 log = logging.getLogger("pgmaint.privileges")
@@ -377,14 +378,6 @@ def _services_why(services: list[ServiceConfig], what: str) -> str:
     )
 
 
-def _extension(conn, name: str) -> tuple[int, str] | None:
-    return conn.execute(
-        "SELECT n.oid::int, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-        "WHERE e.extname = %s",
-        [name],
-    ).fetchone()
-
-
 def _absent(name: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
     named = ", ".join(s.name for s in services)
     return [
@@ -399,18 +392,18 @@ def _absent(name: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> 
 
 
 def _pg_partman(conn, role: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
-    found = _extension(conn, "pg_partman")
-    if found is None:
+    schema = extension_schema(conn, "pg_partman")
+    if schema is None:
         return _absent("pg_partman", services, jobs)
-    schema_oid, schema = found
     why = _services_why(services, "switches automatic_maintenance in part_config off and on again")
     usage, select, update = conn.execute(
-        "SELECT has_schema_privilege(%(r)s, %(s)s::oid, 'USAGE'), "
+        "SELECT has_schema_privilege(%(r)s, n.oid, 'USAGE'), "
         "has_column_privilege(%(r)s, c.oid, 'parent_table', 'SELECT') "
         "AND has_column_privilege(%(r)s, c.oid, 'automatic_maintenance', 'SELECT'), "
         "has_column_privilege(%(r)s, c.oid, 'automatic_maintenance', 'UPDATE') "
-        "FROM pg_class c WHERE c.relnamespace = %(s)s::oid AND c.relname = 'part_config'",
-        {"r": role, "s": schema_oid},
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %(s)s AND c.relname = 'part_config'",
+        {"r": role, "s": schema},
     ).fetchone()
     table, r = ident(schema, "part_config"), ident(role)
     out = []
@@ -434,7 +427,7 @@ def _pg_partman(conn, role: str, services: list[ServiceConfig], jobs: tuple[str,
 
 
 def _pg_cron(conn, role: str, services: list[ServiceConfig], jobs: tuple[str, ...]) -> list[Missing]:
-    if _extension(conn, "pg_cron") is None:
+    if extension_schema(conn, "pg_cron") is None:
         return _absent("pg_cron", services, jobs)
     schema = "cron"  # pg_cron's objects live in schema cron whatever the extension's own schema says
     schema_oid = conn.execute("SELECT oid::int FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()[0]

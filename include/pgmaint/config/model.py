@@ -98,6 +98,9 @@ class ServiceConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
+TARGET_SEPARATOR = "/"  # between a target's name and a table's in fleet mode (`orders/public.events`)
+
+
 @dataclass(frozen=True)
 class Config:
     connection_id: str
@@ -117,7 +120,7 @@ class Config:
 
     def ref(self, table: str) -> str:
         """How `table` is named in DAG params and asset events: `target/table` when this is one of several targets."""
-        return f"{self.target}/{table}" if self.one_of_several else table
+        return f"{self.target}{TARGET_SEPARATOR}{table}" if self.one_of_several else table
 
     def table(self, name: str) -> TableConfig:
         for table in self.tables:
