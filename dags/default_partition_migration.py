@@ -5,13 +5,13 @@ Moves the rows that piled up in a table's DEFAULT partition into proper
 partitions, online. Triggered by hand from the form below, or by the watchdog
 (asset `pgmaint_default_rows`) for tables with `auto_migrate: true`.
 
-1. **resolve_table**: the `table` param, or the table named by the watchdog's asset event.
-2. **open_window** (setup): records which services write to the table, in pause order.
-3. **pause_writers**: first checks every privilege the migration needs (the dry run's check):
+1. **open_window** (setup): which table (the `table` param, or the table named by the watchdog's
+   asset event) and which services write to it, in pause order.
+2. **pause_writers**: first checks every privilege the migration needs (the dry run's check):
    one missing fails the run naming it and its GRANT, with nothing paused; then pauses the
    writers, dependents first, each with a lease that expires (`pause_services`; nothing is
    paused on a dry run).
-4. **migrate**, under the table's runner lock, copy first and swap last:
+3. **migrate**, under the table's runner lock, copy first and swap last:
    - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many; refuse
      up front a table without a primary key (or unique key) or with foreign keys pointing at it;
    - build shadow partitions (one per interval inside the window) and a replacement DEFAULT;
@@ -26,22 +26,22 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      reached the DEFAULT since the cut (the mirror counts them and logs their keys), the rows
      with those keys are counted again, as they were at the cut and at the swap.
    Stops cleanly at `max_minutes` (nothing visible changed; the next run resumes the copy).
-5. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
+4. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
    swap; no row left in the DEFAULT for a migrated interval; its expectations run as plain SQL,
    through GX when Data Docs are asked for) must pass before **finish** drops the detached old
    DEFAULT, in the same transaction as checking it is unchanged since the swap (its read-only
    triggers untouched, else it is read again); **gate_after_cleanup** checks again.
-6. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
+5. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
    failed — beside the gates and `finish` (they only touch the detached old DEFAULT), and resumes
    what this run paused, in reverse order (retried twice; a resume that still fails fails the run,
    and the watchdog retries it when the lease expires). **fail_run_if_work_failed** marks the run
    failed when pausing, moving, the drop or a gate failed.
 
-Steps 4–5 hold sessions to the table's database for the whole move, so they run in the target's
+Steps 3–4 hold sessions to the table's database for the whole move, so they run in the target's
 pool; `pause_writers` and `resume_writers` (one short session each) do not, so resuming writers
 never waits for a slot.
 
-**Several databases** (`targets:` in the config; `table` is `target/schema.table`): steps 4–5
+**Several databases** (`targets:` in the config; `table` is `target/schema.table`): steps 3–4
 exist once per target, in a group named after it (`<target>.migrate`, `<target>.finish`, …), each
 in that target's pool; **to_target**, after `pause_writers`, follows the table's group and skips
 the others.
@@ -81,7 +81,7 @@ def on(ref: str):
 
 
 def move_and_clean_up(config, table):
-    """Steps 4-5 on one target's database: each task holds a session to it, so each runs in its pool."""
+    """Steps 3-4 on one target's database: each task holds a session to it, so each runs in its pool."""
 
     @task(multiple_outputs=False, pool=config.pool)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
@@ -169,18 +169,15 @@ def move_and_clean_up(config, table):
     },
 )
 def default_partition_migration():
-    @task
-    def resolve_table(params=None, triggering_asset_events=None) -> str:
+    @setup
+    @task(multiple_outputs=True)
+    def open_window(params=None, dag_run=None, triggering_asset_events=None) -> dict:
+        # One task, not two: each task costs a scheduler pass and a process (~1 s with Airflow's defaults).
+        from include.pgmaint.airflow.services import open_window as record_intent
         from include.pgmaint.airflow.tasks import resolve_migration_table
 
-        return resolve_migration_table(FLEET, params, triggering_asset_events)
-
-    @setup
-    @task(multiple_outputs=False)
-    def open_window(table: str, dag_run=None) -> dict:
-        from include.pgmaint.airflow.services import open_window as record_intent
-
-        return record_intent(*on(table), dag_run)
+        table = resolve_migration_table(FLEET, params, triggering_asset_events)
+        return {**record_intent(*on(table), dag_run), "table": table}
 
     @task
     def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
@@ -216,8 +213,8 @@ def default_partition_migration():
         config, _ = on(table)
         return f"{config.target}.migrate"
 
-    table = resolve_table()
-    window = open_window(table)
+    window = open_window()
+    table = window["table"]
     paused = pause_writers(table)
     if FLEET.multi:  # one group per database, each in its own pool; only the table's target runs
         route = to_target(table)

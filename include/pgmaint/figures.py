@@ -13,14 +13,37 @@ from psycopg import errors, sql
 from include.pgmaint.catalog import TableFacts
 from include.pgmaint.config import TableConfig
 
+# Zones without offset changes, where an hour, a day and a week always have the same length.
+_UTC_NAMES = frozenset({"utc", "etc/utc", "gmt", "etc/gmt", "universal", "etc/universal", "zulu", "etc/zulu"})
+# A Monday at midnight (1 January of the year 1, proleptic Gregorian, as PostgreSQL counts): the origin of `date_bin`
+# buckets that fall where date_trunc's do (ISO weeks start on Monday). Before its origin date_bin misplaces a time
+# that is exactly on a bucket's edge (PostgreSQL 15 and 16), hence the earliest origin and date_trunc for the rest.
+_MONDAY = "0001-01-01 00:00:00"
+
 
 def bucket_expression(facts: TableFacts, cfg: TableConfig, tz: str, alias: str | None = None) -> sql.Composable:
-    """The start of the partition interval a row's key falls in, computed by PostgreSQL."""
+    """The start of the partition interval a row's key falls in, computed by PostgreSQL.
+
+    Always the value of `date_trunc(unit, key, tz)` (the journal's buckets are its text). Where an interval has one
+    fixed length (hours, days, ISO weeks, in UTC or on a wall-clock key) it is computed with `date_bin`, which
+    gives the same value about three times cheaper: date_trunc with a time zone converts every row's time to
+    that zone and back, which was about half the cost of counting a DEFAULT and of checking the copies."""
     key = sql.Identifier(alias, facts.key_column) if alias else sql.Identifier(facts.key_column)
-    unit = sql.Literal(cfg.interval.unit)
-    if facts.key_type == "timestamp with time zone":
-        return sql.SQL("date_trunc({}, {}, {})").format(unit, key, sql.Literal(tz))
-    return sql.SQL("date_trunc({}, {}::timestamp)").format(unit, key)  # wall-clock keys: their own clock
+    unit = cfg.interval.unit
+    aware = facts.key_type == "timestamp with time zone"
+    if aware:
+        truncated = sql.SQL("date_trunc({}, {}, {})").format(sql.Literal(unit), key, sql.Literal(tz))
+    else:  # wall-clock keys: their own clock
+        key = sql.SQL("{}::timestamp").format(key)
+        truncated = sql.SQL("date_trunc({}, {})").format(sql.Literal(unit), key)
+    if unit not in ("hour", "day", "week") or (aware and tz.lower() not in _UTC_NAMES):
+        return truncated
+    kind = sql.SQL("timestamptz" if aware else "timestamp")
+    origin = sql.SQL("{}::{}").format(sql.Literal(_MONDAY + ("+00" if aware else "")), kind)
+    width = sql.Literal("7 days" if unit == "week" else f"1 {unit}")
+    return sql.SQL("CASE WHEN {k} >= {o} AND isfinite({k}) THEN date_bin({w}::interval, {k}, {o}) ELSE {t} END").format(
+        k=key, o=origin, w=width, t=truncated
+    )
 
 
 def checksum_method(conn, facts: TableFacts) -> str:
@@ -67,9 +90,10 @@ def figures_query(
     union = sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT {} FROM ONLY {}{}").format(cols, r, filtered) for r in relations
     )
+    # Grouped by the bucket's value, rendered as text once per bucket rather than once per row.
     return sql.SQL(
-        "SELECT coalesce({b}::text, 'NULL') AS bucket, count(*) AS rows, coalesce(sum({ck}), 0) AS checksum "
-        "FROM ({u}) AS m GROUP BY 1"
+        "SELECT coalesce(g.b::text, 'NULL') AS bucket, g.rows, g.checksum FROM ("
+        "SELECT {b} AS b, count(*) AS rows, coalesce(sum({ck}), 0) AS checksum FROM ({u}) AS m GROUP BY 1) AS g"
     ).format(b=bucket_expression(facts, cfg, tz, alias="m"), ck=checksum_expression(method, "m"), u=union)
 
 

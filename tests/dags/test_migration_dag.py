@@ -30,7 +30,6 @@ def test_structure_reads_like_the_runbook():
     }
     assert dag.get_task("open_window").is_setup and dag.get_task("resume_writers").is_teardown
     order = [
-        "resolve_table",
         "open_window",
         "pause_writers",
         "migrate",
@@ -42,7 +41,48 @@ def test_structure_reads_like_the_runbook():
         assert downstream in dag.get_task(upstream).downstream_task_ids
     # Writers are resumed once the move has ended (the rows are in their partitions), not after the drop and its
     # gates: they are paused for the move alone.
-    assert dag.get_task("resume_writers").upstream_task_ids == {"resolve_table", "open_window", "migrate"}
+    assert dag.get_task("resume_writers").upstream_task_ids == {"open_window", "migrate"}
+
+
+def _asset_events(*tables):
+    """The `triggering_asset_events` a run started by the watchdog's `pgmaint_default_rows` events gets."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from include.pgmaint.airflow.assets import DEFAULT_ROWS
+
+    return TriggeringAssetEventsAccessor.build(
+        AssetEventDagRunReferenceResult(
+            asset={"name": DEFAULT_ROWS.name, "uri": DEFAULT_ROWS.uri, "extra": {}},
+            extra={"table": table},
+            source_task_id="request_migration",
+            source_dag_id="partition_watchdog",
+            source_run_id=f"scheduled__{i}",
+            source_map_index=-1,
+            source_aliases=[],
+            timestamp=datetime(2026, 12, 2, 8, i, tzinfo=timezone.utc),
+        )
+        for i, table in enumerate(tables)
+    )
+
+
+def test_the_table_comes_from_the_param_or_else_from_the_watchdogs_latest_asset_event():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.pgmaint.airflow.tasks import resolve_migration_table
+    from include.pgmaint.fleet import load_fleet
+
+    fleet = load_fleet()
+    first, second = fleet.table_refs[:2]
+    events = _asset_events(first, second)
+    assert resolve_migration_table(fleet, {"table": None}, events) == second
+    assert resolve_migration_table(fleet, {"table": first}, _asset_events(second)) == first  # the form wins
+    with pytest.raises(AirflowFailException, match="no table chosen"):
+        resolve_migration_table(fleet, {"table": None}, _asset_events())
+    with pytest.raises(AirflowFailException, match=r"'public.gone' is not configured"):
+        resolve_migration_table(fleet, {"table": None}, _asset_events("public.gone"))
 
 
 @pytest.mark.parametrize(
@@ -231,7 +271,6 @@ def test_with_two_targets_the_table_is_migrated_in_its_own_database_and_pool(
             assert dag.get_task(f"first.{task_id}").pool == "pgmaint_target", task_id
             assert dag.get_task(f"second.{task_id}").pool == "pgmaint_second", task_id
         assert dag.get_task("resume_writers").upstream_task_ids == {
-            "resolve_table",
             "open_window",
             "first.migrate",
             "second.migrate",

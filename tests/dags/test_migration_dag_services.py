@@ -110,7 +110,6 @@ def test_work_fails_all_resumed_in_reverse_and_the_run_fails(airflow_db, pg_dsn,
 
     assert run.state == "failed"
     assert _states(run) == {
-        "resolve_table": "success",
         "open_window": "success",
         "pause_writers": "success",
         "migrate": "failed",
@@ -153,7 +152,6 @@ def test_pause_fails_half_way_what_was_paused_is_resumed(
 
     assert run.state == "failed"
     assert _states(run) == {
-        "resolve_table": "success",
         "open_window": "success",
         "pause_writers": "failed",
         "migrate": "upstream_failed",
