@@ -55,3 +55,45 @@ def test_every_row_falls_in_the_bucket_date_trunc_gives_it(pg_conn, unit, key_ty
             ).format(e=expression, r=reference, s=sample)
         ).fetchone()
         assert rows > 48_000 and differ == 0, f"{differ} keys bucketed differently, e.g. {example}"
+
+
+def test_the_check_of_the_copies_hashes_a_few_groups_in_one_process(pg_dsn, pg_conn, scratch_schema):
+    """Left to itself the planner sorts every whole row (spilling to disk) in three processes to find a handful of
+    intervals; pgmaint's sessions read with one process and its verifier hashes the groups instead."""
+    import psycopg
+
+    from include.pgmaint.backfill import CutVerifier
+    from include.pgmaint.config import LockBudget
+    from include.pgmaint.db import connect
+    from include.pgmaint.figures import figures_query
+
+    table = sql.Identifier(scratch_schema, "ev")
+    pg_conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, k timestamptz NOT NULL, body text)").format(table))
+    pg_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT g, '2026-11-20'::timestamptz + g * interval '1 second', repeat('x', 200) "
+            "FROM generate_series(1, 400000) g"
+        ).format(table)
+    )
+    pg_conn.execute(sql.SQL("ANALYZE {}").format(table))
+    facts = SimpleNamespace(key_column="k", key_type="timestamp with time zone")
+    cfg = SimpleNamespace(interval=PartitionInterval("day"))
+    query = figures_query(facts, cfg, "UTC", "record", ["id", "k", "body"], [table])
+    explain = sql.SQL("EXPLAIN ") + query
+
+    def plan(conn) -> str:
+        return "\n".join(r[0] for r in conn.execute(explain).fetchall())
+
+    with psycopg.connect(pg_dsn, autocommit=True) as plain:  # the server's defaults: the test can tell
+        plain.execute("SET max_parallel_workers_per_gather = 2")
+        assert "Sort" in plan(plain) and "Gather" in plan(plain)
+    with connect(pg_dsn) as conn:
+        assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] == "0"
+    verifier = CutVerifier(pg_dsn, LockBudget())
+    try:
+        chosen = plan(verifier.conn)
+        assert "HashAggregate" in chosen and "Sort" not in chosen and "Gather" not in chosen, chosen
+        days = verifier.conn.execute(query).fetchall()
+        assert sorted(b for b, _, _ in days)[0] == "2026-11-20 00:00:00+00" and sum(n for _, n, _ in days) == 400_000
+    finally:
+        verifier.close()
