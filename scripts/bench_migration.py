@@ -586,6 +586,9 @@ class Api:
         self.requests: list[Request] = []
         self.lock_samples: list[tuple[float, int]] = []
         self.autovacuum: list[tuple[float, str]] = []
+        # (time, the checkpointer's wait event, checkpoints so far): a checkpoint flushing and syncing GBs of copied
+        # rows can hold the API's commits (their WAL fsyncs) back, whoever wrote the rows
+        self.checkpointer: list[tuple[float, str | None, int]] = []
         self.inserted = 0
         self._mutex = threading.Lock()
         self._seed = seed
@@ -656,13 +659,16 @@ class Api:
             nxt = time.monotonic()
             while not self.stop_event.is_set():
                 try:
-                    n, av = c.execute(
+                    n, av, cp_wait, cp_count = c.execute(
                         SAMPLER_TAG + "SELECT count(*) FILTER (WHERE NOT granted), "
                         "(SELECT string_agg(query, '; ') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                        "AND query <> '') FROM pg_locks"
+                        "AND query <> ''), "
+                        "(SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'checkpointer'), "
+                        "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) FROM pg_locks"
                     ).fetchone()
                     now = time.monotonic()
                     self.lock_samples.append((now, int(n)))
+                    self.checkpointer.append((now, cp_wait, int(cp_count)))
                     if av:
                         self.autovacuum.append((now, av))
                 except psycopg.Error:
@@ -688,6 +694,7 @@ class ApiFigures:
     autovacuum: list = field(default_factory=list)  # distinct autovacuum worker activities seen during the move
     by_kind: dict = field(default_factory=dict)  # kind -> (requests, p50, p99, max) in ms
     slow: list = field(default_factory=list)  # (scheduled start, latency ms, kind) of requests over 100 ms
+    checkpointer: list = field(default_factory=list)  # (time, wait event, checkpoints so far) sampled during the move
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -728,7 +735,23 @@ def api_figures(api: Api, start: float, end: float) -> ApiFigures:
         autovacuum=sorted({q for t, q in api.autovacuum if start <= t <= end + API_TAIL_S}),
         by_kind=by_kind,
         slow=[(r.sched, r.latency * 1000, r.kind) for r in reqs if r.latency > 0.1],
+        checkpointer=[x for x in api.checkpointer if start <= x[0] <= end + API_TAIL_S],
     )
+
+
+# The checkpointer's wait events while it sleeps between writes or waits for work; any other one means it is writing
+# or syncing data files (e.g. DataFileSync, DataFileWrite, CheckpointSync... in pg_stat_activity).
+CHECKPOINTER_RESTING = {None, "CheckpointerMain", "CheckpointWriteDelay"}
+
+
+def checkpointer_busy(api: ApiFigures, start: float, end: float) -> list[str]:
+    """The checkpointer's wait events (other than resting) sampled between start and end."""
+    return sorted({w for t, w, _ in api.checkpointer if start <= t <= end and w not in CHECKPOINTER_RESTING})
+
+
+def checkpoints_during(api: ApiFigures) -> int:
+    counts = [n for _, _, n in api.checkpointer]
+    return counts[-1] - counts[0] if counts else 0
 
 
 # --- CPU used by other processes on this machine ------------------------------------------------
@@ -1790,6 +1813,12 @@ def details(outcomes: list[Outcome]) -> list[str]:
             out.append("  - requests over 100 ms, by episode: " + "; ".join(slow_episodes(o)))
         if a.autovacuum:
             out.append("  - autovacuum workers seen during the move: " + "; ".join(a.autovacuum[:6]))
+        if a.checkpointer:
+            busy = checkpointer_busy(a, a.checkpointer[0][0], a.checkpointer[-1][0])
+            out.append(
+                f"  - checkpoints completed during the move: {checkpoints_during(a)}; the checkpointer's wait events "
+                f"while busy: {', '.join(busy) or 'none sampled'}"
+            )
     return out
 
 
@@ -1808,9 +1837,11 @@ def slow_episodes(o: Outcome, gap: float = 0.5, limit: int = 6) -> list[str]:
         inner = [sp for sp in o.spans if sp[1] <= t + worst[1] / 1000 and sp[2] >= t]
         phase = min(inner, key=lambda sp: sp[2] - sp[1])[0] if inner else None
         kinds = sorted({k for _, _, k in ep})
+        busy = checkpointer_busy(o.api, t - 0.1, t + worst[1] / 1000)
         out.append(
             f"t+{t - o.move_start:.1f}s: {len(ep)} ({'/'.join(kinds)}), worst {worst[1]:.0f} ms"
             + (f", during {phase}" if phase else "")
+            + (f"; the checkpointer was in {'/'.join(busy)}" if busy else "")
         )
     if len(episodes) > limit:
         out.append(f"... {len(episodes) - limit} more episodes")
