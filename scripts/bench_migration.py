@@ -589,6 +589,8 @@ class Api:
         # (time, the checkpointer's wait event, checkpoints so far): a checkpoint flushing and syncing GBs of copied
         # rows can hold the API's commits (their WAL fsyncs) back, whoever wrote the rows
         self.checkpointer: list[tuple[float, str | None, int]] = []
+        # (time, MB dirty, MB under write-back) in the kernel's page cache: a write-back burst slows every fsync
+        self.page_cache: list[tuple[float, float, float]] = []
         self.inserted = 0
         self._mutex = threading.Lock()
         self._seed = seed
@@ -669,6 +671,9 @@ class Api:
                     now = time.monotonic()
                     self.lock_samples.append((now, int(n)))
                     self.checkpointer.append((now, cp_wait, int(cp_count)))
+                    dirty = page_cache_dirty()
+                    if dirty:
+                        self.page_cache.append((now, *dirty))
                     if av:
                         self.autovacuum.append((now, av))
                 except psycopg.Error:
@@ -695,6 +700,7 @@ class ApiFigures:
     by_kind: dict = field(default_factory=dict)  # kind -> (requests, p50, p99, max) in ms
     slow: list = field(default_factory=list)  # (scheduled start, latency ms, kind) of requests over 100 ms
     checkpointer: list = field(default_factory=list)  # (time, wait event, checkpoints so far) sampled during the move
+    page_cache: list = field(default_factory=list)  # (time, MB dirty, MB under write-back) sampled during the move
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -736,6 +742,31 @@ def api_figures(api: Api, start: float, end: float) -> ApiFigures:
         by_kind=by_kind,
         slow=[(r.sched, r.latency * 1000, r.kind) for r in reqs if r.latency > 0.1],
         checkpointer=[x for x in api.checkpointer if start <= x[0] <= end + API_TAIL_S],
+        page_cache=[x for x in api.page_cache if start <= x[0] <= end + API_TAIL_S],
+    )
+
+
+def page_cache_dirty() -> tuple[float, float] | None:
+    """(MB dirty, MB under write-back) from /proc/meminfo (this machine: the benchmark's server is local)."""
+    found = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("Dirty", "Writeback"):
+                    found[name] = int(rest.split()[0]) / 1024
+    except OSError:
+        return None
+    return (found.get("Dirty", 0.0), found.get("Writeback", 0.0)) if found else None
+
+
+def page_cache_during(api: ApiFigures, start: float, end: float) -> str:
+    """The most dirty and under write-back page cache sampled between start and end, as text."""
+    inside = [(d, w) for t, d, w in api.page_cache if start <= t <= end]
+    if not inside:
+        return ""
+    return (
+        f"page cache up to {max(d for d, _ in inside):,.0f} MB dirty, {max(w for _, w in inside):,.0f} MB in write-back"
     )
 
 
@@ -1819,6 +1850,8 @@ def details(outcomes: list[Outcome]) -> list[str]:
                 f"  - checkpoints completed during the move: {checkpoints_during(a)}; the checkpointer's wait events "
                 f"while busy: {', '.join(busy) or 'none sampled'}"
             )
+        if a.page_cache:
+            out.append(f"  - during the move: {page_cache_during(a, a.page_cache[0][0], a.page_cache[-1][0])}")
     return out
 
 
@@ -1838,10 +1871,12 @@ def slow_episodes(o: Outcome, gap: float = 0.5, limit: int = 6) -> list[str]:
         phase = min(inner, key=lambda sp: sp[2] - sp[1])[0] if inner else None
         kinds = sorted({k for _, _, k in ep})
         busy = checkpointer_busy(o.api, t - 0.1, t + worst[1] / 1000)
+        cache = page_cache_during(o.api, t - 0.1, t + worst[1] / 1000)
         out.append(
             f"t+{t - o.move_start:.1f}s: {len(ep)} ({'/'.join(kinds)}), worst {worst[1]:.0f} ms"
             + (f", during {phase}" if phase else "")
             + (f"; the checkpointer was in {'/'.join(busy)}" if busy else "")
+            + (f"; {cache}" if cache else "")
         )
     if len(episodes) > limit:
         out.append(f"... {len(episodes) - limit} more episodes")

@@ -89,6 +89,8 @@ def test_the_check_of_the_copies_hashes_a_few_groups_in_one_process(pg_dsn, pg_c
         assert "Sort" in plan(plain) and "Gather" in plan(plain)
     with connect(pg_dsn) as conn:
         assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] == "0"
+        # and what its sessions write goes to the disk as they write it, not in one burst 30 s later (db.py)
+        assert conn.execute("SHOW backend_flush_after").fetchone()[0] == "256kB"
     verifier = CutVerifier(pg_dsn, LockBudget())
     try:
         chosen = plan(verifier.conn)
