@@ -21,7 +21,7 @@ def session_options(budget: LockBudget) -> str:
     # leave the other cores and the server's parallel workers to the application. Measured on 4 M rows: the check
     # ran no slower without workers (2.2 s, 2.7 s with two), and with them it held every core of a 2-core server.
     # backend_flush_after: the pages a copy writes out are handed to the disk every 256 kB instead of piling up in
-    # the kernel's page cache (1.5 GB dirty during a 4 M-row copy) until its 30 s expiry writes them back at once,
+    # the kernel's page cache (1.6 GB dirty during a 4 M-row copy) until its 30 s expiry writes them back at once,
     # when every fsync on the disk, the application's commits included, waits behind them.
     return (
         f"-c lock_timeout={budget.max_lock_timeout_ms} "
