@@ -937,3 +937,49 @@ def test_an_application_role_without_privileges_on_pgmaints_tables_keeps_writing
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_an_analyze_that_cannot_get_its_lock_fails_the_run_cleanly_after_the_check_beside_it_ends(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """ANALYZE of the shadows runs beside the verifier's count at the write cut. When it cannot have a shadow (here a
+    session holds SHARE UPDATE EXCLUSIVE on it), the step fails after its lock budget; the run waits for the count
+    beside it, closes the verifier's session, swaps nothing, and every row stays readable in the DEFAULT; the next
+    run moves them."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 20_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(
+        scratch_schema,
+        [table_entry(scratch_schema, "ev")],
+        lock_budget={"total_seconds": 1.0, "backoff_cap_seconds": 0.2},
+    )
+    blocker = psycopg.connect(pg_dsn)
+    step = migrate._Run.step
+
+    def hooked(self, s):
+        if s.action == "analyze_shadows" and not blocker.info.transaction_status:
+            shadow = s.lock_targets[0]
+            blocker.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(sql.SQL(shadow)))
+        return step(self, s)
+
+    monkeypatch.setattr(migrate._Run, "step", hooked)
+    try:
+        first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=5_000)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert first.outcome == "failed" and "analyze_shadows" in " ".join(first.errors), first.errors
+    assert fingerprint(conn, scratch_schema) == before  # nothing swapped: every row in the DEFAULT
+    assert not conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmaint-verify'"
+    ).fetchone()[0], "the verifier's session was left open"
+    _wait_for_runner_lock_release(pg_dsn, scratch_schema)
+    monkeypatch.setattr(migrate._Run, "step", step)
+
+    second = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=5_000)
+
+    assert second.outcome == "success", second.errors
+    assert fingerprint(conn, scratch_schema) == before and not leftovers(conn, scratch_schema)
