@@ -33,7 +33,6 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 TARGET_KEYS = ("name", "connection_id", "pool", "tables", "services")  # a target's own
 OVERRIDABLE = ("timezone", "state_schema", "lock_budget", "preflight", "escalation")  # shared, a target may override
 SHARED_ONLY = ("schedules",)
-SEPARATOR = TARGET_SEPARATOR
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ class Fleet:
 
     def resolve(self, ref: str) -> tuple[Config, TableConfig]:
         """`target/table` (or a bare table name when it is unambiguous) -> (the target's Config, the table)."""
-        if self.multi and SEPARATOR in ref:
-            name, table = ref.split(SEPARATOR, 1)
+        if self.multi and TARGET_SEPARATOR in ref:
+            name, table = ref.split(TARGET_SEPARATOR, 1)
             config = self.target(name)
             return config, config.table(table)
         found = [(c, t) for c in self.targets for t in c.tables if t.name == ref]
@@ -85,7 +84,7 @@ class Fleet:
             raise KeyError(f"table {ref!r} is not configured (configured: {', '.join(self.table_refs)})")
         raise KeyError(
             f"table {ref!r} is configured on several targets ({', '.join(str(c.target) for c, _ in found)}): "
-            f"write it as target{SEPARATOR}table"
+            f"write it as target{TARGET_SEPARATOR}table"
         )
 
     def for_connection(self, connection_id: str) -> Config:
@@ -218,4 +217,4 @@ def load_target(path: str | os.PathLike | None = None, target: str | None = None
         raise ConfigError([f"--target: {exc.args[0]}"], fleet.source) from None
 
 
-__all__ = ["Fleet", "SEPARATOR", "load_fleet", "load_target", "parse_fleet"]
+__all__ = ["Fleet", "load_fleet", "load_target", "parse_fleet"]

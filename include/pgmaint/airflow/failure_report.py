@@ -13,11 +13,12 @@ from psycopg import sql
 
 from include.pgmaint.airflow.spill import spill_for
 from include.pgmaint.config import Config, EscalationSettings
+from include.pgmaint.config.model import TARGET_SEPARATOR
 from include.pgmaint.escalation.conditions import Condition
 from include.pgmaint.escalation.escalator import Evaluation, open_escalator, utcnow
 from include.pgmaint.escalation.rendering import describe_session
 from include.pgmaint.escalation.stores import MemoryStore
-from include.pgmaint.fleet import SEPARATOR, load_fleet
+from include.pgmaint.fleet import load_fleet
 
 log = logging.getLogger("pgmaint.escalation")
 
@@ -37,16 +38,16 @@ def target_of(context) -> Config:
     candidates = [
         context.get("pgmaint_target"),
         str(getattr(ti, "task_id", "")).split(".", 1)[0],
-        str(getattr(ti, "rendered_map_index", None) or "").split(SEPARATOR, 1)[0],
-        table_param.split(SEPARATOR, 1)[0] if isinstance(table_param, str) else None,
+        str(getattr(ti, "rendered_map_index", None) or "").split(TARGET_SEPARATOR, 1)[0],
+        table_param.split(TARGET_SEPARATOR, 1)[0] if isinstance(table_param, str) else None,
     ]
     for name in candidates:
         try:
             config = fleet.target(name)
         except KeyError:
             continue
-        if isinstance(table_param, str) and table_param.startswith(f"{name}{SEPARATOR}"):
-            context["table_name"] = table_param.split(SEPARATOR, 1)[1]
+        if isinstance(table_param, str) and table_param.startswith(f"{name}{TARGET_SEPARATOR}"):
+            context["table_name"] = table_param.split(TARGET_SEPARATOR, 1)[1]
         return config
     return fleet.targets[0]
 
