@@ -377,11 +377,9 @@ class CutVerifier:
         catalog: the old DEFAULT under its new name, the new partitions and the new DEFAULT."""
         if self.snapshot is None:
             raise RuntimeError("no exported snapshot was adopted")
-        default, rest = (
-            (migration.old_name, migration.default_name) if swapped else (migration.default_name, migration.next_name)
-        )
+        default, homes = migration.compared(swapped=swapped)
         before = figures_in_snapshot(self.conn, migration, method, [default])
-        after = figures_in_snapshot(self.conn, migration, method, [r.partition for r in migration.plan.move] + [rest])
+        after = figures_in_snapshot(self.conn, migration, method, homes)
         self.release()
         return before, after
 

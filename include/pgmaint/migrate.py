@@ -643,10 +643,10 @@ class _Run:
         keys = None if since is None else written_keys(verifier.conn, m, since)
         if keys is None:
             return None
-        new_homes = [r.partition for r in m.plan.move] + [m.default_name]
+        old_default, new_homes = m.compared(swapped=True)
         method = current.checksum
         try:
-            was_default = figures_in_snapshot(keeper.conn, m, method, [m.old_name], keys)
+            was_default = figures_in_snapshot(keeper.conn, m, method, [old_default], keys)
             was_copies = figures_in_snapshot(keeper.conn, m, method, new_homes, keys)
         except psycopg.Error as e:  # the keeper was ended (idle_in_transaction_session_timeout?): count everything
             log.warning(
@@ -655,7 +655,7 @@ class _Run:
             return None
         if compare(was_default, was_copies):
             return None  # cannot be after a verified cut; count everything rather than reason from it
-        now_default = figures_in_snapshot(verifier.conn, m, method, [m.old_name], keys)
+        now_default = figures_in_snapshot(verifier.conn, m, method, [old_default], keys)
         now_copies = figures_in_snapshot(verifier.conn, m, method, new_homes, keys)
         verifier.release()
         return (

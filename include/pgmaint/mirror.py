@@ -151,6 +151,15 @@ class DefaultPartitionMigration:
     def text(self, name: str) -> str:
         return quoted(self.schema, name)
 
+    def compared(self, *, swapped: bool) -> tuple[str, list[str]]:
+        """The two sides a count compares, by name: (the DEFAULT, the moved rows' new homes). Before the swap: the
+        DEFAULT and the shadows with the replacement DEFAULT; after it committed, the old DEFAULT under its new name
+        and the new partitions with the new DEFAULT."""
+        moved = [r.partition for r in self.plan.move]
+        if swapped:
+            return self.old_name, [*moved, self.default_name]
+        return self.default_name, [*moved, self.next_name]
+
     def _bounds(self, rng: Range) -> sql.Composable:
         lit = lambda d, inf: sql.SQL(inf) if d is None else ddl.bound_literal(d, self.facts.key_type, self.tz)  # noqa: E731
         return sql.SQL("FROM ({}) TO ({})").format(lit(rng.lower, "MINVALUE"), lit(rng.upper, "MAXVALUE"))

@@ -219,8 +219,8 @@ def test_counting_only_the_keys_written_since_the_check_gives_the_figures_of_a_f
         return copy(self, **kwargs)
 
     def count_both_ways(self, m, current, b, a, keeper, verifier, marks):
-        homes = [r.partition for r in m.plan.move] + [m.default_name]
-        full["before"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, [m.old_name])
+        old_default, homes = m.compared(swapped=True)
+        full["before"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, [old_default])
         full["moved"] = backfill.figures_in_snapshot(verifier.conn, m, current.checksum, homes)
         full["incremental"] = recount(self, m, current, b, a, keeper, verifier, marks)
         return full["incremental"]
