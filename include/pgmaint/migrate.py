@@ -402,7 +402,7 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
         "%s: [dry run] then: wait for REPEATABLE READ snapshots older than the copy, verify the copies per interval "
         "(count + checksum) in the snapshot of the write cut, swap, count again at the swap's instant the rows whose "
         "keys were written since the cut (all rows if the key log cannot tell); the old DEFAULT is dropped after the "
-        "data-quality gate",
+        "data-quality gate, its indexes first (one transaction each, so no single commit frees all of its files)",
         cfg.name,
     )
 
@@ -953,23 +953,24 @@ def drop_old_default(
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
         f"ACCESS EXCLUSIVE on the detached {m.old_name} only (nothing can write to it until the drop commits)",
     )
-    untouched = Step(
-        "drop_old_default",
-        m.text(m.old_name),
-        (
-            lock,
-            Statement(
-                sql.SQL(
-                    "SELECT 1 WHERE ({now}) IS DISTINCT FROM (SELECT summary->>'read_only_mark' FROM {s}.migrations "
-                    "WHERE migration_id = {m}) OR ({now}) IS NULL"
-                ).format(now=m.read_only_mark(m.old_name), s=state, m=sql.Literal(mid)),
-                "none (catalog read: the read-only triggers the swap created stand untouched)",
-                expect_no_rows=True,
-            ),
-        )
-        + tail,
-        lock_targets=(m.text(m.old_name),),
+    unchanged = Statement(
+        sql.SQL(
+            "SELECT 1 WHERE ({now}) IS DISTINCT FROM (SELECT summary->>'read_only_mark' FROM {s}.migrations "
+            "WHERE migration_id = {m}) OR ({now}) IS NULL"
+        ).format(now=m.read_only_mark(m.old_name), s=state, m=sql.Literal(mid)),
+        "none (catalog read: the read-only triggers the swap created stand untouched)",
+        expect_no_rows=True,
     )
+    untouched = Step(
+        "drop_old_default", m.text(m.old_name), (lock, unchanged) + tail, lock_targets=(m.text(m.old_name),)
+    )
+    # Its indexes first, one transaction each, while it is proven unchanged: DROP frees a relation's files when it
+    # commits, and on a disk that discards freed blocks at once every fsync of that file system (the application's
+    # commits) waits for the discard; a few smaller frees hold them for less than one large one (docs/deploy.md).
+    indexes_first = [
+        Step("drop_old_default_index", name, (lock, unchanged, drop), lock_targets=(m.text(m.old_name),))
+        for name, drop in _old_default_indexes(conn, m)
+    ]
     reread = Step(
         "drop_old_default",
         m.text(m.old_name),
@@ -991,6 +992,9 @@ def drop_old_default(
     )
     try:
         try:
+            for step in indexes_first:
+                executor.run(step)
+                failpoint("after_drop_old_default_index")
             executor.run(untouched)
         except StepFailed as exc:
             if not isinstance(exc.__cause__, GuardFailed):
@@ -1013,6 +1017,28 @@ def drop_old_default(
             f"{exc} (every row is in its partition and was verified; only the detached {m.text(m.old_name)} "
             "is left: the next run drops it)"
         ) from exc
+
+
+def _old_default_indexes(conn, m: DefaultPartitionMigration) -> list[tuple[str, Statement]]:
+    """(name, the statement dropping it) for each index of the detached old DEFAULT, largest first; an index that
+    backs a constraint (its primary key, a unique or exclusion constraint) goes with its constraint."""
+    rows = conn.execute(
+        "SELECT n.nspname, r.relname, c.conname FROM pg_index i JOIN pg_class r ON r.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = r.relnamespace "
+        "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
+        "WHERE i.indrelid = to_regclass(%s) ORDER BY pg_relation_size(i.indexrelid) DESC, r.relname",
+        [m.text(m.old_name)],
+    ).fetchall()
+    old, lock = m.q(m.old_name), f"ACCESS EXCLUSIVE on the detached {m.old_name} only (held)"
+    return [
+        (
+            quoted(schema, index),
+            Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(old, sql.Identifier(constraint)), lock)
+            if constraint
+            else Statement(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, index)), lock),
+        )
+        for schema, index, constraint in rows
+    ]
 
 
 def finish_migration(conn, config: Config, cfg: TableConfig) -> dict:

@@ -378,6 +378,7 @@ KILL_POINTS = [
     "before_enable_autovacuum",
     "before_drop_next_default_check",
     "before_drop_shadow_parent",
+    "after_drop_old_default_index",
 ]
 
 

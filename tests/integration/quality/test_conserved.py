@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -190,9 +191,49 @@ def test_a_row_deleted_from_the_old_default_behind_the_migrations_back_stops_its
     conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER pgmaint_read_only").format(old))
 
     assert gate(pg_dsn, cfg, migration.migration_id, ["conserved"]).success  # the journal still balances
+    indexes = old_default_indexes(conn, scratch_schema)
     with pytest.raises(RuntimeError, match="no longer holds what it held at the swap"):
         finish_migration(conn, cfg, cfg.tables[0])
     assert table_exists(conn, scratch_schema, "ev_default_pgmaint_old")
+    assert old_default_indexes(conn, scratch_schema) == indexes  # kept whole for a person to compare
+    assert len(indexes) == 2
+
+
+def old_default_indexes(conn, schema: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = to_regclass(%s) ORDER BY 1",
+            [sql.Identifier(schema, "ev_default_pgmaint_old").as_string(conn)],
+        ).fetchall()
+    ]
+
+
+def test_the_old_defaults_indexes_are_dropped_one_transaction_each_before_its_table(
+    conn, pg_dsn, scratch_schema, swapped, monkeypatch
+):
+    """DROP frees a relation's files at commit, and a disk that discards freed blocks at once holds every fsync of its
+    file system meanwhile: the old DEFAULT's primary key and index are each dropped and committed on their own (the
+    guard that it is unchanged checked each time) before the table itself, so no single commit frees all of it."""
+    from include.pgmaint import migrate
+    from include.pgmaint.migrate import finish_migration
+
+    cfg, migration = swapped
+    seen = []
+    run = migrate.Executor.run
+
+    def watch(self, step):
+        with psycopg.connect(pg_dsn, autocommit=True) as other:  # what another session sees as each step begins
+            seen.append((step.action, len(old_default_indexes(other, scratch_schema))))
+        return run(self, step)
+
+    monkeypatch.setattr(migrate.Executor, "run", watch)
+
+    finish_migration(conn, cfg, cfg.tables[0])
+
+    assert seen == [("drop_old_default_index", 2), ("drop_old_default_index", 1), ("drop_old_default", 0)]
+    assert not table_exists(conn, scratch_schema, "ev_default_pgmaint_old")
+    assert gate(pg_dsn, cfg, migration.migration_id).success
 
 
 def test_a_migration_of_another_table_or_none_at_all_fails_the_gate(conn, pg_dsn, scratch_schema, migrated):
