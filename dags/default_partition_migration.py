@@ -29,8 +29,9 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
 4. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
    swap; no row left in the DEFAULT for a migrated interval; its expectations run as plain SQL,
    through GX when Data Docs are asked for) must pass before **finish** drops the detached old
-   DEFAULT, in the same transaction as checking it is unchanged since the swap (its read-only
-   triggers untouched, else it is read again); **gate_after_cleanup** checks again.
+   DEFAULT — its indexes first, one transaction each, then the table — each in the same transaction
+   as checking it is unchanged since the swap (its read-only triggers untouched, else it is read
+   again); **gate_after_cleanup** checks again.
 5. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
    failed — beside the gates and `finish` (they only touch the detached old DEFAULT), and resumes
    what this run paused, in reverse order (retried twice; a resume that still fails fails the run,
