@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,16 +363,14 @@ def not_healthy(d: Deployment, last: str) -> str:
 
 def _where(raw: str) -> str:
     """'database X on host:port as user' of an Airflow connection in JSON or URI form; never the password."""
-    if raw.lstrip().startswith("{"):
-        c = json.loads(raw)
-        host, port, db, user = c.get("host"), c.get("port"), c.get("schema"), c.get("login")
-    else:
-        u = urllib.parse.urlsplit(raw)
-        hostport = u.netloc.rpartition("@")[2]
-        host, _, port = hostport.rpartition(":") if ":" in hostport.rpartition("]")[2] else (hostport, "", "")
-        host, db, user = urllib.parse.unquote(host), urllib.parse.unquote(u.path.lstrip("/")), u.username
-        user = urllib.parse.unquote(user) if user else None
-    return f"database {db or '(default)'!r} on {host or 'localhost'}:{port or 5432} as {user or '(default user)'}"
+    from airflow.sdk import Connection  # Airflow's own reading of AIRFLOW_CONN_* values, both forms
+
+    parse = Connection.from_json if raw.lstrip().startswith("{") else Connection.from_uri
+    c = parse(raw, conn_id="pgmaint_target")
+    return (
+        f"database {c.schema or '(default)'!r} on {c.host or 'localhost'}:{c.port or 5432} "
+        f"as {c.login or '(default user)'}"
+    )
 
 
 def databases(env: dict[str, str]) -> str:

@@ -193,10 +193,12 @@ def read_catalog(conn, tables: list[TableConfig], tz: str) -> dict[str, TableFac
     """Facts for every configured table in one round trip; errors are per table."""
     rows = conn.execute(_CATALOG_SQL, {"names": [t.name for t in tables]}).fetchall()
     by_name = {t.name: t for t in tables}
-    return {row[0]: _facts(by_name[row[0]], row, tz) for row in rows}
+    return {row[0]: facts_from_row(by_name[row[0]], row, tz) for row in rows}
 
 
-def _facts(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
+def facts_from_row(cfg: TableConfig, row, tz: str) -> TableFacts | CatalogError:
+    """The facts of one configured table from its row of the catalog query (`read_catalog`; the Partitions view
+    reads the same columns), or why it cannot be managed."""
     (
         name,
         found,

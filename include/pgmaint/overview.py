@@ -37,11 +37,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-from include.pgmaint.catalog import CatalogError, Partition, TableFacts, parse_bound
-from include.pgmaint.catalog import _facts as catalog_facts
+from include.pgmaint.catalog import CatalogError, Partition, TableFacts, facts_from_row, parse_bound
 from include.pgmaint.config import Config, EscalationSettings, TableConfig
 from include.pgmaint.escalation.rendering import ago
-from include.pgmaint.plan import _desired_bounds, to_utc
+from include.pgmaint.plan import desired_bounds, to_utc
 from include.pgmaint.plan import timeline as table_clock
 from include.pgmaint.watchdog.results import key_table
 
@@ -134,7 +133,7 @@ def timeline(cfg: TableConfig, facts: TableFacts, now: datetime, tz: str) -> dic
     the window.
     """
     clock_now, clock_tz = table_clock(facts, now, tz)
-    desired = _desired_bounds(cfg.interval, cfg.premake, clock_now, clock_tz)  # plan.desired_ranges without the names
+    desired = desired_bounds(cfg.interval, cfg.premake, clock_now, clock_tz)  # plan.desired_ranges without the names
     current_start, horizon = desired[0].lower, desired[-1].upper
     cutoff = _cutoff(cfg.retention, clock_now, clock_tz)  # plan.retention_cutoff, once per clock
     ranges = [
@@ -344,7 +343,7 @@ class Partitions:
 
 
 def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
-    """The catalog facts the view draws, in two queries that take no lock: the same checks (`catalog._facts`)
+    """The catalog facts the view draws, in two queries that take no lock: the same checks (`catalog.facts_from_row`)
     and the same partitions, bounds parsed by the same `catalog.parse_bound`, as `catalog.read_catalog`;
     without what only maintenance needs (leftover tables, identity columns and sequences, pgmaint's
     CHECK constraints on partitions: left empty)."""
@@ -372,7 +371,7 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
             None,
             (),
         )
-        facts[name] = catalog_facts(by_name[name], row, tz)
+        facts[name] = facts_from_row(by_name[name], row, tz)
         if isinstance(facts[name], TableFacts):
             valid[oid] = (name, key_type, default_oid, [], [])
             relations[oid] = (name, (schema, table))
@@ -396,7 +395,7 @@ def read_partitions(conn, tables: list[TableConfig], tz: str) -> Partitions:
         if table in broken:
             facts[table] = CatalogError(broken[table])
             continue
-        parts.sort(key=_by_lower)  # as catalog._facts: MINVALUE first, then by lower bound
+        parts.sort(key=_by_lower)  # as catalog.facts_from_row: MINVALUE first, then by lower bound
         facts[table] = replace(facts[table], partitions=tuple(parts), default=default[0] if default else None)
     return Partitions(facts, relations, defaults)
 

@@ -94,12 +94,13 @@ def desired_ranges(
     """The interval containing `now` and `premake` intervals after it."""
     fmt = name_format or name_choice(cfg, None, tz).format
     return [
-        (partition_name(cfg, rng.lower, tz, fmt), rng) for rng in _desired_bounds(cfg.interval, cfg.premake, now, tz)
+        (partition_name(cfg, rng.lower, tz, fmt), rng) for rng in desired_bounds(cfg.interval, cfg.premake, now, tz)
     ]
 
 
 @functools.lru_cache(maxsize=1024)  # one run plans many tables with the same interval, premake, time and zone
-def _desired_bounds(interval, premake: int, now: datetime, tz: str) -> tuple[Range, ...]:
+def desired_bounds(interval, premake: int, now: datetime, tz: str) -> tuple[Range, ...]:
+    """The bounds of the interval holding `now` and of the `premake` intervals after it, in zone `tz` (no names)."""
     out = []
     start = interval.floor(now, tz)
     for _ in range(premake + 1):
@@ -131,7 +132,7 @@ def managed_ranges(
     clock (`now`), so an interval `as_of` asks for that is already past retention is never made.
     """
     now_t, tz_t = timeline(facts, now, tz)
-    ahead = _desired_bounds(cfg.interval, cfg.premake, now_t, tz_t)
+    ahead = desired_bounds(cfg.interval, cfg.premake, now_t, tz_t)
     cutoff = retention_cutoff(cfg, now_t, tz_t)
     if cutoff is not None:
         start = cutoff
@@ -142,7 +143,7 @@ def managed_ranges(
     too_old = []
     if as_of is not None:
         extra = set(ranges)
-        for rng in _desired_bounds(cfg.interval, cfg.premake, timeline(facts, as_of, tz)[0], tz_t):
+        for rng in desired_bounds(cfg.interval, cfg.premake, timeline(facts, as_of, tz)[0], tz_t):
             if cutoff is not None and rng.upper <= cutoff:
                 too_old.append(rng)
             else:
