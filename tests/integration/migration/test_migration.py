@@ -325,6 +325,71 @@ def test_a_batch_meeting_a_key_the_mirror_wrote_runs_again_guarded(conn, pg_dsn,
     assert not leftovers(conn, scratch_schema)
 
 
+def test_a_delete_of_a_row_whose_copy_is_not_committed_yet_waits_for_it_and_takes_effect(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """The mirror deletes a row's copy by key, but it cannot see a copy a batch has made and not yet committed. The
+    batch's row locks (FOR KEY SHARE) make the application's DELETE wait for that commit, so the mirror then finds the
+    copy and removes it. Without them the DELETE would go through at once, miss the copy, and the batch would bring the
+    deleted row back in the copies (the check before the swap would then fail the run)."""
+    from include.pgmaint import backfill
+
+    seed(conn, scratch_schema, 5_000)
+    ev, d = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default")
+    before = fingerprint(conn, scratch_schema)
+    victim = conn.execute(sql.SQL("SELECT id FROM ONLY {} WHERE ctid = '(0,1)'").format(d)).fetchone()[0]
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    batch = backfill.Backfill._batch
+    seen: dict = {}
+
+    def delete_while_the_first_batch_is_uncommitted(self, lo_page, hi_page, *, guarded):
+        if seen:
+            return batch(self, lo_page, hi_page, guarded=guarded)
+        seen["first pages"] = (lo_page, hi_page)
+        deleter = threading.Thread(target=delete, daemon=True)
+
+        def at(point):
+            if point == "inside_batch":  # the batch's INSERT ran, its COMMIT not yet sent
+                deleter.start()
+                seen["deleter waited for a lock"] = wait_event_of_deleter() == "Lock"
+
+        self.hold_commit, self.failpoint = True, at
+        try:
+            return batch(self, lo_page, hi_page, guarded=guarded)
+        finally:
+            self.hold_commit, self.failpoint = False, lambda point: None
+            deleter.join(timeout=10)
+
+    def delete():
+        with psycopg.connect(pg_dsn, autocommit=True, application_name="test-deleter") as app:
+            app.execute("SET lock_timeout = '5s'")
+            seen["deleted"] = app.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(ev), [victim]).rowcount
+
+    def wait_event_of_deleter():
+        with psycopg.connect(pg_dsn, autocommit=True) as probe:
+            for _ in range(100):
+                row = probe.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE application_name = 'test-deleter' "
+                    "AND query LIKE 'DELETE%%'"
+                ).fetchone()
+                if row and row[0] == "Lock" or "deleted" in seen:
+                    return row[0] if row else "finished at once"
+                time.sleep(0.02)
+        return "never seen"
+
+    monkeypatch.setattr(backfill.Backfill, "_batch", delete_while_the_first_batch_is_uncommitted)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
+
+    assert seen["first pages"][0] == 0 and seen["deleter waited for a lock"] and seen["deleted"] == 1
+    assert result.outcome == "success", result.errors
+    assert not result.verified["mismatches"]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(ev), [victim]).fetchone()[0] == 0
+    after = fingerprint(conn, scratch_schema)
+    assert sum(n for n, _ in after.values()) == sum(n for n, _ in before.values()) - 1
+    assert not leftovers(conn, scratch_schema)
+
+
 def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
     seed(conn, scratch_schema, 2_000)
     before = (fingerprint(conn, scratch_schema), partitions(conn, scratch_schema, "ev"))
