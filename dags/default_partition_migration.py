@@ -16,9 +16,10 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      up front a table without a primary key (or unique key) or with foreign keys pointing at it;
    - build shadow partitions (one per interval inside the window) and a replacement DEFAULT;
    - **mirror**: a trigger on the DEFAULT replays every application write into the shadows;
-   - **copy** the rows in short batches (each holds row locks on ~30 ms worth of rows: only a
-     DELETE of one of them waits; reads, inserts and updates never do), logging rows copied, rate
-     and ETA every 10 s; every row stays in the DEFAULT, readable and writable as before;
+   - **copy** the rows in short batches (no row lock: the application's reads and writes never
+     wait for one), logging rows copied, rate and ETA every 10 s; every row stays in the DEFAULT,
+     readable and writable as before; then remove the copies of rows deleted while a batch held
+     them uncommitted (the mirror logged their keys; a last pass under SHARE for milliseconds);
    - **verify** per interval (count + checksum) that the copies equal the DEFAULT, in a snapshot
      taken at a write cut (SHARE on the DEFAULT for milliseconds: no write in flight);
    - **swap** in one catalog-only transaction (the parent's ACCESS EXCLUSIVE first, under a

@@ -41,6 +41,7 @@ from include.pgmaint.backfill import (
     Backfill,
     CutVerifier,
     compare,
+    drop_deleted_copies,
     figures_in_snapshot,
     replace_counted,
     written_keys,
@@ -367,9 +368,9 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
             (
                 Statement(
                     copy.template(guarded=False),
-                    f"ACCESS SHARE on {m.default_name} + KEY SHARE on the rows of one page range (~50 ms; "
-                    "a DELETE of one of them waits for the batch, inserts and reads never do); ROW EXCLUSIVE on "
-                    f"{m.shadow_parent}; repeated per page range until every page is copied",
+                    f"ACCESS SHARE on {m.default_name}, no row lock (~50 ms; only a mirrored write of a key it has "
+                    f"just copied waits for its commit); ROW EXCLUSIVE on {m.shadow_parent}; repeated per page range "
+                    "until every page is copied",
                 ),
                 Statement(
                     copy.template(guarded=True),
@@ -379,6 +380,21 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
             ),
         )
     )
+    steps.append(
+        Step(
+            "drop_deleted_copies_unlocked",
+            m.shadow_parent,
+            (
+                Statement(
+                    m.deleted_copies(),
+                    "REPEATABLE READ, no lock on the DEFAULT: ROW EXCLUSIVE on our key log and copies; gives way "
+                    "(rolls back, the entries stay) when an application write touches a key it looks at; repeated "
+                    "while many entries come in",
+                ),
+            ),
+        )
+    )
+    steps.append(m.deleted_copies_step())
     steps.append(m.verify_cut_step())
     steps.append(m.analyze_step())  # beside the check, in the engine's own session
     steps.append(m.swap_step(0, guard=m.partitions_unchanged_guard(sorted(p.name for p in facts.partitions))))
@@ -542,7 +558,11 @@ class _Run:
                 f"{cfg.name}: migration {mid} lost its mirror trigger on {m.default_name}; it was cleaned up, "
                 "every row is still in the DEFAULT: run again to start over"
             )
-        copied, finished = Backfill(conn, m, mid, failpoint=failpoint, hold_commit=failpoint_armed("inside_batch")).run(
+        # Migrations begun by a version before the key log lock the rows they copy instead (see `drop_deleted_copies`).
+        logged = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [m.text(m.written)]).fetchone()[0]
+        copied, finished = Backfill(
+            conn, m, mid, failpoint=failpoint, hold_commit=failpoint_armed("inside_batch"), row_locks=not logged
+        ).run(
             expected_rows=current.plan.rows_to_move,
             batch_rows=self.batch_rows,
             deadline=self.deadline,
@@ -557,10 +577,11 @@ class _Run:
             return False
         if not self.wait_for_old_snapshots(mid):
             return False
+        if logged:
+            self.drop_deleted_copies(m)
         failpoint("before_verify")
         # The keeper holds the cut's snapshot (touching no table) until the swap, when the rows written in between are
         # read again in it: only those need counting at the swap. Only with this version's key log (see mirror.py).
-        logged = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [m.text(m.written)]).fetchone()[0]
         verifier = CutVerifier(self.conninfo, self.config.lock_budget)
         keeper = CutVerifier(self.conninfo, self.config.lock_budget) if logged else None
         try:
@@ -584,6 +605,21 @@ class _Run:
         finally:
             if keeper is not None:
                 keeper.close()
+
+    def drop_deleted_copies(self, m: DefaultPartitionMigration) -> None:
+        """The copies of rows deleted while a batch held them uncommitted go, before the copies are verified: passes over
+        the key log without a lock, then one under SHARE on the DEFAULT for the last entries."""
+        failpoint("before_drop_deleted_copies_unlocked")
+        entries, removed = drop_deleted_copies(self.conn, m)
+        last: dict = {}
+        self.step(m.deleted_copies_step(then=lambda cur: last.update(zip(("entries", "removed"), cur.fetchone()))))
+        entries, removed = entries + last.get("entries", 0), removed + last.get("removed", 0)
+        log.info(
+            "%s: %d key(s) written during the copy looked at; %d copy(ies) of rows deleted meanwhile removed",
+            self.cfg.name,
+            entries,
+            removed,
+        )
 
     def _swap(self, m: DefaultPartitionMigration, current: OpenMigration, before, after, checked_mark, keeper) -> bool:
         cfg, mid = self.cfg, current.migration_id

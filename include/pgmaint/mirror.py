@@ -10,13 +10,15 @@ Copy first, swap last (as pg_repack and GitLab's partition_table_by_date do; see
 2. mirror    an AFTER ROW trigger on the DEFAULT D replays every INSERT, UPDATE and DELETE
              into SP by the mirror key (and a TRUNCATE trigger empties SP), in the writer's
              own transaction, counting each write in a sequence (the write mark) and logging
-             the keys it wrote, with that count, in an UNLOGGED table; both
+             the keys it wrote, with that count, in a table (the key log); both
              ENABLE ALWAYS (SHARE ROW EXCLUSIVE on D for a moment: it waits for in-flight
              writers, under the lock budget).
-3. copy      batches copy D's rows into SP (`backfill.Backfill`): never overwriting a mirrored
-             change, every row still read from D through the parent. Then a write cut
-             (SHARE on D for milliseconds, snapshot exported with the write mark) at which
-             the copies are verified against D.
+3. copy      batches copy D's rows into SP (`backfill.Backfill`), taking no row lock: never
+             overwriting a mirrored change, every row still read from D through the parent.
+             Then the copies of rows deleted while a batch held them uncommitted are removed
+             (the key log names them; a last pass under SHARE on D for milliseconds), and a
+             write cut (SHARE on D for milliseconds, snapshot exported with the write mark)
+             at which the copies are verified against D.
 4. swap      one transaction under the lock budget and the circuit breaker: ACCESS EXCLUSIVE
              on the parent first (statements wait before they are planned), then DETACH D,
              move the shadows and D' from SP to the parent (their CHECKs prove the bounds:
@@ -324,12 +326,12 @@ class DefaultPartitionMigration:
                     sql.SQL("CREATE SEQUENCE {} AS bigint").format(self.q(self.writes)),
                     "none (a new sequence: the mirror counts the DEFAULT's writes in it)",
                 ),
-                # UNLOGGED: only the run that made the write cut reads it, for the writes counted after that cut; a
-                # server crash in between ends that run too, and the next one cuts again.
+                # Logged: after the copy, the keys it logged tell which copies may be of rows deleted meanwhile
+                # (`deleted_copies`); that must survive a server crash as the copies do.
                 Statement(
-                    sql.SQL(
-                        "CREATE UNLOGGED TABLE {} AS SELECT NULL::bigint AS seq, {} FROM ONLY {} WITH NO DATA"
-                    ).format(self.q(self.written), keys, d),
+                    sql.SQL("CREATE TABLE {} AS SELECT NULL::bigint AS seq, {} FROM ONLY {} WITH NO DATA").format(
+                        self.q(self.written), keys, d
+                    ),
                     "none (a new table: the mirror logs the keys it writes in it, with the write's count)",
                 ),
                 # SECURITY DEFINER: the application's roles write to D and may hold no privilege on our shadow tables.
@@ -386,6 +388,61 @@ class DefaultPartitionMigration:
             d=sql.Literal(self.text(self.default_name)),
             a=sql.Literal(MIRROR_TRIGGER),
             b=sql.Literal(MIRROR_TRUNCATE_TRIGGER),
+        )
+
+    def deleted_copies(self) -> sql.Composable:
+        """Forget the key log's entries and remove the copies of the rows among them that the DEFAULT no longer has.
+
+        Batches take no row locks. A write's mirror deletes a row's copy by key, and it cannot see a copy a batch
+        has made but not committed yet: a DELETE (or a key-changing UPDATE) of a row at that moment leaves its
+        copy behind once the batch commits. The mirror logged that key, so after the last batch the copies of logged
+        keys that the DEFAULT no longer holds are exactly those left behind; every later write is mirrored exactly
+        (no batch runs any more). Returns (log entries forgotten, copies removed)."""
+        keys = self.key.columns
+        cols = sql.SQL(", ").join(map(sql.Identifier, keys))
+
+        def of(alias: str) -> sql.Composable:
+            return sql.SQL(", ").join(sql.Identifier(alias, k) for k in keys)
+
+        return sql.SQL(
+            "WITH taken AS (DELETE FROM {log} RETURNING {cols}), "
+            "gone AS (SELECT DISTINCT {t} FROM taken t WHERE ({t}) IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM ONLY {d} x WHERE ({x}) = ({t}))), "
+            "removed AS (DELETE FROM {sp} s USING gone g WHERE ({s}) = ({g}) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM removed)"
+        ).format(
+            log=self.q(self.written),
+            cols=cols,
+            d=self.q(self.default_name),
+            sp=self.q(self.shadow_parent),
+            t=of("t"),
+            x=of("x"),
+            s=of("s"),
+            g=of("g"),
+        )
+
+    def deleted_copies_step(self, then=None) -> Step:
+        """`deleted_copies` for the log's last entries with no write to the DEFAULT in flight: exact whatever the
+        application does, since none of its writes (nor their mirroring) can run meanwhile."""
+        d = self.q(self.default_name)
+        return Step(
+            "drop_deleted_copies",
+            self.default_name,
+            (
+                Statement(
+                    sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(d),
+                    f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
+                    "breaker), holds new writes back; reads go on",
+                ),
+                Statement(
+                    self.deleted_copies(),
+                    f"(held) ROW EXCLUSIVE on our key log and copies; index lookups in {self.default_name} for the "
+                    "keys written since the last pass",
+                    then=then,
+                ),
+            ),
+            lock_targets=(self.text(self.default_name),),
+            strong_lock=True,
         )
 
     def verify_cut_step(self, on_snapshot=None) -> Step:

@@ -325,69 +325,134 @@ def test_a_batch_meeting_a_key_the_mirror_wrote_runs_again_guarded(conn, pg_dsn,
     assert not leftovers(conn, scratch_schema)
 
 
-def test_a_delete_of_a_row_whose_copy_is_not_committed_yet_waits_for_it_and_takes_effect(
-    conn, pg_dsn, scratch_schema, monkeypatch
+class DeleteDuringTheFirstBatch:
+    """Runs an application DELETE of the DEFAULT's first row while the first copy batch has copied it and not committed
+    (`keep_open`: the deleting transaction stays open until `commit()`)."""
+
+    def __init__(self, pg_dsn: str, schema: str, conn, *, keep_open: bool = False):
+        self.pg_dsn, self.schema, self.keep_open = pg_dsn, schema, keep_open
+        self.ev = sql.Identifier(schema, "ev")
+        self.victim = conn.execute(
+            sql.SQL("SELECT id FROM ONLY {} WHERE ctid = '(0,1)'").format(sql.Identifier(schema, "ev_default"))
+        ).fetchone()[0]
+        self.seen: dict = {}
+        self.deleted, self.release = threading.Event(), threading.Event()
+        self.app = None
+
+    def install(self, monkeypatch) -> None:
+        from include.pgmaint import backfill
+
+        batch = backfill.Backfill._batch
+
+        def first_batch_with_a_delete(b, lo_page, hi_page, *, guarded):
+            if self.seen:
+                return batch(b, lo_page, hi_page, guarded=guarded)
+            self.seen["first pages"] = (lo_page, hi_page)
+
+            def at(point):  # the batch's INSERT ran, its COMMIT not sent yet
+                if point == "inside_batch":
+                    self.app = threading.Thread(target=self.delete, daemon=True)
+                    self.app.start()
+                    self.seen["deleter waited"] = not self.deleted.wait(timeout=2)
+
+            b.hold_commit, b.failpoint = True, at
+            try:
+                return batch(b, lo_page, hi_page, guarded=guarded)
+            finally:
+                b.hold_commit, b.failpoint = False, lambda point: None
+                self.seen["copy outlived the row"] = self.copies_of_victim() == 1
+
+        monkeypatch.setattr(backfill.Backfill, "_batch", first_batch_with_a_delete)
+
+    def delete(self) -> None:
+        with psycopg.connect(self.pg_dsn) as app:
+            self.seen["deleted"] = app.execute(
+                sql.SQL("DELETE FROM {} WHERE id = %s").format(self.ev), [self.victim]
+            ).rowcount
+            self.deleted.set()
+            if self.keep_open:
+                self.release.wait(timeout=30)
+            app.commit()
+
+    def copies_of_victim(self) -> int:
+        with psycopg.connect(self.pg_dsn, autocommit=True) as c:
+            return c.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(
+                    sql.Identifier(self.schema, "ev_default_pgmaint_copy")
+                ),
+                [self.victim],
+            ).fetchone()[0]
+
+    def commit(self) -> None:
+        self.release.set()
+        self.app.join(timeout=10)
+
+
+def assert_deleted_and_nothing_else_changed(conn, schema: str, result, before: dict, victim: int) -> None:
+    assert result.outcome == "success", result.errors
+    assert not result.verified["mismatches"]
+    ev = sql.Identifier(schema, "ev")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(ev), [victim]).fetchone()[0] == 0
+    after = fingerprint(conn, schema)
+    assert sum(n for n, _ in after.values()) == sum(n for n, _ in before.values()) - 1
+    assert not leftovers(conn, schema)
+
+
+def test_a_row_deleted_while_a_batch_holds_its_copy_uncommitted_does_not_come_back(
+    conn, pg_dsn, scratch_schema, monkeypatch, caplog
 ):
-    """The mirror deletes a row's copy by key, but it cannot see a copy a batch has made and not yet committed. The
-    batch's row locks (FOR KEY SHARE) make the application's DELETE wait for that commit, so the mirror then finds the
-    copy and removes it. Without them the DELETE would go through at once, miss the copy, and the batch would bring the
-    deleted row back in the copies (the check before the swap would then fail the run)."""
-    from include.pgmaint import backfill
+    """Batches lock no row, so the application's DELETE goes through at once, while the copy a batch has made of
+    that row is not committed: the mirror cannot see that copy, and it outlives the row. The mirror logged the key;
+    before the copies are verified, the pass over the key log removes the copy. Without it the check fails the run
+    (the copies hold a row the DEFAULT does not)."""
+    from include.pgmaint import migrate
 
     seed(conn, scratch_schema, 5_000)
-    ev, d = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default")
     before = fingerprint(conn, scratch_schema)
-    victim = conn.execute(sql.SQL("SELECT id FROM ONLY {} WHERE ctid = '(0,1)'").format(d)).fetchone()[0]
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
-    batch = backfill.Backfill._batch
-    seen: dict = {}
-
-    def delete_while_the_first_batch_is_uncommitted(self, lo_page, hi_page, *, guarded):
-        if seen:
-            return batch(self, lo_page, hi_page, guarded=guarded)
-        seen["first pages"] = (lo_page, hi_page)
-        deleter = threading.Thread(target=delete, daemon=True)
-
-        def at(point):
-            if point == "inside_batch":  # the batch's INSERT ran, its COMMIT not yet sent
-                deleter.start()
-                seen["deleter waited for a lock"] = wait_event_of_deleter() == "Lock"
-
-        self.hold_commit, self.failpoint = True, at
-        try:
-            return batch(self, lo_page, hi_page, guarded=guarded)
-        finally:
-            self.hold_commit, self.failpoint = False, lambda point: None
-            deleter.join(timeout=10)
-
-    def delete():
-        with psycopg.connect(pg_dsn, autocommit=True, application_name="test-deleter") as app:
-            app.execute("SET lock_timeout = '5s'")
-            seen["deleted"] = app.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(ev), [victim]).rowcount
-
-    def wait_event_of_deleter():
-        with psycopg.connect(pg_dsn, autocommit=True) as probe:
-            for _ in range(100):
-                row = probe.execute(
-                    "SELECT wait_event_type FROM pg_stat_activity WHERE application_name = 'test-deleter' "
-                    "AND query LIKE 'DELETE%%'"
-                ).fetchone()
-                if row and row[0] == "Lock" or "deleted" in seen:
-                    return row[0] if row else "finished at once"
-                time.sleep(0.02)
-        return "never seen"
-
-    monkeypatch.setattr(backfill.Backfill, "_batch", delete_while_the_first_batch_is_uncommitted)
+    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, conn)
+    race.install(monkeypatch)
+    unlocked = migrate.drop_deleted_copies
+    passes = []
+    monkeypatch.setattr(migrate, "drop_deleted_copies", lambda c, m: passes.append(unlocked(c, m)) or passes[-1])
+    caplog.set_level("INFO", logger="pgmaint.migrate")
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
 
-    assert seen["first pages"][0] == 0 and seen["deleter waited for a lock"] and seen["deleted"] == 1
-    assert result.outcome == "success", result.errors
-    assert not result.verified["mismatches"]
-    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(ev), [victim]).fetchone()[0] == 0
-    after = fingerprint(conn, scratch_schema)
-    assert sum(n for n, _ in after.values()) == sum(n for n, _ in before.values()) - 1
-    assert not leftovers(conn, scratch_schema)
+    assert race.seen["first pages"][0] == 0 and race.seen["deleted"] == 1
+    assert not race.seen["deleter waited"] and race.seen["copy outlived the row"]
+    assert passes[0][1] == 1  # removed without any lock on the DEFAULT
+    assert "1 copy(ies) of rows deleted meanwhile removed" in caplog.text
+    assert_deleted_and_nothing_else_changed(conn, scratch_schema, result, before, race.victim)
+
+
+def test_a_delete_still_uncommitted_when_the_log_is_read_is_caught_by_the_pass_under_share(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """The deleting transaction is still open when the key log is read without a lock (its log entry is not visible
+    yet), and commits afterwards: the last pass, under SHARE on the DEFAULT, waits for it and removes the copy."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 5_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, conn, keep_open=True)
+    race.install(monkeypatch)
+    unlocked = migrate.drop_deleted_copies
+    passes = []
+
+    def then_commit_the_delete(c, m):
+        passes.append(unlocked(c, m))
+        race.commit()
+        return passes[-1]
+
+    monkeypatch.setattr(migrate, "drop_deleted_copies", then_commit_the_delete)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
+
+    assert race.seen["deleted"] == 1 and race.seen["copy outlived the row"]
+    assert passes and passes[0][1] == 0  # the unlocked pass could not see it
+    assert_deleted_and_nothing_else_changed(conn, scratch_schema, result, before, race.victim)
 
 
 def test_dry_run_changes_nothing(conn, pg_dsn, scratch_schema):
@@ -434,6 +499,8 @@ KILL_POINTS = [
     "before_mirror_writes",
     "inside_batch",
     "after_batch",
+    "before_drop_deleted_copies_unlocked",
+    "before_drop_deleted_copies",
     "before_analyze_shadows",
     "before_verify",
     "before_swap",
@@ -791,7 +858,15 @@ def test_application_state_is_exact_after_the_move(conn, pg_dsn, scratch_schema)
 
 
 @pytest.mark.parametrize(
-    "point", ["before_mirror_writes", "after_batch", "before_verify", "inside_swap", "after_verify"]
+    "point",
+    [
+        "before_mirror_writes",
+        "after_batch",
+        "before_drop_deleted_copies",
+        "before_verify",
+        "inside_swap",
+        "after_verify",
+    ],
 )
 def test_killed_while_the_application_works_it_notices_nothing(conn, pg_dsn, scratch_schema, point):
     existing, late_days = _app_seed(conn, scratch_schema, 30_000)
