@@ -326,15 +326,13 @@ def test_a_batch_meeting_a_key_the_mirror_wrote_runs_again_guarded(conn, pg_dsn,
 
 
 class DeleteDuringTheFirstBatch:
-    """Runs an application DELETE of the DEFAULT's first row while the first copy batch has copied it and not committed
-    (`keep_open`: the deleting transaction stays open until `commit()`)."""
+    """Runs an application DELETE of the first row the first copy batch (of this run) copies while it has copied it
+    and not committed (`keep_open`: the deleting transaction stays open until `commit()`)."""
 
-    def __init__(self, pg_dsn: str, schema: str, conn, *, keep_open: bool = False):
+    def __init__(self, pg_dsn: str, schema: str, *, keep_open: bool = False):
         self.pg_dsn, self.schema, self.keep_open = pg_dsn, schema, keep_open
         self.ev = sql.Identifier(schema, "ev")
-        self.victim = conn.execute(
-            sql.SQL("SELECT id FROM ONLY {} WHERE ctid = '(0,1)'").format(sql.Identifier(schema, "ev_default"))
-        ).fetchone()[0]
+        self.victim = None
         self.seen: dict = {}
         self.deleted, self.release = threading.Event(), threading.Event()
         self.app = None
@@ -348,6 +346,12 @@ class DeleteDuringTheFirstBatch:
             if self.seen:
                 return batch(b, lo_page, hi_page, guarded=guarded)
             self.seen["first pages"] = (lo_page, hi_page)
+            self.victim = b.conn.execute(
+                sql.SQL("SELECT id FROM ONLY {} WHERE ctid = %s::tid").format(
+                    sql.Identifier(self.schema, "ev_default")
+                ),
+                [f"({lo_page},1)"],
+            ).fetchone()[0]
 
             def at(point):  # the batch's INSERT ran, its COMMIT not sent yet
                 if point == "inside_batch":
@@ -410,7 +414,7 @@ def test_a_row_deleted_while_a_batch_holds_its_copy_uncommitted_does_not_come_ba
     seed(conn, scratch_schema, 5_000)
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
-    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, conn)
+    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema)
     race.install(monkeypatch)
     unlocked = migrate.drop_deleted_copies
     passes = []
@@ -436,7 +440,7 @@ def test_a_delete_still_uncommitted_when_the_log_is_read_is_caught_by_the_pass_u
     seed(conn, scratch_schema, 5_000)
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
-    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, conn, keep_open=True)
+    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, keep_open=True)
     race.install(monkeypatch)
     unlocked = migrate.drop_deleted_copies
     passes = []
@@ -452,6 +456,34 @@ def test_a_delete_still_uncommitted_when_the_log_is_read_is_caught_by_the_pass_u
 
     assert race.seen["deleted"] == 1 and race.seen["copy outlived the row"]
     assert passes and passes[0][1] == 0  # the unlocked pass could not see it
+    assert_deleted_and_nothing_else_changed(conn, scratch_schema, result, before, race.victim)
+
+
+def test_a_migration_begun_without_a_key_log_goes_on_locking_the_rows_it_copies(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """A migration begun by a version without the key log (simulated: the log dropped after a time-boxed run) cannot
+    find deleted copies afterwards, so its remaining batches lock the rows they copy: the DELETE waits for the
+    batch and its mirror removes the copy."""
+    seed(conn, scratch_schema, 20_000)
+    before = fingerprint(conn, scratch_schema)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
+    assert first.outcome == "incomplete"
+    # as an earlier version left it: a mirror that logs no key, and no key log
+    mirror = conn.execute(
+        "SELECT pg_get_functiondef(%s::regprocedure)",
+        [sql.Identifier(scratch_schema, "ev_pgmaint_mirror").as_string(conn) + "()"],
+    ).fetchone()[0]
+    conn.execute("\n".join(line for line in mirror.splitlines() if "_pgmaint_written" not in line))
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(scratch_schema, "ev_default_pgmaint_written")))
+    race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema)
+    race.install(monkeypatch)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
+
+    assert race.seen["first pages"][0] > 0 and race.seen["deleted"] == 1
+    assert race.seen["deleter waited"] and not race.seen["copy outlived the row"]
     assert_deleted_and_nothing_else_changed(conn, scratch_schema, result, before, race.victim)
 
 
