@@ -434,6 +434,10 @@ class DefaultPartitionMigration:
                     f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
                     "breaker), holds new writes back; reads go on",
                 ),
+                # One index lookup per key the log names: the key log's statistics may be stale after the passes before
+                # this one emptied it, and a hash join would read the whole DEFAULT while writers wait.
+                Statement(sql.SQL("SET LOCAL enable_hashjoin = off"), "none (planner setting, this transaction)"),
+                Statement(sql.SQL("SET LOCAL enable_mergejoin = off"), "none (planner setting, this transaction)"),
                 Statement(
                     self.deleted_copies(),
                     f"(held) ROW EXCLUSIVE on our key log and copies; index lookups in {self.default_name} for the "
