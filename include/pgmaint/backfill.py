@@ -46,6 +46,7 @@ from psycopg import errors, sql
 from include.pgmaint.db import connect
 from include.pgmaint.figures import figures_query
 from include.pgmaint.guards import quoted
+from include.pgmaint.mirror import KEY_LOOKUPS_ONLY
 
 log = logging.getLogger("pgmaint.backfill")
 _ON_CONFLICT = sql.SQL("\n    ON CONFLICT DO NOTHING")
@@ -267,13 +268,15 @@ def drop_deleted_copies(conn, migration) -> tuple[int, int]:
     snapshot (a row inserted again under the same key) fails it with a serialization error instead of being removed
     on the strength of an older look at the DEFAULT (READ COMMITTED would re-check only the copy); a copy locked by
     a write in flight makes it give way after DELETED_COPIES_LOCK_TIMEOUT_MS."""
-    statement = (
-        sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ; ")
-        + sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; ").format(
-            sql.Literal(f"{DELETED_COPIES_LOCK_TIMEOUT_MS}ms"), sql.Literal(f"{DELETED_COPIES_STATEMENT_TIMEOUT_MS}ms")
-        )
-        + migration.deleted_copies()
-        + sql.SQL("; COMMIT")
+    statement = sql.SQL("; ").join(
+        [
+            sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DELETED_COPIES_LOCK_TIMEOUT_MS}ms")),
+            sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{DELETED_COPIES_STATEMENT_TIMEOUT_MS}ms")),
+            *KEY_LOOKUPS_ONLY,
+            migration.deleted_copies(),
+            sql.SQL("COMMIT"),
+        ]
     )
     entries = removed = failures = passes = 0
     while failures < DELETED_COPIES_TRIES and passes < DELETED_COPIES_MAX_PASSES:

@@ -51,6 +51,10 @@ READ_ONLY_TRIGGERS = (
     "pgmaint_read_only",
     "pgmaint_read_only_truncate",
 )
+# For the passes over the key log: one index lookup per key it names, in the DEFAULT and in the copies. The log's
+# statistics are stale once a pass has emptied it, and a hash or merge join would read the whole DEFAULT or every copy
+# (under the last pass's SHARE lock, while writers wait).
+KEY_LOOKUPS_ONLY = (sql.SQL("SET LOCAL enable_hashjoin = off"), sql.SQL("SET LOCAL enable_mergejoin = off"))
 NEXT_DEFAULT_CHECK = "pgmaint_excl_next"  # "pgmaint_excl*" on a DEFAULT: maintenance drops it if left behind
 
 
@@ -434,10 +438,7 @@ class DefaultPartitionMigration:
                     f"SHARE on {self.default_name} for milliseconds: waits for in-flight writers (lock budget, circuit "
                     "breaker), holds new writes back; reads go on",
                 ),
-                # One index lookup per key the log names: the key log's statistics may be stale after the passes before
-                # this one emptied it, and a hash join would read the whole DEFAULT while writers wait.
-                Statement(sql.SQL("SET LOCAL enable_hashjoin = off"), "none (planner setting, this transaction)"),
-                Statement(sql.SQL("SET LOCAL enable_mergejoin = off"), "none (planner setting, this transaction)"),
+                *(Statement(setting, "none (planner setting, this transaction)") for setting in KEY_LOOKUPS_ONLY),
                 Statement(
                     self.deleted_copies(),
                     f"(held) ROW EXCLUSIVE on our key log and copies; index lookups in {self.default_name} for the "

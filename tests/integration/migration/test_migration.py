@@ -459,6 +459,46 @@ def test_a_delete_still_uncommitted_when_the_log_is_read_is_caught_by_the_pass_u
     assert_deleted_and_nothing_else_changed(conn, scratch_schema, result, before, race.victim)
 
 
+def test_the_last_pass_over_the_key_log_looks_each_key_up_by_index(conn, pg_dsn, scratch_schema):
+    """Writers wait while the last pass holds SHARE on the DEFAULT, so it must read neither the whole DEFAULT nor every
+    copy, even when the key log's statistics still count thousands of entries that earlier passes removed (a merge
+    anti-join and a hash join would). The passes without a lock use the same settings."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 60_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    first = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=100, max_minutes=0.05 / 60)
+    assert first.outcome == "incomplete"
+    ev, log = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default_pgmaint_written")
+    conn.execute(sql.SQL("UPDATE {} SET payload = 'written' WHERE id <= 40000").format(ev))
+    conn.execute(sql.SQL("ANALYZE {}").format(log))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE seq > 5").format(log))  # as a pass leaves it: few entries, stale stats
+    table = cfg.tables[0]
+    current = migrate.open_migration(conn, cfg, table)
+    m = migrate.statements_for(conn, cfg, table, migrate._facts(conn, cfg, table), current.plan)
+    step = m.deleted_copies_step()
+    [pass_] = [st for st in step.statements if "DELETE" in st.sql.as_string(conn)]
+    settings = [st.sql for st in step.statements if st.sql.as_string(conn).startswith("SET LOCAL")]
+
+    def plan(with_settings: bool) -> str:
+        with conn.transaction():
+            for setting in settings if with_settings else []:
+                conn.execute(setting)
+            rows = conn.execute(sql.SQL("EXPLAIN (COSTS OFF) ") + pass_.sql).fetchall()
+            return "\n".join(r[0] for r in rows)
+
+    def full_reads(plan: str) -> list[str]:
+        return [
+            line
+            for line in plan.splitlines()
+            if ("Seq Scan" in line and "pgmaint_written" not in line) or "Merge" in line or "Hash Join" in line
+        ]
+
+    assert not full_reads(plan(True)), plan(True)
+    assert "Index Only Scan using ev_default_pkey on ev_default x" in plan(True)
+    assert full_reads(plan(False))  # what the settings prevent, on these statistics
+
+
 def test_a_migration_begun_without_a_key_log_goes_on_locking_the_rows_it_copies(
     conn, pg_dsn, scratch_schema, monkeypatch
 ):
