@@ -898,6 +898,7 @@ def pgmaint_timers():
         timer.wrap(pg_migrate, "preflight", "preflight"),
         timer.wrap(pg_execute.Executor, "run", key=lambda self, step: f"step {step.action}"),
         timer.wrap(pg_migrate.Backfill, "run", "copy (all batches)"),
+        timer.wrap(pg_migrate, "drop_deleted_copies", "deleted copies: passes over the key log without a lock"),
         timer.wrap(
             pg_migrate.Backfill,
             "_batch",
