@@ -425,6 +425,24 @@ class DefaultPartitionMigration:
             g=of("g"),
         )
 
+    def vacuum_key_log_step(self) -> Step:
+        """After passes that emptied a large key log: the last pass, under SHARE, reads the log whole, dead entries
+        included, unless VACUUM has cleared them (and cut the emptied pages off)."""
+        return Step(
+            "vacuum_key_log",
+            self.written,
+            (
+                Statement(
+                    sql.SQL("VACUUM {}").format(self.q(self.written)),
+                    "(only after passes that emptied a large key log) SHARE UPDATE EXCLUSIVE on our key log (the "
+                    "mirror's inserts go on; cutting emptied pages off "
+                    "takes its ACCESS EXCLUSIVE only when free, and gives it up as soon as a write waits)",
+                    scan=True,
+                ),
+            ),
+            transactional=False,
+        )
+
     def deleted_copies_step(self, then=None) -> Step:
         """`deleted_copies` for the log's last entries with no write to the DEFAULT in flight: exact whatever the
         application does, since none of its writes (nor their mirroring) can run meanwhile."""

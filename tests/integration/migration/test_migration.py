@@ -499,6 +499,47 @@ def test_the_last_pass_over_the_key_log_looks_each_key_up_by_index(conn, pg_dsn,
     assert full_reads(plan(False))  # what the settings prevent, on these statistics
 
 
+def test_after_passes_that_emptied_a_large_key_log_it_is_vacuumed_before_the_pass_under_share(
+    conn, pg_dsn, scratch_schema, monkeypatch
+):
+    """The pass under SHARE reads the key log whole: the dead entries the passes before it left are vacuumed away
+    first (here with a threshold of 1,000 entries instead of 100,000), so it reads next to nothing."""
+    from include.pgmaint import migrate
+
+    seed(conn, scratch_schema, 20_000)
+    cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
+    ev, log = sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, "ev_default_pgmaint_written")
+    copy = migrate.Backfill.run
+
+    def write_during_the_copy(self, **kwargs):
+        conn.execute(sql.SQL("UPDATE {} SET payload = 'written' WHERE id <= 5000").format(ev))  # 5,000 entries
+        return copy(self, **kwargs)
+
+    step = migrate._Run.step
+    log_pages = []
+
+    def note_the_log_size(self, s):
+        if s.action == "drop_deleted_copies":
+            log_pages.append(conn.execute("SELECT pg_relation_size(%s) / 8192", [log.as_string(conn)]).fetchone()[0])
+        return step(self, s)
+
+    monkeypatch.setattr(migrate.Backfill, "run", write_during_the_copy)
+    monkeypatch.setattr(migrate._Run, "step", note_the_log_size)
+    monkeypatch.setattr(migrate, "VACUUM_KEY_LOG_AFTER", 1_000)
+
+    result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=2_000)
+
+    assert result.outcome == "success", result.errors
+    assert log_pages == [0]  # 5,000 dead entries were ~25 pages
+    steps = conn.execute(
+        sql.SQL("SELECT action FROM {}.steps ORDER BY step_id").format(sql.Identifier(scratch_schema))
+    ).fetchall()
+    assert [a for (a,) in steps if a in ("vacuum_key_log", "drop_deleted_copies")] == [
+        "vacuum_key_log",
+        "drop_deleted_copies",
+    ]
+
+
 def test_a_migration_begun_without_a_key_log_goes_on_locking_the_rows_it_copies(
     conn, pg_dsn, scratch_schema, monkeypatch
 ):
