@@ -219,7 +219,7 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
                 self.conn.execute("COMMIT")
             return copied, n, took
         except errors.UniqueViolation:
-            self._rollback()
+            _rollback(self.conn)
             if guarded:
                 raise
             log.info(
@@ -231,7 +231,7 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
             )
             return _CONFLICT
         except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
-            self._rollback()
+            _rollback(self.conn)
             delay = random.uniform(0.01, 0.1)
             log.info(
                 "%s: copy batch of pages %d-%d gave way (%s); retrying smaller in %.2fs",
@@ -244,11 +244,8 @@ RETURNING rows_copied, (SELECT count(*) FROM ins), extract(epoch FROM clock_time
             time.sleep(delay)
             return None
         except BaseException:
-            self._rollback()
+            _rollback(self.conn)
             raise
-
-    def _rollback(self) -> None:
-        _rollback(self.conn)
 
 
 # The passes over the key log without a table lock: an application write to a key being looked at makes a pass give
@@ -260,15 +257,9 @@ DELETED_COPIES_LEFT_FOR_THE_LOCKED_PASS = 2_000
 DELETED_COPIES_MAX_PASSES = 10
 
 
-def drop_deleted_copies(conn, migration) -> tuple[int, int]:
-    """`migration.deleted_copies()` over the key log with no lock on the DEFAULT, repeated while many entries come in,
-    so the pass under SHARE (`deleted_copies_step`) has only the last ones left. Returns (entries, copies removed).
-
-    REPEATABLE READ makes each pass exact: a copy it would remove that an application write changed since the pass's
-    snapshot (a row inserted again under the same key) fails it with a serialization error instead of being removed
-    on the strength of an older look at the DEFAULT (READ COMMITTED would re-check only the copy); a copy locked by
-    a write in flight makes it give way after DELETED_COPIES_LOCK_TIMEOUT_MS."""
-    statement = sql.SQL("; ").join(
+def unlocked_deleted_copies_pass(migration) -> sql.Composable:
+    """One pass of `drop_deleted_copies`, a whole transaction in one query string (the dry run prints it)."""
+    return sql.SQL("; ").join(
         [
             sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
             sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DELETED_COPIES_LOCK_TIMEOUT_MS}ms")),
@@ -278,6 +269,17 @@ def drop_deleted_copies(conn, migration) -> tuple[int, int]:
             sql.SQL("COMMIT"),
         ]
     )
+
+
+def drop_deleted_copies(conn, migration) -> tuple[int, int]:
+    """`migration.deleted_copies()` over the key log with no lock on the DEFAULT, repeated while many entries come in,
+    so the pass under SHARE (`deleted_copies_step`) has only the last ones left. Returns (entries, copies removed).
+
+    REPEATABLE READ makes each pass exact: a copy it would remove that an application write changed since the pass's
+    snapshot (a row inserted again under the same key) fails it with a serialization error instead of being removed
+    on the strength of an older look at the DEFAULT (READ COMMITTED would re-check only the copy); a copy locked by
+    a write in flight makes it give way after DELETED_COPIES_LOCK_TIMEOUT_MS."""
+    statement = unlocked_deleted_copies_pass(migration)
     entries = removed = failures = passes = 0
     while failures < DELETED_COPIES_TRIES and passes < DELETED_COPIES_MAX_PASSES:
         try:

@@ -44,6 +44,7 @@ from include.pgmaint.backfill import (
     drop_deleted_copies,
     figures_in_snapshot,
     replace_counted,
+    unlocked_deleted_copies_pass,
     written_keys,
 )
 from include.pgmaint.catalog import Range, TableFacts, read_catalog
@@ -386,8 +387,8 @@ def _dry_run(conn, config, cfg, now, move_out_of_window, result: MigrationResult
             m.shadow_parent,
             (
                 Statement(
-                    m.deleted_copies(),
-                    "REPEATABLE READ, no lock on the DEFAULT: ROW EXCLUSIVE on our key log and copies; gives way "
+                    unlocked_deleted_copies_pass(m),
+                    "no lock on the DEFAULT: ROW EXCLUSIVE on our key log and copies; gives way "
                     "(rolls back, the entries stay) when an application write touches a key it looks at; repeated "
                     "while many entries come in",
                 ),
@@ -584,7 +585,7 @@ class _Run:
         if not self.wait_for_old_snapshots(mid):
             return False
         if logged:
-            self.drop_deleted_copies(m)
+            self.remove_deleted_copies(m)
         failpoint("before_verify")
         # The keeper holds the cut's snapshot (touching no table) until the swap, when the rows written in between are
         # read again in it: only those need counting at the swap. Only with this version's key log (see mirror.py).
@@ -612,7 +613,7 @@ class _Run:
             if keeper is not None:
                 keeper.close()
 
-    def drop_deleted_copies(self, m: DefaultPartitionMigration) -> None:
+    def remove_deleted_copies(self, m: DefaultPartitionMigration) -> None:
         """The copies of rows deleted while a batch held them uncommitted go, before the copies are verified: passes over
         the key log without a lock, then one under SHARE on the DEFAULT for the last entries."""
         failpoint("before_drop_deleted_copies_unlocked")

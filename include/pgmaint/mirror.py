@@ -401,7 +401,7 @@ class DefaultPartitionMigration:
         has made but not committed yet: a DELETE (or a key-changing UPDATE) of a row at that moment leaves its
         copy behind once the batch commits. The mirror logged that key, so after the last batch the copies of logged
         keys that the DEFAULT no longer holds are exactly those left behind; every later write is mirrored exactly
-        (no batch runs any more). Returns (log entries forgotten, copies removed)."""
+        (no batch runs any more). The statement's one row: (log entries forgotten, copies removed)."""
         keys = self.key.columns
         cols = sql.SQL(", ").join(map(sql.Identifier, keys))
 

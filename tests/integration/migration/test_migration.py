@@ -392,6 +392,21 @@ class DeleteDuringTheFirstBatch:
         self.app.join(timeout=10)
 
 
+def record_unlocked_passes(monkeypatch, then=lambda: None) -> list[tuple[int, int]]:
+    """What each run's passes over the key log without a lock returned (entries, copies removed); `then` runs after."""
+    from include.pgmaint import migrate
+
+    unlocked, passes = migrate.drop_deleted_copies, []
+
+    def recorded(conn, m):
+        passes.append(unlocked(conn, m))
+        then()
+        return passes[-1]
+
+    monkeypatch.setattr(migrate, "drop_deleted_copies", recorded)
+    return passes
+
+
 def assert_deleted_and_nothing_else_changed(conn, schema: str, result, before: dict, victim: int) -> None:
     assert result.outcome == "success", result.errors
     assert not result.verified["mismatches"]
@@ -409,16 +424,13 @@ def test_a_row_deleted_while_a_batch_holds_its_copy_uncommitted_does_not_come_ba
     that row is not committed: the mirror cannot see that copy, and it outlives the row. The mirror logged the key;
     before the copies are verified, the pass over the key log removes the copy. Without it the check fails the run
     (the copies hold a row the DEFAULT does not)."""
-    from include.pgmaint import migrate
 
     seed(conn, scratch_schema, 5_000)
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema)
     race.install(monkeypatch)
-    unlocked = migrate.drop_deleted_copies
-    passes = []
-    monkeypatch.setattr(migrate, "drop_deleted_copies", lambda c, m: passes.append(unlocked(c, m)) or passes[-1])
+    passes = record_unlocked_passes(monkeypatch)
     caplog.set_level("INFO", logger="pgmaint.migrate")
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
@@ -435,22 +447,13 @@ def test_a_delete_still_uncommitted_when_the_log_is_read_is_caught_by_the_pass_u
 ):
     """The deleting transaction is still open when the key log is read without a lock (its log entry is not visible
     yet), and commits afterwards: the last pass, under SHARE on the DEFAULT, waits for it and removes the copy."""
-    from include.pgmaint import migrate
 
     seed(conn, scratch_schema, 5_000)
     before = fingerprint(conn, scratch_schema)
     cfg = config_for(scratch_schema, [table_entry(scratch_schema, "ev")])
     race = DeleteDuringTheFirstBatch(pg_dsn, scratch_schema, keep_open=True)
     race.install(monkeypatch)
-    unlocked = migrate.drop_deleted_copies
-    passes = []
-
-    def then_commit_the_delete(c, m):
-        passes.append(unlocked(c, m))
-        race.commit()
-        return passes[-1]
-
-    monkeypatch.setattr(migrate, "drop_deleted_copies", then_commit_the_delete)
+    passes = record_unlocked_passes(monkeypatch, then=race.commit)
 
     result = migrate_table(conn, pg_dsn, cfg, cfg.tables[0], batch_rows=500)
 
