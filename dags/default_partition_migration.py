@@ -7,11 +7,13 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
 
 1. **open_window** (setup): which table (the `table` param, or the table named by the watchdog's
    asset event) and which services write to it, in pause order.
-2. **pause_writers**: first checks every privilege the migration needs (the dry run's check):
-   one missing fails the run naming it and its GRANT, with nothing paused; then pauses the
-   writers, dependents first, each with a lease that expires (`pause_services`; nothing is
-   paused on a dry run).
-3. **migrate**, under the table's runner lock, copy first and swap last:
+2. **migrate**, once it holds a slot of the target's pool:
+   - **pause the writers**: first check every privilege the migration needs (the dry run's
+     check): one missing fails the run naming it and its GRANT, with nothing paused; then pause
+     the writers, dependents first, each with a lease that expires (`pause_services`; nothing is
+     paused on a dry run). Paused in this task, not a task of its own, so writers keep running
+     while the move waits for a pool slot, and no scheduler pass falls between pause and move;
+   then, under the table's runner lock, move the rows, copy first and swap last:
    - survey the DEFAULT (ACCESS SHARE only): which intervals hold rows, how many; refuse
      up front a table without a primary key (or unique key) or with foreign keys pointing at it;
    - build shadow partitions (one per interval inside the window) and a replacement DEFAULT;
@@ -27,25 +29,24 @@ partitions, online. Triggered by hand from the form below, or by the watchdog
      reached the DEFAULT since the cut (the mirror counts them and logs their keys), the rows
      with those keys are counted again, as they were at the cut and at the swap.
    Stops cleanly at `max_minutes` (nothing visible changed; the next run resumes the copy).
-4. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
+3. **gate_before_cleanup**: a data-quality gate (rows and checksums conserved per interval at the
    swap; no row left in the DEFAULT for a migrated interval; its expectations run as plain SQL,
    through GX when Data Docs are asked for) must pass before **finish** drops the detached old
    DEFAULT — its indexes first, one transaction each, then the table — each in the same transaction
    as checking it is unchanged since the swap (its read-only triggers untouched, else it is read
    again); **gate_after_cleanup** checks again.
-5. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
+4. **resume_writers** (teardown): runs as soon as `migrate` has ended — swapped, stopped or
    failed — beside the gates and `finish` (they only touch the detached old DEFAULT), and resumes
    what this run paused, in reverse order (retried twice; a resume that still fails fails the run,
-   and the watchdog retries it when the lease expires). **fail_run_if_work_failed** marks the run
-   failed when pausing, moving, the drop or a gate failed.
+   and the watchdog retries it when the lease expires). A failed pause, move, drop or gate fails
+   the run too.
 
-Steps 3–4 hold sessions to the table's database for the whole move, so they run in the target's
-pool; `pause_writers` and `resume_writers` (one short session each) do not, so resuming writers
-never waits for a slot.
+Steps 2–3 hold sessions to the table's database for the whole move, so they run in the target's
+pool; `resume_writers` (one short session) does not, so resuming writers never waits for a slot.
 
-**Several databases** (`targets:` in the config; `table` is `target/schema.table`): steps 3–4
+**Several databases** (`targets:` in the config; `table` is `target/schema.table`): steps 2–3
 exist once per target, in a group named after it (`<target>.migrate`, `<target>.finish`, …), each
-in that target's pool; **to_target**, after `pause_writers`, follows the table's group and skips
+in that target's pool; **to_target**, after `open_window`, follows the table's group and skips
 the others.
 
 **What applications see:** nothing. Every row is readable through the parent exactly once at
@@ -87,9 +88,22 @@ def move_and_clean_up(config, table):
 
     @task(multiple_outputs=False, pool=config.pool)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
+        from include.pgmaint.airflow.services import pause_writers
         from include.pgmaint.airflow.tasks import migrate_one
 
-        return migrate_one(*on(table), params, dag_run=dag_run, ti=ti)
+        # The writers are paused here, once this task holds its pool slot, not in a task of its own: they
+        # keep running while the move waits for a slot, and no scheduler pass (~1 s by default) falls
+        # between pausing and moving. Every privilege the move needs is checked first: none missing, or
+        # nothing is paused. Leases outlive the time box, so the watchdog never resumes writers under a
+        # run still working.
+        paused = pause_writers(
+            *on(table),
+            params["pause_services"] and not params["dry_run"],
+            dag_run,
+            min_lease_minutes=int(params["max_minutes"]) + 30,
+            privileges_of="migration",
+        )
+        return {**migrate_one(*on(table), params, dag_run=dag_run, ti=ti), "paused": paused}
 
     @task(multiple_outputs=False, pool=config.pool, retries=1, retry_delay=timedelta(seconds=30))
     def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:
@@ -181,33 +195,11 @@ def default_partition_migration():
         table = resolve_migration_table(FLEET, params, triggering_asset_events)
         return {**record_intent(*on(table), dag_run), "table": table}
 
-    @task
-    def pause_writers(table: str, params=None, dag_run=None) -> list[str]:
-        from include.pgmaint.airflow.services import pause_writers as pause
-
-        # Leases outlive the time box, so the watchdog never resumes writers under a run still working.
-        # Every privilege the migration needs is checked first: none missing, or nothing is paused.
-        return pause(
-            *on(table),
-            params["pause_services"] and not params["dry_run"],
-            dag_run,
-            min_lease_minutes=int(params["max_minutes"]) + 30,
-            privileges_of="migration",
-        )
-
     @task(retries=2, retry_delay=timedelta(seconds=10))
     def resume_writers(table: str, params=None, dag_run=None) -> list[str]:
         from include.pgmaint.airflow.services import resume_writers as resume
 
         return resume(*on(table), dag_run, dry_run=params["dry_run"])
-
-    @task(trigger_rule="one_failed")
-    def fail_run_if_work_failed() -> None:
-        # The resume teardown below counts for the run's state (so a failed resume fails the
-        # run); this watcher makes a failed pause or move fail it too, even when resume succeeds.
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("pausing writers or migrating rows failed (see those tasks); writers were resumed")
 
     @task.branch
     def to_target(table: str) -> str:
@@ -217,21 +209,21 @@ def default_partition_migration():
 
     window = open_window()
     table = window["table"]
-    paused = pause_writers(table)
     if FLEET.multi:  # one group per database, each in its own pool; only the table's target runs
         route = to_target(table)
         chains = []
         for config in FLEET.targets:
             with TaskGroup(group_id=config.target):
                 chains.append(move_and_clean_up(config, table))
-        window >> paused >> route >> [moved for moved, _, _ in chains]
+        window >> route >> [moved for moved, _, _ in chains]
     else:
         chains = [move_and_clean_up(FLEET.targets[0], table)]
-        window >> paused >> chains[0][0]
+        window >> chains[0][0]
+    # Counts for the run's state (on_failure_fail_dagrun): a resume that fails fails the run. A failed
+    # move fails it through its gates (upstream_failed leaves): no watcher task, no extra scheduler pass.
     resume = resume_writers(table).as_teardown(setups=window, on_failure_fail_dagrun=True)
     # the rows are in their partitions once `migrate` has ended: writers need not wait for the drop and its gates
     [moved for moved, _, _ in chains] >> resume
-    [paused, *(t for chain in chains for t in chain)] >> fail_run_if_work_failed()
 
 
 default_partition_migration()

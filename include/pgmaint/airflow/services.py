@@ -3,12 +3,12 @@
 The DAG wires these as (see docs/services.md):
 
     window = open_window(...)            # @setup: tiny, cannot fail half-way, pauses nothing
-    window >> pause_writers(...)         # work task inside the scope: pauses, undoes itself on failure
-           >> <the work>
+    window >> <the work task>            # inside the scope: pause_writers(...) first (undoes itself
+                                         # on failure), then the work
            >> resume_writers(...).as_teardown(setups=window)   # runs even when the work failed
 
 Why this shape: a teardown does not run when its setup failed, so the pausing
-must not be the setup. ``pause_writers`` is a normal task in the scope; if it
+must not be the setup. ``pause_writers`` runs in a normal task in the scope; if it
 fails half-way it resumes what it paused itself, and the teardown runs anyway
 (its setup succeeded) and resumes whatever is left, idempotently. If the worker
 dies, the leases expire and the watchdog's ``resume_expired_leases`` gives the

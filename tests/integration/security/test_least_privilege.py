@@ -275,7 +275,7 @@ def test_an_upgrade_without_ownership_of_the_state_schema_names_it_and_applies_n
 def test_the_migration_dag_names_a_missing_privilege_before_pausing_any_writer(
     airflow_db, least_privilege, tmp_path, monkeypatch, caplog, capfd
 ):
-    """pause_writers checks every privilege the move needs before it pauses anything: a role that
+    """migrate checks every privilege the move needs before it pauses anything: a role that
     is no longer a member of the tables' owner fails the run, the flag was never switched off, no
     lease was written, no migration journalled and the catalog is as it was."""
     from airflow.dag_processing.dagbag import DagBag
@@ -294,7 +294,7 @@ def test_the_migration_dag_names_a_missing_privilege_before_pausing_any_writer(
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed", states
-    assert states["pause_writers"] == "failed" and states["migrate"] == "upstream_failed", states
+    assert states["migrate"] == "failed" and states["gate_before_cleanup"] == "upstream_failed", states
     assert states["resume_writers"] == "success", states  # the teardown ran and found nothing to resume
     out, err = capfd.readouterr()
     logs = "\n".join([caplog.text, out, err])

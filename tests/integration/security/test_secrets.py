@@ -238,7 +238,7 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
         )
     ]
     failed_pause = dags()["default_partition_migration"].test(run_conf={"table": s.table})
-    assert failed_pause.state == "failed" and _states(failed_pause)["pause_writers"] == "failed"
+    assert failed_pause.state == "failed" and _states(failed_pause)["migrate"] == "failed"
 
     # the database is down: the watchdog pages and keeps its state in an Airflow Variable
     monkeypatch.setenv("AIRFLOW_CONN_PGMAINT_TARGET", json.dumps({**target, "host": str(tmp_path / "no-server-here")}))
@@ -265,7 +265,7 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
         if r["path"] == f"/services/{secrets['slack-token']}"
         and r["body"].get("text", "").startswith("[pgmaint] WARNING task:")
     ]
-    assert any(missing in t for t in task_failures) and any("pause_writers" in t for t in task_failures), task_failures
+    assert any(missing in t for t in task_failures) and any("migrate" in t for t in task_failures), task_failures
     with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
         revoked = conn.execute(
             sql.SQL("SELECT error FROM {}.alerts WHERE target = %s").format(sql.Identifier(s.state)),
