@@ -127,6 +127,43 @@ def test_migration_moves_the_default_rows_with_writers_paused_and_resumed(seeded
     assert left == 0 or any(r["reason"] for r in moved["left_in_default"])
 
 
+def _leases_of(dsn: str, run_id: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT service, state FROM pgmaint.service_leases WHERE run_id = %s ORDER BY service", [run_id]
+        ).fetchall()
+
+
+def test_writers_keep_running_while_the_move_waits_for_a_pool_slot(seeded):
+    """The writers are paused inside `migrate`, once it holds a slot of the target's pool: while no slot is free the
+    run waits with every writer running (no lease written), and pauses them only when a slot frees up."""
+    status, pool = seeded.api("GET", "/api/v2/pools/pgmaint_target")
+    assert status == 200, pool
+    fields = {k: pool[k] for k in ("name", "slots", "description", "include_deferred")}
+    status, body = seeded.api("PATCH", "/api/v2/pools/pgmaint_target?update_mask=slots", {**fields, "slots": 0})
+    assert status == 200, body
+    try:
+        run_id = seeded.trigger("default_partition_migration", {"table": "public.event_deltas"})
+        deadline = time.monotonic() + 120
+        while seeded.task_states("default_partition_migration", run_id).get("open_window") != "success":
+            assert time.monotonic() < deadline, seeded.task_states("default_partition_migration", run_id)
+            time.sleep(0.5)
+        time.sleep(5)  # several scheduler passes (0.5 s idle sleep here): the move stays waiting for a slot
+        states = seeded.task_states("default_partition_migration", run_id)
+        assert states["migrate"] in (None, "scheduled"), states
+        assert _leases_of(seeded.target_dsn, run_id) == []  # nothing paused while waiting
+    finally:
+        status, body = seeded.api(
+            "PATCH", "/api/v2/pools/pgmaint_target?update_mask=slots", {**fields, "slots": pool["slots"]}
+        )
+        assert status == 200, body
+    run = seeded.wait_run("default_partition_migration", run_id)
+    assert run["state"] == "success", seeded.task_states("default_partition_migration", run_id)
+    moved = seeded.xcom("default_partition_migration", run_id, "migrate")
+    assert sorted(moved["paused"]) == ["request_logging", "sync_pipeline"], moved  # paused once it had its slot
+    assert _leases_of(seeded.target_dsn, run_id) == [("request_logging", "resumed"), ("sync_pipeline", "resumed")]
+
+
 def test_maintenance_premakes_and_retires_every_table_in_parallel(seeded):
     run_id, run, states = seeded.run_and_wait("partition_maintenance", {"tables": DEMO_TABLES})
     assert run["state"] == "success", states
