@@ -7,7 +7,7 @@
                                                               partman-api-only,physical,pgmaint-api-only,
                                                               pgmaint-dag-api-only,pgmaint-deployed,
                                                               pgmaint-deployed-api-only]
-                                                [--batch-rows 50000]
+                                                [--batch-rows 50000] [--airflow-metadata same-cluster|own-cluster]
                                                 [--quiet-wait 180] [--keep-cluster]
     make bench-migration [BENCH_ARGS="--quick"]
 
@@ -80,7 +80,8 @@ pgmaint-dag  The whole `default_partition_migration` DAG, gates included:
 
 pgmaint-deployed  The same DAG as a user runs it: a deployed Airflow (scripts/airflow_local.py:
             API server, scheduler with LocalExecutor and Airflow's default scheduler settings, DAG
-            processor, triggerer; metadata DB in a database of the benchmark's cluster) is started
+            processor, triggerer; metadata DB in a database of the benchmark's cluster, or with
+            --airflow-metadata own-cluster of a second throwaway cluster on the same disk) is started
             before the contender and stopped after it, untimed; the run is triggered with
             `POST /api/v2/dags/default_partition_migration/dagRuns` (the UI's trigger form) and its
             state polled every 0.2 s. Wall time: from the POST to the poll that sees it finished.
@@ -1204,8 +1205,10 @@ class DeployedAirflow:
     and stopped after it (untimed, and idle while the others run), as a production deployment is already up when
     someone presses "Trigger"."""
 
-    def __init__(self, admin_conninfo: str, conninfo: str):
+    def __init__(self, admin_conninfo: str, conninfo: str, metadata_where: str = "the benchmark's cluster"):
         import airflow_local  # scripts/airflow_local.py
+
+        self.metadata_where = metadata_where
 
         self.home = Path(tempfile.mkdtemp(prefix="pgmaint-bench-deployed-"))
         config = self.home / "pgmaint-bench.yaml"
@@ -1275,6 +1278,20 @@ class DeployedAirflow:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def metadata_cluster(under: str):
+    """A second throwaway PostgreSQL 15 cluster for the deployed Airflow's metadata DB (--airflow-metadata
+    own-cluster): its commits, WAL and processes apart from the benchmark's cluster, the disk and cores shared."""
+    import pg15cluster
+
+    cluster = pg15cluster.start({"shared_buffers": "128MB"}, parent_dir=under)
+    log(f"Airflow's metadata cluster in {cluster.pgdata}, port {cluster.port}")
+    try:
+        yield cluster.conninfo
+    finally:
+        pg15cluster.stop(cluster.pgdata, delete=True)
+
+
 DEPLOYED_META_DB = "pgmaint_bench_airflow"
 DEPLOYED_POLL_S = 0.2
 
@@ -1312,7 +1329,8 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         if t[2] and t[3]
     ]
     dag = outcome.dag = {
-        "how": f"a running Airflow (LocalExecutor, {_scheduler_settings()}), triggered over REST; {outcome.wall:.2f}s "
+        "how": f"a running Airflow (LocalExecutor, {_scheduler_settings()}, metadata DB in "
+        f"{deployed.metadata_where}), triggered over REST; {outcome.wall:.2f}s "
         "from the POST to the poll that saw the run finished",
         "state": run["state"],
         "started_at": started_at,
@@ -1983,6 +2001,14 @@ def main() -> int:
     )
     ap.add_argument("--keep-cluster", action="store_true", help="leave the throwaway cluster's data directory in place")
     ap.add_argument(
+        "--airflow-metadata",
+        default="same-cluster",
+        choices=("same-cluster", "own-cluster"),
+        help="pgmaint-deployed's metadata DB: a database of the benchmark's cluster (default), or of a second "
+        "throwaway PostgreSQL 15 cluster started for it (its own WAL and processes; same disk, same cores), as in "
+        "a production where Airflow's database is not the application's",
+    )
+    ap.add_argument(
         "--data-under",
         default="/tmp",
         metavar="DIR",
@@ -2015,6 +2041,7 @@ def main() -> int:
         contextlib.ExitStack() as stack,
     ):
         METER = CpuMeter(postmaster) if postmaster else None
+        meta_admin = None  # --airflow-metadata own-cluster: started before the first pgmaint-deployed contender
         conninfo = fresh_database(admin_conninfo)
         if any(c.startswith("pgmaint-dag") for c in contenders):
             AIRFLOW_HOME = AirflowHome(conninfo)
@@ -2093,7 +2120,13 @@ def main() -> int:
                             # since: do that now, untimed, as a deployment has; the run's note says if it happened again.
                             AIRFLOW_HOME.prepare()
                         if name.startswith("pgmaint-deployed"):
-                            DEPLOYED = DeployedAirflow(admin_conninfo, conninfo)
+                            if args.airflow_metadata == "own-cluster" and meta_admin is None:
+                                meta_admin = stack.enter_context(metadata_cluster(args.data_under))
+                            DEPLOYED = DeployedAirflow(
+                                meta_admin or admin_conninfo,
+                                conninfo,
+                                "a second cluster" if meta_admin else "the benchmark's cluster",
+                            )
                             log(f"{label}: starting a deployed Airflow in {DEPLOYED.home} (untimed)")
                             DEPLOYED.start()
                             log(
