@@ -1140,6 +1140,28 @@ def journalled_migration(conninfo: str) -> dict:
     }
 
 
+def logged_events(home: Path, run_id: str) -> list[tuple[datetime, str]]:
+    """pgmaint's own log lines in the deployed run's `migrate` task log, (time, message), in order."""
+    events = []
+    for path in home.rglob("*.log"):
+        if "task_id=migrate" not in str(path) or run_id not in str(path):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if str(rec.get("logger", "")).startswith("pgmaint") and rec.get("timestamp"):
+                events.append((_utc(rec["timestamp"]), str(rec.get("event", ""))))
+    return sorted(events)
+
+
+def logged_phases(events: list[tuple[datetime, str]]) -> list[tuple[str, datetime, datetime]]:
+    """The engine's steps inside the deployed `migrate` task (it has no phase timers there): between two of its
+    log lines, a span named after the earlier one."""
+    return [(f"after «{text[:90]}»", at, nxt) for (at, text), (nxt, _) in zip(events, events[1:]) if nxt > at]
+
+
 AIRFLOW_HOME: AirflowHome | None = None
 DEPLOYED = None  # DeployedAirflow, while a pgmaint-deployed contender runs
 
@@ -1312,6 +1334,7 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
     conf = {"table": PARENT, "batch_rows": batch_rows, "max_minutes": 60}
     started_at = datetime.now(timezone.utc)
     run_id, run, tis, outcome.wall = deployed.run(conf, timeout=DAG_TIMEOUT_S)
+    events = logged_events(deployed.home, run_id)
     tasks = sorted(
         ((t["task_id"], t["state"], _utc(t["start_date"]), _utc(t["end_date"]), t.get("duration")) for t in tis),
         key=lambda t: t[2] or started_at,
@@ -1327,6 +1350,13 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
         )
         for t in tasks
         if t[2] and t[3]
+    ] + [
+        (
+            name,
+            outcome.move_start + (begin - started_at).total_seconds(),
+            outcome.move_start + (end - started_at).total_seconds(),
+        )
+        for name, begin, end in logged_phases(events)
     ]
     dag = outcome.dag = {
         "how": f"a running Airflow (LocalExecutor, {_scheduler_settings()}, metadata DB in "
@@ -1342,7 +1372,7 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
     }
     outcome.note = (
         f"deployed run {run_id}: {run['state']}; migrate: {dag.get('engine_outcome')}, "
-        f"{dag.get('rows_moved') or 0:,} rows"
+        f"{dag.get('rows_moved') or 0:,} rows" + "".join(f"; «{text}»" for _, text in events if "swapped:" in text)
     )
     if run["state"] != "success":
         raise RuntimeError(
