@@ -84,7 +84,7 @@ def on(ref: str):
 
 
 def move_and_clean_up(config, table):
-    """Steps 3-4 on one target's database: each task holds a session to it, so each runs in its pool."""
+    """Steps 2-3 on one target's database: each task holds a session to it, so each runs in its pool."""
 
     @task(multiple_outputs=False, pool=config.pool)
     def migrate(table: str, params=None, dag_run=None, ti=None) -> dict:
