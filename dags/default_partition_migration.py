@@ -96,14 +96,16 @@ def move_and_clean_up(config, table):
         # between pausing and moving. Every privilege the move needs is checked first: none missing, or
         # nothing is paused. Leases outlive the time box, so the watchdog never resumes writers under a
         # run still working.
+        target, name = on(table)
         paused = pause_writers(
-            *on(table),
+            target,
+            name,
             params["pause_services"] and not params["dry_run"],
             dag_run,
             min_lease_minutes=int(params["max_minutes"]) + 30,
             privileges_of="migration",
         )
-        return {**migrate_one(*on(table), params, dag_run=dag_run, ti=ti), "paused": paused}
+        return {**migrate_one(target, name, params, dag_run=dag_run, ti=ti), "paused": paused}
 
     @task(multiple_outputs=False, pool=config.pool, retries=1, retry_delay=timedelta(seconds=30))
     def gate_before_cleanup(table: str, migrated: dict, params=None, ti=None) -> dict:

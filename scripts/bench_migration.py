@@ -1372,7 +1372,8 @@ def run_pgmaint_deployed(deployed: DeployedAirflow, conninfo: str, batch_rows: i
     }
     outcome.note = (
         f"deployed run {run_id}: {run['state']}; migrate: {dag.get('engine_outcome')}, "
-        f"{dag.get('rows_moved') or 0:,} rows" + "".join(f"; «{text}»" for _, text in events if "swapped:" in text)
+        f"{dag.get('rows_moved') or 0:,} rows"
+        + "".join(f"; «{text}»" for _, text in events if "queued behind the swap" in text)
     )
     if run["state"] != "success":
         raise RuntimeError(

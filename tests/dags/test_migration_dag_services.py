@@ -94,13 +94,13 @@ def _flags(pg_dsn, schema) -> dict[str, bool]:
         )
 
 
-def _leases(pg_dsn, schema) -> list[tuple]:
+def _leases(pg_dsn, schema, order: str = "resumed_at") -> list[tuple]:
     with connect(pg_dsn) as conn:
         if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{schema}.service_leases"]).fetchone()[0]:
             return []
         return conn.execute(
-            sql.SQL("SELECT service, dag_id, run_id, state FROM {}.service_leases ORDER BY resumed_at").format(
-                sql.Identifier(schema)
+            sql.SQL("SELECT service, dag_id, run_id, state FROM {}.service_leases ORDER BY {}").format(
+                sql.Identifier(schema), sql.Identifier(order)
             )
         ).fetchall()
 
@@ -120,7 +120,8 @@ def test_work_fails_all_resumed_in_reverse_and_the_run_fails(airflow_db, pg_dsn,
         "resume_writers": "success",
     }
     assert _xcom(run, "open_window") == {"table": table, "services": ["A", "B", "C", "D"]}
-    assert _xcom(run, "resume_writers") == ["D", "C", "B", "A"]  # all four had been paused
+    assert [s for s, *_ in _leases(pg_dsn, scratch_schema, order="paused_at")] == ["A", "B", "C", "D"]
+    assert _xcom(run, "resume_writers") == ["D", "C", "B", "A"]
     assert _flags(pg_dsn, scratch_schema) == {"A": True, "B": True, "C": True, "D": True}
     leases = _leases(pg_dsn, scratch_schema)  # in the order they were resumed
     assert [(s, state) for s, _, _, state in leases] == [

@@ -265,7 +265,9 @@ def test_no_secret_reaches_logs_xcom_journal_alerts_variables_or_the_dry_run(
         if r["path"] == f"/services/{secrets['slack-token']}"
         and r["body"].get("text", "").startswith("[pgmaint] WARNING task:")
     ]
-    assert any(missing in t for t in task_failures) and any("migrate" in t for t in task_failures), task_failures
+    assert any(missing in t for t in task_failures) and any(
+        "default_partition_migration.migrate" in t for t in task_failures
+    ), task_failures
     with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
         revoked = conn.execute(
             sql.SQL("SELECT error FROM {}.alerts WHERE target = %s").format(sql.Identifier(s.state)),
