@@ -2,7 +2,9 @@
 
 Partitions are recognised by their bounds (parsed from `pg_get_expr` of the
 partition bound), never by their names. Our sessions run with TimeZone=UTC,
-so timestamptz bounds come back with an explicit `+00` offset.
+so timestamptz bounds come back with an explicit `+00` offset. The query takes no
+lock on any table (bounds are deparsed without opening the partition), so it never
+waits behind DDL: an ATTACH or DETACH holds ACCESS EXCLUSIVE on the DEFAULT.
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ SELECT
     (SELECT coalesce(json_agg(json_build_object(
                 'schema', cn.nspname,
                 'name', c.relname,
-                'bound', pg_get_expr(c.relpartbound, c.oid),
+                -- relid 0: a bound holds only constants, and with the partition's oid pg_get_expr opens it
+                -- (ACCESS SHARE), so the plan would wait on another session's ATTACH or DETACH
+                'bound', pg_get_expr(c.relpartbound, 0),
                 'is_default', c.oid = pt.partdefid,
                 'detach_pending', i.inhdetachpending,
                 -- pg_stat_get_live_tuples(oid), not a join with the pg_stat_all_tables view, which

@@ -35,6 +35,7 @@ class Statement:
     scan: bool = False  # reads a table (under a weak lock): gets the longer scan timeout
     expect_no_rows: bool = False  # a guard query: any row returned fails the step
     then: Callable[[object], None] | None = None  # called with the cursor, inside the step's transaction
+    params: tuple | None = None  # values bound to the statement's placeholders (reads such as probes)
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,12 @@ def find_blockers(conn, relations: tuple[str, ...]) -> list[Blocker]:
 
 
 def _plain(st: Statement) -> bool:
-    return not (st.scan or st.expect_no_rows or st.then is not None)
+    return not (st.scan or st.expect_no_rows or st.then is not None or st.params is not None)
 
 
 def _batches(statements: tuple[Statement, ...]) -> list[Statement]:
-    """Consecutive plain statements joined into one (sent as one simple query: no parameters are ever bound
-    in step statements); the first statement of a step (its lock request) always goes alone, so a lock
+    """Consecutive plain statements joined into one (sent as one simple query: a statement with bound
+    parameters is never plain); the first statement of a step (its lock request) always goes alone, so a lock
     timeout still names what waited."""
     out: list[Statement] = []
     for i, st in enumerate(statements):
@@ -243,7 +244,7 @@ class Executor:
         conn = self.conn
         if st.scan:
             conn.execute("SELECT set_config('statement_timeout', %s, %s)", [f"{self.budget.scan_timeout_ms}ms", local])
-        cur = conn.execute(st.sql)
+        cur = conn.execute(st.sql, st.params)
         if st.expect_no_rows and cur.description is not None and cur.fetchone() is not None:
             raise GuardFailed(f"precondition failed: {st.sql.as_string(conn)} returned a row")
         if st.then is not None:

@@ -20,8 +20,8 @@ from psycopg import sql
 
 from include.pgmaint import ddl, privileges
 from include.pgmaint.catalog import CatalogError, Range, TableFacts, read_catalog
-from include.pgmaint.config import Config, TableConfig
-from include.pgmaint.execute import Executor, LockBudgetExhausted, Step, StepFailed
+from include.pgmaint.config import Config, LockBudget, TableConfig
+from include.pgmaint.execute import Executor, LockBudgetExhausted, Statement, Step, StepFailed
 from include.pgmaint.guards import TableBusy, preflight, quoted, runner_lock
 from include.pgmaint.partman import maintenance_skips
 from include.pgmaint.plan import MaintenancePlan, missing_ranges, plan_maintenance
@@ -59,18 +59,49 @@ class RunContext:
     task_id: str | None = None
 
 
-def probe_default(conn, facts: TableFacts, ranges: list[Range], tz: str) -> frozenset[Range]:
-    """Which of `ranges` the DEFAULT partition holds rows for (ACCESS SHARE only; LIMIT 1 per range)."""
+def probe_default(conn, facts: TableFacts, ranges: list[Range], tz: str, budget: LockBudget) -> frozenset[Range]:
+    """Which of `ranges` the DEFAULT partition holds rows for (ACCESS SHARE only; LIMIT 1 per range).
+
+    An ATTACH or DETACH on the table (another run's, or a migration's) holds ACCESS EXCLUSIVE on the DEFAULT:
+    when the probe meets one it runs again as a step of the `Executor`, waiting under the lock budget like
+    any DDL of ours instead of failing the table on one lock timeout; past the budget it raises
+    `LockBudgetExhausted` naming who held the lock.
+    """
     if facts.default is None or not ranges:
         return frozenset()
-    key_type = sql.SQL(facts.key_type)  # one of catalog.SUPPORTED_KEY_TYPES, never user text
+    default = sql.Identifier(facts.schema, facts.default.name)
+    lows = [ddl.bound_text(r.lower, facts.key_type, tz) for r in ranges]
+    highs = [ddl.bound_text(r.upper, facts.key_type, tz) for r in ranges]
     query = sql.SQL(
         "SELECT r.i FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS r(lo, hi, i) "
         "WHERE EXISTS (SELECT 1 FROM ONLY {default} d WHERE d.{key} >= r.lo::{t} AND d.{key} < r.hi::{t})"
-    ).format(default=sql.Identifier(facts.schema, facts.default.name), key=sql.Identifier(facts.key_column), t=key_type)
-    lows = [ddl.bound_text(r.lower, facts.key_type, tz) for r in ranges]
-    highs = [ddl.bound_text(r.upper, facts.key_type, tz) for r in ranges]
-    hits = {row[0] for row in conn.execute(query, [lows, highs]).fetchall()}
+    ).format(
+        default=default,
+        key=sql.Identifier(facts.key_column),
+        t=sql.SQL(facts.key_type),  # one of catalog.SUPPORTED_KEY_TYPES, never user text
+    )
+    hits: set[int] = set()
+
+    def collect(cur) -> None:
+        hits.update(row[0] for row in cur.fetchall())
+
+    try:  # the common case: one round trip, under the session's lock_timeout
+        collect(conn.execute(query, [lows, highs]))
+    except psycopg.errors.LockNotAvailable:
+        step = Step(
+            "probe_default",
+            facts.default.name,
+            (
+                Statement(
+                    query,
+                    f"ACCESS SHARE on {facts.default.name} (at most one row read per missing range)",
+                    then=collect,
+                    params=(lows, highs),
+                ),
+            ),
+            lock_targets=(quoted(facts.schema, facts.default.name),),
+        )
+        Executor(conn, budget, on_event=lambda m: log.warning("%s.%s: %s", facts.schema, facts.table, m)).run(step)
     return frozenset(r for i, r in enumerate(ranges, start=1) if i in hits)
 
 
@@ -189,7 +220,12 @@ def plan_run(
             result = TableResult(cfg.name, outcome="skipped", skipped_reason=skip)
             out["tables"][cfg.name] = {"status": "skipped", "why": skip}
         else:
-            plan = _plan(conn, cfg, f, now, tz, PHASES, as_of)
+            try:
+                plan = _plan(conn, config, cfg, f, now, PHASES, as_of)
+            except StepFailed as exc:  # the DEFAULT stayed locked past the budget: this table only
+                out["work"].append(cfg.name)  # its premake task tries again and fails naming the holder
+                out["tables"][cfg.name] = {"status": "failed", "why": str(exc)}
+                continue
             waiting = [
                 {
                     "partition": m.name,
@@ -287,7 +323,7 @@ def _maintain_table(
             _plan_into(conn, config, cfg, facts, now, result, phases, as_of, dry_run=True)
             if skip:
                 result.notes.append(f"a real run would skip this table: {skip}")
-        elif _nothing_to_do(conn, cfg, facts, now, config.timezone, phases, result, as_of):
+        elif _nothing_to_do(conn, config, cfg, facts, now, phases, result, as_of):
             pass  # the common case: no lock, no further round trip (the plan is re-made under the lock when there is work)
         else:
             with runner_lock(conn, quoted(cfg.schema, cfg.table)):
@@ -325,14 +361,14 @@ def _plan_into(
     if isinstance(facts, CatalogError):
         result.errors.append(str(facts))
         return None, None
-    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
+    plan = _plan(conn, config, cfg, facts, now, phases, as_of)
     if not dry_run and not plan.is_noop:
         # The catalog was read before we held the runner lock: re-read this table now that we do.
         facts = read_catalog(conn, [cfg], tz)[cfg.name]
         if isinstance(facts, CatalogError):
             result.errors.append(str(facts))
             return None, None
-        plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
+        plan = _plan(conn, config, cfg, facts, now, phases, as_of)
     result.retires_planned = _retires_planned(plan)
     plan = _only(plan, phases)
     result.needs_migration = [
@@ -354,10 +390,12 @@ def _plan_into(
     return plan, facts
 
 
-def _plan(conn, cfg, facts, now, tz, phases, as_of=None) -> MaintenancePlan:
+def _plan(conn, config: Config, cfg, facts, now, phases, as_of=None) -> MaintenancePlan:
+    tz = config.timezone
     missing = missing_ranges(cfg, facts, now, tz, as_of)
     candidates = [rng for _, rng in missing] if "premake" in phases else []
-    return plan_maintenance(cfg, facts, now, tz, probe_default(conn, facts, candidates, tz), missing, as_of)
+    in_default = probe_default(conn, facts, candidates, tz, config.lock_budget)
+    return plan_maintenance(cfg, facts, now, tz, in_default, missing, as_of)
 
 
 def migration_trigger(config: Config, cfg: TableConfig) -> str:
@@ -375,13 +413,13 @@ def migration_pending(
     """
     now = now or datetime.now(timezone.utc)
     missing = [rng for _, rng in missing_ranges(cfg, facts, now, config.timezone)]
-    return sorted(probe_default(conn, facts, missing, config.timezone))
+    return sorted(probe_default(conn, facts, missing, config.timezone, config.lock_budget))
 
 
-def _nothing_to_do(conn, cfg, facts, now, tz, phases, result: TableResult, as_of=None) -> bool:
+def _nothing_to_do(conn, config: Config, cfg, facts, now, phases, result: TableResult, as_of=None) -> bool:
     if isinstance(facts, CatalogError):
         return False
-    plan = _plan(conn, cfg, facts, now, tz, phases, as_of)
+    plan = _plan(conn, config, cfg, facts, now, phases, as_of)
     result.retires_planned = _retires_planned(plan)  # filled on this path too: never an empty list by omission
     return _only(plan, phases).is_noop and not plan.needs_migration and not plan.notes
 

@@ -198,7 +198,7 @@ WITH parent AS (
 )
 SELECT n.nspname, c.relname,
        CASE WHEN c.oid = p.oid THEN 'parent'
-            WHEN pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' THEN 'default' ELSE 'partition' END AS role_in_family,
+            WHEN pg_get_expr(c.relpartbound, 0) = 'DEFAULT' THEN 'default' ELSE 'partition' END AS role_in_family,
        pg_get_userbyid(c.relowner) AS owner,
        pg_has_role(%(role)s, c.relowner, 'USAGE') AS owns,
        has_table_privilege(%(role)s, c.oid, 'SELECT') AS can_select

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -137,6 +138,50 @@ class E2E:
         assert status == 200, (path, body)
         value = body["value"]
         return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+    def why_failed(self, dag_id: str, run_id: str, lines: int = 12) -> str:
+        """For an assertion message: the run's failed task instances, the last warning/error lines of their logs, and
+        what the components logged about the run."""
+        out = []
+        for ti in self.task_instances(dag_id, run_id):
+            if ti["state"] not in ("failed", "upstream_failed"):
+                continue
+            key = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+            out.append(f"{run_id} {key}: {ti['state']}")
+            if ti["state"] != "failed":
+                continue
+            map_dir = f"map_index={ti['map_index']}" if ti["map_index"] >= 0 else ""
+            for path in sorted(
+                (self.d.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={ti['task_id']}/**/*.log")
+            ):
+                if map_dir and map_dir not in str(path):
+                    continue
+                picked = []
+                for line in path.read_text(errors="replace").splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if str(rec.get("level", "")).lower() in ("warning", "error", "critical") or rec.get("error_detail"):
+                        raised = "; ".join(
+                            f"{d.get('exc_type')}: {d.get('exc_value')}" for d in rec.get("error_detail") or []
+                        )
+                        picked.append(
+                            f"  {rec.get('timestamp', '')} {rec.get('level', '')} {rec.get('event', '')}"
+                            f"{' — ' + raised if raised else ''}"[:2000]
+                        )
+                out.append(f"  {path.relative_to(self.d.home)}:\n" + "\n".join(picked[-lines:]))
+        # A run can also fail with no failed task (e.g. the scheduler's "Task deadlock (no runnable tasks)"):
+        # what the components logged about it.
+        for log_file in sorted(self.d.log_dir.glob("*.log")):
+            said = [
+                line[:2000]
+                for line in log_file.read_text(errors="replace").splitlines()
+                if run_id in line and re.search(r"\[(error|warning|critical) *\]|deadlock|Marking run|Traceback", line)
+            ]
+            if said:
+                out.append(f"  {log_file.name} on {run_id}:\n" + "\n".join(f"    {line}" for line in said[-lines:]))
+        return "\n".join(out) or f"{run_id}: no failed task instance and nothing logged about it"
 
     def run_and_wait(self, dag_id: str, conf: dict, timeout: float = 240) -> tuple[str, dict, dict[str, str]]:
         run_id = self.trigger(dag_id, conf)

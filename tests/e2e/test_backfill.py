@@ -190,7 +190,8 @@ def test_a_backfill_a_scheduled_and_a_manual_run_at_once_end_like_the_same_runs_
 
     # Every run succeeded and no task instance failed, in any run.
     assert [r["dag_run_id"] for r in kinds["manual"]] == [manual]
-    assert {r["dag_run_id"]: r["state"] for r in runs if r["state"] != "success"} == {}
+    unsuccessful = {r["dag_run_id"]: r["state"] for r in runs if r["state"] != "success"}
+    assert unsuccessful == {}, "\n".join(e2e.why_failed(DAG, run_id) for run_id in unsuccessful)
     states = {}
     for ti in _all(e2e, f"/api/v2/dags/{DAG}/dagRuns/~/taskInstances", "task_instances"):
         states[ti["state"]] = states.get(ti["state"], 0) + 1

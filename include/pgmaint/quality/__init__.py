@@ -9,7 +9,9 @@ Expectations (`runner`, which imports GX lazily: importing this package never im
 GX, so DAG files that import it parse fast), or runs the same queries directly
 (`evaluator="sql"`: same verdicts, no GX import, no Data Docs). It never raises for database trouble:
 failed expectations land in `failures`, expectations that could not be evaluated (SQL or
-connection errors) in `errors`.
+connection errors) in `errors`. Checks that meet a lock (an ATTACH or DETACH holds ACCESS EXCLUSIVE
+on the DEFAULT they read) are evaluated again, from fresh facts, with backoff until the config's lock
+budget is spent, as pgmaint's DDL waits; only then are they errors, naming who held the lock.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from datetime import datetime, timezone
 
 from include.pgmaint.catalog import CatalogError, Range
 from include.pgmaint.config import Config, TableConfig
+from include.pgmaint.db import connect
+from include.pgmaint.execute import find_blockers
+from include.pgmaint.guards import quoted
 from include.pgmaint.quality.facts import as_ranges, migrated_ranges, read_facts, read_pending
 from include.pgmaint.quality.runner import run_suite, run_suite_sql
 from include.pgmaint.quality.suites import CHECKS, CheckSpec, GateSuite, build_suite
 
 log = logging.getLogger("pgmaint.quality")
 EXPECTATION_TYPE = "unexpected_rows_expectation"
+LOCK_TIMEOUT = "lock timeout"  # in PostgreSQL's "canceling statement due to lock timeout", as a check's error says
 MIGRATED = "migrated"  # `ranges="migrated"`: the ranges of the partitions migration `migration_id` attached
 
 
@@ -85,6 +91,75 @@ def run_gate(
     started = time.monotonic()
     _check_arguments(checks, migration_id, ranges, evaluator)
     now = now or datetime.now(timezone.utc)
+    budget = config.lock_budget
+    tries = 0
+    while True:
+        tries += 1
+        result = _evaluate(
+            conninfo, config, table_cfg, gate, checks, now, migration_id, ranges, data_docs_dir, evaluator
+        )
+        locked = [e for e in result.errors if LOCK_TIMEOUT in e]
+        if not locked or len(locked) < len(result.errors):
+            break  # passed, failed, or an error that waiting cannot cure
+        # Every error is a lock wait: an ATTACH or DETACH (another run's, a migration's) holds ACCESS EXCLUSIVE on
+        # the DEFAULT, which the checks read. Like our DDL, wait for it under the lock budget, then evaluate again.
+        holders = _lock_holders(conninfo, config, table_cfg)
+        delay = min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (tries - 1))
+        waited = time.monotonic() - started
+        if waited + delay > budget.total_seconds:
+            result.errors = [
+                f"{e} (still locked after {tries} tries in {waited:.1f}s, budget {budget.total_seconds:.0f}s; "
+                f"held by: {holders or 'no holder visible any more'}; the task can be retried)"
+                for e in result.errors
+            ]
+            break
+        log.warning(
+            "%s: gate %s: %d check(s) met a lock held by %s; evaluating again in %.1fs (try %d)",
+            table_cfg.name,
+            gate,
+            len(locked),
+            holders or "a session that has finished since",
+            delay,
+            tries,
+        )
+        time.sleep(delay)
+    result.seconds = round(time.monotonic() - started, 3)
+    result.summary["seconds"] = result.seconds
+    return result
+
+
+def _lock_holders(conninfo: str, config: Config, table_cfg: TableConfig) -> str:
+    """Who holds locks on the table's family right now, for the log and the error (never raises)."""
+    try:
+        with connect(conninfo, config.lock_budget, application_name="pgmaint_quality") as conn:
+            names = [quoted(table_cfg.schema, table_cfg.table)] + [
+                quoted(schema, name)
+                for schema, name in conn.execute(
+                    "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = to_regclass(%s)",
+                    [quoted(table_cfg.schema, table_cfg.table)],
+                ).fetchall()
+            ]
+            return "; ".join(str(b) for b in find_blockers(conn, tuple(names)))
+    except Exception as exc:  # the diagnosis must never hide the gate's own result
+        log.warning("%s: could not list lock holders: %s", table_cfg.name, exc)
+        return ""
+
+
+def _evaluate(
+    conninfo: str,
+    config: Config,
+    table_cfg: TableConfig,
+    gate: str,
+    checks: list[str],
+    now: datetime,
+    migration_id: int | None,
+    ranges,
+    data_docs_dir: str | None,
+    evaluator: str,
+) -> GateResult:
+    """One evaluation of the gate from fresh facts."""
+    started = time.monotonic()
     result = GateResult(gate, table_cfg.name, success=False)
 
     try:

@@ -184,7 +184,7 @@ def check_query(query: str) -> str:
 
 
 def catalog_asset(facts: TableFacts) -> str:
-    """One row per partition of the table, bounds parsed by PostgreSQL from pg_get_expr.
+    """One row per partition of the table, bounds parsed by PostgreSQL from pg_get_expr (relid 0: no lock taken).
 
     Bounds are timestamptz; wall-clock keys (timestamp, date) are read as UTC, the timeline
     `catalog.Range` and `plan.timeline` use. MINVALUE/MAXVALUE become -infinity/infinity.
@@ -209,7 +209,7 @@ def catalog_asset(facts: TableFacts) -> str:
         "FROM pg_catalog.pg_inherits AS i "
         "JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid "
         "JOIN pg_catalog.pg_partitioned_table AS pt ON pt.partrelid = i.inhparent "
-        "LEFT JOIN LATERAL regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), "
+        "LEFT JOIN LATERAL regexp_match(pg_catalog.pg_get_expr(c.relpartbound, 0), "
         r"'^FOR VALUES FROM \((.+)\) TO \((.+)\)$') AS b(v) ON true "
         f"WHERE i.inhparent = {parent}::regclass"
     )

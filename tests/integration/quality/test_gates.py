@@ -4,6 +4,9 @@ with a message naming what was expected and what was observed, on a crafted brok
 from __future__ import annotations
 
 import json
+import threading
+import time
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -11,6 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from include.pgmaint.config import LockBudget
 from include.pgmaint.quality import run_gate
 from tests.fixtures.quality import KEY_TYPES, NOW, PREMAKE, healthy_table, partition_names
 from tests.integration.helpers import add_partition, config_for, table_entry
@@ -202,19 +206,72 @@ def test_a_connection_error_is_an_error_not_a_failure(conn, pg_dsn, scratch_sche
     assert result.summary["errors"] == 1 and result.summary["failed"] == 0
 
 
-def test_a_lock_held_by_someone_else_makes_the_gate_retryable_not_failed(conn, pg_dsn, scratch_schema):
-    """A session holds ACCESS EXCLUSIVE on the DEFAULT: even reading its bound (pg_get_expr) waits; lock_timeout is 200 ms."""
-    cfg = healthy_table(conn, scratch_schema)
+SHORT_BUDGET = LockBudget(total_seconds=1.5, backoff_base_seconds=0.1, backoff_cap_seconds=0.4)
+
+
+def test_a_lock_held_past_the_budget_makes_the_gate_retryable_not_failed(conn, pg_dsn, scratch_schema):
+    """A session holds ACCESS EXCLUSIVE on the DEFAULT for longer than the lock budget: the checks that read it
+    are errors (retryable) naming the holder; the catalog checks are evaluated all the same."""
+    cfg = replace(healthy_table(conn, scratch_schema), lock_budget=SHORT_BUDGET)
     with psycopg.connect(pg_dsn) as locker:
         locker.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(scratch_schema, "ev_default"))
         )
+        holder = locker.info.backend_pid
+        started = time.monotonic()
         result = gate(pg_dsn, cfg, ["runway", "default_clean", "not_null_key"])
+        waited = time.monotonic() - started
         locker.rollback()
 
     assert result.failures == [] and not result.success
-    [error] = result.errors
-    assert "lock timeout" in error
+    assert len(result.errors) == 2, result.errors
+    for error in result.errors:
+        assert "lock timeout" in error and "still locked after" in error, error
+        assert f"pid {holder} holds AccessExclusiveLock on {scratch_schema}.ev_default" in error
+    assert [(e["check"], e["success"]) for e in result.summary["expectations"]] == [
+        ("runway", True),
+        ("default_clean", False),
+        ("not_null_key", False),
+    ]
+    assert waited >= SHORT_BUDGET.total_seconds - SHORT_BUDGET.backoff_cap_seconds  # it did wait, within budget
+
+
+@pytest.mark.parametrize("evaluator", ["gx", "sql"])
+def test_a_gate_waits_for_another_sessions_ddl_on_the_default_and_then_passes(conn, pg_dsn, scratch_schema, evaluator):
+    """Another session detaches a partition (ACCESS EXCLUSIVE on the parent, the partition and the DEFAULT) and
+    ends its transaction about a second later: the gate, whose checks read the DEFAULT and the catalog, waits and
+    passes. Before pgmaint waited for locks here, the first 200 ms lock timeout made it an error, and failed the
+    maintenance run whose gate met another run's retire."""
+    cfg = healthy_table(conn, scratch_schema)
+    newest = partition_names(conn, scratch_schema, "ev")[-1]
+    locked, release = threading.Event(), threading.Event()
+
+    def detach():
+        with psycopg.connect(pg_dsn) as other:
+            other.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                    sql.Identifier(scratch_schema, "ev"), sql.Identifier(scratch_schema, newest)
+                )
+            )
+            locked.set()
+            release.wait(10)
+            time.sleep(1.0)
+            other.rollback()  # the table as it was: the gate must pass
+
+    thread = threading.Thread(target=detach)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        release.set()
+        started = time.monotonic()
+        result = gate(pg_dsn, cfg, ["contiguity", "default_clean", "not_null_key"], evaluator=evaluator)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join()
+
+    assert_passed(result)
+    assert waited >= 0.5, waited  # it met the lock and waited for the commit
 
 
 @pytest.fixture
