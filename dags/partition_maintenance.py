@@ -40,7 +40,9 @@ run fails naming the target that was down.
 
 **What stops it.** Every statement waits at most 200 ms for a lock, retried
 with backoff for 60 s, then the table fails naming the sessions that blocked
-it. Before any DDL a table is *skipped* (not queued) when the server is short
+it; reads too (the DEFAULT probes, the gates), so another run's DDL on the
+same table makes this one wait, not fail. The plan's catalog read takes no
+lock at all. Before any DDL a table is *skipped* (not queued) when the server is short
 of connections, an old transaction holds locks on the table, or sessions are
 already waiting on it. One table's failure does not stop the others.
 
