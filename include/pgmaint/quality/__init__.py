@@ -109,7 +109,7 @@ def run_gate(
         if waited + delay > budget.total_seconds:
             result.errors = [
                 f"{e} (still locked after {tries} tries in {waited:.1f}s, budget {budget.total_seconds:.0f}s; "
-                f"held by: {holders or 'no holder visible any more'}; the task can be retried)"
+                f"held by: {holders or 'no holder visible any more'}; retryable once that session has finished)"
                 for e in result.errors
             ]
             break
