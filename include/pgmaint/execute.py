@@ -185,9 +185,7 @@ class Executor:
                 if tripped:
                     self.on_event(f"{step.action} {step.target}: circuit breaker cancelled us: {tripped}")
                 blockers = find_blockers(self.conn, step.lock_targets) or blockers
-                delay = self.rng.uniform(
-                    0, min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (attempt - 1))
-                )
+                delay = self.rng.uniform(0, budget.backoff(attempt))
                 elapsed = time.monotonic() - started
                 if elapsed + delay > budget.total_seconds:
                     held = "; ".join(map(str, blockers)) or "no holder visible any more (lock released meanwhile)"

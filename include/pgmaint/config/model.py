@@ -64,6 +64,10 @@ class LockBudget:
     backoff_base_seconds: float = 0.2
     backoff_cap_seconds: float = 5.0
 
+    def backoff(self, attempt: int) -> float:
+        """The longest pause after failed try `attempt` (1, 2, ...): doubling from the base, capped."""
+        return min(self.backoff_cap_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+
 
 @dataclass(frozen=True)
 class Preflight:

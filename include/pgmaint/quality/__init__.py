@@ -104,7 +104,7 @@ def run_gate(
         # Every error is a lock wait: an ATTACH or DETACH (another run's, a migration's) holds ACCESS EXCLUSIVE on
         # the DEFAULT, which the checks read. Like our DDL, wait for it under the lock budget, then evaluate again.
         holders = _lock_holders(conninfo, config, table_cfg)
-        delay = min(budget.backoff_cap_seconds, budget.backoff_base_seconds * 2 ** (tries - 1))
+        delay = budget.backoff(tries)
         waited = time.monotonic() - started
         if waited + delay > budget.total_seconds:
             result.errors = [
